@@ -1,0 +1,1 @@
+"""Thin Dagster wrappers around curation/ and training/: config in, pure call, metadata out."""

@@ -1,0 +1,180 @@
+"""Raw sources and the canonical tables built from them."""
+# Dagster reads these annotations at definition time: no "from __future__ import annotations".
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from assets.io_manager import frame_metadata
+from assets.resources import resolve
+from curation.ingest import IngestResult, ReadOptions, ingest
+from curation.readers.text import read_text_corpus
+
+GROUP = "ingest"
+
+
+class SourceConfig(dg.Config):
+    """A raw source: files (or HF dataset names/paths for ``hf``) in one format."""
+
+    paths: list[str] = Field(description="Files to read; relative paths are from the project root.")
+    format: str = Field(description="oasst | flan | hh | ultrafeedback | jsonl | parquet | hf")
+    source: str | None = Field(default=None, description="Name for the source column.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Canonical name → input column, for generic formats."
+    )
+    split: str = Field(default="train", description="Split for hf datasets.")
+
+
+def reason_counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
+    if frame.height == 0:
+        return {}
+    counts = frame.group_by(column).len().sort("len", descending=True)
+    return dict(zip(counts[column].to_list(), counts["len"].to_list(), strict=True))
+
+
+def raw_source_asset(
+    name: str, fmt: str, paths: list[str], description: str
+) -> dg.AssetsDefinition:
+    """One raw asset per source, its config defaulting to the embedded sample files."""
+    config_class = type(
+        f"{name.title().replace('_', '')}Config",
+        (SourceConfig,),
+        {
+            "__annotations__": {"paths": list[str], "format": str},
+            "paths": Field(default=paths, description="Files to read (project-relative)."),
+            "format": Field(default=fmt, description="Reader format."),
+        },
+    )
+
+    @dg.asset(name=name, group_name=GROUP, description=description, kinds={"polars", "parquet"})
+    def _raw(context: dg.AssetExecutionContext, config: config_class) -> dict[str, pl.DataFrame]:
+        options = ReadOptions(source=config.source, columns=config.columns, split=config.split)
+        inputs = config.paths if config.format == "hf" else [resolve(p) for p in config.paths]
+        result = ingest(config.format, inputs, options)
+        context.add_output_metadata(
+            {
+                **result.counts(),
+                "rejected_reasons": reason_counts(result.rejected, "reason"),
+                "excluded_rules": reason_counts(result.ledger, "rule"),
+            }
+        )
+        return as_tables(result)
+
+    return _raw
+
+
+def as_tables(result: IngestResult) -> dict[str, pl.DataFrame]:
+    return {
+        "conversations": result.conversations,
+        "preferences": result.preferences,
+        "rejected": result.rejected,
+        "ledger": result.ledger,
+    }
+
+
+RAW_SOURCES = {
+    "raw_oasst": (
+        "oasst",
+        ["data/samples/oasst_trees.jsonl", "data/samples/oasst_messages.jsonl"],
+        "OpenAssistant trees and flat messages: best-ranked threads and ranked siblings.",
+    ),
+    "raw_flan": (
+        "flan",
+        ["data/samples/flan.jsonl", "data/samples/synthetic_flan.jsonl"],
+        "FLAN collection rows (inputs/targets), all task sources and templates.",
+    ),
+    "raw_hh": (
+        "hh",
+        ["data/samples/hh_rlhf.jsonl"],
+        "Anthropic HH-RLHF chosen/rejected transcripts.",
+    ),
+    "raw_ultrafeedback": (
+        "ultrafeedback",
+        ["data/samples/ultrafeedback.jsonl", "data/samples/synthetic_ultrafeedback.jsonl"],
+        "UltraFeedback completions ranked by overall score.",
+    ),
+    "raw_chat": (
+        "jsonl",
+        ["data/samples/synthetic_chat.jsonl"],
+        "Generic chat JSONL (messages column): the synthetic checkable tasks.",
+    ),
+}
+
+raw_assets = [
+    raw_source_asset(name, fmt, paths, description)
+    for name, (fmt, paths, description) in RAW_SOURCES.items()
+]
+RAW_KEYS = [dg.AssetKey(name) for name in RAW_SOURCES]
+
+
+class TextSourceConfig(dg.Config):
+    paths: list[str] = Field(
+        default=["data/samples/pretrain.jsonl"],
+        description="JSONL/Parquet with a text field, or .txt files.",
+    )
+    source: str = "pretrain"
+
+
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
+def raw_pretrain(
+    context: dg.AssetExecutionContext, config: TextSourceConfig
+) -> dict[str, pl.DataFrame]:
+    """The pretraining text corpus (one document per row)."""
+    corpus = read_text_corpus([resolve(p) for p in config.paths], config.source)
+    context.add_output_metadata(
+        {"documents": corpus.texts.height, "rejected": corpus.rejected.height}
+    )
+    return {"texts": corpus.texts, "rejected": corpus.rejected}
+
+
+def _combine(raw: dict[str, dict[str, pl.DataFrame]], table: str) -> pl.DataFrame:
+    return pl.concat([tables[table] for tables in raw.values() if table in tables], how="vertical")
+
+
+@dg.asset(group_name=GROUP, ins={k.path[0]: dg.AssetIn(k) for k in RAW_KEYS}, kinds={"polars"})
+def conversations(
+    context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]
+) -> pl.DataFrame:
+    """Every source's conversations in the canonical schema (one row per conversation)."""
+    combined = _combine(raw, "conversations")
+    context.add_output_metadata({"by_source": reason_counts(combined, "source")})
+    return combined
+
+
+@dg.asset(group_name=GROUP, ins={k.path[0]: dg.AssetIn(k) for k in RAW_KEYS}, kinds={"polars"})
+def preferences_human(
+    context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]
+) -> pl.DataFrame:
+    """Comparison data that came with the sources (OpenAssistant sibling ranks, HH-RLHF,
+    UltraFeedback ratings), as TRL prompt/chosen/rejected rows with their origin."""
+    combined = _combine(raw, "preferences")
+    context.add_output_metadata({"by_source": reason_counts(combined, "source")})
+    return combined
+
+
+@dg.asset(
+    group_name=GROUP,
+    ins={**{k.path[0]: dg.AssetIn(k) for k in RAW_KEYS}, "raw_pretrain": dg.AssetIn()},
+    kinds={"polars"},
+)
+def ingest_rejects(
+    context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]
+) -> dict[str, pl.DataFrame]:
+    """Nothing is lost: unreadable rows (file, line, field, reason) and rows read but excluded
+    at ingest (deleted, failed review, spam), from every source."""
+    rejected = _combine(raw, "rejected")
+    ledger = _combine({k: v for k, v in raw.items() if "ledger" in v}, "ledger")
+    context.add_output_metadata(
+        {
+            "rejected_reasons": reason_counts(rejected, "reason"),
+            "excluded_rules": reason_counts(ledger, "rule"),
+            **{f"rejected_{k}": v for k, v in frame_metadata(rejected).items() if k == "preview"},
+        }
+    )
+    return {"rejected": rejected, "ledger": ledger}
+
+
+@dg.asset(group_name=GROUP, ins={"raw_pretrain": dg.AssetIn()}, kinds={"polars"})
+def pretrain_corpus(raw_pretrain: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Pretraining documents (``id``, ``source``, ``text``, provenance)."""
+    return raw_pretrain["texts"]

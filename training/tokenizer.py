@@ -1,0 +1,93 @@
+"""The project's tokenizer: a local or hub tokenizer when a recipe names one, otherwise a
+byte-level BPE trained on the pretraining corpus with HF ``tokenizers``.
+
+Byte-level BPE never meets an unknown character, so any text (emoji, mixed scripts) tokenizes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How to get the tokenizer.
+
+    Attributes:
+        path: a directory holding ``tokenizer.json`` or the file itself; when set, nothing is
+            trained. (Hub ids are resolved by the training stages through transformers.)
+        vocab_size: target vocabulary when training; small for the CPU demo.
+        min_frequency: pairs seen fewer times are not merged.
+    """
+
+    path: str | None = None
+    vocab_size: int = 4096
+    min_frequency: int = 2
+
+
+def train_tokenizer(texts: Iterable[str], config: TokenizerConfig = TokenizerConfig()) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    file = path / TOKENIZER_FILE if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no tokenizer file (expected {TOKENIZER_FILE})")
+    return Tokenizer.from_file(str(file))
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> Path:
+    """Write atomically: a reader never sees a half-written tokenizer.json."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / TOKENIZER_FILE
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(tokenizer.to_str(), encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def corpus_texts(path: str | Path, field: str = "text") -> Iterator[str]:
+    """Texts of a JSONL corpus (one object with ``field`` per line), skipping unreadable lines:
+    a tokenizer only needs a representative sample, and the pretraining reader reports them."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                value = json.loads(line).get(field)
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(value, str) and value:
+                yield value
+
+
+def count_tokens(tokenizer: Tokenizer, texts: list[str], batch_size: int = 8192) -> list[int]:
+    """Token count per text. ``encode_batch_fast`` runs in Rust threads and skips offsets;
+    ``len(encoding)`` avoids building an id list per text."""
+    counts: list[int] = []
+    for start in range(0, len(texts), batch_size):
+        encodings = tokenizer.encode_batch_fast(
+            texts[start : start + batch_size], add_special_tokens=False
+        )
+        counts.extend(len(encoding) for encoding in encodings)
+    return counts
