@@ -1,7 +1,6 @@
 """The project's tokenizer and the length profile of every source."""
 
 import base64
-from functools import partial
 
 import dagster as dg
 import polars as pl
@@ -10,13 +9,8 @@ from pydantic import Field
 from assets.io_manager import preview_markdown
 from assets.resources import StorageResource, resolve
 from curation.profile import ProfileConfig, profile, write_profile
-from training.tokenizer import (
-    TokenizerConfig,
-    count_tokens,
-    load_tokenizer,
-    save_tokenizer,
-    train_tokenizer,
-)
+from curation.tokens import TokenCounter
+from training.tokenizer import TokenizerConfig, load_tokenizer, save_tokenizer, train_tokenizer
 
 GROUP = "profile"
 
@@ -69,7 +63,7 @@ def length_profile(
     tokenizer = load_tokenizer(storage.path("project_tokenizer"))
     result = profile(
         conversations,
-        partial(count_tokens, tokenizer),
+        TokenCounter(tokenizer),
         texts=pretrain_corpus,
         config=ProfileConfig(histogram_bins=config.histogram_bins),
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-TokenCounter = Callable[[list[str]], list[int]]
+CountTokens = Callable[[list[str]], list[int]]
 
 MEASURES = ("chars", "words", "tokens")
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
@@ -43,7 +43,7 @@ class LengthProfile:
 
 
 def message_lengths(
-    conversations: pl.DataFrame | pl.LazyFrame, count_tokens: TokenCounter | None = None
+    conversations: pl.DataFrame | pl.LazyFrame, count_tokens: CountTokens | None = None
 ) -> pl.DataFrame:
     """One row per message with its lengths; ``tokens`` is null without a tokenizer."""
     messages = (
@@ -59,7 +59,7 @@ def message_lengths(
 
 
 def text_lengths(
-    texts: pl.DataFrame | pl.LazyFrame, count_tokens: TokenCounter | None = None, role: str = "text"
+    texts: pl.DataFrame | pl.LazyFrame, count_tokens: CountTokens | None = None, role: str = "text"
 ) -> pl.DataFrame:
     """Lengths of a plain-text corpus (pretraining data), profiled as role ``text``."""
     frame = (
@@ -70,7 +70,7 @@ def text_lengths(
     return add_lengths(frame, count_tokens)
 
 
-def add_lengths(messages: pl.DataFrame, count_tokens: TokenCounter | None) -> pl.DataFrame:
+def add_lengths(messages: pl.DataFrame, count_tokens: CountTokens | None) -> pl.DataFrame:
     tokens = (
         pl.Series("tokens", count_tokens(messages["content"].to_list()), dtype=pl.Int64)
         if count_tokens is not None
@@ -128,7 +128,7 @@ def turn_stats(
 
 def profile(
     conversations: pl.DataFrame | pl.LazyFrame,
-    count_tokens: TokenCounter | None = None,
+    count_tokens: CountTokens | None = None,
     texts: pl.DataFrame | pl.LazyFrame | None = None,
     config: ProfileConfig = ProfileConfig(),
 ) -> LengthProfile:

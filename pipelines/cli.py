@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -91,7 +90,8 @@ def run_profile(args: argparse.Namespace) -> int:
     import polars as pl
 
     from curation.profile import profile, write_profile
-    from training.tokenizer import TokenizerConfig, count_tokens, load_tokenizer, train_tokenizer
+    from curation.tokens import TokenCounter
+    from training.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 
     source = args.input / "conversations.parquet"
     if not source.exists():
@@ -106,7 +106,7 @@ def run_profile(args: argparse.Namespace) -> int:
         tokenizer = train_tokenizer(
             _tokenizer_corpus(conversations), TokenizerConfig(vocab_size=args.vocab_size)
         )
-    result = profile(conversations, partial(count_tokens, tokenizer))
+    result = profile(conversations, TokenCounter(tokenizer))
     written = write_profile(result, args.out)
     print(result.table("tokens"))
     print(f"profiled {conversations.height} conversations -> {args.out} ({len(written)} files)")

@@ -79,15 +79,3 @@ def corpus_texts(path: str | Path, field: str = "text") -> Iterator[str]:
                 continue
             if isinstance(value, str) and value:
                 yield value
-
-
-def count_tokens(tokenizer: Tokenizer, texts: list[str], batch_size: int = 8192) -> list[int]:
-    """Token count per text. ``encode_batch_fast`` runs in Rust threads and skips offsets;
-    ``len(encoding)`` avoids building an id list per text."""
-    counts: list[int] = []
-    for start in range(0, len(texts), batch_size):
-        encodings = tokenizer.encode_batch_fast(
-            texts[start : start + batch_size], add_special_tokens=False
-        )
-        counts.extend(len(encoding) for encoding in encodings)
-    return counts
