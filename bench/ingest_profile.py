@@ -133,7 +133,7 @@ def run_pandas(data: Path, tokenizer_path: Path | None, stats_out: Path) -> None
     grouped = long.groupby(["source", "role", "measure"])["value"]
     stats = grouped.agg(["count", "mean", "min", "max"])
     for q in QUANTILES:
-        stats[f"p{round(q * 100)}"] = grouped.quantile(q, interpolation="nearest")
+        stats[f"p{round(q * 100)}"] = grouped.quantile(q, interpolation="lower")
     stats.reset_index().to_parquet(stats_out)
 
 

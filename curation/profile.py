@@ -22,7 +22,8 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 @dataclass(frozen=True)
 class ProfileConfig:
     """Attributes:
-    quantiles: reported for every source, role and measure.
+    quantiles: reported for every source, role and measure, as the lower order statistic
+        (an observed value, and one definition every library shares: pandas agrees exactly).
     histogram_bins: log-spaced bins per histogram.
     token_batch: texts per tokenizer call; bounds memory on large inputs.
     """
@@ -93,7 +94,7 @@ def summarize(lengths: pl.DataFrame, quantiles: Sequence[float] = QUANTILES) -> 
         pl.col("value").mean().alias("mean"),
         pl.col("value").min().alias("min"),
         *(
-            pl.col("value").quantile(q, interpolation="nearest").alias(f"p{round(q * 100)}")
+            pl.col("value").quantile(q, interpolation="lower").alias(f"p{round(q * 100)}")
             for q in quantiles
         ),
         pl.col("value").max().alias("max"),
@@ -116,7 +117,7 @@ def turn_stats(
             pl.len().alias("conversations"),
             turns.mean().alias("mean_turns"),
             *(
-                turns.quantile(q, interpolation="nearest").alias(f"p{round(q * 100)}")
+                turns.quantile(q, interpolation="lower").alias(f"p{round(q * 100)}")
                 for q in quantiles
             ),
             turns.max().alias("max_turns"),
