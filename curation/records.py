@@ -26,6 +26,8 @@ T = TypeVar("T")
 
 CHUNK_LINES = 20_000
 UTF8_BOM = b"\xef\xbb\xbf"
+# msgspec raises RecursionError past ~1000 levels of nesting (a pathological tree export).
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 _FIELD_AT = re.compile(r"at `\$(?:\[\d+\])?\.?([^`]*)`")
 
 
@@ -47,6 +49,8 @@ def describe_error(error: Exception) -> tuple[str, str | None]:
     """A readable reason and the offending field (when the decoder names one)."""
     if isinstance(error, UnicodeDecodeError):
         return f"invalid UTF-8 byte at offset {error.start}", None
+    if isinstance(error, RecursionError):
+        return "nested too deeply to decode", None
     message = str(error)
     match = _FIELD_AT.search(message)
     field_name = match.group(1) or None if match else None
@@ -100,7 +104,7 @@ def json_lines(
             payload.append(raw)
         try:
             items = array_decoder.decode(b"[" + b",".join(payload) + b"]")
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        except DECODE_ERRORS:
             items = None
         if items is not None and len(items) == len(payload):
             out.items.extend(items)
@@ -110,7 +114,7 @@ def json_lines(
         for number, raw in zip(numbers, payload, strict=True):
             try:
                 item = line_decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
+            except DECODE_ERRORS as error:
                 reason, field_name = describe_error(error)
                 out.rejected.append(rejected_row(source, name, number, reason, raw, field_name))
                 continue
@@ -150,7 +154,7 @@ def convert_rows(
     for number, row in enumerate(rows, start=first_line):
         try:
             item = msgspec.convert(row, record_type, strict=True)
-        except msgspec.ValidationError as error:
+        except (msgspec.ValidationError, RecursionError) as error:
             reason, field_name = describe_error(error)
             raw = msgspec.json.encode(row, enc_hook=str).decode()
             out.rejected.append(rejected_row(source, file, number, reason, raw, field_name))
