@@ -20,8 +20,9 @@ class ReadOptions:
 
     ``source``: the name written to the ``source`` column (defaults to the format's name).
     ``columns``: for generic sources, a mapping from canonical names (``messages``, ``prompt``,
-    ``completion``, ``instruction``, ``input``, ``output``, ``id``, ``lang``, ``system``) to the
-    input's column names. ``split``: the split for HF datasets loaded by name or path.
+    ``completion``, ``instruction``, ``input``, ``output``, ``chosen``, ``rejected``, ``id``,
+    ``lang``, ``system``, ``meta``) to the input's column names.
+    ``split``: the split for HF datasets loaded by name or path.
     """
 
     source: str | None = None
@@ -122,7 +123,7 @@ def ingest(
 
 
 def meta_json(values: dict) -> str:
-    """``meta`` column value: compact JSON without nulls, keys sorted so hashes are stable."""
+    """``meta`` column value: JSON without null values, keys sorted so hashes are stable."""
     return json.dumps(
         {k: v for k, v in values.items() if v is not None}, sort_keys=True, ensure_ascii=False
     )

@@ -92,26 +92,21 @@ def json_lines(
     name = str(path)
     for start in range(0, len(lines), chunk_lines):
         chunk = lines[start : start + chunk_lines]
-        numbers = []
-        payload = []
-        for offset, raw in enumerate(chunk):
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            if not raw.strip():
-                out.rejected.append(rejected_row(source, name, start + offset + 1, "blank line"))
-                continue
-            numbers.append(start + offset + 1)
-            payload.append(raw)
         try:
-            items = array_decoder.decode(b"[" + b",".join(payload) + b"]")
+            items = array_decoder.decode(b"[" + b",".join(chunk) + b"]")
         except DECODE_ERRORS:
             items = None
-        if items is not None and len(items) == len(payload):
+        # A blank line makes the array invalid and a line holding two values makes it longer,
+        # so a clean decode of the right length means every line held exactly one record.
+        if items is not None and len(items) == len(chunk):
             out.items.extend(items)
-            out.lines.extend(numbers)
+            out.lines.extend(range(start + 1, start + len(chunk) + 1))
             continue
-        # A bad line in this chunk (or a line holding two values): find it, keep the rest.
-        for number, raw in zip(numbers, payload, strict=True):
+        for number, raw in enumerate(chunk, start=start + 1):
+            raw = raw.removesuffix(b"\r")
+            if not raw.strip():
+                out.rejected.append(rejected_row(source, name, number, "blank line"))
+                continue
             try:
                 item = line_decoder.decode(raw)
             except DECODE_ERRORS as error:
@@ -143,7 +138,14 @@ def parquet_rows(path: Path, record_type: type[T], source: str) -> Records:
         raise SourceError(path, f"missing column(s) {', '.join(missing)} for {source}")
     if table.height == 0:
         raise SourceError(path, "empty file (no rows)")
-    return convert_rows(table.iter_rows(named=True), record_type, source, str(path))
+    records = convert_rows(table.iter_rows(named=True), record_type, source, str(path))
+    if not records.items:
+        first = records.rejected[0]
+        raise SourceError(
+            path,
+            f"not a {source} file: no row could be read (row {first['line']}: {first['reason']})",
+        )
+    return records
 
 
 def convert_rows(

@@ -16,8 +16,9 @@ ROLES = ("system", "user", "assistant")
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
 MESSAGES = pl.List(MESSAGE)
 
-# Where a row came from: the raw file, the 1-based line (null for Parquet/HF rows read by index
-# when no line exists), and the source's own ids (OpenAssistant message ids along a thread).
+# Where a row came from: the raw file, the 1-based line (the 1-based row index for Parquet and HF
+# datasets, the same number rejected rows use), and the source's own ids (OpenAssistant message
+# ids along a thread).
 PROVENANCE = pl.Struct({"file": pl.String, "line": pl.Int64, "ids": pl.List(pl.String)})
 
 CONVERSATIONS = pl.Schema(
