@@ -164,17 +164,19 @@ def plot_histograms(
         figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
         for (source,), group in sorted(of_role.group_by("source"), key=lambda kv: kv[0]):
             values = group[measure].drop_nulls().to_numpy()
+            # Share of messages per bin, not density: with log-spaced bins a density plot makes
+            # the wide bins of long messages look empty.
             axis.hist(
                 np.maximum(values, 1),
                 bins=edges,
+                weights=np.full(len(values), 1 / max(len(values), 1)),
                 histtype="step",
                 linewidth=1.6,
-                density=True,
                 label=f"{source} (n={len(values)}, median={int(np.median(values))})",
             )
         axis.set_xscale("log")
         axis.set_xlabel(f"{measure} per {role} message (log scale)")
-        axis.set_ylabel("density")
+        axis.set_ylabel("share of messages")
         axis.set_title(f"{role}: {measure} per message, by source")
         axis.legend(fontsize=8)
         figure.tight_layout()

@@ -137,7 +137,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from pipelines.definitions import OUTPUTS, defs
 
     instance = dg.DagsterInstance.get()
-    result = defs.get_job_def("demo").execute_in_process(instance=instance)
+    result = defs.resolve_job_def("demo").execute_in_process(instance=instance)
     if not result.success:
         raise BadInput("the demo run failed; see the run in the UI (make ui)")
     print(f"demo run {result.run_id} succeeded")

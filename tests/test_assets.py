@@ -1,0 +1,117 @@
+"""The demo's asset graph materialized in-process on the embedded data, in a real instance."""
+
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from assets.io_manager import PolarsParquetIOManager
+from assets.resources import SAMPLES, StorageResource
+from pipelines.definitions import defs
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("outputs")
+    home = tmp_path_factory.mktemp("dagster_home")
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        job = defs.resolve_job_def("demo")
+        result = job.execute_in_process(
+            instance=instance,
+            resources={
+                "io_manager": PolarsParquetIOManager(base_dir=str(out)),
+                "storage": StorageResource(base_dir=str(out)),
+            },
+        )
+        yield result, out, instance
+
+
+def materialization(result, key: str):
+    return result.asset_materializations_for_node(key)[0]
+
+
+def test_every_asset_materializes(demo):
+    result, out, instance = demo
+    assert result.success
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    recorded = {
+        k.to_user_string()
+        for k in instance.get_asset_keys()
+        if instance.get_latest_materialization_event(k) is not None
+    }
+    assert recorded == keys
+
+
+def test_conversations_cover_every_source_in_the_canonical_schema(demo):
+    _, out, _ = demo
+    conversations = pl.read_parquet(out / "conversations.parquet")
+    assert set(conversations["source"]) == {
+        "oasst",
+        "flan",
+        "hh",
+        "ultrafeedback",
+        "synthetic_chat",
+    }
+    assert conversations["id"].n_unique() == conversations.height
+    roles = conversations.select(
+        pl.col("messages").list.eval(pl.element().struct.field("role"))
+    ).explode("messages")
+    assert set(roles["messages"]) <= {"system", "user", "assistant"}
+    assert all(json.loads(m) is not None for m in conversations["meta"])
+    preferences = pl.read_parquet(out / "preferences_human.parquet")
+    assert {"oasst", "hh", "ultrafeedback"} <= set(preferences["source"])
+    assert preferences.filter(pl.col("chosen") == pl.col("rejected")).height == 0
+
+
+def test_nothing_is_lost_between_raw_and_canonical(demo):
+    _, out, _ = demo
+    rejects = pl.read_parquet(out / "ingest_rejects" / "ledger.parquet")
+    assert {"ingest.deleted", "ingest.spam_tree"} <= set(rejects["rule"])
+    # FLAN is one row per line, so lines in == conversations + rejected, exactly.
+    flan_lines = sum(
+        len((SAMPLES / name).read_text().splitlines())
+        for name in ("flan.jsonl", "synthetic_flan.jsonl")
+    )
+    raw_flan = pl.read_parquet(out / "raw_flan" / "conversations.parquet")
+    flan_rejected = pl.read_parquet(out / "raw_flan" / "rejected.parquet")
+    assert raw_flan.height + flan_rejected.height == flan_lines
+
+
+def test_length_profile_shows_tables_and_histograms_in_the_ui(demo):
+    result, out, _ = demo
+    metadata = materialization(result, "length_profile").metadata
+    pngs = [k for k in metadata if k.startswith("hist_")]
+    assert {"hist_user_tokens", "hist_assistant_tokens", "hist_text_tokens"} <= set(pngs)
+    assert metadata["hist_user_tokens"].value.startswith(
+        "![hist_user_tokens](data:image/png;base64,"
+    )
+    assert "| source | role |" in metadata["tokens_by_source_and_role"].value
+    stats = pl.read_parquet(out / "length_profile.parquet")
+    medians = stats.filter(measure="tokens", role="assistant").select("source", "p50")
+    spread = dict(medians.iter_rows())
+    assert spread["oasst"] > 5 * spread["flan"]  # sources differ widely in output length
+    assert (out / "project_tokenizer" / "tokenizer.json").exists()
+
+
+def test_raw_asset_reports_counts_and_reasons(demo):
+    result, _, _ = demo
+    metadata = materialization(result, "raw_oasst").metadata
+    assert metadata["conversations"].value > 50
+    assert metadata["preferences"].value > 100
+    assert metadata["excluded_rules"].value["ingest.deleted"] >= 1
+
+
+def test_a_bad_source_config_fails_its_asset_with_the_file_named(tmp_path, instance):
+    raw_flan = next(a for a in defs.assets if getattr(a, "key", None) == dg.AssetKey("raw_flan"))
+    missing = tmp_path / "missing.jsonl"
+    result = dg.materialize(
+        [raw_flan],
+        instance=instance,
+        run_config={"ops": {"raw_flan": {"config": {"paths": [str(missing)]}}}},
+        resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))},
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("raw_flan")
+    assert f"{missing}: no such file" in str(failure.error)
