@@ -79,3 +79,33 @@ def corpus_texts(path: str | Path, field: str = "text") -> Iterator[str]:
                 continue
             if isinstance(value, str) and value:
                 yield value
+
+
+# ChatML, with {% generation %} around assistant text so TRL's assistant_only_loss can mask
+# everything else: the model learns to answer, not to predict the user's turns.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def to_transformers(tokenizer: Tokenizer, model_max_length: int = 2048):
+    """Wrap a ``tokenizers`` tokenizer for transformers/TRL, with the chat template and the
+    special tokens TRL looks for (pad, eos)."""
+    from transformers import PreTrainedTokenizerFast
+
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        unk_token=None,
+        model_max_length=model_max_length,
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
