@@ -148,3 +148,49 @@ def test_config_errors_name_the_key():
         build_filters({"refrences": {}})
     with pytest.raises(ValueError, match="unknown verdict"):
         Policy("delete")
+
+
+def pair(id_: str, prompt: str, chosen: str, rejected: str) -> dict:
+    return {
+        "id": id_,
+        "source": "s",
+        "source_id": id_,
+        "lang": "en",
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "origin": "human",
+        "margin": 1.0,
+        "judge": None,
+        "source_ids": [id_],
+        "provenance": {"file": "f", "line": 1, "ids": []},
+    }
+
+
+@dataclass(frozen=True)
+class PiiLike(RedactSecret):
+    category: ClassVar[str] = "pii"
+
+
+def test_preferences_are_judged_on_prompt_and_chosen_and_redacted_everywhere():
+    from curation.preferences import curate_preferences
+    from curation.schema import PREFERENCES
+
+    pairs = frame(
+        [
+            pair("ok", "q", "good", "BAD is fine on the rejected side"),
+            pair("bad", "q", "BAD chosen", "x"),
+            pair("same", "q", "a", "a"),
+            pair("pii", "my secret", "the secret", "secret too"),
+        ],
+        PREFERENCES,
+    )
+    result = curate_preferences(pairs, [PiiLike(), DropBad()])
+    states = dict(result.states.select("row_id", "state").iter_rows())
+    assert states == {"ok": "kept", "bad": "dropped", "same": "dropped", "pii": "rewritten"}
+    row = result.curated.filter(id="pii").row(0, named=True)
+    assert row["prompt"][0]["content"] == "my <X>"
+    assert row["chosen"][0]["content"] == "the <X>"
+    assert row["rejected"][0]["content"] == "<X> too"
+    assert result.curated.columns == pairs.columns
+    assert "preference.identical" in set(result.ledger["rule"])
