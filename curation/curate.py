@@ -242,6 +242,11 @@ FILTERS: dict[str, str] = {
 }
 
 
+def filter_class(name: str) -> type:
+    module, cls_name = FILTERS[name].split(":")
+    return getattr(importlib.import_module(module), cls_name)
+
+
 class ConfigError(ValueError):
     """A curation config that names an unknown filter or key, or has a value of the wrong type."""
 
@@ -283,12 +288,11 @@ def build_filters(
     if unknown:
         raise ConfigError(f"unknown filter(s) {unknown}; expected some of {list(FILTERS)}")
     filters = []
-    for name, target in FILTERS.items():
+    for name in FILTERS:
         section = dict(config.get(name) or {})
         if not section.pop("enabled", True):
             continue
-        module, cls_name = target.split(":")
-        cls = getattr(importlib.import_module(module), cls_name)
+        cls = filter_class(name)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         policy = section.pop("policy", None)
         per_source = section.pop("per_source", None)

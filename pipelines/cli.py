@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--vocab-size", type=int, default=4096)
     profile.set_defaults(handler=run_profile)
 
+    curate = commands.add_parser("curate", help="filter an ingested folder; write training sets")
+    curate.add_argument("input", type=Path, metavar="IN_DIR")
+    curate.add_argument("--out", required=True, type=Path)
+    curate.add_argument("--config", type=Path, help="YAML or JSON: filter sections and settings")
+    curate.add_argument("--tokenizer", help="tokenizer.json or its folder (default: train a BPE)")
+    curate.add_argument("--eval-fraction", type=float, default=0.05)
+    curate.set_defaults(handler=run_curate)
+
     demo = commands.add_parser("demo", help="materialize the whole asset graph on embedded data")
     demo.set_defaults(handler=run_demo)
     return parser
@@ -87,30 +95,90 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    import polars as pl
 
     from curation.profile import profile, write_profile
     from curation.tokens import TokenCounter
-    from training.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 
-    source = args.input / "conversations.parquet"
-    if not source.exists():
-        raise BadInput(f"{source}: no such file (run `postforge ingest --out {args.input}` first)")
-    conversations = pl.read_parquet(source)
-    if args.tokenizer:
-        try:
-            tokenizer = load_tokenizer(args.tokenizer)
-        except Exception as error:  # tokenizers raises bare Exceptions for bad files
-            raise BadInput(f"{args.tokenizer}: cannot load tokenizer ({error})") from None
-    else:
-        tokenizer = train_tokenizer(
-            _tokenizer_corpus(conversations), TokenizerConfig(vocab_size=args.vocab_size)
-        )
+    conversations = _read_ingested(args.input, "conversations.parquet")
+    tokenizer = _tokenizer(args.tokenizer, conversations, args.vocab_size)
     result = profile(conversations, TokenCounter(tokenizer))
     written = write_profile(result, args.out)
     print(result.table("tokens"))
     print(f"profiled {conversations.height} conversations -> {args.out} ({len(written)} files)")
     return 0
+
+
+def _read_ingested(folder: Path, name: str):
+    import polars as pl
+
+    source = folder / name
+    if not source.exists():
+        raise BadInput(f"{source}: no such file (run `postforge ingest --out {folder}` first)")
+    try:
+        return pl.read_parquet(source)
+    except Exception as error:  # polars raises several types for a damaged file
+        raise BadInput(f"{source}: not a readable Parquet file ({error})") from None
+
+
+def _tokenizer(path: str | None, conversations, vocab_size: int = 4096):
+    from training.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+
+    if path:
+        try:
+            return load_tokenizer(path)
+        except Exception as error:  # tokenizers raises bare Exceptions for bad files
+            raise BadInput(f"{path}: cannot load tokenizer ({error})") from None
+    return train_tokenizer(_tokenizer_corpus(conversations), TokenizerConfig(vocab_size=vocab_size))
+
+
+def run_curate(args: argparse.Namespace) -> int:
+    from curation.curate import ConfigError, build_filters, curate
+    from curation.datasets import ExportConfig, export, preference_rows, prompt_rows, sft_rows
+    from curation.preferences import curate_preferences
+    from curation.storage import write_parquet
+    from curation.tokens import TokenCounter
+
+    settings = _load_config(args.config) if args.config else {}
+    conversations = _read_ingested(args.input, "conversations.parquet")
+    try:
+        filters = build_filters(settings, TokenCounter(_tokenizer(args.tokenizer, conversations)))
+    except ConfigError as error:
+        raise BadInput(f"{args.config}: {error}") from None
+    result = curate(conversations, filters)
+    out = args.out
+    write_parquet(result.curated, out / "curated.parquet")
+    write_parquet(result.ledger, out / "ledger.parquet")
+    write_parquet(result.states, out / "states.parquet")
+    export_config = ExportConfig(eval_fraction=args.eval_fraction)
+    export("sft", sft_rows(result.curated), out / "datasets", export_config)
+    export("prompt", prompt_rows(result.curated), out / "datasets", export_config)
+    if (args.input / "preferences.parquet").exists():
+        pairs = curate_preferences(_read_ingested(args.input, "preferences.parquet"), filters)
+        write_parquet(pairs.curated, out / "curated_preferences.parquet")
+        write_parquet(pairs.ledger, out / "preference_ledger.parquet")
+        write_parquet(pairs.states, out / "preference_states.parquet")
+        export("preference", preference_rows(pairs.curated), out / "datasets", export_config)
+    for rule, verdict, rows in result.rule_counts().iter_rows():
+        print(f"  {rule:<32} {verdict:<8} {rows}")
+    counts = " ".join(f"{k}={v}" for k, v in result.counts().items())
+    print(f"curated {conversations.height} conversations: {counts} -> {out}")
+    return 0
+
+
+def _load_config(path: Path) -> dict:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except yaml.YAMLError as error:
+        raise BadInput(f"{path}: not valid YAML/JSON ({error})") from None
+    if not isinstance(loaded, dict):
+        raise BadInput(
+            f"{path}: expected a mapping of filter sections, got {type(loaded).__name__}"
+        )
+    return loaded
 
 
 def _tokenizer_corpus(conversations) -> list[str]:
