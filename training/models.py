@@ -1,0 +1,90 @@
+"""Model presets: named Llama-style shapes, or a pretrained model from a local path / hub id.
+
+Random initialisation is seeded so two runs of a recipe start from the same weights. Weights are
+only ever read as safetensors; ``trust_remote_code`` stays off unless a recipe turns it on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# (hidden, intermediate, layers, heads, kv_heads). 134M and 374M match the shapes of the plain-TRL
+# baseline in shared/bench, so our GPU numbers compare like for like.
+PRESETS: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (64, 176, 2, 4, 2),  # CPU demo: trains in seconds, still a real transformer
+    "small": (256, 704, 4, 4, 4),
+    "134M": (768, 2048, 12, 12, 12),
+    "374M": (1024, 2816, 24, 16, 16),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model a stage starts from.
+
+    Attributes:
+        preset: a key of ``PRESETS`` for a random-init Llama; ignored when ``path`` is set.
+        path: a local checkpoint directory or a hub id of a pretrained model.
+        max_position_embeddings: context length of a preset model.
+        seed: seeds random initialisation.
+        dtype: ``float32`` (CPU) or ``bfloat16``.
+        attn_implementation: ``sdpa`` (default), ``eager``, ``flex_attention``, ...
+        trust_remote_code: run code shipped with a hub model; off unless a recipe needs it.
+    """
+
+    preset: str = "tiny"
+    path: str | None = None
+    max_position_embeddings: int = 1024
+    seed: int = 0
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.path is None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; expected one of {list(PRESETS)}")
+
+
+def llama_config(config: ModelConfig, tokenizer: Any, **overrides: Any):
+    from transformers import LlamaConfig
+
+    hidden, intermediate, layers, heads, kv_heads = PRESETS[config.preset]
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        attn_implementation=config.attn_implementation,
+        **overrides,
+    )
+
+
+def build_causal_lm(config: ModelConfig, tokenizer: Any, path: str | None = None):
+    """A causal LM from ``path`` (or ``config.path``) when given, else a seeded preset."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    dtype = getattr(torch, config.dtype)
+    source = path or config.path
+    if source:
+        return AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation,
+        )
+    torch.manual_seed(config.seed)
+    return LlamaForCausalLM(llama_config(config, tokenizer)).to(dtype)
+
+
+def count_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())

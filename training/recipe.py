@@ -1,0 +1,98 @@
+"""Recipes: named, diffable YAML files whose sections become the stages' config dataclasses.
+
+Loading is strict on purpose: an unknown key or a value of the wrong type fails before any work
+starts, naming the file and the key (``recipes/tiny.yaml: sft.lerning_rate: unknown key``),
+because a silently ignored typo in a training config costs a whole run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used as written."""
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such recipe") from None
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(loaded, dict):
+        raise RecipeError(f"{path}: expected a mapping of stage sections")
+    return loaded
+
+
+def build(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
+    """``cls(**values)`` with every key and type checked; ``where`` prefixes error messages."""
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise RecipeError(f"{where}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise RecipeError(f"{where}.{key}: unknown key; expected one of {sorted(fields)}")
+        kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"{where}: {error}") from None
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, where)
+            except RecipeError as error:
+                errors.append(str(error))
+        raise RecipeError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise RecipeError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        inner = args[0] if args else Any
+        items = [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin or hint) is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__}")
+        inner = args[1] if len(args) == 2 else Any
+        return {k: coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
+    if origin is typing.Literal:
+        if value not in args:
+            raise RecipeError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise RecipeError(f"{where}: expected {hint.__name__}, got bool {value!r}")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise RecipeError(
+            f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
