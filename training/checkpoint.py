@@ -1,0 +1,108 @@
+"""Checkpoint directories: safetensors weights, tokenizer, config and lineage.json, published
+atomically so a crash never leaves a half-written checkpoint where a later stage looks.
+
+Optimizer state (handed from the stable to the decay phase) is stored as safetensors plus a JSON
+file for the scalars, not as a pickle: loading it runs no code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+LINEAGE = "lineage.json"
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+REQUIRED = ("config.json", "tokenizer.json", LINEAGE)
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_META = "optimizer.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing or incomplete."""
+
+
+def verify(path: str | Path) -> Path:
+    """Fail early, naming what is missing, rather than deep inside from_pretrained."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory does not exist")
+    missing = [name for name in REQUIRED if not (path / name).exists()]
+    if not any((path / name).exists() for name in WEIGHTS):
+        missing.append("model.safetensors")
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    return path
+
+
+def read_lineage(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / LINEAGE).read_text(encoding="utf-8"))
+
+
+def publish(
+    model: Any,
+    tokenizer: Any,
+    target: str | Path,
+    lineage: Mapping[str, Any],
+    optimizer: Any | None = None,
+) -> Path:
+    """Write everything into ``<target>.tmp-<pid>`` and rename it to ``target`` at the end."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if optimizer is not None:
+            save_optimizer(optimizer, tmp)
+        (tmp / LINEAGE).write_text(json.dumps(lineage, indent=2, sort_keys=True), encoding="utf-8")
+        verify(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{int(time.time())}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def save_optimizer(optimizer: Any, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            key = f"{index}.{name}"
+            if hasattr(value, "shape"):
+                tensors[key] = value.detach().contiguous().cpu()
+            else:
+                scalars[key] = value
+    save_file(tensors, str(directory / OPTIMIZER_TENSORS))
+    meta = {"param_groups": state["param_groups"], "scalars": scalars}
+    (directory / OPTIMIZER_META).write_text(json.dumps(meta), encoding="utf-8")
+
+
+def load_optimizer_state(directory: str | Path) -> dict[str, Any] | None:
+    """The state dict saved by ``save_optimizer``, or None when the checkpoint has none."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / OPTIMIZER_TENSORS).exists():
+        return None
+    tensors = load_file(str(directory / OPTIMIZER_TENSORS))
+    meta = json.loads((directory / OPTIMIZER_META).read_text(encoding="utf-8"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}

@@ -1,0 +1,183 @@
+"""What every training stage shares: tokenizer and data loading, run directories, resume,
+metrics, and the lineage written into each checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from training.reporting import Reporter
+
+CODE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings every stage has.
+
+    Attributes:
+        output_dir: the stage's folder: ``runs/`` (resumable trainer state) and ``checkpoint/``
+            (the published checkpoint with lineage.json).
+        max_steps: optimizer steps in this stage.
+        per_device_train_batch_size: sequences per step and device.
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        learning_rate: peak learning rate.
+        max_length: tokens per sequence; longer examples are truncated and counted.
+        save_steps: steps between resumable saves.
+        logging_steps: steps between metric records.
+        seed: data order and initialisation.
+        bf16: bfloat16 mixed precision (GPU).
+        use_cpu: force the CPU even when a GPU is present.
+        resume: continue from the last saved step in ``runs/`` when there is one.
+        inputs: what the caller knows of the input datasets (asset key, data version, rows),
+            copied into lineage.json.
+    """
+
+    output_dir: str = "outputs/checkpoints/stage"
+    max_steps: int = 20
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    max_length: int = 128
+    save_steps: int = 10
+    logging_steps: int = 2
+    seed: int = 0
+    bf16: bool = False
+    use_cpu: bool = False
+    resume: bool = True
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+def load_training_tokenizer(path: str | Path, max_length: int = 2048):
+    """Our tokenizer.json (wrapped with the chat template) or a transformers tokenizer folder."""
+    from training.tokenizer import load_tokenizer, to_transformers
+
+    path = Path(path)
+    if path.is_dir() and (path / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path))
+    return to_transformers(load_tokenizer(path), model_max_length=max_length)
+
+
+def load_splits(path: str | Path):
+    """A ``save_to_disk`` DatasetDict, or a folder with train.parquet / test.parquet."""
+    import datasets
+
+    path = Path(path)
+    if (path / "hf").is_dir():
+        path = path / "hf"
+    if (path / "dataset_dict.json").exists():
+        return datasets.load_from_disk(str(path))
+    files = {
+        s: str(path / f"{s}.parquet") for s in ("train", "test") if (path / f"{s}.parquet").exists()
+    }
+    if not files:
+        raise FileNotFoundError(
+            f"{path}: no dataset (expected a save_to_disk folder or train.parquet)"
+        )
+    return datasets.load_dataset("parquet", data_files=files)
+
+
+def ids_digest(dataset: Any, column: str = "id") -> str:
+    """A hash of the row ids a stage trained on: lineage can prove which rows were used."""
+    if column not in dataset.column_names:
+        return ""
+    digest = hashlib.sha256()
+    for row_id in sorted(dataset[column]):
+        digest.update(str(row_id).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=CODE_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return commit or "unknown"
+
+
+def lineage_record(
+    stage: str,
+    config: Any,
+    inputs: Mapping[str, Any],
+    parent: str | None,
+    metrics: Mapping[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "recipe": dataclasses.asdict(config),
+        "inputs": dict(inputs),
+        "parent_checkpoint": parent,
+        "metrics": dict(metrics),
+        "code_version": code_version(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def last_run_checkpoint(runs: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(runs)) if runs.is_dir() else None
+
+
+def training_arguments(config: RunConfig, runs: Path, **overrides: Any):
+    from transformers import TrainingArguments
+
+    values = dict(
+        output_dir=str(runs),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=config.bf16,
+        use_cpu=config.use_cpu,
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+class MetricsCallback(TrainerCallback):
+    """Loss curve and tokens/s into metrics.jsonl; stops the run at a non-finite loss, so the
+    last good checkpoint stays the latest and the stage can say which step went wrong."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.started = time.perf_counter()
+        self.nan_step: int | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        logs = dict(logs or {})
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.nan_step = state.global_step
+            control.should_training_stop = True
+            control.should_save = False
+        seconds = time.perf_counter() - self.started
+        tokens = float(state.num_input_tokens_seen or 0)
+        record = {"step": state.global_step, **logs, "tokens_seen": tokens}
+        if seconds > 0 and tokens:
+            record["tokens_per_s"] = tokens / seconds
+        self.reporter.metrics(record)
+        return control
