@@ -1,0 +1,145 @@
+"""Supervised fine-tuning through TRL's SFTTrainer (InstructGPT's first stage).
+
+Loss on assistant tokens only: the chat template marks assistant text with {% generation %},
+so the model learns to answer rather than to predict what users type.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import SFTConfig as TrlSFTConfig
+from trl import SFTTrainer
+
+from training.checkpoint import publish, verify
+from training.common import (
+    MetricsCallback,
+    RunConfig,
+    ids_digest,
+    last_run_checkpoint,
+    lineage_record,
+    load_splits,
+    load_training_tokenizer,
+)
+from training.models import ModelConfig, build_causal_lm, count_parameters
+from training.reporting import Reporter
+
+
+@dataclass(frozen=True)
+class SFTStageConfig(RunConfig):
+    """SFT (see ``RunConfig`` for the shared settings).
+
+    Attributes:
+        data: the ``sft_dataset`` folder (conversational ``messages``).
+        init_from: the checkpoint to fine-tune (the midtrained one by default in recipes).
+        tokenizer: used only when ``init_from`` is empty (a preset model from scratch).
+        model: preset or pretrained model when ``init_from`` is empty.
+        assistant_only_loss: train on assistant tokens only.
+        packing: pack several conversations into one sequence.
+        warmup_steps: linear warmup, then cosine decay.
+    """
+
+    data: str = ""
+    init_from: str | None = None
+    tokenizer: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    assistant_only_loss: bool = True
+    packing: bool = False
+    warmup_steps: int = 2
+    learning_rate: float = 5e-4
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("data: the sft dataset folder is required")
+        if not self.init_from and not self.tokenizer:
+            raise ValueError("init_from or tokenizer is required")
+
+
+def assistant_turns(dataset) -> int:  # noqa: ANN001
+    return sum(
+        1 for messages in dataset["messages"] if any(m["role"] == "assistant" for m in messages)
+    )
+
+
+def main(config: SFTStageConfig) -> Path:
+    started = time.time()
+    out = Path(config.output_dir)
+    reporter = Reporter(out / "metrics.jsonl")
+    parent = str(verify(config.init_from)) if config.init_from else None
+    tokenizer = load_training_tokenizer(parent or config.tokenizer)
+    splits = load_splits(config.data)
+    train = splits["train"]
+    usable = assistant_turns(train)
+    if usable == 0:
+        raise ValueError(f"{config.data}: no conversation has an assistant turn; nothing to learn")
+    model = build_causal_lm(config.model, tokenizer, path=parent)
+    too_long = sum(
+        1
+        for ids in tokenizer.apply_chat_template(list(train["messages"]), tokenize=True)
+        if len(ids) > config.max_length
+    )
+    args = TrlSFTConfig(
+        output_dir=str(out / "runs"),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=config.warmup_steps,
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=config.bf16,
+        use_cpu=config.use_cpu,
+        report_to=[],
+        disable_tqdm=True,
+        max_length=config.max_length,
+        assistant_only_loss=config.assistant_only_loss,
+        packing=config.packing,
+        include_num_input_tokens_seen=True,
+        dataset_num_proc=None,
+    )
+    metrics = MetricsCallback(reporter)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train.select_columns(["messages"]),
+        eval_dataset=splits["test"].select_columns(["messages"]) if "test" in splits else None,
+        processing_class=tokenizer,
+        callbacks=[metrics],
+    )
+    resume = last_run_checkpoint(out / "runs") if config.resume else None
+    reporter.log(
+        f"sft: {count_parameters(model) / 1e6:.2f}M parameters, {len(train)} conversations "
+        f"({too_long} truncated to {config.max_length} tokens), resume from {resume or 'scratch'}"
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    if metrics.nan_step is not None:
+        raise FloatingPointError(
+            f"sft: non-finite loss at step {metrics.nan_step}; the last good state is the latest "
+            f"checkpoint in {out / 'runs'}"
+        )
+    final = {
+        "train_loss": result.training_loss,
+        "conversations": len(train),
+        "truncated": too_long,
+    }
+    if trainer.eval_dataset is not None and len(trainer.eval_dataset):
+        final["eval_loss"] = trainer.evaluate()["eval_loss"]
+    lineage = lineage_record(
+        "sft",
+        config,
+        {**config.inputs, "data": config.data, "row_ids_sha256": ids_digest(train)},
+        parent,
+        final,
+        started,
+    )
+    checkpoint = publish(trainer.model, tokenizer, out / "checkpoint", lineage)
+    reporter.log(f"sft: published {checkpoint} {final}")
+    reporter.done({"checkpoint": str(checkpoint), **final})
+    reporter.close()
+    return checkpoint
