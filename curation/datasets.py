@@ -130,8 +130,13 @@ def save_hf(parts: Mapping[str, pl.DataFrame], path: Path, name: str, card: Mapp
     datasets.disable_progress_bars()  # logs, not terminals, read this output
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    # datasets cannot store an empty split; an empty test split is left out of the folder.
     dataset = datasets.DatasetDict(
-        {split: datasets.Dataset(part.to_arrow()) for split, part in parts.items()}
+        {
+            split: datasets.Dataset(part.to_arrow())
+            for split, part in parts.items()
+            if part.height or split == "train"
+        }
     )
     dataset.save_to_disk(str(tmp))
     (tmp / "README.md").write_text(dataset_card(name, card), encoding="utf-8")

@@ -1,0 +1,241 @@
+"""Training stages on the tiny preset: real steps that change every parameter and lower the loss,
+the WSD schedule's shape, resume, lineage, and bad recipes and checkpoints."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from assets.resources import SAMPLES
+from curation.datasets import ExportConfig, export, pretrain_rows, sft_rows
+from curation.ingest import ingest
+from curation.readers.text import read_text_corpus
+from training.causal_lm import CausalLMConfig
+from training.causal_lm import main as causal_lm
+from training.checkpoint import CheckpointError, read_lineage, verify
+from training.recipe import RecipeError, build, read_recipe
+from training.sft import SFTStageConfig
+from training.sft import main as sft
+from training.tokenizer import (
+    TokenizerConfig,
+    corpus_texts,
+    save_tokenizer,
+    to_transformers,
+    train_tokenizer,
+)
+
+TINY = {"preset": "tiny", "max_position_embeddings": 256}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("training")
+    texts = read_text_corpus([SAMPLES / "pretrain.jsonl"]).texts.head(600)
+    export("pretrain", pretrain_rows(texts), root / "data", ExportConfig(eval_fraction=0.05))
+    chats = ingest("jsonl", [SAMPLES / "synthetic_chat.jsonl"]).conversations
+    export("sft", sft_rows(chats), root / "data", ExportConfig(eval_fraction=0.1))
+    tokenizer = train_tokenizer(
+        corpus_texts(SAMPLES / "pretrain.jsonl"), TokenizerConfig(vocab_size=512)
+    )
+    save_tokenizer(tokenizer, root / "tokenizer")
+    return root
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def losses(run_dir: Path) -> list[float]:
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def pretrain_config(workspace: Path, name: str, **overrides) -> CausalLMConfig:
+    values = dict(
+        output_dir=str(workspace / name),
+        data=str(workspace / "data" / "pretrain"),
+        tokenizer=str(workspace / "tokenizer"),
+        model=build(__import__("training.models").models.ModelConfig, TINY, "model"),
+        max_steps=16,
+        per_device_train_batch_size=8,
+        max_length=64,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        save_steps=8,
+        logging_steps=2,
+        use_cpu=True,
+        inputs={"asset": "pretrain_mixture"},
+    )
+    values.update(overrides)
+    return CausalLMConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def stable(workspace) -> Path:
+    return causal_lm(pretrain_config(workspace, "stable"))
+
+
+def test_pretraining_lowers_the_loss_and_writes_a_complete_checkpoint(workspace, stable):
+    verify(stable)
+    curve = losses(workspace / "stable")
+    assert curve[-1] < curve[0] - 0.5
+    lineage = read_lineage(stable)
+    assert lineage["stage"] == "pretrain"
+    assert lineage["inputs"]["asset"] == "pretrain_mixture"
+    assert len(lineage["inputs"]["row_ids_sha256"]) == 64
+    assert lineage["parent_checkpoint"] is None
+    assert lineage["recipe"]["max_steps"] == 16
+    assert (stable / "optimizer.safetensors").exists()
+
+
+def test_decay_phase_continues_weights_and_optimizer_and_changes_every_parameter(workspace, stable):
+    config = pretrain_config(
+        workspace,
+        "decay",
+        stage="midtrain",
+        init_from=str(stable),
+        tokenizer="",
+        load_optimizer=True,
+        max_steps=6,
+        warmup_steps=0,
+        stable_steps=0,
+        decay_steps=6,
+    )
+    decayed = causal_lm(config)
+    before, after = weights(stable), weights(decayed)
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert unchanged == []
+    lineage = read_lineage(decayed)
+    assert lineage["parent_checkpoint"] == str(stable)
+    records = [
+        json.loads(x) for x in (workspace / "decay" / "metrics.jsonl").read_text().splitlines()
+    ]
+    rates = [r["learning_rate"] for r in records if "learning_rate" in r]
+    assert rates == sorted(rates, reverse=True) and rates[-1] < 3e-3 * 0.5  # decays to the floor
+
+
+def test_wsd_schedule_has_warmup_stable_and_decay():
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = get_scheduler(
+        "warmup_stable_decay",
+        optimizer,
+        num_warmup_steps=10,
+        num_training_steps=100,
+        scheduler_specific_kwargs={
+            "num_stable_steps": 80,
+            "num_decay_steps": 10,
+            "min_lr_ratio": 0.1,
+        },
+    )
+    rates = []
+    for _ in range(100):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] < rates[5] < rates[10] == 1.0  # warmup
+    assert set(rates[10:90]) == {1.0}  # stable
+    assert rates[99] < rates[95] < 1.0 and rates[99] >= 0.1  # decay to the floor
+
+
+def test_an_interrupted_run_resumes_from_its_last_save(workspace):
+    config = pretrain_config(workspace, "resumed", max_steps=8, save_steps=4)
+    first = causal_lm(config)
+    runs = workspace / "resumed" / "runs"
+    assert (runs / "checkpoint-8").exists()
+    shutil.rmtree(runs / "checkpoint-8")  # as if killed between step 4 and step 8
+    shutil.rmtree(first)
+    (workspace / "resumed" / "metrics.jsonl").unlink()
+    causal_lm(config)
+    steps = [
+        json.loads(x)["step"]
+        for x in (workspace / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert min(steps) > 4  # steps 1..4 were not trained again
+    verify(workspace / "resumed" / "checkpoint")
+
+
+def test_sft_trains_on_assistant_tokens_and_records_lineage(workspace, stable):
+    config = SFTStageConfig(
+        output_dir=str(workspace / "sft"),
+        data=str(workspace / "data" / "sft"),
+        init_from=str(stable),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        max_length=96,
+        learning_rate=3e-3,
+        logging_steps=2,
+        save_steps=100,
+        use_cpu=True,
+    )
+    checkpoint = sft(config)
+    curve = losses(workspace / "sft")
+    assert curve[-1] < curve[0]
+    before, after = weights(stable), weights(checkpoint)
+    assert all(not torch.equal(before[n], after[n]) for n in before)
+    assert read_lineage(checkpoint)["stage"] == "sft"
+
+
+def test_golden_hash_of_a_tokenized_sft_batch(workspace):
+    """Pins the chat template and tokenizer: silent drift in either changes this hash."""
+    tokenizer = to_transformers(
+        train_tokenizer(corpus_texts(SAMPLES / "pretrain.jsonl"), TokenizerConfig(vocab_size=512))
+    )
+    chats = ingest("jsonl", [SAMPLES / "synthetic_chat.jsonl"]).conversations.head(8)
+    encoded = [
+        tokenizer.apply_chat_template(
+            m, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        for m in chats["messages"].to_list()
+    ]
+    payload = json.dumps([[e["input_ids"], e["assistant_masks"]] for e in encoded]).encode()
+    assert sum(sum(e["assistant_masks"]) for e in encoded) > 0
+    assert hashlib.sha256(payload).hexdigest() == GOLDEN_SFT_BATCH
+
+
+GOLDEN_SFT_BATCH = "62c3056e675642bc309c1b12c540fd84754a044ad453e4d05906c6dc620a14ab"
+
+
+def test_bad_recipes_fail_before_any_work(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sft:\n  lerning_rate: 0.1\n")
+    with pytest.raises(RecipeError, match=r"r.yaml: sft.lerning_rate: unknown key"):
+        build(SFTStageConfig, read_recipe(recipe)["sft"], f"{recipe}: sft")
+    with pytest.raises(RecipeError, match=r"sft.max_steps: expected int, got str"):
+        build(SFTStageConfig, {"data": "d", "tokenizer": "t", "max_steps": "ten"}, "sft")
+    with pytest.raises(RecipeError, match="data"):
+        build(SFTStageConfig, {}, "sft")
+
+
+def test_incomplete_checkpoint_is_named(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    with pytest.raises(
+        CheckpointError, match="missing tokenizer.json, lineage.json, model.safetensors"
+    ):
+        verify(tmp_path / "ckpt")
+
+
+def test_sft_without_assistant_turns_is_refused(workspace, tmp_path):
+    rows = pl.DataFrame(
+        {
+            "id": ["a", "b"],
+            "source": ["s", "s"],
+            "messages": [[{"role": "user", "content": "hi"}]] * 2,
+        }
+    )
+    export("nothing", rows, tmp_path, ExportConfig(eval_fraction=0.0))
+    config = SFTStageConfig(
+        output_dir=str(tmp_path / "out"),
+        data=str(tmp_path / "nothing"),
+        tokenizer=str(workspace / "tokenizer"),
+        use_cpu=True,
+    )
+    with pytest.raises(ValueError, match="no conversation has an assistant turn"):
+        sft(config)
