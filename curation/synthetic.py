@@ -433,16 +433,21 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 def write_samples(out_dir: Path, n: int = 400, seed: int = 0) -> dict[str, Path]:
     """Write ``synthetic_chat.jsonl``, ``synthetic_flan.jsonl`` and
-    ``synthetic_ultrafeedback.jsonl`` for the same ``n`` tasks; returns format name → path."""
+    ``synthetic_ultrafeedback.jsonl``, ``n`` tasks each; returns format name → path.
+
+    Each format gets its own slice of one seeded stream: the same task in two formats would be an
+    exact cross-source duplicate, and deduplication would rightly remove most of the demo data.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = generate_tasks(n, seed)
+    stream = generate_tasks(3 * n, seed)
+    by_format = {"chat": stream[:n], "flan": stream[n : 2 * n], "ultrafeedback": stream[2 * n :]}
     paths = {
         "chat": out_dir / "synthetic_chat.jsonl",
         "flan": out_dir / "synthetic_flan.jsonl",
         "ultrafeedback": out_dir / "synthetic_ultrafeedback.jsonl",
     }
-    _write_jsonl(paths["chat"], to_chat_rows(tasks))
-    _write_jsonl(paths["flan"], to_flan_rows(tasks))
-    _write_jsonl(paths["ultrafeedback"], to_preference_rows(tasks, seed))
+    _write_jsonl(paths["chat"], to_chat_rows(by_format["chat"]))
+    _write_jsonl(paths["flan"], to_flan_rows(by_format["flan"]))
+    _write_jsonl(paths["ultrafeedback"], to_preference_rows(by_format["ultrafeedback"], seed))
     return paths
