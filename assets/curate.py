@@ -248,7 +248,7 @@ def rows_are_conserved(
     )
 
 
-@dg.asset_check(asset="curated_conversations")
+@dg.asset_check(asset="curated_conversations", additional_ins={"conversations": dg.AssetIn()})
 def curated_schema_and_size(
     curated_conversations: pl.DataFrame, conversations: pl.DataFrame
 ) -> dg.AssetCheckResult:

@@ -19,6 +19,7 @@ from assets.io_manager import preview_markdown
 from assets.resources import StorageResource, resolve
 from curation.datasets import ExportConfig, export, sft_rows
 from curation.mixing import MixConfig, mix
+from curation.storage import write_parquet
 from curation.synthetic import check_answer, generate_tasks
 from curation.tokens import TokenCounter
 from training.checkpoint import read_lineage
@@ -269,7 +270,7 @@ def training_evaluation(
     config: EvaluationConfig,
     storage: StorageResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
-) -> pl.DataFrame:
+) -> dg.MaterializeResult:
     """Held-out loss and perplexity per stage, and exact-match accuracy on synthetic tasks
     (greedy decoding) that no stage trained on."""
     tasks = generate_tasks(config.tasks, seed=config.seed)
@@ -311,5 +312,11 @@ def training_evaluation(
             }
         )
     table = pl.DataFrame(rows)
-    context.add_output_metadata({"by_stage": dg.MetadataValue.md(preview_markdown(table, 10))})
-    return table
+    write_parquet(table, folder / "summary.parquet")
+    return dg.MaterializeResult(
+        metadata={
+            "by_stage": dg.MetadataValue.md(preview_markdown(table, 10)),
+            **{f"exact_match_{r['stage']}": r["exact_match"] for r in rows},
+            "path": dg.MetadataValue.path(str(folder / "summary.parquet")),
+        }
+    )

@@ -1,4 +1,4 @@
-"""The one Definitions: every asset, bound to resources from config and environment.
+"""The one Definitions: every asset and check, bound to resources from config and environment.
 
 ``POSTFORGE_OUTPUTS`` moves all outputs (a local folder or an fsspec URL); the default is the
 git-ignored ``outputs/`` in the project.
@@ -9,26 +9,29 @@ from __future__ import annotations
 import os
 
 import dagster as dg
-
-from assets import ingest, profile
+from assets import curate, ingest, profile, training
 from assets.io_manager import PolarsParquetIOManager
 from assets.resources import PROJECT_ROOT, StorageResource
 
 OUTPUTS = os.environ.get("POSTFORGE_OUTPUTS", str(PROJECT_ROOT / "outputs"))
 
-all_assets = dg.load_assets_from_modules([ingest, profile])
+modules = [ingest, profile, curate, training]
+all_assets = dg.load_assets_from_modules(modules)
+all_checks = dg.load_asset_checks_from_modules(modules)
 
 demo_job = dg.define_asset_job(
     "demo",
     selection=dg.AssetSelection.all(),
-    description=("Everything make demo materializes, on the embedded data."),
+    description="Everything make demo materializes, on the embedded data.",
 )
 
 defs = dg.Definitions(
     assets=all_assets,
+    asset_checks=all_checks,
     jobs=[demo_job],
     resources={
         "io_manager": PolarsParquetIOManager(base_dir=OUTPUTS),
         "storage": StorageResource(base_dir=OUTPUTS),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT)),
     },
 )
