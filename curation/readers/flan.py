@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import polars as pl
 
+from curation.filters.options import OPTIONS_PATTERN
 from curation.ingest import IngestResult, ReadOptions
 from curation.readers.common import (
     meta_for_groups,
@@ -24,20 +25,8 @@ from curation.readers.common import (
 )
 from curation.records import read_records
 
-# A prompt "carries options" when an options header is followed by a list of choices, as FLAN's
-# templates write them: "OPTIONS:\n- a", "OPTIONS:\n(A) a", "Options: (a) ...", "Choose from:\n- ",
-# "Select from:", "Pick your answer from:", "Possible answers:", "Available choices:"... The
-# second branch catches NIv2-style lettered lines with no header: a line starting "(A)" and a
-# later line starting "(B)". Only syntax shared by Rust's regex (polars) and Python's ``re``.
-OPTIONS_PATTERN = (
-    r"(?i)(?:"
-    r"(?:\b(?:options|choices|answer choices|possible answers|available (?:options|choices))"
-    r"|\b(?:choose|select|pick)(?: (?:your|the|an?) answer)? from(?: the following| among)?)"
-    r"[ \t]*(?:[:.][ \t]*(?:\r?\n[ \t]*)*|(?:\r?\n[ \t]*)+)"
-    r"(?:[-*•][ \t]|\(?[a-h1-8]\)[ \t]|\[[a-h]\][ \t])"
-    r"|(?m:^[ \t]*\(A\)[ \t]).*\n(?:.*\n)*?[ \t]*\(B\)[ \t]"
-    r")"
-)
+# The option detection lives with the options filter (one pattern for the reader's ``has_options``
+# meta flag and the filter's ``options.explicit`` rule, so the two never disagree).
 OPTIONS_RE = re.compile(OPTIONS_PATTERN)
 
 META_KEYS = ("task_source", "task_name", "template_type", "has_options")

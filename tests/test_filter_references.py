@@ -1,0 +1,399 @@
+"""ReferenceFilter on real frames: each rule's positives and near misses, the rewrite, rewrite →
+drop, per-source policies, the embedded samples, and odd input. Python's ``re`` (the row-by-row
+baseline) must agree with the vectorised filter everywhere."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curation.filters.base import FINDINGS, REWRITES, Batch, Findings, Policy
+from curation.filters.references import (
+    PREFILTER,
+    RULE_NAMES,
+    RULES,
+    ReferenceFilter,
+    detect,
+    strip,
+)
+from curation.ingest import ingest
+from curation.schema import CONVERSATIONS, frame
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+
+
+def conversation(
+    row_id: str, *answers: str, source: str = "web", prompt: str = "Tell me about it."
+) -> dict:
+    messages = []
+    for answer in answers:
+        messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    return {
+        "id": row_id,
+        "source": source,
+        "source_id": row_id,
+        "lang": "en",
+        "messages": messages,
+        "meta": "{}",
+        "provenance": None,
+    }
+
+
+def batch(*rows: dict) -> Batch:
+    return Batch.from_conversations(frame(list(rows), CONVERSATIONS))
+
+
+def run(*answers: str, f: ReferenceFilter | None = None) -> Findings:
+    """One conversation per answer, ids r0, r1, ..."""
+    rows = [conversation(f"r{i}", a) for i, a in enumerate(answers)]
+    return (f or ReferenceFilter())(batch(*rows))
+
+
+def fired(findings: Findings, row_id: str = "r0") -> list[str]:
+    return findings.ledger.filter(pl.col("row_id") == row_id)["rule"].to_list()
+
+
+def rewritten(findings: Findings, row_id: str = "r0", turn: int = 1) -> str:
+    rows = findings.rewrites.filter((pl.col("row_id") == row_id) & (pl.col("turn") == turn))
+    assert rows.height == 1, findings.rewrites
+    return rows["content"].item()
+
+
+# ---- each rule: positives --------------------------------------------------------------------
+
+POSITIVES = [
+    ("reference.list", "It works.\n\nReferences:\n[1] Smith, J. (2019). A title. Nature."),
+    ("reference.list", "It works.\n\n## Bibliography\n- Lee, K. A book about it. Penguin."),
+    ("reference.list", "It works.\n\n**Sources:**\n- https://example.org/a\n- https://b.example"),
+    ("reference.list", "It works.\n\nWorks cited\n\n1. Brandt, K. Calendars. 2015."),
+    ("reference.list", "It works.\n\nFurther reading:\n- The Selfish Gene, by Richard Dawkins"),
+    ("reference.et_al", "Smith et al. found that sleep helps memory."),
+    ("reference.et_al", "This was shown before (Kim et. al, 2020)."),
+    ("reference.author_year", "Sleep helps memory (Smith, 2019)."),
+    ("reference.author_year", "Sleep helps memory (Smith & Jones, 2020)."),
+    ("reference.author_year", "Smith et al. (2019) showed that sleep helps memory."),
+    ("reference.author_year", "Sleep helps memory (Smith 2019a; Lee 2020)."),
+    ("reference.author_year", "Sleep helps memory (see Müller and García, 2018, p. 12)."),
+    ("reference.author_year", "Okoro, A. and Lind, P. (2021). Sound speed in natural waters."),
+    ("reference.numbered", "Water boils at 100 °C [1].\n\n[1] Smith, J. (2019). Boiling. Nature."),
+    ("reference.numbered", "As shown [2, 3] and [4-6].\n\n[2] Lee, K. (2020). Title. Journal."),
+    ("reference.numbered", "It is so.\n\n1. Smith, J. Boiling points. Nature 12, 2019."),
+    ("reference.doi", "See doi:10.1234/abcd for the data."),
+    ("reference.doi", "See https://doi.org/10.1038/nature12373 for the data."),
+    ("reference.doi", "The paper (10.1016/j.cell.2020.01.001) has the details."),
+    ("reference.arxiv", "The model is described in arXiv:2101.00001."),
+    ("reference.arxiv", "See https://arxiv.org/abs/1706.03762 for attention."),
+    ("reference.journal", "Published in Journal of Applied Acoustics, 12(3), 45-67."),
+    ("reference.journal", "In Proc. Acoustics, vol. 12, pp. 45–67."),
+    ("reference.journal", "J Appl Acoust. 2019;12(3):45-67."),
+    ("reference.url", "Sound is faster in water.\nSource: https://example.org/sound"),
+    ("reference.url", "Sound is faster in water (Source: https://example.org/sound)."),
+    ("reference.url", "Retrieved from https://example.org/sound on Monday."),
+    ("reference.url", "Sound is faster.\n\n[1] https://example.org/a\n[2] https://example.org/b"),
+]
+
+
+@pytest.mark.parametrize(("rule", "text"), POSITIVES)
+def test_rule_fires(rule: str, text: str) -> None:
+    findings = run(text)
+    assert rule in fired(findings)
+    assert rule in detect(text)  # the row-by-row baseline agrees
+
+
+# ---- near misses: must not fire --------------------------------------------------------------
+
+NEGATIVES = [
+    "In 2019 the company grew by a third.",
+    "Prices rose from 1990 to 2000, then fell (in 2001).",
+    "It happened in the summer (June 2019), and again (Windows 2000, Euro 2020).",
+    "Good films: Titanic (1997) and Inception (2010).",
+    "Use items[1] for the second item, matrix[2][3] for a cell and x[0] for the first.",
+    "In R:\n> x <- c(5, 6)\n> x[1]\n[1] 5\n[1] TRUE",
+    "Bring apples, pears, et cetera.",
+    "Bring apples, pears, etc.",
+    "Il est venu et alors il est parti.",
+    "1. Preheat the oven to 200 °C.\n2. Mix the flour and the butter.\n3. Bake for 20 minutes.",
+    "The website of the Python project is https://www.python.org",
+    "Here are two good places to start:\n- https://docs.python.org\n- https://realpython.com",
+    "It is open source: https://github.com/example/project",
+    "arXiv is a preprint server run by Cornell.",
+    "## References\nIn Python, names are references to objects, not boxes.",
+    "Good sources of vitamin C:\n- oranges\n- peppers",
+    "Sources:\n- oranges\n- peppers",
+    "It costs $10.2500/kg this week.",
+    "Evaluate 2(3), 10-4 and 6/2.",
+    "The volume is 12 litres.",
+    "Version 10.1 was released.",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", NEGATIVES)
+def test_near_misses_do_not_fire(text: str) -> None:
+    findings = run(text)
+    assert findings.ledger.height == 0, findings.ledger
+    assert findings.rewrites.height == 0
+    assert detect(text) == []
+
+
+def test_user_turns_are_not_checked() -> None:
+    row = conversation("r0", "Sure, happy to help.", prompt="Summarise Smith et al. (2019).")
+    assert ReferenceFilter()(batch(row)).ledger.height == 0
+
+
+# ---- rewrite ---------------------------------------------------------------------------------
+
+ANSWER = (
+    "Sound travels faster in water than in air, because water is much stiffer [1]. In water it "
+    "covers about 1,480 metres per second (Okoro & Lind, 2021).\n\n"
+    "References:\n"
+    "[1] Smith, J. et al. (2019). Acoustic propagation in fluids. Journal of Applied Acoustics, "
+    "12(3), 45-67. doi:10.1234/abcd\n"
+    "[2] Okoro, A. and Lind, P. (2021). Sound speed in natural waters. Marine Physics Letters, "
+    "4(1), 9-18. doi:10.4321/dcba"
+)
+
+
+def test_rewrite_strips_block_and_inline_citations_and_keeps_the_answer() -> None:
+    findings = run(ANSWER)
+    assert set(findings.ledger["verdict"]) == {"rewrite"}
+    assert rewritten(findings) == (
+        "Sound travels faster in water than in air, because water is much stiffer. In water it "
+        "covers about 1,480 metres per second."
+    )
+
+
+def test_ledger_rows_scores_and_reasons() -> None:
+    findings = run(ANSWER)
+    ledger = findings.ledger
+    assert ledger.schema == FINDINGS
+    assert findings.rewrites.schema == REWRITES
+    # One row per rule that fired, in rule order.
+    assert ledger["rule"].to_list() == [
+        "reference.list",
+        "reference.et_al",
+        "reference.author_year",
+        "reference.numbered",
+        "reference.doi",
+        "reference.journal",
+    ]
+    scores = dict(zip(ledger["rule"], ledger["score"], strict=True))
+    assert scores["reference.doi"] == 2.0
+    assert scores["reference.author_year"] == 3.0  # (Okoro & Lind, 2021) and two entries
+    assert scores["reference.numbered"] == 3.0  # two entries and one inline marker
+    reasons = dict(zip(ledger["rule"], ledger["reason"], strict=True))
+    assert reasons["reference.list"].startswith("stripped: 'References:\\n[1] Smith, J. et al.")
+    assert reasons["reference.list"].endswith("doi:10.4321/dcba'")
+    assert reasons["reference.doi"] == "stripped: 'doi:10.1234/abcd … doi:10.4321/dcba'"
+
+
+def test_long_reasons_are_cut() -> None:
+    entries = "\n".join(f"[{i}] Author{i}, A. ({2000 + i}). Title {i}. Journal." for i in range(40))
+    (reason,) = run(
+        f"Answer.\n\nReferences:\n{entries}", f=ReferenceFilter(rules=("reference.list",))
+    ).ledger["reason"]
+    assert reason.startswith("stripped: 'References:\\n[0] Author0")
+    # 300 characters of the block, its newlines shown as "\\n".
+    assert reason.endswith("…'")
+    assert len(reason.replace("\\n", "\n")) == len("stripped: ''…") + 300
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Sleep helps memory (Smith, 2019).", "Sleep helps memory."),
+        ("Smith et al. (2019) showed that sleep helps.", "Smith showed that sleep helps."),
+        (
+            "It was shown by Smith et al. Later work agreed.",
+            "It was shown by Smith. Later work agreed.",
+        ),
+        ("It was shown by Smith et al.", "It was shown by Smith."),
+        (
+            "Water boils [1]. It freezes [2, 3].\n\n[1] Lee, K. (2020). Water. Nature.",
+            "Water boils. It freezes.",
+        ),
+        ("Attention works.\nSource: https://example.org/a", "Attention works."),
+        ("Attention works (Source: https://example.org/a).", "Attention works."),
+        ("Attention works.\narXiv:1706.03762", "Attention works."),
+        ("Attention works.\n\ndoi: 10.1234/abcd\n\nMore text.", "Attention works.\n\nMore text."),
+        ("In Proc. Acoustics, vol. 12, pp. 45–67.", "In Proc. Acoustics."),
+        # Code is left alone: only rules that fired on the message edit it.
+        ("Use x[1] (Smith, 2019).\n\n    y = x[0]", "Use x[1].\n\n    y = x[0]"),
+    ],
+)
+def test_rewrite_keeps_sentences_readable(text: str, expected: str) -> None:
+    assert rewritten(run(text)) == expected
+    assert strip(text) == expected  # the Python mirror strips the same
+
+
+def test_rewrite_becomes_drop_when_nothing_is_left() -> None:
+    only_refs = "References:\n[1] Smith, J. (2019). Title. Nature 12(3), 45-67. doi:10.1234/abcd"
+    findings = run(only_refs, "  \n Source: https://example.org/x \n ")
+    assert findings.rewrites.height == 0
+    assert set(findings.ledger["verdict"]) == {"drop"}
+    assert findings.ledger["reason"].str.contains("left nothing of answer turn").all()
+
+
+def test_rewrite_of_one_turn_in_a_multi_turn_conversation() -> None:
+    row = conversation("r0", "Plain answer.", "Sleep helps memory (Smith, 2019).")
+    findings = ReferenceFilter()(batch(row))
+    assert findings.rewrites.rows() == [("r0", 3, "Sleep helps memory.")]
+
+
+def test_emptied_turn_drops_the_whole_conversation() -> None:
+    row = conversation("r0", "Plain answer.", "Source: https://example.org/x")
+    findings = ReferenceFilter()(batch(row))
+    assert findings.ledger["verdict"].to_list() == ["drop"]
+    assert "turn(s) 3" in findings.ledger["reason"].item()
+    assert findings.rewrites.height == 0
+
+
+# ---- policies --------------------------------------------------------------------------------
+
+
+def test_policy_per_source() -> None:
+    rows = [
+        conversation("a", "Sleep helps (Smith, 2019).", source="oasst"),
+        conversation("b", "Sleep helps (Smith, 2019).", source="flan"),
+        conversation("c", "Sleep helps (Smith, 2019).", source="hh"),
+    ]
+    policy = Policy("rewrite", per_source={"oasst": "drop", "hh": "flag"})
+    findings = ReferenceFilter(policy=policy)(batch(*rows))
+    verdicts = dict(zip(findings.ledger["row_id"], findings.ledger["verdict"], strict=True))
+    assert verdicts == {"a": "drop", "b": "rewrite", "c": "flag"}
+    assert findings.rewrites["row_id"].to_list() == ["b"]
+    reasons = dict(zip(findings.ledger["row_id"], findings.ledger["reason"], strict=True))
+    assert reasons["a"] == "citation: '(Smith, 2019)'"
+    assert reasons["b"] == "stripped: '(Smith, 2019)'"
+
+
+def test_rules_can_be_switched_off_and_min_score() -> None:
+    text = "See https://example.org/x.\nSource: https://example.org/x\nSmith et al. agree."
+    rules = tuple(r for r in RULE_NAMES if r != "reference.url")
+    assert fired(run(text, f=ReferenceFilter(rules=rules))) == ["reference.et_al"]
+    assert run(text, f=ReferenceFilter(min_score=3)).ledger.height == 0
+    with pytest.raises(ValueError, match="unknown rules"):
+        ReferenceFilter(rules=("reference.nope",))
+
+
+def test_findings_concatenate_with_other_filters() -> None:
+    findings = Findings.concat([run(ANSWER), Findings()])
+    assert findings.ledger.height == 6
+
+
+# ---- embedded samples ------------------------------------------------------------------------
+
+
+def sample_batch(fmt: str, *files: str) -> tuple[pl.DataFrame, Batch]:
+    conversations = ingest(fmt, [SAMPLES / f for f in files]).conversations
+    return conversations, Batch.from_conversations(conversations)
+
+
+def test_flan_sample_reference_rows() -> None:
+    conversations, b = sample_batch("flan", "flan.jsonl")
+    findings = ReferenceFilter()(b)
+    lines = conversations.select("id", line=pl.col("provenance").struct.field("line"))
+    hit_lines = findings.ledger.join(lines, left_on="row_id", right_on="id")
+    by_line = hit_lines.group_by("line").agg("rule")
+    assert sorted(by_line["line"]) == [85, 117]  # and no other FLAN row
+    for rules in by_line["rule"]:
+        assert {"reference.list", "reference.doi", "reference.author_year"} <= set(rules)
+    # The answers stay, the reference lists go.
+    texts = findings.rewrites.join(lines, left_on="row_id", right_on="id").sort("line")
+    first, second = texts["content"]
+    assert first.startswith("Sound is a vibration") and first.endswith(
+        "343 metres per second in air."
+    )
+    assert second.endswith("to keep the calendar aligned with Earth's orbit.")
+    assert "doi" not in first + second and "References" not in first + second
+
+
+def test_oasst_sample_reference_reply() -> None:
+    conversations, b = sample_batch("oasst", "oasst_trees.jsonl", "oasst_messages.jsonl")
+    findings = ReferenceFilter()(b)
+    ids = conversations.filter(
+        pl.col("provenance")
+        .struct.field("ids")
+        .list.contains("525c2986-2b48-51b8-9651-dcc387d1be4d")
+    )["id"]
+    assert set(findings.ledger["row_id"]) == set(ids)
+    assert not findings.rewrites["content"].str.contains("References|doi").any()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "files"),
+    [
+        ("hh", ("hh_rlhf.jsonl",)),
+        ("ultrafeedback", ("ultrafeedback.jsonl", "synthetic_ultrafeedback.jsonl")),
+        ("jsonl", ("synthetic_chat.jsonl",)),
+        ("flan", ("synthetic_flan.jsonl",)),
+    ],
+)
+def test_no_false_positives_in_other_samples(fmt: str, files: tuple[str, ...]) -> None:
+    _, b = sample_batch(fmt, *files)
+    assert ReferenceFilter()(b).ledger.height == 0
+
+
+def sample_answers() -> list[str]:
+    texts = []
+    for fmt, files in [
+        ("flan", ("flan.jsonl",)),
+        ("oasst", ("oasst_trees.jsonl", "oasst_messages.jsonl")),
+        ("hh", ("hh_rlhf.jsonl",)),
+        ("ultrafeedback", ("ultrafeedback.jsonl",)),
+    ]:
+        result = ingest(fmt, [SAMPLES / f for f in files])
+        for messages in [result.conversations["messages"]] + [
+            result.preferences[c] for c in ("chosen", "rejected") if result.preferences.height
+        ]:
+            texts += messages.explode().struct.field("content").drop_nulls().to_list()
+    return texts
+
+
+def test_python_re_and_polars_agree_rule_by_rule() -> None:
+    """The contract with the pandas baseline: ``re.search`` and polars give the same result for
+    every rule on every text, and the prefilter never drops a text that a rule would catch."""
+    texts = sample_answers() + [t for _, t in POSITIVES] + NEGATIVES + [ANSWER]
+    series = pl.Series(texts)
+    passed = series.str.contains(PREFILTER)
+    for name, pattern in RULES:
+        compiled = re.compile(pattern)
+        expected = [compiled.search(t) is not None for t in texts]
+        assert series.str.contains(pattern).to_list() == expected, name
+        assert all(p for p, e in zip(passed, expected, strict=True) if e), name
+
+
+def test_filter_rewrites_equal_python_strip() -> None:
+    texts = [t for _, t in POSITIVES] + [ANSWER]
+    findings = run(*texts)
+    got = dict(zip(findings.rewrites["row_id"], findings.rewrites["content"], strict=True))
+    dropped = set(findings.ledger.filter(pl.col("verdict") == "drop")["row_id"])
+    for i, text in enumerate(texts):
+        row_id = f"r{i}"
+        assert strip(text) == ("" if row_id in dropped else got.get(row_id, text)), text
+
+
+# ---- odd input -------------------------------------------------------------------------------
+
+
+def test_empty_batch_and_empty_strings() -> None:
+    empty = Batch.from_conversations(frame([], CONVERSATIONS))
+    assert ReferenceFilter()(empty).ledger.height == 0
+    assert run("", " ", "\n\n").ledger.height == 0
+
+
+def test_huge_answer_and_mixed_scripts() -> None:
+    unit = "Le renard 🦊 狐狸 лиса ثعلب jumps (Smith, 2019) over x[1]. "
+    huge = unit * (10_000_000 // len(unit))
+    findings = run(
+        huge, "🙂 日本語 العربية עברית — no citations here 🎉", "Müller et al. (2020) 🎉"
+    )
+    assert fired(findings, "r0") == ["reference.author_year"]
+    assert fired(findings, "r1") == []
+    assert fired(findings, "r2") == ["reference.et_al", "reference.author_year"]
+    big = rewritten(findings, "r0")
+    assert "(Smith, 2019)" not in big and "x[1]" in big and "🦊 狐狸" in big
+    assert rewritten(findings, "r2") == "Müller 🎉"
