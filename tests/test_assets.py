@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from assets.io_manager import PolarsParquetIOManager
-from assets.resources import SAMPLES, StorageResource
+from assets.resources import PROJECT_ROOT, SAMPLES, StorageResource
 from pipelines.definitions import defs
 
 
@@ -17,14 +17,32 @@ def demo(tmp_path_factory):
     home = tmp_path_factory.mktemp("dagster_home")
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         job = defs.resolve_job_def("demo")
+        recipe = {"config": {"recipe": "recipes/test-cpu.yaml"}}
+        run_config = {
+            "ops": {
+                **{name: recipe for name in TRAINING_ASSETS},
+                "training_evaluation": {"config": {"recipe": "recipes/test-cpu.yaml", "tasks": 20}},
+            }
+        }
         result = job.execute_in_process(
+            run_config=run_config,
             instance=instance,
             resources={
                 "io_manager": PolarsParquetIOManager(base_dir=str(out)),
                 "storage": StorageResource(base_dir=str(out)),
+                "pipes_subprocess_client": dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT)),
             },
         )
         yield result, out, instance
+
+
+TRAINING_ASSETS = (
+    "pretrain_mixture",
+    "decay_mixture",
+    "base_checkpoint",
+    "midtrain_checkpoint",
+    "sft_checkpoint",
+)
 
 
 def materialization(result, key: str):
@@ -115,3 +133,39 @@ def test_a_bad_source_config_fails_its_asset_with_the_file_named(tmp_path, insta
     assert not result.success
     failure = result.failure_data_for_node("raw_flan")
     assert f"{missing}: no such file" in str(failure.error)
+
+
+def test_curation_assets_keep_a_ledger_and_pass_their_checks(demo):
+    result, out, _ = demo
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["rows_are_conserved"] is True
+    assert checks["curated_schema_and_size"] is True
+    assert checks["no_exact_duplicates_left"] is True
+    states = pl.read_parquet(out / "curation_ledger" / "states.parquet")
+    conversations = pl.read_parquet(out / "conversations.parquet")
+    assert states.height == conversations.height
+    ledger = pl.read_parquet(out / "curation_ledger" / "ledger.parquet")
+    categories = {rule.split(".")[0] for rule in ledger["rule"]}
+    assert {"reference", "pii", "options", "duplicate"} <= categories
+    metadata = materialization(result, "curated_conversations").metadata
+    assert "| rule | verdict | source | rows |" in metadata["by_rule"].value
+
+
+def test_training_assets_publish_checkpoints_with_lineage(demo):
+    result, out, _ = demo
+    for stage, parent in (("pretrain", None), ("midtrain", "pretrain"), ("sft", "midtrain")):
+        lineage = json.loads(
+            (out / "checkpoints" / stage / "checkpoint" / "lineage.json").read_text()
+        )
+        assert lineage["stage"] == stage
+        if parent:
+            assert lineage["parent_checkpoint"].endswith(f"{parent}/checkpoint")
+    metadata = materialization(result, "sft_checkpoint").metadata
+    assert metadata["loss_curve"].value.startswith("![loss](data:image/png;base64,")
+    summary = pl.read_parquet(out / "evaluation" / "summary.parquet")
+    assert summary["stage"].to_list() == ["pretrain", "midtrain", "sft"]
+    assert summary["heldout_loss"][2] < summary["heldout_loss"][0]
+    datasets_dir = out / "datasets"
+    assert {"sft", "prompt", "preference", "pretrain", "pretrain_mixture", "decay_mixture"} <= {
+        p.name for p in datasets_dir.iterdir()
+    }
