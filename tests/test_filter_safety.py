@@ -1,0 +1,427 @@
+"""SafetyFilter on real frames: each content rule's positives and near misses (refusals, safety
+advice, supportive text, history), the answer-side drop vs prompt-side flag, OpenAssistant detoxify
+and labels on the embedded tree with the unsafe reply, the judge hook, per-source policies and odd
+input. Python's ``re`` (``scan``, the row-by-row baseline) must agree with the vectorised filter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curation.filters.base import FINDINGS, Batch, Findings, Policy
+from curation.filters.safety import CHECKS, GUARDS, RULES, SafetyFilter, scan
+from curation.filters.wordlists.profanity import EXCLUDED, profanity_words
+from curation.ingest import ingest, meta_json
+from curation.schema import CONVERSATIONS, frame
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+CONTENT = frozenset({"profanity", "abuse", "violence", "self_harm", "weapons"})
+
+
+def conversation(
+    row_id: str,
+    answer: str,
+    prompt: str = "Tell me about it.",
+    source: str = "web",
+    meta: str = "{}",
+) -> dict:
+    return {
+        "id": row_id,
+        "source": source,
+        "source_id": row_id,
+        "lang": "en",
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+        "meta": meta,
+        "provenance": None,
+    }
+
+
+def batch(*rows: dict) -> Batch:
+    return Batch.from_conversations(frame(list(rows), CONVERSATIONS))
+
+
+def run(*answers: str, f: SafetyFilter | None = None) -> Findings:
+    """One conversation per answer, ids r0, r1, ..."""
+    return (f or SafetyFilter())(batch(*[conversation(f"r{i}", a) for i, a in enumerate(answers)]))
+
+
+def fired(findings: Findings, row_id: str = "r0") -> list[str]:
+    return findings.ledger.filter(pl.col("row_id") == row_id)["rule"].to_list()
+
+
+# --- Each content rule on assistant turns --------------------------------------------------------
+
+POSITIVES = [
+    ("safety.profanity", "What the fuck is this?"),
+    ("safety.profanity", "That's BULLSHIT and you know it."),
+    ("safety.profanity", "Some shitheads never learn."),
+    ("safety.profanity", "a blow  job joke"),
+    ("safety.profanity", "stop masterbating"),
+    ("safety.abuse", "You are an idiot."),
+    ("safety.abuse", "Shut up, moron."),
+    ("safety.abuse", "You’re such a stupid loser."),
+    ("safety.abuse", "Are you stupid? Read the docs."),
+    ("safety.abuse", "Only an idiot would ask this."),
+    ("safety.abuse", "Nobody likes you."),
+    ("safety.violence", "I will kill you."),
+    ("safety.violence", "I'm going to hurt you."),
+    ("safety.violence", "I know where you live."),
+    ("safety.violence", "I'll find you and kill you."),
+    ("safety.violence", "We're gonna beat you up after school."),
+    ("safety.violence", "I'll break your legs."),
+    ("safety.violence", "Tomorrow I'm going to shoot up the school."),
+    ("safety.self_harm", "You should kill yourself."),
+    ("safety.self_harm", "lol kys"),
+    ("safety.self_harm", "Nobody would miss you."),
+    ("safety.self_harm", "Just end it all."),
+    ("safety.self_harm", "Go die in a fire."),
+    ("safety.self_harm", "The world would be better off without you."),
+    ("safety.self_harm", "Slit your wrists."),
+    ("safety.self_harm", "Take the whole bottle of sleeping pills to end it."),
+    ("safety.self_harm", "The most painless way to kill yourself is"),
+    ("safety.weapons", "Here's how to make a pipe bomb: get a steel pipe..."),
+    ("safety.weapons", "Mix bleach and ammonia to make toxic gas."),
+    ("safety.weapons", "You can extract ricin from castor beans."),
+    ("safety.weapons", "This is how to poison someone without being detected."),
+    ("safety.weapons", "Steps to build a Molotov cocktail:"),
+    ("safety.weapons", "How to make thermite at home"),
+]
+
+
+@pytest.mark.parametrize(("rule", "text"), POSITIVES)
+def test_rule_fires_on_the_answer(rule: str, text: str) -> None:
+    findings = run(text)
+    assert rule in fired(findings)
+    row = findings.ledger.filter(pl.col("rule") == rule).row(0, named=True)
+    assert row["verdict"] == "drop" and row["score"] == 1.0
+    assert row["reason"].startswith("answer turn 1: “")
+    assert rule in scan(text)  # the Python reference agrees
+
+
+NEGATIVES = [
+    # profanity: the words we do not treat as profanity, and substrings
+    "Scunthorpe is a town; the class assessment passed; a cocktail party.",
+    "Guido van Rossum wrote Python. Dick Grayson is Robin.",
+    "Hell's Kitchen, damn good coffee, crap tables.",
+    "Sex education, the gay rights movement, breast cancer screening.",
+    "Use kill -9 on the process; the Nazi regime fell in 1945; a pot of tea.",
+    # abuse
+    "You're not an idiot for asking.",
+    "I don't think you are stupid at all.",
+    "Don't call people idiots.",
+    "Thank you, that helps.",
+    # violence
+    "I won't hurt you.",
+    "I'll shoot you an email tomorrow.",
+    "I'll beat you at chess.",
+    "Bacteria can kill you if untreated.",
+    "I'll find you a recipe.",
+    # self-harm: supportive text, idioms, medicine
+    "If you are thinking about suicide, please call a helpline.",
+    "You might feel like nobody would miss you, but that isn't true.",
+    "Don't kill yourself over this assignment.",
+    "Cut yourself some slack.",
+    "Make sure you take all your antibiotic tablets.",
+    "If you're having thoughts of harming yourself, please contact a crisis line right away.",
+    # weapons: refusals, safety advice, history, everyday things
+    "I can't help you make a pipe bomb.",
+    "I won't give instructions for making a toxic gas.",
+    "Never mix bleach and ammonia: it releases toxic chloramine gas.",
+    "How to make a bath bomb with citric acid.",
+    "The Chinese invented gunpowder in the 9th century.",
+    "Georgi Markov was killed with ricin in 1978.",
+    "It is illegal to make a pipe bomb.",
+    "Poison ivy causes a rash; here is how to treat it.",
+]
+
+
+@pytest.mark.parametrize("text", NEGATIVES)
+def test_near_misses_do_not_fire(text: str) -> None:
+    findings = run(text)
+    assert findings.ledger.is_empty(), findings.ledger
+    assert scan(text) == {}
+
+
+def test_unsafe_sample_reply_quotes_the_match() -> None:
+    reply = (
+        "Are you serious? That's the most basic error there is, only an idiot would ask this. "
+        "Stop wasting everyone's time, or I'll find out where you live and make you regret it."
+    )
+    findings = run(reply)
+    assert findings.ledger.select("rule", "reason").rows() == [
+        ("safety.abuse", "answer turn 1: “only an idiot would”"),
+        ("safety.violence", "answer turn 1: “I'll find out where you live”"),
+    ]
+
+
+def test_profanity_word_list() -> None:
+    words = profanity_words()
+    assert 400 < len(words) < 600
+    assert not set(words) & EXCLUDED
+    for word in words:  # every entry, special characters included, is found on its own
+        assert "safety.profanity" in scan(f"well, {word}!"), word
+    for word in sorted(w for w in EXCLUDED if " " not in w):
+        assert "safety.profanity" not in scan(f"well, {word}!"), word
+
+
+# --- Prompt side flags, answer side drops --------------------------------------------------------
+
+
+def test_unsafe_prompt_with_refusal_is_only_flagged() -> None:
+    rows = [
+        conversation("refused", "I can't help with that.", prompt="How do I make a pipe bomb?"),
+        conversation(
+            "complied",
+            "Here's how to make a pipe bomb: pack a steel pipe...",
+            prompt="How do I make a pipe bomb?",
+        ),
+    ]
+    findings = SafetyFilter()(batch(*rows))
+    assert findings.ledger.select("row_id", "rule", "verdict").rows() == [
+        ("refused", "safety.prompt_weapons", "flag"),
+        ("complied", "safety.prompt_weapons", "flag"),
+        ("complied", "safety.weapons", "drop"),
+    ]
+    assert findings.ledger["reason"][0] == "prompt turn 0: “How do I make a pipe bomb”"
+    strict = SafetyFilter(prompt_policy=Policy("drop"))(batch(*rows))
+    assert set(strict.ledger["verdict"]) == {"drop"}
+    answers_only = SafetyFilter(check_prompts=False)(batch(*rows))
+    assert answers_only.ledger["rule"].to_list() == ["safety.weapons"]
+
+
+def test_hh_samples() -> None:
+    hh = ingest("hh", [SAMPLES / "hh_rlhf.jsonl"])
+    chosen = SafetyFilter()(Batch.from_conversations(hh.conversations))
+    # Harmless rows: unsafe requests are flagged, the refusals are kept.
+    assert set(chosen.ledger["verdict"]) == {"flag"}
+    assert set(chosen.ledger["rule"]) == {"safety.prompt_weapons"}  # "mix to make a toxic gas"
+    rejected = hh.preferences.select(
+        "id",
+        "source",
+        "source_id",
+        "lang",
+        pl.concat_list("prompt", "rejected").alias("messages"),
+        pl.lit("{}").alias("meta"),
+        "provenance",
+    )
+    findings = SafetyFilter()(Batch.from_conversations(rejected))
+    line = rejected.select("id", pl.col("provenance").struct.field("line"))
+    drops = findings.ledger.filter(pl.col("verdict") == "drop").join(
+        line, left_on="row_id", right_on="id"
+    )
+    # Line 32's rejected reply: "You are useless, and everyone in the office laughs at you".
+    assert drops.select("line", "rule").rows() == [(32, "safety.abuse")]
+
+
+# --- OpenAssistant detoxify and labels -----------------------------------------------------------
+
+
+def oasst_thread(line: int, rank: int) -> dict:
+    """The embedded tree on ``line`` as a prompt → reply-of-``rank`` conversation, with meta in
+    the reader's shape (detoxify per assistant turn, labels of the last turn, prompt labels)."""
+    text = (SAMPLES / "oasst_trees.jsonl").read_text(encoding="utf-8").splitlines()[line - 1]
+    root = json.loads(text)["prompt"]
+    reply = next(r for r in root["replies"] if r["rank"] == rank)
+
+    def values(labels: dict) -> dict:
+        return {name: label["value"] for name, label in labels.items()}
+
+    meta = meta_json(
+        {
+            "detoxify": [reply["detoxify"]],
+            "labels": values(reply["labels"]),
+            "prompt_labels": values(root["labels"]),
+        }
+    )
+    row = conversation(reply["message_id"], reply["text"], prompt=root["text"], meta=meta)
+    return {**row, "source": "oasst"}
+
+
+def test_detoxify_and_labels_on_the_unsafe_sample_tree() -> None:
+    findings = SafetyFilter()(batch(oasst_thread(8, rank=2), oasst_thread(8, rank=0)))
+    unsafe, safe = oasst_thread(8, rank=2)["id"], oasst_thread(8, rank=0)["id"]
+    assert fired(findings, safe) == []
+    rows = {
+        r["rule"]: r
+        for r in findings.ledger.filter(pl.col("row_id") == unsafe).iter_rows(named=True)
+    }
+    assert set(rows) == {"safety.abuse", "safety.violence", "safety.detoxify", "safety.labels"}
+    assert rows["safety.detoxify"]["score"] == pytest.approx(0.941243)
+    assert rows["safety.detoxify"]["reason"] == (
+        "detoxify at or above threshold: toxicity=0.94 (answer 0), insult=0.88 (answer 0), "
+        "threat=0.64 (answer 0)"
+    )
+    assert rows["safety.labels"]["score"] == 1.0
+    assert rows["safety.labels"]["reason"] == (
+        "OpenAssistant answer labels at or above threshold: not_appropriate=1.0, "
+        "toxicity=0.89, violence=0.6"
+    )
+    assert {r["verdict"] for r in rows.values()} == {"drop"}
+    lenient = SafetyFilter(
+        rules=frozenset({"detoxify", "labels"}),
+        detoxify_thresholds={"toxicity": 0.95},
+        label_thresholds={"violence": 0.7},
+    )
+    assert lenient(batch(oasst_thread(8, rank=2))).ledger.is_empty()
+
+
+def test_embedded_oasst_conversations_are_clean() -> None:
+    # The reader follows best-ranked replies, so line 8's rude reply is not in any thread; labels
+    # may be null (oasst_messages line 51). Only prompt-side label flags could appear.
+    for name in ("oasst_trees.jsonl", "oasst_messages.jsonl"):
+        conversations = ingest("oasst", [SAMPLES / name]).conversations
+        findings = SafetyFilter()(Batch.from_conversations(conversations))
+        assert findings.ledger.filter(pl.col("verdict") == "drop").is_empty(), findings.ledger
+
+
+def test_prompt_labels_and_malformed_meta() -> None:
+    rows = [
+        conversation("r0", "Fine.", meta=json.dumps({"prompt_labels": {"hate_speech": 0.75}})),
+        conversation("r1", "Fine.", meta=json.dumps({"labels": ["toxicity"], "detoxify": 3})),
+        conversation("r2", "Fine.", meta=json.dumps({"labels": {"toxicity": "high"}})),
+        conversation("r3", "Fine.", meta="not json"),
+        conversation("r4", "Fine.", meta=json.dumps({"detoxify": [None, {"threat": 0.7}]})),
+    ]
+    findings = SafetyFilter()(batch(*rows))
+    assert findings.ledger.select("row_id", "rule", "verdict", "score").rows() == [
+        ("r0", "safety.prompt_labels", "flag", 0.75),
+        ("r4", "safety.detoxify", "drop", 0.7),
+    ]
+    assert findings.ledger["reason"][1] == "detoxify at or above threshold: threat=0.7 (answer 1)"
+
+
+# --- The judge hook ------------------------------------------------------------------------------
+
+
+class FakeJudge:
+    """Scores "JUDGE" texts as harassment and self-harm; records what it was sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts: list[str]) -> list[dict[str, float]]:
+        self.calls.append(list(texts))
+        return [
+            {"harassment": 0.9, "Self-Harm/Intent": 0.6, "violence": 0.1} if "JUDGE" in t else {}
+            for t in texts
+        ]
+
+
+def test_judge_hook() -> None:
+    judge = FakeJudge()
+    rows = [
+        conversation("r0", "JUDGE this answer.", prompt="JUDGE the prompt too?"),
+        conversation("r1", "A fine answer."),
+        conversation("r2", "JUDGE me. Also: fuck off."),  # dropped by a rule: not sent
+        conversation("r3", "JUDGE again."),
+    ]
+    findings = SafetyFilter(judge=judge, judge_batch_size=2)(batch(*rows))
+    assert judge.calls == [["JUDGE this answer.", "A fine answer."], ["JUDGE again."]]
+    judged = findings.ledger.filter(pl.col("rule").str.starts_with("safety.judge_"))
+    assert judged.select("row_id", "rule", "verdict", "score").rows() == [
+        ("r0", "safety.judge_harassment", "drop", 0.9),
+        ("r0", "safety.judge_self_harm_intent", "drop", 0.6),
+        ("r3", "safety.judge_harassment", "drop", 0.9),
+        ("r3", "safety.judge_self_harm_intent", "drop", 0.6),
+    ]
+    assert judged["reason"][0] == "judge harassment=0.9 (answer turn 1): “JUDGE this answer.”"
+    strict = SafetyFilter(judge=FakeJudge(), judge_threshold=0.95)(batch(*rows))
+    assert strict.ledger.filter(pl.col("rule").str.starts_with("safety.judge_")).is_empty()
+    off = FakeJudge()
+    SafetyFilter(judge=off, rules=CONTENT)(batch(*rows))
+    assert off.calls == []
+
+
+def test_judge_must_answer_every_text() -> None:
+    with pytest.raises(ValueError, match="one dict per text"):
+        SafetyFilter(judge=lambda texts: [{}])(
+            batch(conversation("a", "x"), conversation("b", "y"))
+        )
+
+
+# --- Policies and config -------------------------------------------------------------------------
+
+
+def test_per_source_policy() -> None:
+    rows = [
+        conversation("r0", "You are an idiot.", source="web"),
+        conversation("r1", "You are an idiot.", source="fiction"),
+    ]
+    f = SafetyFilter(policy=Policy("drop", {"fiction": "flag"}))
+    findings = f(batch(*rows))
+    assert findings.ledger.select("row_id", "verdict").rows() == [("r0", "drop"), ("r1", "flag")]
+    assert findings.ledger.schema == FINDINGS
+    assert findings.rewrites.is_empty()
+
+
+def test_config_validation_and_subsets() -> None:
+    with pytest.raises(ValueError, match="unknown safety checks"):
+        SafetyFilter(rules=frozenset({"spam"}))
+    with pytest.raises(ValueError, match="judge_batch_size"):
+        SafetyFilter(judge_batch_size=0)
+    only = SafetyFilter(rules=frozenset({"violence"}))
+    assert fired(run("You are an idiot. I will kill you.", f=only)) == ["safety.violence"]
+    assert set(CHECKS) == CONTENT | {"detoxify", "labels", "judge"}
+
+
+# --- Vectorised == row by row --------------------------------------------------------------------
+
+
+def test_vectorised_matches_python_reference() -> None:
+    texts = [t for _, t in POSITIVES] + NEGATIVES
+    for name in ("hh_rlhf.jsonl", "oasst_trees.jsonl", "flan.jsonl", "ultrafeedback.jsonl"):
+        for line in (SAMPLES / name).read_text(encoding="utf-8").splitlines():
+            texts += [v for v in _strings(json.loads(line)) if v]
+    findings = run(*texts, f=SafetyFilter(rules=CONTENT, check_prompts=False))
+    got: dict[str, set[str]] = {}
+    for row_id, rule in findings.ledger.select("row_id", "rule").iter_rows():
+        got.setdefault(row_id, set()).add(rule)
+    for i, text in enumerate(texts):
+        assert got.get(f"r{i}", set()) == set(scan(text)), text
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_module_exports_for_baselines() -> None:
+    assert [r for r, _ in RULES] == [
+        "safety.profanity",
+        "safety.abuse",
+        "safety.violence",
+        "safety.self_harm",
+        "safety.weapons",
+    ]
+    assert set(GUARDS) == {"safety.abuse", "safety.violence", "safety.self_harm", "safety.weapons"}
+
+
+# --- Odd input -----------------------------------------------------------------------------------
+
+
+def test_odd_input_does_not_crash() -> None:
+    big = ("The quick brown fox jumps over the lazy dog. " * 240_000)[: 10 * 1024 * 1024]
+    texts = [
+        "",
+        " \n\t\u200b",
+        "😀🔥 你好，世界 — Ελληνικά — русский — عربي — I will kill you 🔪",
+        "Ты идиот. Du bist ein Idiot. 🤬",
+        big,
+        big[:5_000_000] + " you should kill yourself " + big[5_000_000:],
+        "\x00\x01 fuck \x7f",
+    ]
+    findings = run(*texts)
+    assert fired(findings, "r0") == [] and fired(findings, "r1") == []
+    assert fired(findings, "r2") == ["safety.violence"]
+    assert fired(findings, "r4") == []
+    assert fired(findings, "r5") == ["safety.self_harm"]
+    assert fired(findings, "r6") == ["safety.profanity"]
+    assert SafetyFilter()(batch()).ledger.is_empty()
