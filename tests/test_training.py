@@ -239,3 +239,41 @@ def test_sft_without_assistant_turns_is_refused(workspace, tmp_path):
     )
     with pytest.raises(ValueError, match="no conversation has an assistant turn"):
         sft(config)
+
+
+def test_out_of_disk_while_publishing_names_the_place_and_keeps_the_old_checkpoint(
+    workspace, stable, monkeypatch
+):
+    import errno
+
+    from training import checkpoint as checkpoint_module
+    from training.common import ResourceError, resource_errors
+
+    before = weights(stable)
+    model = __import__("transformers").AutoModelForCausalLM.from_pretrained(str(stable))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model, "save_pretrained", full_disk)
+    tokenizer = to_transformers(train_tokenizer(["a b c"] * 10, TokenizerConfig(vocab_size=300)))
+    with (
+        pytest.raises(ResourceError, match=r"out of disk space writing under .*stable"),
+        resource_errors("pretrain", workspace / "stable" / "runs"),
+    ):
+        checkpoint_module.publish(model, tokenizer, stable, {"stage": "x"})
+    verify(stable)  # the published checkpoint is untouched and complete
+    assert all(torch.equal(before[k], v) for k, v in weights(stable).items())
+    assert not [p for p in stable.parent.iterdir() if p.name.startswith(".checkpoint.tmp")]
+
+
+def test_out_of_memory_names_the_step_and_the_resume_point(tmp_path):
+    from training.common import ResourceError, resource_errors
+
+    with (
+        pytest.raises(
+            ResourceError, match=r"sft: out of CPU memory at step 7; resume from scratch"
+        ),
+        resource_errors("sft", tmp_path / "runs", lambda: 7),
+    ):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")

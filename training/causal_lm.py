@@ -25,6 +25,7 @@ from training.common import (
     lineage_record,
     load_splits,
     load_training_tokenizer,
+    resource_errors,
     training_arguments,
 )
 from training.models import ModelConfig, build_causal_lm, count_parameters
@@ -147,7 +148,8 @@ def main(config: CausalLMConfig) -> Path:
         f"{config.stage}: {count_parameters(model) / 1e6:.2f}M parameters, {len(train)} blocks of "
         f"{config.max_length}, resume from {resume or 'scratch'}"
     )
-    result = trainer.train(resume_from_checkpoint=resume)
+    with resource_errors(config.stage, out / "runs", lambda: trainer.state.global_step):
+        result = trainer.train(resume_from_checkpoint=resume)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"{config.stage}: non-finite loss at step {metrics.nan_step}; the last good state is "
@@ -168,13 +170,14 @@ def main(config: CausalLMConfig) -> Path:
         final,
         started,
     )
-    checkpoint = publish(
-        trainer.model,
-        tokenizer,
-        out / "checkpoint",
-        lineage,
-        optimizer=trainer.optimizer if config.save_optimizer else None,
-    )
+    with resource_errors(config.stage, out / "runs"):
+        checkpoint = publish(
+            trainer.model,
+            tokenizer,
+            out / "checkpoint",
+            lineage,
+            optimizer=trainer.optimizer if config.save_optimizer else None,
+        )
     reporter.log(f"{config.stage}: published {checkpoint} {final}")
     reporter.done({"checkpoint": str(checkpoint), **final})
     reporter.close()

@@ -3,16 +3,20 @@ metrics, and the lineage written into each checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import math
+import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from training.reporting import Reporter
@@ -181,3 +185,36 @@ class MetricsCallback(TrainerCallback):
             record["tokens_per_s"] = tokens / seconds
         self.reporter.metrics(record)
         return control
+
+
+class ResourceError(RuntimeError):
+    """Out of memory or disk, with where it happened and what is safe to resume from."""
+
+
+@contextlib.contextmanager
+def resource_errors(stage: str, runs: Path, step: Callable[[], int] = lambda: -1):
+    """Turn an out-of-memory or out-of-disk failure into one sentence that says which resource,
+    where, and which saved state is intact (checkpoints are published atomically, so a crash
+    never leaves a half-written one as the latest)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        device = "GPU" if torch.cuda.is_available() else "CPU"
+        raise ResourceError(
+            f"{stage}: out of {device} memory at step {step()}; resume from "
+            f"{last_run_checkpoint(runs) or 'scratch'} with a smaller batch or max_length "
+            f"({str(error).splitlines()[0]})"
+        ) from error
+    except MemoryError as error:
+        raise ResourceError(
+            f"{stage}: out of host memory at step {step()}; last good state: "
+            f"{last_run_checkpoint(runs) or 'none'}"
+        ) from error
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(runs.parent if runs.parent.exists() else ".").free
+        raise ResourceError(
+            f"{stage}: out of disk space writing under {runs.parent} ({free / 2**20:.0f} MiB "
+            f"free); last good state: {last_run_checkpoint(runs) or 'none'}"
+        ) from error

@@ -22,6 +22,7 @@ from training.common import (
     lineage_record,
     load_splits,
     load_training_tokenizer,
+    resource_errors,
 )
 from training.models import ModelConfig, build_causal_lm, count_parameters
 from training.reporting import Reporter
@@ -117,7 +118,8 @@ def main(config: SFTStageConfig) -> Path:
         f"sft: {count_parameters(model) / 1e6:.2f}M parameters, {len(train)} conversations "
         f"({too_long} truncated to {config.max_length} tokens), resume from {resume or 'scratch'}"
     )
-    result = trainer.train(resume_from_checkpoint=resume)
+    with resource_errors("sft", out / "runs", lambda: trainer.state.global_step):
+        result = trainer.train(resume_from_checkpoint=resume)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"sft: non-finite loss at step {metrics.nan_step}; the last good state is the latest "
@@ -138,7 +140,8 @@ def main(config: SFTStageConfig) -> Path:
         final,
         started,
     )
-    checkpoint = publish(trainer.model, tokenizer, out / "checkpoint", lineage)
+    with resource_errors("sft", out / "runs"):
+        checkpoint = publish(trainer.model, tokenizer, out / "checkpoint", lineage)
     reporter.log(f"sft: published {checkpoint} {final}")
     reporter.done({"checkpoint": str(checkpoint), **final})
     reporter.close()
