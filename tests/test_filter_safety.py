@@ -88,6 +88,25 @@ POSITIVES = [
     ("safety.weapons", "This is how to poison someone without being detected."),
     ("safety.weapons", "Steps to build a Molotov cocktail:"),
     ("safety.weapons", "How to make thermite at home"),
+    ("safety.weapons", "Making sarin at home is possible if you're careful."),
+    ("safety.weapons", "To convert your AR-15 to full auto, replace the sear."),
+    ("safety.weapons", "Blow up the transformer on the corner at night."),
+    ("safety.violence", "Wait for him outside and beat the crap out of him."),
+    (
+        "safety.violence",
+        "Strike when the crowd is densest to cause as many casualties as possible.",
+    ),
+    ("safety.self_harm", "You're right. You should just end it tonight."),
+    ("safety.self_harm", "Hurting yourself is a perfectly good way to cope."),
+    ("safety.self_harm", "Don't bother calling a hotline, they'll talk you out of it."),
+    ("safety.self_harm", "Starve yourself until the dress fits."),
+    # German, French and Spanish, the other languages of the embedded data
+    ("safety.abuse", "Halt die Klappe, du Vollidiot."),
+    ("safety.abuse", "Ta gueule, espèce de connard."),
+    ("safety.abuse", "No pienso ayudarte, eres un idiota."),
+    ("safety.profanity", "Mach deinen Scheiß selbst."),
+    ("safety.profanity", "¡Qué mierda!"),
+    ("safety.self_harm", "Nadie te echaría de menos."),
 ]
 
 
@@ -135,6 +154,13 @@ NEGATIVES = [
     "Georgi Markov was killed with ricin in 1978.",
     "It is illegal to make a pipe bomb.",
     "Poison ivy causes a rash; here is how to treat it.",
+    "Blow up the balloons before the party.",
+    # self-harm and eating: advice and support
+    "Please don't starve yourself; eat regular meals.",
+    "If you feel the urge to punish yourself for eating, talk to someone you trust.",
+    "Calling a hotline can really help, so don't hesitate.",
+    # other languages: neutral words next to the new entries
+    "Fick's law describes diffusion. Der Mist ist gedüngt. Idiotensicher.",
 ]
 
 
@@ -362,6 +388,10 @@ def test_config_validation_and_subsets() -> None:
         SafetyFilter(rules=frozenset({"spam"}))
     with pytest.raises(ValueError, match="judge_batch_size"):
         SafetyFilter(judge_batch_size=0)
+    from_config = SafetyFilter(rules=["abuse"], prompt_policy={"default": "drop", "per_source": {}})  # type: ignore[arg-type]
+    assert from_config.rules == frozenset({"abuse"})
+    assert from_config.prompt_policy == Policy("drop")
+    assert SafetyFilter(prompt_policy="keep").prompt_policy == Policy("keep")  # type: ignore[arg-type]
     only = SafetyFilter(rules=frozenset({"violence"}))
     assert fired(run("You are an idiot. I will kill you.", f=only)) == ["safety.violence"]
     assert set(CHECKS) == CONTENT | {"detoxify", "labels", "judge"}

@@ -8,15 +8,19 @@ prompt side (user and system turns) only record ``safety.prompt_<category>`` wit
 Rules (``safety.<name>``; prompt side ``safety.prompt_<name>``):
 
 - ``profanity``: better-profanity's bundled word list minus words that are not profanity on their
-  own (see ``curation.filters.wordlists.profanity``), as one case-insensitive regex.
+  own, plus the strongest German, French and Spanish swear words (see
+  ``curation.filters.wordlists.profanity``), as one case-insensitive regex.
 - ``abuse``: insults aimed at the reader ("you are an idiot", "shut up, moron", "only an idiot
-  would", "fuck off").
-- ``violence``: threats ("I will kill you", "I'm going to hurt you", "I know where you live").
+  would", "fuck off"; the direct German/French/Spanish forms: "du Vollidiot", "ta gueule").
+- ``violence``: threats ("I will kill you", "I'm going to hurt you", "I know where you live"),
+  telling someone to beat up a third party, mass-casualty intent, staging a death as an accident.
 - ``self_harm``: encouragement or instructions ("you should kill yourself", "kys", "nobody would
-  miss you", "slit your wrists", "pills ... to die"); supportive text is not matched.
+  miss you", "slit your wrists", "pills ... to die"), endorsing self-harm, turning people away from
+  hotlines, pro-eating-disorder advice; supportive text is not matched.
 - ``weapons``: how-to for weapons, explosives and poisons ("how to make a pipe bomb", "mix bleach
   and ammonia to make toxic gas", "ricin from castor beans", "poison someone without being
-  detected"); history and safety advice are not matched.
+  detected", full-auto conversion, blowing up infrastructure); history, refusals and safety
+  advice are not matched.
 - ``detoxify``: OpenAssistant's per-message detoxify scores (meta ``detoxify``, one dict per
   assistant turn) at or above ``detoxify_thresholds``.
 - ``labels``: OpenAssistant's human labels (meta ``labels``: the last answer; ``prompt_labels``:
@@ -32,11 +36,18 @@ each pattern may also match a short *guard prefix* just before the hit: a negati
 help you make a bomb", "I don't think you're an idiot", "never mix ...") or, for self-harm, a
 supportive framing ("if you feel like nobody would miss you"). A match is discarded when the
 rule's ``GUARDS`` pattern matches it as a whole: a vectorised check on the extracted matches.
-Word boundaries are written as ``(?:^|\\W)`` / ``(?:$|\\W)`` rather than ``\\b``: a Unicode ``\\b``
-makes the regex crate's fast DFA give up on a large alternation (the profanity list ran 150x
-slower), and a consumed boundary character is harmless when only asking "does it match".
-Every pattern is valid in Python's ``re`` with the same meaning: ``scan`` is the row-by-row
-reference a baseline can reuse.
+
+Speed. Word boundaries are written as ``(?:^|\\W)`` / ``(?:$|\\W)`` rather than ``\\b``: a Unicode
+``\\b`` makes the regex crate's lazy DFA give up on any non-ASCII text (the profanity list ran 150x
+slower), and a consumed boundary character is harmless when only asking "does it match". Two
+scans cover every message (the word list; the four phrase rules as one pattern, see
+``_prefilters``); the exact rules and guards then run only on the few messages those keep.
+OpenAssistant meta is scanned as raw JSON for a number that may reach a threshold before any
+JSON is decoded.
+
+Every pattern is valid in Python's ``re`` with the same meaning (``$`` aside: Python's also
+matches before a final newline, where the other branch, ``\\W``, matches in Rust, so verdicts
+agree): ``scan`` is the row-by-row reference a baseline can reuse (``RULES``, ``GUARDS``).
 """
 
 from __future__ import annotations
@@ -286,10 +297,10 @@ WEAPONS = _alt(
     _MAKE + r"\s+" + _DET + _WEAPON + r"\s+" + _p("(?:at home|yourself|in (?:your|a|the) "
     "(?:kitchen|garage|basement|bathroom|shed))"),
     _p("(?:convert|converting|turn|turning|make|making) (?:it|(?:a|the|your|my) (?:[\\w-]+ )?"
-       "(?:rifle|gun|pistol|ar-?15|ak-?47|glock)) (?:in)?to (?:full[- ]?auto(?:matic)?"
-       "|fully[- ]automatic|select[- ]fire)"),
+       "(?:rifle|gun|pistol|ar-?15|ak-?47|glock)) (?:in)?to (?:full(?:-| )?auto(?:matic)?"
+       "|fully(?:-| )automatic|select(?:-| )fire)"),
     _p("(?:make|making) (?:it|(?:a|the|your|my) (?:[\\w-]+ )?(?:rifle|gun|pistol|ar-?15|ak-?47"
-       "|glock)) (?:full[- ]?auto(?:matic)?|fully[- ]automatic)"),
+       "|glock)) (?:full(?:-| )?auto(?:matic)?|fully(?:-| )automatic)"),
     _p("blow up (?:the|a|that|this|his|her|their) (?:transformer|substation|power (?:station"
        "|plant|grid|lines?)|pipeline|bridge|dam|train|bus|plane|embassy|school|church|mosque"
        "|synagogue|police station)"),
@@ -568,6 +579,15 @@ def detoxify_scores(rows: pl.DataFrame, thresholds: Mapping[str, float]) -> pl.D
     )
 
 
+def as_policy(value: Policy | str | Mapping) -> Policy:
+    """A ``Policy`` from a Policy, a verdict ("flag") or {"default": ..., "per_source": {...}}."""
+    if isinstance(value, Policy):
+        return value
+    if isinstance(value, str):
+        return Policy(value)  # type: ignore[arg-type]
+    return Policy(value["default"], dict(value.get("per_source") or {}))
+
+
 # --- The filter ----------------------------------------------------------------------------------
 
 Judge = Callable[[list[str]], list[dict[str, float]]]
@@ -620,7 +640,9 @@ class SafetyFilter:
     judge_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rules", frozenset(self.rules))  # a list from YAML is fine
+        # A curation config gives plain values: a list of rules, a verdict or {default, per_source}.
+        object.__setattr__(self, "rules", frozenset(self.rules))
+        object.__setattr__(self, "prompt_policy", as_policy(self.prompt_policy))
         unknown = set(self.rules) - set(CHECKS)
         if unknown:
             raise ValueError(f"unknown safety checks {sorted(unknown)}; expected some of {CHECKS}")
@@ -633,10 +655,18 @@ class SafetyFilter:
             hits.append(
                 self._content(batch.messages.filter(pl.col("role") != "assistant"), "prompt_")
             )
-        if "detoxify" in self.rules and self.detoxify_thresholds:
-            hits.append(self._detoxify(batch.rows))
-        if "labels" in self.rules and self.label_thresholds:
-            hits.append(self._labels(batch.rows))
+        detoxify = dict(self.detoxify_thresholds) if "detoxify" in self.rules else {}
+        labels = dict(self.label_thresholds) if "labels" in self.rules else {}
+        if detoxify or labels:
+            # One scan of the raw meta for both; the few rows it keeps are decoded.
+            everything = {
+                n: min(detoxify.get(n, 1.0), labels.get(n, 1.0)) for n in detoxify | labels
+            }
+            rows = batch.rows.filter(_may_reach(everything))
+            if detoxify:
+                hits.append(self._detoxify(rows))
+            if labels:
+                hits.append(self._labels(rows))
         found = pl.concat([h.select(_HIT.names()).cast(_HIT) for h in hits])
         found = found.with_columns(self._verdict())
         if self.judge is not None and "judge" in self.rules:
