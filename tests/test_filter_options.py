@@ -74,6 +74,55 @@ DETECTED = [
     "Answer choices: (A) 4 (B) 5",
     "Q: which planet?\n(A) Mars\n(B) Venus\nA:",
     "Q: which planet?\n(A) Mars\nnot this one\n(B) Venus",
+    # Header-less lettered lists: three in a row in one style, or two after a question mark.
+    "Which planet is largest? A. Mars B. Jupiter C. Venus D. Earth",
+    "Which river is longest?\nA. Nile\nB. Danube\nC. Thames\nAnswer:",
+    "The opposite of hot is ___. a) cold b) warm c) red",
+    "Water freezes at ___ (a) 0 °C (b) 10 °C (c) 100 °C",
+    "Pick a metal: [A] iron [B] wood [C] glass",
+    "Is the moon a planet? (A) yes (B) no",
+    "Is the moon a planet?\nA) yes\nB) no",
+    # Non-English headers.
+    "Quelle est la capitale du Pérou ? Choisissez parmi : (A) Lima (B) Quito",
+    "Quelle couleur ? Réponses possibles :\n- rouge\n- vert",
+    "¿Es el sol una estrella? Opciones: - sí - no",
+    "¿Cuál es más grande? Elige entre: a) el sol b) la luna",
+    "Ist der Mond ein Planet?\nOptionen:\n- ja\n- nein",
+    "Welche Farbe hat Gras? Antwortmöglichkeiten: (A) grün (B) blau",
+    "La luna è un pianeta? Opzioni: - sì - no",
+    "A lua é um planeta? Opções: - sim - não",
+    "Is de maan een planeet?\nOpties:\n- ja\n- nee",
+    # FLAN v2 headers with its many markers, inline or one per line.
+    "Is the review positive? Choices: [+] yes [+] no",
+    "Is the review positive?\nChoices:\n[+] yes\n[+] no",
+    "Does it follow? Possible answers: (I) yes (II) no",
+    "Does it follow?\nPick your answer from:\n(I) yes\n(II) it is not possible to tell\n(III) no",
+    "Continue the story. Pick from: a). he ran home b). he sat down",
+    "Multi-choice problem: Is the sky green? 1). yes 2). no",
+    "Multi-choice problem: Does the premise entail it?\nA). yes\nB). no",
+    "Is it raining?\nChoose your answer from:\n + yes;\n + no;",
+    "Is it raining? Available choices: [a]. yes [b]. no",
+    "Select your answer from the options. Is this tweet positive?\n[-] yes\n[-] no",
+    "Is it a fish?\nPossible answers:\n1). yes\n2). no",
+    "Is it a fish? Options are: (1). yes (2). no",
+    "Which colour is a ripe banana? Choose one of the following options: red, yellow, blue",
+    "Answer with one of the following options: true, false",
+    "Is it a fish?\nOPT:\n[a]. yes\n[b]. no",
+    "Is it a fish? OPT: (A). yes (B). no",
+    "Select the correct answer: Which city is in Italy? A) Rome B) Lyon",
+    "Which city is in Italy? Options: [1] Rome [2] Lyon",
+    "Is it a fish? Choose from: i. yes ii. no",
+    "Is it a fish? Available options: A). yes B). no",
+    "Is it a fish?\nSelect from the following:\n * yes\n * no",
+    "Is it? Select one:\n- yes\n- no",
+    "Is it? Choose the best answer from the choices below.\n(a) yes\n(b) no",
+    "Choose the best answer. The cat ___ on the mat.\n(A) sat\n(B) sits",
+    # Plain numbers: on the header's line, under a FLAN-only header, after "Multi-choice problem".
+    "Multi-choice problem: Is the sky green? 1. yes 2. no",
+    "Multi-choice problem: Is the sky green?\n1: yes\n2: no",
+    "Is it a fish?\nOPT:\n1. yes\n2. no",
+    "Is it a fish? Options: 1. yes 2. no",
+    "Is it a fish?\nPossible answers:\n1. yes\n2. no",
 ]
 NOT_DETECTED = [
     "Translate to French: What are my options?",
@@ -84,6 +133,35 @@ NOT_DETECTED = [
     "My options are limited.\n- I can stay\n- I can go",
     "Step (A) first, then (B).",
     "",
+    # "options" and "choose" in prose.
+    "You have several options: you could walk or take the bus.",
+    "You have several options: you could walk, take the bus, or ride a bike.",
+    "Which should I choose? I like both.",
+    "I can't choose between them - the red one is cheaper.",
+    "Write a multiple choice question about Paris.",
+    "Pick the answer that best fits the blank: The sky is ___.",
+    # CLI help: flags are no choices.
+    "What does this mean?\n\nUsage: tool [OPTIONS] FILE\n\nOptions:\n  -h, --help     Show this "
+    "message and exit.\n  -v, --verbose  Print more.\n  --version      Show the version.",
+    "OPTIONS\n       -a, --all\n              do not ignore entries starting with .",
+    "Explain these:\n## Options\n- `--verbose`: print more\n- `--quiet`: print less",
+    # Homework sub-questions are tasks, not choices.
+    "Let f(x) = x^2 + 1.\n(a) Prove that f is even.\n(b) Show that f has no real roots.\n"
+    "(c) Find the minimum of f.",
+    "Homework: (a) prove that 7 is prime (b) show that 9 is not (c) find the next prime",
+    "Answer all parts: (a) What is 2+2? (b) What is 3*3? (c) What is 10/2?",
+    "(a) Compute 2+2. (b) Calculate 3*3. (c) Determine 10/2.",
+    "(A) Explain why the sky is blue.\n(B) Describe a sunset.",
+    # A user's own numbered shortlist; letters after a word are prose.
+    "I'm choosing between three laptops:\n1. MacBook Air\n2. Dell XPS\n3. ThinkPad\n"
+    "Which is best for programming?",
+    "Here are my options:\n1. Buy a used car\n2. Lease a new one\n3. Keep taking the bus",
+    "My options are:\n1. Buy a used car\n2. Lease a new one",
+    "Plan A. We go to the beach. Plan B. We stay home. Plan C. We visit grandma.",
+    "I take vitamin A. Also vitamin B. And vitamin C. Which is healthiest?",
+    "The paper by A. Smith, B. Jones and C. Lee is good. Summarise it.",
+    "The committee (a) met, (b) voted and (c) adjourned. Summarise.",
+    "Docker says:\n[+] Running 2/2\n ✔ Container web  Started",
 ]
 
 
@@ -183,6 +261,149 @@ def test_letter_answers_become_the_option_text(
     # The Python mirror agrees.
     resolution = resolve(prompt, answer)
     assert (strip_options(resolution.prompt), resolution.answer) == (new_prompt, new_answer)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "answer", "new_prompt", "new_answer"),
+    [
+        ("Which planet is largest? A. Mars B. Jupiter C. Venus D. Earth", "B", None, "Jupiter"),
+        (
+            "Which river is longest?\nA. Nile\nB. Danube\nC. Thames\nAnswer:",
+            "A. Nile",
+            None,
+            "Nile",
+        ),
+        (
+            "The opposite of hot is ___. a) cold b) warm c) red",
+            "a",
+            "The opposite of hot is ___.",
+            "cold",
+        ),
+        (
+            "Quelle est la capitale du Pérou ? Choisissez parmi : (A) Lima (B) Quito",
+            "A",
+            None,
+            "Lima",
+        ),
+        ("Does it follow? Possible answers: (I) yes (II) no", "(II)", "Does it follow?", "no"),
+        (
+            "Does it follow?\nPick your answer from:\n(I) yes\n(II) no",
+            "II",
+            "Does it follow?",
+            "no",
+        ),
+        (
+            "Multi-choice problem: Is the sky green? 1). yes 2). no",
+            "2).",
+            "Is the sky green?",
+            "no",
+        ),
+        ("Is it raining? Available choices: [a]. yes [b]. no", "[b].", "Is it raining?", "no"),
+        ("Is it a fish? Options are: (1). yes (2). no", "(1).", "Is it a fish?", "yes"),
+        ("Is it a fish?\nOPT:\n[a]. yes\n[b]. no", "a", "Is it a fish?", "yes"),
+        (
+            "Select the correct answer: Which city is in Italy? A) Rome B) Lyon",
+            "A",
+            "Which city is in Italy?",
+            "Rome",
+        ),
+        ("Which city is in Italy? Options: [1] Rome [2] Lyon", "[1]", None, "Rome"),
+        ("Is it a fish? Choose from: i. yes ii. no", "ii", "Is it a fish?", "no"),
+        ("Multi-choice problem: Is the sky green? 1. yes 2. no", "2", "Is the sky green?", "no"),
+        ("Is it a fish?\nOPT:\n1. yes\n2. no", "1.", "Is it a fish?", "yes"),
+    ],
+)
+def test_new_styles_rewrite_and_resolve(
+    prompt: str, answer: str, new_prompt: str | None, new_answer: str
+) -> None:
+    """The rewrite of the newer styles: the options go (the question before them stays), and a
+    label answer becomes its option's text, in polars and in the Python mirror."""
+    new_prompt = new_prompt or prompt.split("?")[0] + "?"
+    if "Answer:" in prompt:
+        new_prompt += "\nAnswer:"
+    findings = run(prompt, answer)
+    assert findings.ledger["verdict"].to_list() == ["rewrite"]
+    assert contents(findings) == {0: new_prompt, 1: new_answer}
+    resolution = resolve(prompt, answer)
+    assert (strip_options(resolution.prompt), resolution.answer) == (new_prompt, new_answer)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "answer", "new_prompt"),
+    [
+        ("Is it raining?\nChoose your answer from:\n + yes;\n + no;", "no", "Is it raining?"),
+        (
+            "Select your answer from the options. Is this tweet positive?\n[-] yes\n[-] no",
+            "yes",
+            "Is this tweet positive?",
+        ),
+        (
+            "Which colour is a ripe banana? Choose one of the following options: red, yellow, blue",
+            "yellow",
+            "Which colour is a ripe banana?",
+        ),
+        ("¿Es el sol una estrella? Opciones: - sí - no", "sí", "¿Es el sol una estrella?"),
+        ("Ist der Mond ein Planet?\nOptionen:\n- ja\n- nein", "nein", "Ist der Mond ein Planet?"),
+        # "Pick from:" with generated text as the answer: only the prompt changes.
+        (
+            "Continue the story. Pick from: a). he ran home b). he sat down",
+            "He ran all the way home.",
+            "Continue the story.",
+        ),
+    ],
+)
+def test_new_styles_rewrite_the_prompt_only(prompt: str, answer: str, new_prompt: str) -> None:
+    findings = run(prompt, answer)
+    assert findings.ledger["verdict"].to_list() == ["rewrite"]
+    assert contents(findings) == {0: new_prompt}
+    assert strip_options(resolve(prompt, answer).prompt) == new_prompt
+
+
+@pytest.mark.parametrize(
+    ("prompt", "answer", "letter"),
+    [
+        # Choices without labels (a comma list, "+" bullets): a letter answer names nothing.
+        ("Which colour? Choose one of the following options: red, yellow, blue", "C", "C"),
+        ("Is it raining?\nChoose your answer from:\n + yes;\n + no;", "(B)", "B"),
+        ("Which planet is largest? A. Mars B. Jupiter C. Venus", "E", "E"),
+    ],
+)
+def test_new_styles_unresolvable_letter_drops(prompt: str, answer: str, letter: str) -> None:
+    findings = run(prompt, answer)
+    assert findings.ledger["rule"].to_list() == ["options.explicit", "options.unresolvable_letter"]
+    assert set(findings.ledger["verdict"]) == {"drop"}
+    assert resolve(prompt, answer).unresolved == letter
+
+
+def test_roman_and_numbers_that_name_no_option_stay() -> None:
+    """A Roman "I" or a number the options do not have may be the answer itself."""
+    assert resolve("Who? Options: (A) you (B) them", "I").answer == "I"
+    assert resolve("Who? Options: (A) you (B) them", "I").unresolved is None
+    assert resolve("How many? Options: (A) six (B) eight", "8").unresolved is None
+
+
+def test_label_with_other_text_is_left_alone() -> None:
+    """An answer "B. Jupiter" becomes "Jupiter"; one that merely starts like a label stays."""
+    prompt = "Which planet is largest? A. Mars B. Jupiter C. Venus"
+    assert resolve(prompt, "B. Jupiter").answer == "Jupiter"
+    assert resolve(prompt, "A. Mars is smaller.").answer == "A. Mars is smaller."
+
+
+def test_python_re_and_polars_agree_on_every_example() -> None:
+    """Detection, the blocks and the strip are the same in polars and in Python's ``re``."""
+    prompts = DETECTED + NOT_DETECTED
+    series = pl.Series(prompts)
+    assert series.str.contains(OPTIONS_PATTERN).to_list() == [has_options(p) for p in prompts]
+    expected = [True] * len(DETECTED) + [False] * len(NOT_DETECTED)
+    assert series.str.contains(OPTIONS_PATTERN).to_list() == expected
+    found = series.str.extract_all(BLOCKS).to_list()
+    assert found == [re.findall(BLOCKS, p) for p in prompts]
+    stripped = series
+    for pattern, repl in options.STRIP:
+        stripped = stripped.str.replace_all(pattern, repl)
+    assert stripped.str.strip_chars(options.WHITESPACE).to_list() == [
+        strip_options(p) for p in prompts
+    ]
 
 
 def test_few_shot_examples_get_their_letters_resolved() -> None:
@@ -384,3 +605,23 @@ def test_huge_prompt_and_mixed_scripts() -> None:
     assert new.endswith("Réponds 🙂 日本語 العربية.") and "OPTIONS" not in new
     emoji = run("Which? 🤔\nOPTIONS:\n(A) 🍎\n(B) 🍌", "(B)")
     assert contents(emoji) == {0: "Which? 🤔", 1: "🍌"}
+
+
+# ---- the look-around-free building blocks ----------------------------------------------------
+
+
+def test_not_starting_with_a_task_word() -> None:
+    """The trie that stands in for a negative look-ahead: any text but one that starts with one
+    of the words as a whole word, in both engines alike."""
+    pattern = "^(?:" + options._not_starting_with(["prove", "show", "Show"]) + ")"
+    texts = ["prove it", "show that", "Show that", "proven fact", "shown", "Mars", "pro x", " x"]
+    expected = [False, False, False, True, True, True, True, False]
+    assert [bool(re.match(pattern, t)) for t in texts] == expected
+    assert pl.Series(texts).str.contains(pattern).to_list() == expected
+
+
+def test_trie_alternation_prefers_the_longer_word() -> None:
+    pattern = options._alternation(["options", "options are", "choices"])
+    assert re.match(pattern, "options are: x").group(0) == "options are"
+    assert re.match(pattern, "options: x").group(0) == "options"
+    assert pl.Series(["options are: x"]).str.extract(f"({pattern})").item() == "options are"

@@ -93,6 +93,61 @@ POSITIVES = [
     ("reference.url", "Sound is faster in water (Source: https://example.org/sound)."),
     ("reference.url", "Retrieved from https://example.org/sound on Monday."),
     ("reference.url", "Sound is faster.\n\n[1] https://example.org/a\n[2] https://example.org/b"),
+    # Chicago notes: "Ibid.", publication facts, an article's volume, issue and year.
+    (
+        "reference.footnote",
+        "Rome grew fast.\n\n1. Mary Beard, *SPQR* (London: Profile Books, 2015), 112.\n"
+        "2. Ibid., 114.",
+    ),
+    ("reference.footnote", "Rome grew fast.\n\n3. Ibid."),
+    ("reference.footnote", "Rome grew fast, as noted before (ibid., 12)."),
+    (
+        "reference.footnote",
+        "Salt was traded early.\n\n1. Jane Doe, *Salt Roads* (New York: Norton, 2003), 12.",
+    ),
+    (
+        "reference.footnote",
+        'Salt was traded early.¹\n\n¹ Jane Doe, "Salt Roads," *Journal of Trade* 12, no. 3 '
+        "(2015): 45.",
+    ),
+    ("reference.footnote", "Rome grew fast.[^1]\n\n[^1]: Beard, *SPQR*, 2015, p. 112."),
+    # Narrative author-year: a verb after it, et al., three names, "according to", "... by".
+    (
+        "reference.author_year",
+        "```python\n# As Knuth (1974) argued, premature optimization is the root of all evil.\n"
+        "def f():\n    pass\n```",
+    ),
+    ("reference.author_year", "Knuth (1974, p. 268) famously wrote that it is evil."),
+    ("reference.author_year", "As Dijkstra (1968) observed, goto makes code hard to follow."),
+    ("reference.author_year", "Kahneman and Tversky (1979) proposed prospect theory."),
+    ("reference.author_year", "Kahneman & Tversky (1979) showed that losses loom larger."),
+    ("reference.author_year", "Walker et al. (2017) report the same."),
+    ("reference.author_year", "LeCun, Bengio and Hinton (2015) review the field."),
+    ("reference.author_year", "According to Piketty (2014), returns on capital exceed growth."),
+    ("reference.author_year", "Miller's (1956) paper on the number seven is a classic."),
+    ("reference.author_year", "LSTMs were introduced by Hochreiter and Schmidhuber (1997)."),
+    ("reference.author_year", "Smith (2019) and Lee (2020) both found the same."),
+    ("reference.author_year", "# Per Knuth (1974), premature optimization is evil."),
+    ("reference.author_year", "// Knuth (1974) famously said it is the root of all evil."),
+    ("reference.author_year", "Quoting Hoare (1981): the price of reliability is simplicity."),
+    ("reference.author_year", "Sleep matters (see the review by Walker, 2017, ch. 2)."),
+    ("reference.author_year", "Sleep matters (see Walker (2017) for details)."),
+    ("reference.author_year", "Sleep helps memory (see Walker 2017)."),
+    ("reference.author_year", "Sleep helps memory (see also Müller, 2018)."),
+    ("reference.author_year", "Sleep helps memory (cf. Walker 2017 for a review)."),
+    ("reference.author_year", "Sleep helps (see, e.g., Walker 2017; Diekelmann and Born 2010)."),
+    # Journal volume(issue): pages without a comma before them, or after an author-year.
+    ("reference.journal", "It was published in Nature 521(7553): 436–444."),
+    ("reference.journal", "The study appeared in Science 313(5786), 504-507."),
+    ("reference.journal", "See LeCun, Bengio and Hinton (2015), Nature, 521, 436–444."),
+    ("reference.journal", "Deep learning. Nature 521, 436–444 (2015)."),
+    # A source line with a year or a page and no URL.
+    ("reference.source", "Poverty fell.\nSource: World Bank, World Development Report 2019, p. 34"),
+    ("reference.source", "Poverty fell.\n\n**Sources:** IMF, World Economic Outlook 2023"),
+    ("reference.source", "Poverty fell sharply (Source: Eurostat, 2021)."),
+    ("reference.source", "Poverty fell.\n- Data source: national census, 2020"),
+    ("reference.source", "Poverty fell.\nSource – OECD Economic Outlook, June 2022"),
+    ("reference.source", "Poverty fell.\nReference: Sen, Development as Freedom, 1999."),
 ]
 
 
@@ -128,6 +183,27 @@ NEGATIVES = [
     "The volume is 12 litres.",
     "Version 10.1 was released.",
     "",
+    # Film, book and product titles with years, with no reporting verb after them.
+    "Titanic (1997) won eleven Oscars.",
+    "Windows (2000) was followed by Windows XP (2001).",
+    "Bonnie and Clyde (1967) changed Hollywood.",
+    "Romeo and Juliet (1968) is a film by Zeffirelli.",
+    "Crime and Punishment (1866) is a novel.",
+    "Apple (1976) started in a garage.",
+    "DiCaprio starred in Titanic (1997) and in Inception (2010).",
+    "Toy Story (1995) was the first fully computer-animated film.",
+    # Sources without a year or page; notes that are no citations; numbers that are no journal.
+    "Source code: see the repository.",
+    "Source: my own experience as a nurse.",
+    "The Source: a film from 2019? I have not seen it.",
+    "Notes:\n- Bring water.\n- Leave at 9.",
+    "(Note: updated in March, 2019)",
+    "Article 5(1): everyone has the right to liberty.",
+    "Revenue (2015): 45 million dollars.",
+    "Python 3(2): 4-5 is not valid syntax.",
+    "The meeting (see Monday 2020 notes) went well.",
+    "Book early (see the Paris 2024 schedule).",
+    'He said, "I\'m done," and left.',
 ]
 
 
@@ -220,6 +296,35 @@ def test_long_reasons_are_cut() -> None:
         ("Attention works.\narXiv:1706.03762", "Attention works."),
         ("Attention works.\n\ndoi: 10.1234/abcd\n\nMore text.", "Attention works.\n\nMore text."),
         ("In Proc. Acoustics, vol. 12, pp. 45–67.", "In Proc. Acoustics."),
+        # Narrative citations keep the name and lose the year.
+        (
+            "# As Knuth (1974) argued, premature optimization is evil.",
+            "# As Knuth argued, premature optimization is evil.",
+        ),
+        ("Knuth (1974, p. 268) famously wrote it.", "Knuth famously wrote it."),
+        ("According to Piketty (2014), r > g.", "According to Piketty, r > g."),
+        ("LeCun, Bengio and Hinton (2015) review it.", "LeCun, Bengio and Hinton review it."),
+        (
+            "LeCun, Bengio and Hinton (2015), Nature, 521, 436–444, review it.",
+            "LeCun, Bengio and Hinton, review it.",
+        ),
+        ("Sleep helps (see Walker 2017).", "Sleep helps."),
+        ("It was published in Nature 521(7553): 436–444.", "It was published in Nature."),
+        # Notes and their marks go, the text stays.
+        (
+            "Rome grew fast.¹\n\nNotes\n1. Mary Beard, *SPQR* (London: Profile Books, 2015), 112."
+            "\n2. Ibid., 114.\n3. Beard, *SPQR*, 120.",
+            "Rome grew fast.",
+        ),
+        ("Rome grew fast.\n\n1. Ibid., 114.\n\nMore text.", "Rome grew fast.\n\nMore text."),
+        ("Rome grew fast.[^1]\n\n[^1]: Beard, *SPQR*, 2015, p. 112.", "Rome grew fast."),
+        # A source line goes; the paragraph after it stays.
+        (
+            "Poverty fell.\nSource: World Bank, World Development Report 2019, p. 34\n"
+            "It rose later.",
+            "Poverty fell.\nIt rose later.",
+        ),
+        ("Poverty fell sharply (Source: Eurostat, 2021).", "Poverty fell sharply."),
         # Code is left alone: only rules that fired on the message edit it.
         ("Use x[1] (Smith, 2019).\n\n    y = x[0]", "Use x[1].\n\n    y = x[0]"),
     ],

@@ -6,6 +6,40 @@ answers that are only a letter ("(B)") teach nothing once the options are gone. 
 the options block so the prompt reads as a natural question, and turns a letter answer into the
 option's text so the pair still makes sense.
 
+What counts as options (``OPTIONS_PATTERN``, one regex, so the FLAN reader's ``has_options`` flag
+and this filter never disagree):
+
+- a header, then a list: FLAN v2's headers ("OPTIONS:", "OPT:", "Options are:", "Choices:",
+  "Possible answers:", "Available choices:", "Choose/Select/Pick [your answer] from [the
+  following]:", "Select the correct answer:", "one of the following options:") and their
+  French, Spanish, German, Italian, Portuguese and Dutch forms ("Choisissez parmi :",
+  "Opciones:", "Optionen:", "Antwortmöglichkeiten:", "Opzioni:", "Opções:", "Opties:"), followed
+  on the same line or the next by a choice with any FLAN marker: "-", "+", "*", "•", "(A)",
+  "(a)", "A)", "a)", "a).", "A.", "[a]", "[a].", "(1)", "1)", "1).", "(1).", "[1]", "[+]", "[-]",
+  "(I)", "I.", "i.". Not "1." (a user's own numbered shortlist, "My options:\\n1. stay\\n2. go")
+  and not a dash glued to a letter or dash (a CLI help "Options:\\n  -h, --help");
+- a strong header ("choose one of the following options:", "Possible answers:", a capitalised
+  "Options:" starting a line or sentence) followed by a plain comma list "red, green, blue";
+- a FLAN preamble ("Multi-choice problem:", "Select your answer from the options.", "Choose the
+  correct answer:") and, anywhere after it, a choice with one of those markers;
+- no header: three sequential letters with the same marker ("A. Mars B. Jupiter C. Venus",
+  "(a) ... (b) ... (c) ...", on one line or several) at a line start or after punctuation, not
+  after a word ("vitamin A. ... vitamin B. ... vitamin C.", "by A. Smith, B. Jones and C. Lee"),
+  or two after a question mark ("Is it? (A) yes (B) no"); lines "(A) ..." then "(B) ..." (NIv2);
+  two of FLAN's odd markers that prose hardly uses ("1). yes 2). no", "[a]. x [b]. y").
+
+What does not: "options"/"choose" in prose ("You have several options: you could walk or take the
+bus.": no marker, and the comma list needs a strong header), CLI help, a numbered "1." list, and
+lettered sub-questions of homework. Those ("(a) Prove that ... (b) Show that ...") are told apart
+from choices by their first item: a header-less list whose "(a)" item starts with an imperative
+("prove", "show", "find", "compute", "explain", ...) is a list of tasks, and an item with a
+question mark in it ("(a) What is x?") is a question, not an answer. (The "does not start with
+one of these words" test is written out as a trie, since neither engine may look ahead.) A
+homework list behind an options header still fires: the header wins. Known misses and false
+hits, accepted for recall: a lettered outline ("A. Introduction\nB. Methods\nC. Results") fires;
+choices that start with one of those verbs ("A. Explain it B. ...") do not without a header; a
+user's shortlist numbered "1)" behind "My options:" fires like FLAN's "Options:\n1) ...".
+
 Detection is one vectorised ``str.contains`` over the user messages. The rewrite strips blocks with
 ``str.replace_all``; only pairs whose answer (or a few-shot example in the prompt) refers to an
 option by letter go through a small Python step that maps the letter to its option. The patterns
@@ -16,7 +50,7 @@ look-around or backreferences, no ``\\b``/``\\w``/``\\s``, no ``$`` outside mult
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
@@ -27,56 +61,316 @@ import polars as pl
 from curation.filters.base import Batch, Findings, Policy
 
 
+def _alternation(words: Iterable[str]) -> str:
+    """An alternation of ``words`` written as their trie ("options(?: are)?|choices..."): the
+    same language, and where one word is the start of another the longer one is tried first, as
+    in a longest-first list. Python's ``re`` tries an alternation's branches one by one at every
+    position; factored like this it rejects most of them on their first character."""
+    trie: dict = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict) -> str:
+        branches = [
+            ("\\" + ch if ch in ".^$*+?()[]{}|\\" else ch) + emit(child)
+            for ch, child in sorted(node.items())
+            if ch
+        ]
+        if not branches:
+            return ""
+        if len(branches) == 1 and "" not in node:
+            return branches[0]
+        return "(?:" + "|".join(branches) + ")" + ("?" if "" in node else "")
+
+    return "(?:" + emit(trie) + ")"
+
+
 def _casings(*phrases: str) -> str:
     """An alternation of each phrase in lower case, Capitalised, Title Case and UPPER CASE. Not
     (?i): with it the header words have too many spellings for the regex engine's literal
     prefilter, which is what makes the scan over a million prompts fast."""
-    variants = {v for p in phrases for v in (p, p.capitalize(), p.title(), p.upper())}
-    return "(?:" + "|".join(sorted(variants, key=lambda v: (-len(v), v))) + ")"
+    return _alternation({v for p in phrases for v in (p, p.capitalize(), p.title(), p.upper())})
 
 
-# Headers FLAN-style templates put before a list of choices: "OPTIONS:", "Options:", "Choose
-# from:", "Choose your answer from:", "Select from the following.", "Pick the answer from:",
-# "Possible answers:", "Answer choices:", "Available options:"...
-_HEADER = _casings(
+def _not_starting_with(words: Iterable[str]) -> str:
+    """A regex for the first characters of a text that does not start with any of ``words`` as a
+    whole word ("prove x" no; "proven x", "Mars" yes). Look-around free, so it is the trie of the
+    words with, at each node, "any other character" as the way out; a complete word may only go
+    on with a letter. Matches at least one character, never a line break, never a blank first."""
+    trie: dict = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def escape_class(chars: Iterable[str]) -> str:
+        return "".join("\\" + c if c in "\\]^-[" else c for c in sorted(chars))
+
+    letters = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+    def build(node: dict, root: bool) -> str:
+        children = sorted(k for k in node if k)
+        if "" in node:  # a whole word: only a letter that makes it a longer word lets it out
+            way_out = f"[{escape_class(letters - set(children))}]"
+        else:
+            blanks = " \t\r\n" if root else "\r\n"
+            way_out = f"[^{escape_class(set(children) | set(blanks))}]"
+        branches = [way_out] + [re.escape(c) + build(node[c], False) for c in children]
+        return "(?:" + "|".join(branches) + ")"
+
+    return build(trie, True)
+
+
+# ---- headers -----------------------------------------------------------------------------------
+
+_HEADER_WORDS = (
     "options",
+    "options are",
     "choices",
+    "choices are",
     "answer choices",
+    "answer options",
     "possible answers",
+    "possible choices",
+    "possible options",
     "available options",
     "available choices",
-    *(
-        f"{verb}{middle} from{tail}"
-        for verb in ("choose", "select", "pick")
-        for middle in ("", " your answer", " the answer", " an answer", " a answer")
-        for tail in ("", " the following", " among")
-    ),
+    "available answers",
+    "following options",
+    "following choices",
+    "following answers",
+    # French, Spanish, Portuguese, Italian, German, Dutch
+    "choisissez parmi",
+    "choisis parmi",
+    "choisir parmi",
+    "choisissez entre",
+    "réponses possibles",
+    "choix possibles",
+    "choix",
+    "opciones",
+    "elige entre",
+    "elija entre",
+    "escoge entre",
+    "escoja entre",
+    "seleccione entre",
+    "respuestas posibles",
+    "opções",
+    "escolha entre",
+    "respostas possíveis",
+    "opzioni",
+    "scegli tra",
+    "scegli fra",
+    "risposte possibili",
+    "optionen",
+    "antwortoptionen",
+    "antwortmöglichkeiten",
+    "auswahlmöglichkeiten",
+    "wähle aus",
+    "wählen sie aus",
+    "wähle zwischen",
+    "wählen sie zwischen",
+    "opties",
+    "kies uit",
+    "kies tussen",
+    "mogelijke antwoorden",
 )
-# After the header: a colon or full stop (and maybe line breaks), or at least one line break;
-# then the first choice: "- ", "* ", "• ", "(a) ", "a) ", "1) ", "[a] ".
-_AFTER_HEADER = r"[ \t]*(?:[:.][ \t]*(?:\r?\n[ \t]*)*|(?:\r?\n[ \t]*)+)"
-_ITEM = r"(?:[-*•][ \t]|\(?[a-hA-H1-8]\)[ \t]|\[[a-hA-H]\][ \t])"
+_VERB = _casings("choose", "select", "pick")
+# After the verb, case-insensitive (the verb's literal spellings keep the prefilter): "from",
+# "your answer from", "the answer from the following", "one of the following options", "the
+# correct answer", "an option from the choices below"...
+_DET = r"(?:the[ \t]+following|the|these|those|the[ \t]+list)"
+_NOUNS = r"(?:options|choices|answers|answer[ \t]+choices|answer[ \t]+options|alternatives)"
+_PREP = (
+    rf"(?:from|among(?:st)?|between|of|out[ \t]+of)"
+    rf"(?:[ \t]+{_DET}(?:[ \t]+{_NOUNS})?)?(?:[ \t]+(?:below|given|provided|above|listed))?"
+)
+_OBJ = (
+    r"(?:(?:(?:your|the|an?|one)[ \t]+)?(?:(?:correct|best|right|most[ \t]+appropriate|"
+    r"appropriate|most[ \t]+likely|final)[ \t]+)?(?:answer|option|choice)s?|one)"
+)
+_VERB_TAIL = rf"(?i:[ \t]+(?:{_OBJ}(?:[ \t]+{_PREP})?|{_PREP}))"
+# The verb phrases that name where to choose from ("choose one of the following options",
+# "pick from"), not "select the correct answer", which may be followed by the question.
+_VERB_FROM = rf"{_VERB}(?i:[ \t]+(?:{_OBJ}[ \t]+)?{_PREP})"
+_HEADER = rf"(?:{_casings(*_HEADER_WORDS)}|OPT|Opt|{_VERB}{_VERB_TAIL})"
+# After the header: a colon or full stop (and maybe line breaks), or at least one line break.
+_AFTER_HEADER = r"[ \t\u00a0\u202f]*(?:[:.][ \t]*(?:\r?\n[ \t]*)*|(?:\r?\n[ \t]*)+)"
 
-# A prompt "carries options" when an options header is followed by a list of choices, or (NIv2
-# style, no header) a line starting "(A)" is followed by a later line starting "(B)". The header
-# must start a word ("adoptions:" is no header); "What are my options?" and "two choices - stay
-# or go" have no list after a colon or line break.
+# ---- choice markers ----------------------------------------------------------------------------
+
+_LABEL = r"[a-hA-H1-9]"
+_ROMAN = r"(?:viii|vii|iii|vi|iv|ix|ii|i|v|VIII|VII|III|VI|IV|IX|II|I|V)"
+# A bullet, but not one glued to a flag or code ("- -h", "- `--help`"): a CLI's options.
+_BULLET = r"[-*•+][ \t]+[^-` \t\r\n]"
+# Markers that need no bullet: "(a)", "a)", "1).", "(1).", "(I)", "[a]", "[a].", "[1]", "[+]",
+# "[-]", "a.", "A.", "I.", "iv.". Never "1." (see the module docstring).
+_MARK = (
+    rf"(?:\[[-+*]\]|\(?(?:{_LABEL}|{_ROMAN})\)\.?|\[(?:{_LABEL}|{_ROMAN})\]\.?"
+    rf"|(?:[a-hA-H]|{_ROMAN})\.)[ \t]"
+)
+_ITEM = rf"(?:{_BULLET}|{_MARK})"
+
+# ---- header-less lists ---------------------------------------------------------------------
+
+# Words that start homework sub-questions or tasks rather than choices ("(a) Prove that ...").
+# Only words that rarely open a choice: not "use", "give", "draw", "state", "list"... Question
+# words need no entry: an item with a question mark in it is no choice anyway.
+_TASK_WORDS = [
+    w
+    for base in (
+        "prove",
+        "show",
+        "find",
+        "compute",
+        "calculate",
+        "determine",
+        "derive",
+        "evaluate",
+        "solve",
+        "sketch",
+        "verify",
+        "simplify",
+        "justify",
+        "explain",
+        "describe",
+        "discuss",
+        "define",
+        "estimate",
+        "compare",
+        "identify",
+        "differentiate",
+        "integrate",
+        "construct",
+        "classify",
+        "summarise",
+        "summarize",
+        "analyse",
+        "analyze",
+        "predict",
+        "rewrite",
+        "convert",
+        "factorise",
+        "factorize",
+        "consider",
+        "let",
+        "suppose",
+        "assume",
+        "write",
+    )
+    for w in (base, base.capitalize())
+]
+_NOT_TASK = _not_starting_with(_TASK_WORDS)
+# The text of a choice in a header-less list: no question mark, no sentence end ("Plan A. We go.
+# Plan B. We stay." is prose), one line; maybe a comma, full stop or semicolon after it.
+_TEXT = r"(?:[^\r\n?.]|\.[^ \t\r\n])"
+_GAP = r"[.,;]?(?:[ \t]+|[ \t]*\r?\n[ \t]*)"
+_STYLES = [("(", ")"), ("", ")"), ("", "."), ("[", "]")]
+
+
+def _marker(open_: str, label: str, close: str) -> str:
+    return re.escape(open_) + label + re.escape(close)
+
+
+_FIRST = "(?:" + "|".join(_marker(o, "[Aa]", c) for o, c in _STYLES) + ")"
+# Three in a row, "A. x B. y C. z": the first in any style, the next two in one style and case.
+_THIRD = "|".join(
+    rf"{_marker(o, b, c)}[ \t]+{_TEXT}+?{_GAP}{_marker(o, cc, c)}[ \t]"
+    for o, c in _STYLES
+    for b, cc in (("B", "C"), ("b", "c"))
+)
+_SECOND = "(?:" + "|".join(_marker(o, "[Bb]", c) for o, c in _STYLES) + r")[ \t]"
+# Not after a word ("vitamin A. ... vitamin B. ... vitamin C.", "by A. Smith, B. Jones and C.
+# Lee"): at the start of a line or after punctuation ("largest? A. Mars", "___: a) blue").
+_LEAD = r"(?:^[ \t]*|[^A-Za-z0-9 \t(\[][ \t]*)"
+LETTERED = (
+    rf"{_LEAD}{_FIRST}[ \t]+{_NOT_TASK}{_TEXT}*?{_GAP}(?:{_THIRD})"
+    rf"|\?[ \t]*(?:\r?\n[ \t]*)*{_FIRST}[ \t]+{_NOT_TASK}{_TEXT}*?{_GAP}{_SECOND}"
+)
+# NIv2 style: a line starting "(A)" and a later line starting "(B)".
+_NIV2 = rf"(?m:^)[ \t]*\([Aa]\)[ \t]+{_NOT_TASK}.*\n(?:.*\n)*?[ \t]*\([Bb]\)[ \t]"
+# Markers prose never uses, two in a row: "1). yes 2). no", "(a). x (b). y", "[a]. x [b]. y".
+_ODD_PAIRS = [
+    (_marker(o, a, c), _marker(o, b, c))
+    for o, c in (("", ")."), ("(", ")."), ("[", "]."))
+    for a, b in (("a", "b"), ("A", "B"), ("1", "2"))
+    if not (o == "[" and a == "1")  # "[1]. ... [2]." ends sentences with citations
+]
+ODD = (
+    r"(?:^|[ \t\r\n])(?:"
+    + "|".join(rf"{a}[ \t]+[^\r\n]+?(?:[ \t]+|[ \t]*\r?\n[ \t]*){b}" for a, b in _ODD_PAIRS)
+    + r")[ \t]"
+)
+
+# ---- strong headers with a plain comma list, preambles -------------------------------------------
+
+# Strong headers: the verb phrases that say where to choose from, the headers of two words or
+# more ("Possible answers", "following options"), and a capitalised one-word header that starts a
+# line or a sentence ("Is it? Options: yes, no").
+_STRONG_WORDS = rf"(?:{_VERB_FROM}|{_casings(*(w for w in _HEADER_WORDS if ' ' in w))})"
+_CAP_LEAD = r"(?:(?m:^)[ \t]*|[?.!][ \t]+)"
+_CAP_WORDS = _alternation(
+    ("Options", "OPTIONS", "Choices", "CHOICES", "Opciones", "Optionen", "Opzioni", "Opções")
+    + ("Opties", "Choix", "OPT")
+)
+_CHOICE = r"[^ \t\r\n,.?!:;()\[\]][^\r\n,.?!:;()\[\]]{0,40}"
+_AND = r"(?:or|and|ou|et|o|y|e|oder|und|of|en)"
+_COMMA_TAIL = rf"[ \t\u00a0\u202f]*:[ \t]*{_CHOICE},[ \t]*{_CHOICE}"
+_COMMA_BLOCK_TAIL = (
+    rf"[ \t\u00a0\u202f]*:[ \t]*{_CHOICE}(?:,[ \t]*{_CHOICE})+"
+    rf"(?:,?[ \t]+{_AND}[ \t]+{_CHOICE})?\.?"
+)
+# Preambles of FLAN's multiple-choice templates; the choices come later in the prompt.
+_MULTI_CHOICE = (
+    rf"(?:{_casings('multi-choice problem', 'multi-choice question', 'multi-select problem')}"
+    rf"[ \t]*[:.]|{_casings('multiple choice question', 'multiple-choice question')}[ \t]*:)"
+)
+_PREAMBLE = (
+    rf"(?:{_MULTI_CHOICE}"
+    rf"|{_VERB}(?i:[ \t]+(?:(?:your|an?|the(?:[ \t]+(?:correct|best|right|most[ \t]+likely))?)"
+    r"[ \t]+answer(?:[ \t]+(?:from|among)(?:[ \t]+the[ \t]+(?:options|choices|following))?)?"
+    r"|from[ \t]+the[ \t]+(?:options|choices)))[ \t]*[:.?])"
+)
+_LATER_ITEM = rf"(?:[ \t\r\n]{_MARK}|\n[ \t]*{_BULLET})"
+
+# Plain numbers "1. yes 2. no" (or "1: yes 2: no") are a user's own list as often as choices, so
+# they count only on the header's line ("Options: 1. yes 2. no"), one per line after a header
+# that only FLAN writes ("OPT:", "OPTIONS:", "Possible answers:", "Choose from:"; not "options:"
+# or "My options are:"), or anywhere after a "Multi-choice problem:" preamble.
+_NUMBERED_INLINE = r"1[.:][ \t][^\r\n]*?[ \t]2[.:][ \t]"
+_NUM_HEADER = (
+    rf"(?:OPT|OPTIONS|{_VERB_FROM}"
+    rf"|{_casings(*(w for w in _HEADER_WORDS if ' ' in w and not w.endswith(' are')))})"
+)
+_NUMBERED = (
+    rf"{_HEADER}[ \t\u00a0\u202f]*[:.][ \t]*{_NUMBERED_INLINE}"
+    rf"|{_NUM_HEADER}{_AFTER_HEADER}1\.[ \t]"
+    rf"|{_MULTI_CHOICE}(?s:.)*?[ \t\r\n][1-9][.:][ \t]"
+)
+
+# ---- the rule ------------------------------------------------------------------------------------
+
+# A prompt "carries options" when any of the forms above is in it. The header must start a word
+# ("adoptions:" is no header); "What are my options?" and "two choices - stay or go" have no list
+# after a colon or line break.
+# The forms that start with a header share one guard, so Python's ``re`` checks it once.
 OPTIONS_PATTERN = (
-    r"(?:(?:^|[^A-Za-z])"
-    + _HEADER
-    + _AFTER_HEADER
-    + _ITEM
-    + r"|(?m:^)[ \t]*\([Aa]\)[ \t].*\n(?:.*\n)*?[ \t]*\([Bb]\)[ \t])"
+    rf"(?:^|[^A-Za-z])(?:{_HEADER}{_AFTER_HEADER}{_ITEM}|{_STRONG_WORDS}{_COMMA_TAIL}"
+    rf"|{_PREAMBLE}(?s:.)*?{_LATER_ITEM}|{_NUMBERED})"
+    rf"|{_CAP_LEAD}{_CAP_WORDS}{_COMMA_TAIL}|{LETTERED}|{_NIV2}|{ODD}"
 )
 OPTIONS_RE = re.compile(OPTIONS_PATTERN)
 
-# An answer that names an option by label: "B", "(B)", "b)", "[b]", "B.", "2", "(A) higher", or a
-# chain of thought ending "So the answer is (C)." Only a superset to pick the pairs that go to
-# the Python step; ``resolve`` decides.
+# An answer that names an option by label: "B", "(B)", "b)", "[b]", "B.", "2", "1).", "(II)",
+# "(A) higher", "B. Jupiter", or a chain of thought ending "So the answer is (C)." Only a superset
+# to pick the pairs that go to the Python step; ``resolve`` decides.
 _WS = "[ \t\r\n\f\v\u00a0\u200b\u3000]"  # the characters of WHITESPACE, as a class
 LETTER_CANDIDATE = (
-    rf"^{_WS}*[(\[]?[A-Ha-h1-8][)\]]?\.?{_WS}*$"
-    rf"|^{_WS}*[(\[][A-Ha-h1-8][)\]]"
+    rf"^{_WS}*[(\[]?(?:[A-Ha-h1-9]|{_ROMAN})[)\]]?\.?{_WS}*$"
+    rf"|^{_WS}*[(\[]?(?:[A-Ha-h1-9]|{_ROMAN})[)\].]"
     r"|(?:[Aa]nswer is|ANSWER IS):?[ \t]*\([A-Ha-h]\)"
 )
 # A few-shot example inside a prompt that answers by letter ("... So the answer is (C).").
@@ -88,18 +382,44 @@ RULES: list[tuple[str, str]] = [("options.explicit", OPTIONS_PATTERN)]
 _BLOCK = rf"{_HEADER}{_AFTER_HEADER}{_ITEM}[^\n]*(?:\r?\n[ \t]*{_ITEM}[^\n]*)*"
 # NIv2 style: consecutive lines "(A) ...", "(B) ..." with no header.
 _LETTER_LINES = r"(?m:^)[ \t]*\([A-Ha-h]\)[ \t][^\n]*(?:\r?\n[ \t]*\([A-Ha-h]\)[ \t][^\n]*)+"
-# Every block of a prompt, each with the character before a header (the guard that keeps
-# "adoptions:" out), as polars' ``extract_all`` and Python's ``findall`` both list them: for the
+# A header-less run of choices in one style, "A. x B. y C. z" or one per line; the last one
+# runs to the end of its line.
+_RUNS = "|".join(
+    rf"{_marker(o, first, c)}[ \t](?:[^\r\n]*?{_GAP}{_marker(o, rest, c)}[ \t])+[^\r\n]*"
+    for o, c in [*_STYLES, ("", ")."), ("(", ")."), ("[", "].")]
+    for first, rest in (("A", "[B-H]"), ("a", "[b-h]"), ("1", "[2-9]"))
+    if not (c == "." and first == "1") and not (o == "[" and c == "]" and first == "1")
+)
+_ODD_RUNS = r"(?m:^)[ \t]*\[[-+]\][ \t][^\n]*(?:\r?\n[ \t]*\[[-+]\][ \t][^\n]*)+"
+# Plain numbers: on one line, or one per line under a FLAN-only header.
+_NUM_RUN = r"1[.:][ \t](?:[^\r\n]*?[ \t]+[2-9][.:][ \t])+[^\r\n]*"
+_NUM_BLOCK = (
+    rf"{_HEADER}[ \t\u00a0\u202f]*[:.][ \t]*{_NUM_RUN}"
+    rf"|{_NUM_HEADER}{_AFTER_HEADER}1\.[ \t][^\n]*(?:\r?\n[ \t]*[2-9]\.[ \t][^\n]*)*"
+)
+# Every block of a prompt, each with the character before it (the guard that keeps "adoptions:"
+# or "DNA. B" out), as polars' ``extract_all`` and Python's ``findall`` both list them: for the
 # score (how many), the reason (the first) and the letter step (which options come where).
-BLOCKS = rf"(?:^|[^A-Za-z]){_BLOCK}|{_LETTER_LINES}"
+BLOCKS = (
+    rf"(?:^|[^A-Za-z])(?:{_BLOCK}|{_NUM_BLOCK}|{_STRONG_WORDS}{_COMMA_BLOCK_TAIL})"
+    rf"|{_CAP_LEAD}{_CAP_WORDS}{_COMMA_BLOCK_TAIL}|{_LETTER_LINES}"
+    rf"|(?:^|[^A-Za-z0-9])(?:{_RUNS}|{_NUM_RUN})|{_ODD_RUNS}"
+)
 
 # (pattern, replacement) applied in order to a prompt with options: every block with the line
-# break after it (lone "(A) ..." lines too), then runs of blank lines. No guard before the header
-# here, unlike detection: it runs only on prompts that have options, and without a leading class
-# the regex engine finds the header words by literal search (twice as fast). The price: in a
-# prompt that has options, "Pet adoptions:\n- cats" would go too.
+# break after it (lone "(A) ..." lines too), the preamble's words, then runs of blank lines. No
+# guard before the header here, unlike detection: it runs only on prompts that have options, and
+# without a leading class the regex engine finds the header words by literal search (twice as
+# fast). The price: in a prompt that has options, "Pet adoptions:\n- cats" would go too.
 STRIP: list[tuple[str, str]] = [
-    (rf"[ \t]*{_BLOCK}(?:\r?\n)?|(?m:^)[ \t]*\([A-Ha-h]\)[ \t][^\n]*(?:\r?\n)?", ""),
+    (
+        rf"[ \t]*(?:{_BLOCK}|{_NUM_BLOCK})(?:\r?\n)?"
+        rf"|[ \t]*(?:{_STRONG_WORDS}|{_CAP_WORDS}){_COMMA_BLOCK_TAIL}[ \t]*(?:\r?\n)?"
+        r"|(?m:^)[ \t]*\([A-Ha-h]\)[ \t][^\n]*(?:\r?\n)?"
+        rf"|(?:(?m:^)[ \t]*|[ \t]+)(?:{_RUNS}|{_NUM_RUN})(?:\r?\n)?|{_ODD_RUNS}(?:\r?\n)?",
+        "",
+    ),
+    (rf"{_PREAMBLE}[ \t]*", ""),
     (r"\n[ \t]*\n(?:[ \t]*\n)+", "\n\n"),
 ]
 WHITESPACE = " \t\r\n\f\v\u00a0\u200b\u3000"
@@ -109,13 +429,28 @@ REASON_CHARS = 300
 _STRIP_RE = [(re.compile(p), r) for p, r in STRIP]
 # Python-only helpers for the letter step (polars never runs these).
 _BLOCKS_RE = re.compile(BLOCKS)
-_LINE_ITEM_RE = re.compile(
-    r"[ \t]*(?:\(([a-hA-H1-8])\)|([a-hA-H1-8])\)|\[([a-hA-H])\]|[-*•])[ \t]+"
-)
-_INLINE_ITEM_RE = re.compile(r"(?:^|[ \t])(?:\(([a-hA-H])\)|([a-hA-H])\)|\[([a-hA-H])\])[ \t]+")
-_BARE_LABEL_RE = re.compile(r"[(\[]?([A-Ha-h1-8])[)\]]?\.?")
-_LABEL_TEXT_RE = re.compile(r"[(\[]([A-Ha-h1-8])[)\]][ \t]+(.+)", re.S)
+_PY_LABEL = rf"(?:{_ROMAN}|[A-Ha-h1-9])"
+# Each marker style as (name, regex with the label as group 1), most specific first.
+_PY_STYLES = [
+    re.compile(p)
+    for p in (
+        rf"\(({_PY_LABEL})\)\.",
+        rf"\(({_PY_LABEL})\)",
+        rf"\[({_PY_LABEL})\]\.",
+        rf"\[({_PY_LABEL})\]",
+        r"\[([-+*])\]",
+        rf"({_PY_LABEL})\)\.",
+        rf"({_PY_LABEL})\)",
+        rf"({_ROMAN}|[A-Ha-h])\.",
+        r"([1-9])[.:]",
+        r"([-*•+])",
+    )
+]
+_BARE_LABEL_RE = re.compile(rf"[(\[]?({_PY_LABEL})(?:[)\]]\.?|\.)?")
+_LABEL_TEXT_RE = re.compile(rf"[(\[]({_PY_LABEL})[)\]]\.?[ \t]+(.+)", re.S)
+_OPEN_LABEL_TEXT_RE = re.compile(rf"({_PY_LABEL})(?:\)\.?|\.)[ \t]+(.+)", re.S)
 _ANSWER_IS_RE = re.compile(r"((?:[Aa]nswer is|ANSWER IS):?[ \t]*)\(([A-Ha-h])\)")
+_COMMA_SPLIT_RE = re.compile(r",?[ \t]+(?:or|and|ou|et|o|y|e|oder|und|of|en)[ \t]+|,")
 
 
 def has_options(prompt: str) -> bool:
@@ -123,34 +458,50 @@ def has_options(prompt: str) -> bool:
     return OPTIONS_RE.search(prompt) is not None
 
 
+def _label(raw: str | None) -> str | None:
+    """The label of a marker: "a" → "A", "ii" → "II", "3" → "3"; bullets have none."""
+    if raw is None or raw in "-+*•":
+        return None
+    return raw.upper()
+
+
 @lru_cache(maxsize=1 << 16)
 def options_in(block: str) -> tuple[tuple[str | None, str], ...]:
     """The choices of one options block as (label or None, text): "(A) red" → ("A", "red"),
-    "2) dog" → ("2", "dog"), "- yes" → (None, "yes"); one choice per line, or lettered choices
-    on one line. Cached: templated data repeats a few blocks ("- yes\n- no") over many rows."""
-    lines = [line for line in block.splitlines() if line.strip(WHITESPACE)]
-    if lines and _LINE_ITEM_RE.match(lines[0]) is None:
-        # The header line ("OPTIONS:", "Options: (a) red (b) blue"): keep what follows its
-        # colon or full stop. Cheaper than matching the header alternation again.
-        head = lines[0]
+    "2). dog" → ("2", "dog"), "(II) no" → ("II", "no"), "- yes" → (None, "yes"), "red, green"
+    → (None, "red"), (None, "green"); one choice per line or several on one. The first marker
+    sets the style; only markers of that style start a choice. Cached: templated data repeats
+    a few blocks ("- yes\n- no") over many rows."""
+    text = block.strip(WHITESPACE)
+
+    def style_at(s: str) -> re.Pattern[str] | None:
+        for style in _PY_STYLES:
+            m = style.match(s)
+            if m and m.end() < len(s) and s[m.end()] in " \t":
+                return style
+        return None
+
+    style = style_at(text)
+    if style is None and text[:1] and not text[:1].isalnum() and style_at(text[1:]):
+        text = text[1:]  # the guard before a header-less run: "?", "(", ...
+        style = style_at(text)
+    if style is None:
+        # The header ("OPTIONS:", "Options: (a) red (b) blue", "Pick from:\n a). x"): keep what
+        # follows its colon or full stop, or its line.
+        head, _, tail = text.partition("\n")
         cut = min((i for i in (head.find(":"), head.find(".")) if i >= 0), default=len(head))
-        rest = head[cut + 1 :]
-        lines = ([rest] if rest.strip(WHITESPACE) else []) + lines[1:]
-    if len(lines) == 1 and len(_INLINE_ITEM_RE.findall(lines[0])) > 1:
-        marks = list(_INLINE_ITEM_RE.finditer(lines[0]))
-        ends = [m.start() for m in marks[1:]] + [len(lines[0])]
-        return tuple(
-            (next(g for g in m.groups() if g).upper(), lines[0][m.end() : end].strip(WHITESPACE))
-            for m, end in zip(marks, ends, strict=True)
-        )
-    choices = []
-    for line in lines:
-        m = _LINE_ITEM_RE.match(line)
-        if m is None:
-            continue
-        label = next((g for g in m.groups() if g), None)
-        choices.append((label and label.upper(), line[m.end() :].strip(WHITESPACE)))
-    return tuple(choices)
+        text = (head[cut + 1 :] + "\n" + tail).strip(WHITESPACE)
+        style = style_at(text)
+    if style is None:  # a plain comma list after a strong header
+        parts = _COMMA_SPLIT_RE.split(text.split("\n", 1)[0].rstrip("."))
+        return tuple((None, p.strip(WHITESPACE)) for p in parts if p.strip(WHITESPACE))
+    starts = re.compile(rf"(?:^|(?<=\s)){style.pattern}(?=[ \t])")
+    marks = list(starts.finditer(text))
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    return tuple(
+        (_label(m.group(1)), text[m.end() : end].strip(WHITESPACE).rstrip(";,").rstrip(WHITESPACE))
+        for m, end in zip(marks, ends, strict=True)
+    )
 
 
 class Resolution(NamedTuple):
@@ -212,12 +563,18 @@ def resolve(prompt: str, answer: str | None, blocks: Sequence[str] | None = None
         if text is not None:
             return Resolution(new_prompt, text, None)
         # A letter that names no option leaves an answer that means nothing; a number may be
-        # the answer itself ("How many legs? ... 8"), so it stays.
-        return Resolution(new_prompt, answer, label if label.isalpha() else None)
+        # the answer itself ("How many legs? ... 8"), and a Roman "I" or "V" a word, so they stay.
+        return Resolution(new_prompt, answer, label if label in "ABCDEFGH" else None)
     with_text = _LABEL_TEXT_RE.fullmatch(stripped)
-    if with_text:
+    if with_text:  # "(A) higher", "[b]. blue"
         text = _lookup(choices, with_text.group(1).upper())
         return Resolution(new_prompt, text or with_text.group(2).strip(WHITESPACE), None)
+    with_text = _OPEN_LABEL_TEXT_RE.fullmatch(stripped)
+    if with_text:  # "B. Jupiter", "b) blue": only when the text is that option's
+        text = _lookup(choices, with_text.group(1).upper())
+        said = with_text.group(2).strip(WHITESPACE).casefold().rstrip(".")
+        if text is not None and text.casefold().rstrip(".") == said:
+            return Resolution(new_prompt, text, None)
     unresolved: list[str] = []
 
     def fill_answer(ref: re.Match[str]) -> str:

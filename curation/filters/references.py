@@ -50,16 +50,72 @@ _CITE_STRONG = (
     rf"|{_NAME}[ \t]+{_YEAR}[a-z](?:,[ \t]*{_YEAR}[a-z]?)*){_PAGE}"
 )
 _CITE_PREFIX = r"(?:(?:see(?:[ \t]+also)?|e\.g\.,?|cf\.|i\.e\.,?)[ \t]+)?"
-_PAREN_CITE = rf"\({_CITE_PREFIX}(?:{_CITE_STRONG}|{_CITE}(?:[ \t]*;[ \t]*{_CITE})+)\)"
+# After "see" or "cf." even a plain "Name 2019" is a citation ("(see Smith 2019)", "(cf. Lee
+# 2020 for a review)"): "(see June 2019)" is rare enough (the one case it gets wrong). Some words
+# may follow it when they start with "for", "on", "in", "p." ... ("(see Monday 2020 notes)" no).
+# Other words may come between "see" and a name with a comma or a parenthesis before the year:
+# "(see the review by Smith, 2019, ch. 2)", "(see Smith (2019) for details)".
+_SEE_TAIL = r"(?:,?[ \t]+(?:for|on|in|and|p\.|pp\.|chapter|ch\.|§)[^()\n]{0,60})?"
+_SEE = r"(?:[Ss]ee(?:[ \t]+also)?(?:,?[ \t]+e\.g\.)?,?|[Cc]f\.)[ \t]+"
+_PAREN_CITE = (
+    rf"\((?:{_CITE_PREFIX}(?:{_CITE_STRONG}|{_CITE}(?:[ \t]*;[ \t]*{_CITE})+)"
+    rf"|{_SEE}{_CITE}(?:[ \t]*[;,][ \t]*{_CITE})*{_SEE_TAIL}"
+    rf"|{_SEE}(?:[^()\n]{{0,60}}?[ \t])?{_AUTHORS}"
+    rf"(?:,[ \t]*{_YEARS}{_PAGE}|[ \t]+\({_YEAR}[a-z]?{_PAGE}\))[^()\n]{{0,60}})\)"
+)
 # A reference-list entry in APA style: "Smith, J. et al. (2019)", "Okoro, A. and Lind, P. (2021)".
 _INITIALS = r"(?:[A-Z]\.[ \t]?-?){1,3}"
-_APA_ENTRY = (
-    rf"{_NAME},[ \t]+{_INITIALS}(?:,?[ \t]*(?:(?:&|and)[ \t]+)?{_NAME},[ \t]+{_INITIALS})*"
+_APA_REST = (
+    rf",[ \t]+{_INITIALS}(?:,?[ \t]*(?:(?:&|and)[ \t]+)?{_NAME},[ \t]+{_INITIALS})*"
     rf"(?:[ \t]*{_ET_AL})?[ \t]*\({_YEAR}[a-z]?\)"
 )
-# Narrative form: "Smith et al. (2019) showed". Plain "Smith (2019)" is left alone: it reads the
-# same as "Titanic (1997)" or "Windows (2000)".
-_NARRATIVE = rf"{_NAME}[ \t]+{_ET_AL},?[ \t]*\({_YEAR}[a-z]?\)"
+_APA_ENTRY = rf"{_NAME}{_APA_REST}"
+# Narrative form: "Smith et al. (2019) showed". A plain "Name (2019)" reads the same as "Titanic
+# (1997)" or "Windows (2000)", so it counts only with more: "et al."; three or more names ("LeCun,
+# Bengio and Hinton (2015)"); "according to" or "as shown by" before it; or a reporting verb after
+# it ("Knuth (1974) argued", "Smith and Jones (2019, p. 4) found", "Lee's (2020) study"). The
+# price: a film or product with one of those verbs after its year ("Windows (2000) introduced")
+# counts as well.
+_YEAR_PAREN = rf"\({_YEAR}[a-z]?{_PAGE}\)"
+_REPORTING = (
+    "argued|argues|argue|showed|shown|shows[ \t]+that|show[ \t]+that|found|finds|find[ \t]+that"
+    "|noted|notes|note[ \t]+that|reported|reports|report[ \t]+that|proposed|proposes|propose"
+    "|demonstrated|demonstrates|demonstrate|suggested|suggests|suggest|wrote|writes|write"
+    "|observed|observes|observe|described|describes|describe|defined|defines|define"
+    "|introduced|introduces|introduce|claimed|claims|claim|stated|states[ \t]+that"
+    "|concluded|concludes|conclude|explained|explains|explain|established|establishes"
+    "|estimated|estimates|estimate|identified|identifies|identify|pointed[ \t]+out"
+    "|points[ \t]+out|point[ \t]+out|put[ \t]+it|puts[ \t]+it|coined|termed|emphasi[sz]ed"
+    "|emphasi[sz]es|emphasi[sz]e|highlighted|highlights|highlight|contended|contends|contend"
+    "|maintained|maintains|maintain|predicted|predicts|predict|hypothesi[sz]ed|theori[sz]ed"
+    "|discovered|measured|analy[sz]ed|examined|examines|examine|investigated|investigates"
+    "|investigate|recommended|recommends|recommend|discussed|discusses|discuss|formali[sz]ed"
+    "|populari[sz]ed|summari[sz]ed|summari[sz]es|documented|developed|reviewed|surveyed"
+    "|called[ \t]+(?:this|it|for)|refers[ \t]+to|referred[ \t]+to|calls[ \t]+(?:this|it)"
+    "|said|says|warned|warns|remarked|remarks|cautioned|cautions|quipped|advised|advises"
+    "|insisted|insists|asserted|asserts|believed|believes|recogni[sz]ed|recogni[sz]es"
+    "|reminded|reminds|advocated|advocates|put[ \t]+forward|gave|offers|offered"
+)
+_STUDY = "paper|study|studies|work|book|article|analysis|model|theory|experiment|survey|essay"
+_AFTER_YEAR = (
+    rf"(?:,?[ \t]+(?:(?:[a-z]+ly|also|first|later|then|had|has|have|once|further|both|all)"
+    rf"[ \t]+)?"
+    rf"(?:{_REPORTING})(?:[^A-Za-z]|(?m:$)))"
+)
+_AUTHORS_3 = rf"{_NAME},[ \t]*{_NAME}(?:,[ \t]*{_NAME})*,?[ \t]+(?:&|and)[ \t]+{_NAME}"
+_ACCORDING = (
+    r"(?:[Aa]ccording[ \t]+to|[a-z]+(?:ed|en)[ \t]+by|[Aa]s[ \t]+(?:pointed[ \t]+out|put)[ \t]+by"
+    r"|[Pp]er|[Cc]iting|[Qq]uoting|[Pp]araphrasing|[Ii]n[ \t]+the[ \t]+words[ \t]+of)"
+)
+# The forms after the first name, so Python's ``re`` matches that name once per position: et al.;
+# three names or more; one or two names with a verb after the year, or a possessive and "study".
+_NARRATIVE_REST = (
+    rf"[ \t]+{_ET_AL},?[ \t]*\({_YEAR}[a-z]?\)"
+    rf"|(?:,[ \t]*{_NAME})+,?[ \t]+(?:&|and)[ \t]+{_NAME}[ \t]+{_YEAR_PAREN}"
+    rf"|(?:[ \t]+{_ET_AL}|(?:,[ \t]*{_NAME})*,?[ \t]+(?:&|and)[ \t]+{_NAME})?"
+    rf"(?:[ \t]+{_YEAR_PAREN}{_AFTER_YEAR}"
+    rf"|(?:'s|’s|')[ \t]+{_YEAR_PAREN}[ \t]+(?:[a-z]+[ \t]+)?(?:{_STUDY}))"
+)
 
 # Signs that a line is a bibliography entry and not prose.
 _EVIDENCE = (
@@ -124,7 +180,10 @@ LIST_BLOCK = (
 ET_AL = r"(?:^|[^A-Za-z])et\.?[ \t]+al(?:[.,;:)\] \t\r\n]|$)"
 
 # ---- reference.author_year ---------------------------------------------------------------------
-AUTHOR_YEAR = rf"{_PAREN_CITE}|{_APA_ENTRY}|{_NARRATIVE}"
+AUTHOR_YEAR = (
+    rf"{_PAREN_CITE}|{_NAME}(?:{_APA_REST}|{_NARRATIVE_REST})"
+    rf"|{_ACCORDING}[ \t]+{_AUTHORS}[ \t]+{_YEAR_PAREN}"
+)
 
 # ---- reference.numbered ------------------------------------------------------------------------
 # An inline marker "[1]", "[2, 3]", "[4-6]" after punctuation or after a word and a space, never
@@ -143,6 +202,48 @@ BIB_LINE = (
 # the inline markers; its rewrite removes both. (A single "markers and a bibliography" regex,
 # "A.*B|B.*A", would be quadratic in Python's backtracking ``re`` on long answers.)
 NUMBERED = BIB_LINE
+
+# ---- reference.footnote ----------------------------------------------------------------------
+# Chicago notes: "Ibid." (never anything but a note), publication facts "(Chicago: University of
+# Chicago Press, 2010)" (a city, a colon, a capitalised publisher, a year), and an article's
+# volume, issue and year "*Journal* 12, no. 3 (2015): 45".
+_IBID = r"(?:Ibid|ibid|IBID)\."
+_PLACE = r"[A-Z][A-Za-z.'’-]*(?:[ \t]+[A-Z][A-Za-z.'’-]*)*"
+_PUBLISHED = rf"\({_PLACE}:[ \t]*[A-Z][^():;\n]{{1,80}}?,[ \t]*{_YEAR}\)"
+_NOTE_ISSUE = rf"[0-9]{{1,4}},[ \t]*no\.[ \t]*[0-9]{{1,4}}[ \t]+\({_YEAR}\):[ \t]*[0-9]"
+# Markdown footnote definitions "[^1]: Smith, *Title*, 2019, p. 4." with a year, page or Ibid.
+_MD_NOTE = (
+    rf"(?m:^)[ \t]*\[\^[0-9A-Za-z_-]{{1,12}}\]:[ \t]*[^\n]*?(?:{_YEAR}|pp?\.[ \t]*[0-9]|{_IBID})"
+)
+FOOTNOTE = rf"(?:^|[^A-Za-z]){_IBID}|{_PUBLISHED}|{_NOTE_ISSUE}|{_MD_NOTE}"
+_NOTE_NUMBER = r"(?:[0-9]{1,3}\.[ \t]+|\[\^?[0-9]{1,3}\]:?[ \t]*|[¹²³⁴⁵⁶⁷⁸⁹⁰]{1,3}[ \t]*)"
+_NOTE_START = rf"(?m)^[ \t]*{_NOTE_NUMBER}?"
+_NUMBERED_LINE = rf"[ \t]*{_NOTE_NUMBER}[^\n]*"
+_SURE_NOTE = rf"[ \t]*{_NOTE_NUMBER}(?:{_IBID}|[^\n]*(?:{_PUBLISHED}|{_NOTE_ISSUE}))[^\n]*"
+_NOTES_BLOCK = (
+    rf"{_HEADER_START}{_casings('notes', 'footnotes', 'endnotes')}{_HEADER_END}"
+    rf"(?:{_NUMBERED_LINE}\n[ \t]*)*{_SURE_NOTE}(?:\n{_NUMBERED_LINE})*\n?"
+)
+
+# ---- reference.source ------------------------------------------------------------------------
+# A line (or a parenthesis) that names its source with a year or a page, no URL: "Source: World
+# Bank, World Development Report 2019, p. 34", "(Source: Eurostat, 2021)". Not "open source:
+# https://..." (no line start), "Source code: ..." or "Source: my own experience" (no year).
+_EMPHASIS = r"(?:\*\*|__|\*|_)?"
+_SOURCE_LABEL = (
+    rf"{_EMPHASIS}(?:[Ss]ources?|SOURCES?|[Dd]ata[ \t]+[Ss]ources?|[Rr]eferences?|REFERENCES?"
+    rf"|[Cc]itations?|CITATIONS?){_EMPHASIS}"
+)
+_SOURCE_EVIDENCE = rf"(?:[^0-9]{_YEAR}(?:[^0-9]|(?m:$))|p\.[ \t]*[0-9]|pp\.[ \t]*[0-9])"
+_SOURCE_LINE = (
+    rf"(?m:^)[ \t]*(?:[-*•>][ \t]*)?{_SOURCE_LABEL}[ \t]*(?::|[-–—][ \t]){_EMPHASIS}[ \t]*"
+    rf"[^\n]*?{_SOURCE_EVIDENCE}"
+)
+_SOURCE_PAREN = (
+    rf"\((?:[Ss]ources?|SOURCES?)[ \t]*:[ \t]*[^()\n]*?"
+    rf"(?:[^0-9]{_YEAR}|p\.[ \t]*[0-9]|pp\.[ \t]*[0-9])[^()\n]*\)"
+)
+SOURCE = rf"{_SOURCE_LINE}|{_SOURCE_PAREN}"
 
 # ---- reference.doi / reference.arxiv -------------------------------------------------------------
 # A DOI with a "doi" label or a doi.org link, or bare "10.NNNN/xyz" not glued to a number or price
@@ -169,7 +270,30 @@ _JOURNAL_VOLUME = (
     r"[ \t]*,[ \t]*(?i:pp?)\.[ \t]*[0-9]{1,6}(?:[ \t]*[-–][ \t]*[0-9]{1,6})?"
 )
 _JOURNAL_PAGES = r"pp\.[ \t]*[0-9]{1,6}[ \t]*[-–][ \t]*[0-9]{1,6}"
-JOURNAL = rf"{_JOURNAL_ISSUE}|{_JOURNAL_VOLUME}|(?:^|[^A-Za-z]){_JOURNAL_PAGES}"
+# Without a comma before the volume, a journal name and a colon: "Nature 521(7553): 436–444";
+# with a comma after the issue, two-digit pages too ("Science 313(5786), 504-507"). Volumes of two
+# digits or more, so "Evaluate 2(3), 10-4" stays arithmetic. After a year, "(2015), Nature, 521,
+# 436–444".
+_JOURNAL_NAMED = (
+    r"[ \t][0-9]{2,4}[ \t]?\([0-9]{1,5}(?:[-–][0-9]{1,5})?\)[ \t]*:[ \t]*(?:pp?\.[ \t]*)?"
+    r"[0-9]{1,6}[ \t]*[-–][ \t]*[0-9]{1,6}"
+    r"|[ \t][0-9]{2,4}[ \t]?\([0-9]{1,5}\),[ \t]*(?:pp?\.[ \t]*)?"
+    r"[0-9]{2,6}[ \t]*[-–][ \t]*[0-9]{2,6}"
+)
+_JOURNAL_NAME = r"[A-Z][A-Za-z.&]*"
+_JOURNAL_AFTER_YEAR = (
+    r",[ \t]*[A-Z][^,\n]{1,80},[ \t]*[0-9]{1,4}(?:[ \t]?\([0-9]{1,5}\))?,[ \t]*(?:pp?\.[ \t]*)?"
+    r"[0-9]{1,6}[ \t]*[-–][ \t]*[0-9]{1,6}"
+)
+# Nature's own style, the year last: "Nature 521, 436–444 (2015)".
+_JOURNAL_YEAR_LAST = (
+    rf"[ \t][0-9]{{1,4}},[ \t]*[0-9]{{1,6}}[ \t]*[-–][ \t]*[0-9]{{1,6}}[ \t]*\({_YEAR}\)"
+)
+JOURNAL = (
+    rf"{_JOURNAL_ISSUE}|{_JOURNAL_VOLUME}|(?:^|[^A-Za-z]){_JOURNAL_PAGES}"
+    rf"|{_JOURNAL_NAME}(?:{_JOURNAL_NAMED}|{_JOURNAL_YEAR_LAST})"
+    rf"|\({_YEAR}[a-z]?\){_JOURNAL_AFTER_YEAR}"
+)
 
 # ---- reference.url -------------------------------------------------------------------------------
 # A URL given as a source: "Source: https://...", "(Sources: https://...)", "Retrieved from
@@ -194,15 +318,19 @@ RULES: list[tuple[str, str]] = [
     ("reference.arxiv", ARXIV),
     ("reference.journal", JOURNAL),
     ("reference.url", URL),
+    ("reference.footnote", FOOTNOTE),
+    ("reference.source", SOURCE),
 ]
 RULE_NAMES = [name for name, _ in RULES]
 
 # A cheap necessary condition of every rule, run first over all answers so the exact rules only
 # see the few that pass: each branch is implied by one rule (list: its header words; et_al;
-# author_year: every form has a year followed by ")" or ","; numbered: "[" and a digit, or
-# ", I." of "1. Name, I."; doi: "10." and four digits; arxiv; journal: "(" and a digit, "vol" or
-# "pp."; url: "http"). Every branch starts with a short literal, so the regex engine scans with a
-# SIMD literal search instead of its automaton: about 8x faster than running the rules on all.
+# author_year: every form has a year followed by ")" or ",", or starts "(see" or "(cf."; numbered:
+# "[" and a digit, or ", I." of "1. Name, I."; doi: "10." and four digits; arxiv; journal: "(" and
+# a digit, "vol" or "pp."; url: "http"; footnote: "Ibid.", "[^" or a year and ")"; source: the
+# header words "source", "reference", "citation"). Every branch starts with a short literal, so
+# the regex engine scans with a SIMD literal search instead of its automaton: about 8x faster than
+# running the rules on all.
 PREFILTER = "|".join(
     [
         _HEADERS_STRONG,
@@ -217,6 +345,9 @@ PREFILTER = "|".join(
         r"(?i:vol)",
         r"pp\.",
         r"http",
+        _IBID,
+        r"\((?:[Ss]ee|[Cc]f\.)",
+        r"\[\^",
     ]
 )
 
@@ -244,6 +375,10 @@ QUOTE: dict[str, str] = {
     "reference.arxiv": _ARXIV_TOKEN,
     "reference.url": rf"(?:{_URL_LABEL}|{_RETRIEVED}|\[[0-9]{{1,3}}\])[ \t]*[:\-–]?[ \t]*"
     rf"(?:\r?\n[ \t]*)?{_URL_TOKEN}",
+    "reference.footnote": (
+        rf"{_NOTE_START}{_IBID}[^\n]*|{_PUBLISHED}|{_NOTE_ISSUE}|{_MD_NOTE}[^\n]*"
+    ),
+    "reference.source": rf"{_SOURCE_LINE}[^\n]*|{_SOURCE_PAREN}",
 }
 STRIP: list[tuple[str, str, str]] = [
     ("reference.list", LIST_BLOCK, ""),
@@ -263,8 +398,35 @@ STRIP: list[tuple[str, str, str]] = [
     ),
     ("reference.doi", rf"(?m)^[ \t]*(?:{_MARKER})?{_DOI_TOKEN}[ \t]*(?:\r?\n|$)", ""),
     ("reference.arxiv", rf"(?m)^[ \t]*(?:{_MARKER})?{_ARXIV_TOKEN}[ \t]*(?:\r?\n|$)", ""),
+    # Notes: a "Notes" header with the numbered notes under it, one of them a sure note; then
+    # "2. Ibid., 47." and a numbered note with publication facts as whole lines.
+    ("reference.footnote", _NOTES_BLOCK, ""),
+    ("reference.footnote", rf"{_NOTE_START}{_IBID}[^\n]*\n?", ""),
+    (
+        "reference.footnote",
+        rf"(?m)^[ \t]*{_NOTE_NUMBER}[^\n]*(?:{_PUBLISHED}|{_NOTE_ISSUE})[^\n]*\n?",
+        "",
+    ),
+    # Note marks left in the text: "old.¹" → "old."
+    ("reference.footnote", rf"{_MD_NOTE}[^\n]*\n?", ""),
+    (
+        "reference.footnote",
+        r"([.,;:!?)\"'’”A-Za-z])(?:[¹²³⁴⁵⁶⁷⁸⁹⁰]+|\[\^[0-9A-Za-z_-]{1,12}\])",
+        "${1}",
+    ),
+    ("reference.source", rf"{_SOURCE_LINE}[^\n]*\n?", ""),
+    ("reference.source", rf"[ \t]*{_SOURCE_PAREN}", ""),
     # Inline: "(Smith, 2019)" and "(see Lee et al., 2020; Park 2021)" vanish with their blank.
     ("reference.author_year", rf"[ \t]*{_PAREN_CITE}", ""),
+    # Narrative: "Knuth (1974) argued" → "Knuth argued", "according to Lee (2020)" → "according
+    # to Lee", "LeCun, Bengio and Hinton (2015)" → "LeCun, Bengio and Hinton".
+    ("reference.author_year", rf"({_AUTHORS})[ \t]+{_YEAR_PAREN}({_AFTER_YEAR})", "${1}${2}"),
+    (
+        "reference.author_year",
+        rf"({_AUTHORS_3}|{_ACCORDING}[ \t]+{_AUTHORS})[ \t]+{_YEAR_PAREN}",
+        "${1}",
+    ),
+    ("reference.author_year", rf"({_AUTHORS}(?:'s|’s|'))[ \t]+{_YEAR_PAREN}", "${1}"),
     # "Smith et al. (2019) showed" → "Smith showed"; at a sentence end "by Smith et al. The" keeps
     # its full stop ("by Smith. The"). ``strip`` appends a newline first so the end of the text
     # is a line end here too (no "$", whose meaning differs between the engines).
@@ -281,7 +443,8 @@ STRIP: list[tuple[str, str, str]] = [
     ),
     (
         "reference.journal",
-        rf"[ \t]*(?:{_JOURNAL_ISSUE}|[,;]?[ \t]*(?:{_JOURNAL_VOLUME}|{_JOURNAL_PAGES}))",
+        rf"[ \t]*(?:{_JOURNAL_ISSUE}|[,;]?[ \t]*(?:{_JOURNAL_VOLUME}|{_JOURNAL_PAGES}))"
+        rf"|{_JOURNAL_NAMED}|{_JOURNAL_AFTER_YEAR}|{_JOURNAL_YEAR_LAST}",
         "",
     ),
     ("reference.doi", rf"[ \t]*\(?{_DOI_TOKEN}\)?", ""),
