@@ -138,7 +138,11 @@ def last_run_checkpoint(runs: Path) -> str | None:
     return get_last_checkpoint(str(runs)) if runs.is_dir() else None
 
 
-def training_arguments(config: RunConfig, runs: Path, **overrides: Any):
+def training_arguments(
+    config: RunConfig, runs: Path, args_class: type | None = None, **overrides: Any
+):
+    """Trainer arguments every stage shares; ``args_class`` is a TrainingArguments subclass
+    (TRL's SFTConfig, DPOConfig...) and ``overrides`` its stage-specific settings."""
     from transformers import TrainingArguments
 
     values = dict(
@@ -159,7 +163,7 @@ def training_arguments(config: RunConfig, runs: Path, **overrides: Any):
         disable_tqdm=True,
     )
     values.update(overrides)
-    return TrainingArguments(**values)
+    return (args_class or TrainingArguments)(**values)
 
 
 class MetricsCallback(TrainerCallback):

@@ -23,6 +23,7 @@ from training.common import (
     load_splits,
     load_training_tokenizer,
     resource_errors,
+    training_arguments,
 )
 from training.models import ModelConfig, build_causal_lm, count_parameters
 from training.reporting import Reporter
@@ -81,23 +82,12 @@ def main(config: SFTStageConfig) -> Path:
         for ids in tokenizer.apply_chat_template(list(train["messages"]), tokenize=True)
         if len(ids) > config.max_length
     )
-    args = TrlSFTConfig(
-        output_dir=str(out / "runs"),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
+    args = training_arguments(
+        config,
+        out / "runs",
+        TrlSFTConfig,
         lr_scheduler_type="cosine",
         warmup_steps=config.warmup_steps,
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=config.bf16,
-        use_cpu=config.use_cpu,
-        report_to=[],
-        disable_tqdm=True,
         max_length=config.max_length,
         assistant_only_loss=config.assistant_only_loss,
         packing=config.packing,
