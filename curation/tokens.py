@@ -7,6 +7,7 @@ A text's count is therefore the sum of the counts of its ``\\s*\\S+`` units, and
 this is several times faster than ``encode_batch`` over whole texts and gives identical counts
 (tests/test_tokens.py and bench/ingest_profile.py check equality). Tokenizers without that
 property (Metaspace, Llama-3's pattern, normalizers) take the plain ``encode_batch_fast`` path.
+Whole texts repeat too (FLAN's "yes", copied prompts): each distinct text is split once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 
 import polars as pl
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, pre_tokenizers
 
 UNIT_PATTERN = r"\s*\S+|\s+"
 
@@ -30,6 +31,32 @@ def splits_at_whitespace(tokenizer: Tokenizer) -> bool:
     return not any(any(c.isspace() for c in t["content"]) for t in spec.get("added_tokens", []))
 
 
+def tokens_within_bytes(tokenizer: Tokenizer) -> bool:
+    """True when a text of b UTF-8 bytes always has between min(b, 1) and b tokens (counted
+    without special tokens, as ``count_tokens_plain`` does). Filters use it to settle length
+    bounds without counting (``LengthFilter``).
+
+    Why, for a byte-level BPE: with no normalizer, the ByteLevel pre-tokenizer turns each UTF-8
+    byte into exactly one character of its 256-character alphabet, and its pieces cover the
+    whole text. Added tokens are split off first, each one token for at least one byte (their
+    content is not empty). BPE starts each piece from one symbol per character, all in the
+    vocabulary (checked here, so none is dropped), and merges only join symbols: it ends with
+    between 1 and that many tokens. No padding, no truncation.
+    """
+    if not splits_at_whitespace(tokenizer):
+        return False
+    spec = json.loads(tokenizer.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or spec.get("padding") or spec.get("truncation"):
+        return False
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        return False
+    if any(not t.get("content") for t in spec.get("added_tokens", [])):
+        return False
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
+    return all(c in vocab for c in pre_tokenizers.ByteLevel.alphabet())
+
+
 def count_tokens_plain(tokenizer: Tokenizer, texts: list[str], batch_size: int = 8192) -> list[int]:
     counts: list[int] = []
     for start in range(0, len(texts), batch_size):
@@ -41,12 +68,15 @@ def count_tokens_plain(tokenizer: Tokenizer, texts: list[str], batch_size: int =
 
 
 class TokenCounter:
-    """Callable ``texts -> counts`` that remembers unit counts across calls."""
+    """Callable ``texts -> counts`` that remembers unit counts across calls.
+
+    ``tokens_within_bytes``: see the function of that name (true for byte-level BPE)."""
 
     def __init__(self, tokenizer: Tokenizer, chunk_texts: int = 200_000) -> None:
         self.tokenizer = tokenizer
         self.chunk_texts = chunk_texts
         self.by_units = splits_at_whitespace(tokenizer)
+        self.tokens_within_bytes = tokens_within_bytes(tokenizer)
         self.cache = pl.DataFrame(schema={"unit": pl.String, "n": pl.Int64})
 
     def __call__(self, texts: list[str]) -> list[int]:
@@ -58,10 +88,10 @@ class TokenCounter:
         return counts
 
     def _count_chunk(self, texts: list[str]) -> list[int]:
+        text = pl.Series("text", texts, dtype=pl.String).fill_null("")
+        distinct = text.unique().to_frame().with_row_index("row")
         units = (
-            pl.DataFrame({"text": pl.Series(texts, dtype=pl.String)})
-            .with_row_index("row")
-            .select("row", pl.col("text").fill_null("").str.extract_all(UNIT_PATTERN).alias("unit"))
+            distinct.select("row", pl.col("text").str.extract_all(UNIT_PATTERN).alias("unit"))
             .explode("unit")
             .drop_nulls("unit")
         )
@@ -74,10 +104,11 @@ class TokenCounter:
         per_row = (
             units.join(self.cache, on="unit", how="left").group_by("row").agg(pl.col("n").sum())
         )
+        per_text = distinct.join(per_row, on="row", how="left").select(
+            "text", pl.col("n").fill_null(0)
+        )
         return (
-            pl.DataFrame({"row": pl.arange(0, len(texts), eager=True, dtype=pl.UInt32)})
-            .join(per_row, on="row", how="left")
-            .sort("row")["n"]
-            .fill_null(0)
+            text.to_frame()
+            .join(per_text, on="text", how="left", maintain_order="left")["n"]
             .to_list()
         )

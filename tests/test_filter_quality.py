@@ -3,13 +3,34 @@ embedded sample data, token versus word counts, per-source policies and weird in
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from curation.filters.base import FINDINGS, Batch, Policy
-from curation.filters.quality import LengthFilter, QualityFilter
+from curation.filters import quality
+from curation.filters.base import FINDINGS, Batch, Findings, Policy, snippet
+from curation.filters.quality import (
+    CODE as CODE_PATTERN,
+)
+from curation.filters.quality import (
+    CONTROL,
+    EMPTY_LEDGER,
+    FUNCTION_WORDS,
+    JUNK,
+    LANG_SCRIPTS,
+    NO_LANG,
+    SCRIPTS,
+    STOPWORD_LANGS,
+    TRANSLATION,
+    VISIBLE,
+    LengthFilter,
+    QualityFilter,
+    _in_row_order,
+    _pct,
+)
 from curation.ingest import ReadOptions
 from curation.readers.flan import read_flan
 from curation.readers.generic import read_jsonl
@@ -426,3 +447,681 @@ def test_quality_and_length_are_deterministic_and_chunk_independent():
             ]
         )
         assert whole.equals(pieces)
+
+
+# --- the new implementation against the one it replaced ------------------------------------
+#
+# QualityFilter and LengthFilter were restructured for speed (shared word extraction, hashed
+# 3-grams and function-word matches as exact prefilters, byte-length bounds instead of counting
+# tokens). Their ledgers must stay identical: below is a frozen copy of the implementation before
+# that change, run beside the new one on a varied corpus and under several configurations.
+
+
+def _varied_rows(n: int = 1500, seed: int = 11) -> list[dict]:
+    """Conversations built to reach every branch: repeated words, lines and loops near the
+    thresholds; function words of every language (also glued to digits, underscores and
+    combining marks); other scripts; code, URLs and e-mail addresses (also fenced blocks that
+    span turns); translation prompts; case-shifting characters; blank and junk turns."""
+    rng = random.Random(seed)
+    function_words = {lang: words.split() for lang, words in quality._FUNCTION_WORDS.items()}
+    filler = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "cloud", "garden",
+              "window", "paper", "apple", "orange", "number", "system", "water", "table", "music",
+              "market", "winter", "summer"]  # fmt: skip
+    odd_words = [
+        "x2", "the2", "2the", "der_", "_und", "mp3", "10am", "1st", "e\u0301te\u0301",
+        "cafe\u0301", "İstanbul", "İ", "ΣΟΦΟΣ", "σοφός", "ꟓ", "Москва", "погода", "天气",
+        "カタカナ", "ひらがな", "한국어", "مرحبا", "שלום", "नमस्ते", "ǅemal", "THE", "Und",
+        "123", "4.5", "🎉", "\u200b", "\x07", "don't", "c'est", "l'eau", "isn't",
+    ]  # fmt: skip
+    scripts = {
+        "ru": "Погода описывает состояние атмосферы в определённом месте и времени",
+        "el": "Ο καιρός περιγράφει την κατάσταση της ατμόσφαιρας σε ένα τόπο",
+        "zh": "天气是指短时间内的大气状态而气候是指一个地区多年来的平均天气状况",
+        "ja": "天気は短い期間の大気の状態で気候は長い期間の平均的な状態ですカタカナ",
+        "ar": "الطقس هو حالة الغلاف الجوي في مكان وزمان معينين",
+    }
+    seps = [" "] * 12 + [", ", ". ", "\n", "\n\n", " - ", "'", "(", ") ", "! ", "? ", "\t"]
+    langs = ["en", "de", "es", "fr", "it", "pt", "nl", "ru", "sr", "ja", "zh", "el", "ar",
+             "de-AT", "EN", "pt_BR", "und", "xx", "tr", None]  # fmt: skip
+
+    def words(k: int) -> list[str]:
+        main = rng.choice(list(function_words))
+        out = []
+        for _ in range(k):
+            u = rng.random()
+            if u < 0.45:
+                out.append(rng.choice(function_words[main]))
+            elif u < 0.55:
+                out.append(rng.choice(function_words[rng.choice(list(function_words))]))
+            elif u < 0.65:
+                out.append(rng.choice(odd_words))
+            else:
+                out.append(rng.choice(filler))
+        return out
+
+    def text() -> str:
+        kind = rng.random()
+        if kind < 0.08:
+            return rng.choice(["", " ", "\n", "\u200b", "\t\xa0", "yes", "B", "5"])
+        if kind < 0.16:
+            return rng.choice(list(scripts.values())) + " " + " ".join(words(rng.randint(0, 30)))
+        if kind < 0.2:  # near the script test's thresholds: ~40 letters, half of them Cyrillic
+            cyrillic = "".join(rng.choice("абвгдежзиклмнопрст") for _ in range(rng.randint(14, 30)))
+            latin = "".join(rng.choice("abcdefghijklmnopqrs") for _ in range(rng.randint(14, 30)))
+            return f"{cyrillic[:9]} {latin[:9]}, {cyrillic[9:]} {latin[9:]} 12"
+        if kind < 0.24:  # lines without words that repeat: only dup_lines can see them
+            distinct = rng.sample(filler + function_words["en"], rng.randint(15, 40))
+            rule = rng.choice("-=*~") * rng.randint(5, 90)
+            return " ".join(distinct) + ("\n" + rule) * rng.randint(1, 4)
+        toks = words(rng.randint(1, 70))
+        body = "".join(t + rng.choice(seps) for t in toks)
+        u = rng.random()
+        if u < 0.25:  # a loop: a span repeated
+            a = rng.randint(0, max(0, len(toks) - 3))
+            span = " ".join(toks[a : a + rng.randint(1, 9)])
+            body += (" " + span) * rng.randint(1, 12)
+        elif u < 0.4:  # repeated lines
+            lines = body.split("\n") + [rng.choice(body.split("\n"))] * rng.randint(1, 6)
+            rng.shuffle(lines)
+            body = "\n".join(lines)
+        elif u < 0.5:
+            body = body.upper() if rng.random() < 0.5 else body.title()
+        if rng.random() < 0.12:
+            body += rng.choice(
+                [" `code` ", " see https://example.org/x ", " mail a@b.cd ", " www.site.de ",
+                 "\n```py\nthe and of the\n```\n", "\n```\n", "\x1b[31m", "\ufffd\ufffd"]
+            )  # fmt: skip
+        return body
+
+    rows = []
+    for i in range(n):
+        messages = []
+        if rng.random() < 0.1:
+            messages.append(("system", "You are helpful."))
+        for _ in range(rng.choice([1, 1, 1, 2, 3]) if rng.random() > 0.03 else 0):
+            prompt = rng.choice(
+                ["Tell me something.", "Translate this into German.", "Übersetze bitte.",
+                 "Was ist das?", "form feed \x0c here", " ".join(words(5))]
+            )  # fmt: skip
+            messages.append(("user", prompt))
+            if rng.random() > 0.05:
+                messages.append(("assistant", text()))
+        row = {"id": f"v{i:05d}", "messages": messages, "lang": rng.choice(langs)}
+        row["source"] = rng.choice(["flan", "oasst", "test"])
+        rows.append(row)
+    return rows
+
+
+def _configurations() -> list[dict]:
+    return [
+        {},
+        {"repetition_min_words": 3, "max_top_trigram_share": 0.1, "max_duplicate_trigrams": 0.2},
+        {"repetition_min_words": 1, "max_duplicate_line_chars": -1.0},
+        {"repetition_min_words": 40, "max_duplicate_line_chars": 0.0, "max_top_trigram_share": 0},
+        {"lang_min_words": 1, "lang_min_hits": 1, "lang_min_distinct": 1, "lang_ratio": 1.0},
+        {"lang_min_hits": 0, "lang_ratio": 0.0, "lang_min_letters": 0, "lang_min_words": 0},
+        {"lang_min_letters": 10, "lang_min_hits": 2, "lang_ratio": 0.5, "max_junk_share": 0.0},
+    ]
+
+
+@pytest.fixture(scope="module")
+def varied_batch() -> Batch:
+    return Batch.from_conversations(conversations(*_varied_rows()))
+
+
+def test_quality_matches_the_reference_implementation(varied_batch):
+    default = QualityFilter()(varied_batch).ledger
+    # The corpus reaches every rule, and both language tests.
+    counts = dict(default.group_by("rule").len().iter_rows())
+    assert all(counts.get(rule, 0) >= 20 for rule in _REFERENCE_RULES), counts
+    lang = default.filter(pl.col("rule") == "quality.lang_mismatch")["reason"]
+    assert lang.str.contains("letters").sum() >= 10 and lang.str.contains("reads as").sum() >= 10
+    for config in _configurations():
+        new = QualityFilter(**config)(varied_batch).ledger
+        old = _ReferenceQuality(**config)(varied_batch).ledger
+        assert new.equals(old), (config, _diff(new, old))
+
+
+def test_quality_rules_called_alone_match_the_reference(varied_batch):
+    new, old = QualityFilter(), _ReferenceQuality()
+    for rule in ("empty_answer", "repetition", "non_printing", "lang_mismatch"):
+        ours, theirs = getattr(new, rule)(varied_batch), getattr(old, rule)(varied_batch)
+        columns = FINDINGS.names()
+        ours = ours.select(columns).cast(FINDINGS).sort(columns)
+        theirs = theirs.select(columns).cast(FINDINGS).sort(columns)
+        assert ours.equals(theirs), (rule, _diff(ours, theirs))
+
+
+def test_quality_matches_the_reference_on_parallel_slices(varied_batch, monkeypatch):
+    """Large batches are cut into slices for row-wise work: the same verdicts."""
+    monkeypatch.setattr(quality, "PARALLEL_ROWS", 100)
+    monkeypatch.setattr(quality.pl, "thread_pool_size", lambda: 4)
+    assert quality.rowwise(varied_batch.messages, []).height == varied_batch.messages.height
+    for config in _configurations()[:3]:
+        new = QualityFilter(**config)(varied_batch).ledger
+        assert new.equals(_ReferenceQuality(**config)(varied_batch).ledger), config
+
+
+def test_quality_matches_the_reference_in_chunks(varied_batch):
+    convs = conversations(*_varied_rows(600, seed=3))
+    for start in range(0, convs.height, 150):
+        batch = Batch.from_conversations(convs.slice(start, 150))
+        assert QualityFilter()(batch).ledger.equals(_ReferenceQuality()(batch).ledger)
+
+
+def test_lowercasing_keeps_word_and_letter_boundaries_but_for_the_listed_characters():
+    """``quality.CASE_SHIFTS_WORDS`` lists every code point whose lowercase changes which
+    characters are \\w or \\p{L} (the shared words rely on it): checked against all of them."""
+    chars = pl.Series([chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF])
+    lower = chars.str.to_lowercase()
+    shifting = pl.Series([False] * len(chars))
+    for cls in (r"\w", r"\p{L}"):
+        before = chars.str.contains(f"^{cls}$")
+        kept = (before & lower.str.contains(f"^{cls}+$")) | (~before & ~lower.str.contains(cls))
+        shifting = shifting | ~kept
+    assert (
+        chars.filter(shifting).to_list()
+        == chars.filter(chars.str.contains(quality.CASE_SHIFTS_WORDS)).to_list()
+    )
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        {},
+        {"min_answer_tokens": 0, "max_answer_tokens": 10, "max_prompt_tokens": 20},
+        {"min_answer_tokens": 5, "max_answer_tokens": 50, "max_prompt_tokens": 30},
+        {"min_answer_tokens": None, "max_answer_tokens": 3, "max_prompt_tokens": None},
+        {"min_answer_tokens": 2, "max_answer_tokens": None, "max_prompt_tokens": 1},
+        {"min_answer_tokens": 1, "max_answer_tokens": 1, "max_prompt_tokens": 0},
+    ],
+)
+def test_length_bounds_match_counting_every_text(tokenizer, varied_batch, bounds):
+    counter = TokenCounter(tokenizer)
+    assert counter.tokens_within_bytes
+    asked: list[str] = []
+
+    def every_text(texts: list[str]) -> list[int]:  # no tokens_within_bytes: counts them all
+        return counter(texts)
+
+    def recording(texts: list[str]) -> list[int]:
+        asked.extend(texts)
+        return counter(texts)
+
+    recording.tokens_within_bytes = True  # type: ignore[attr-defined]
+    extra = conversations(
+        qa("empty", ""),
+        qa("one_byte", "B"),
+        qa("two_bytes", "é", prompt=""),
+        qa("long", "word " * 3000, prompt="tell " * 5000),
+    )
+    batch = Batch.from_conversations(pl.concat([conversations(*_varied_rows(400, seed=5)), extra]))
+    for chosen in (batch, varied_batch):
+        bounded = LengthFilter(**bounds, count_tokens=recording)(chosen).ledger
+        assert bounded.equals(LengthFilter(**bounds, count_tokens=every_text)(chosen).ledger)
+        assert bounded.equals(
+            _reference_length(LengthFilter(**bounds, count_tokens=counter), chosen)
+        )
+        # Whitespace words, against counting every text the same way.
+        words = LengthFilter(**bounds)(chosen).ledger
+        assert words.equals(_reference_length(LengthFilter(**bounds), chosen))
+    if not bounds:  # the defaults settle all but the long texts without counting
+        assert 0 < len(asked) <= 4 and all(len(t.encode()) > 4096 for t in asked)
+
+
+def _diff(new: pl.DataFrame, old: pl.DataFrame) -> list[dict]:
+    keys = FINDINGS.names()
+    return (
+        pl.concat(
+            [
+                new.join(old, on=keys, how="anti", nulls_equal=True).with_columns(
+                    side=pl.lit("new")
+                ),
+                old.join(new, on=keys, how="anti", nulls_equal=True).with_columns(
+                    side=pl.lit("old")
+                ),
+            ]
+        )
+        .head(6)
+        .to_dicts()
+    )
+
+
+_REFERENCE_RULES = (
+    "quality.empty_answer",
+    "quality.repetition",
+    "quality.non_printing",
+    "quality.lang_mismatch",
+)
+
+
+@dataclass(frozen=True)
+class _ReferenceQuality(QualityFilter):
+    """QualityFilter as it was before the speed work (frozen copy; do not edit)."""
+
+    def __call__(self, batch: Batch) -> Findings:
+        parts = [
+            self.empty_answer(batch),
+            self.repetition(batch),
+            self.non_printing(batch),
+            self.lang_mismatch(batch),
+        ]
+        return Findings(ledger=_in_row_order(batch, parts))
+
+    # --- empty -------------------------------------------------------------------------------
+
+    def empty_answer(self, batch: Batch) -> pl.DataFrame:
+        answers = (
+            batch.answers()
+            .group_by("row_id")
+            .agg(
+                pl.len().alias("turns"),
+                pl.col("content").str.contains(VISIBLE).any().alias("visible"),
+            )
+        )
+        return (
+            batch.rows.join(answers, on="row_id", how="left")
+            .filter(~pl.col("visible").fill_null(False))
+            .select(
+                "row_id",
+                pl.lit("quality.empty_answer").alias("rule"),
+                self.policy.expr().alias("verdict"),
+                pl.when(pl.col("turns").is_null())
+                .then(pl.lit("no assistant turn"))
+                .otherwise(pl.format("all {} assistant turn(s) are blank", "turns"))
+                .alias("reason"),
+                pl.lit(None, pl.Float64).alias("score"),
+            )
+        )
+
+    # --- repetition --------------------------------------------------------------------------
+
+    def repetition(self, batch: Batch) -> pl.DataFrame:
+        answers = batch.answers().filter(
+            pl.col("content").str.count_matches(r"\w+") >= self.repetition_min_words
+        )
+        if answers.is_empty():
+            return EMPTY_LEDGER
+        gram = pl.concat_str(
+            [pl.element(), pl.element().shift(-1), pl.element().shift(-2)], separator=" "
+        )
+        line = pl.element().str.strip_chars()
+        measured = answers.select(
+            "row_id",
+            "source",
+            "turn",
+            pl.col("content")
+            .str.to_lowercase()
+            .str.extract_all(r"\w+")
+            .list.eval(gram.drop_nulls())
+            .alias("grams"),
+            pl.col("content").str.split("\n").list.eval(line.filter(line != "")).alias("lines"),
+        ).select(
+            "row_id",
+            "source",
+            "turn",
+            "grams",
+            "lines",
+            pl.col("lines")
+            .list.eval(
+                pl.when(pl.element().is_first_distinct())
+                .then(0)
+                .otherwise(pl.element().str.len_chars())
+                .sum()
+                / pl.element().str.len_chars().sum()
+            )
+            .list.first()
+            .fill_nan(0.0)
+            .alias("dup_lines"),
+            pl.col("grams")
+            .list.eval(pl.element().unique_counts().max())
+            .list.first()
+            .truediv(pl.col("grams").list.len())
+            .alias("top_gram"),
+            (1 - pl.col("grams").list.n_unique() / pl.col("grams").list.len()).alias("dup_grams"),
+        )
+        ratios = {
+            "dup_lines": self.max_duplicate_line_chars,
+            "top_gram": self.max_top_trigram_share,
+            "dup_grams": self.max_duplicate_trigrams,
+        }
+        fired = measured.with_columns(
+            *(pl.col(m).fill_null(0.0).alias(m) for m in ratios),
+        ).filter(pl.any_horizontal(pl.col(m) > t for m, t in ratios.items()))
+        if fired.is_empty():
+            return EMPTY_LEDGER
+
+        # The reason names the measure furthest past its threshold (the first one on ties).
+        def over(m: str) -> pl.Expr:
+            return pl.col(m) / ratios[m]
+
+        described = fired.with_columns(severity=pl.max_horizontal(over(m) for m in ratios))
+        described = described.with_columns(
+            pl.when(over("dup_lines") == pl.col("severity"))
+            .then(pl.lit("dup_lines"))
+            .when(over("top_gram") == pl.col("severity"))
+            .then(pl.lit("top_gram"))
+            .otherwise(pl.lit("dup_grams"))
+            .alias("measure"),
+            pl.col("grams")
+            .list.eval(pl.element().filter(pl.element().is_duplicated()).mode().sort().first())
+            .list.first()
+            .alias("top"),
+            pl.col("lines")
+            .list.eval(pl.element().filter(~pl.element().is_first_distinct()))
+            .list.first()
+            .alias("dup_line"),
+        )
+        reason = (
+            pl.when(pl.col("measure") == "dup_lines")
+            .then(
+                pl.format(
+                    'answer turn {}: {} of characters in repeated lines ("{}")',
+                    "turn",
+                    _pct(pl.col("dup_lines")),
+                    snippet(pl.col("dup_line")),
+                )
+            )
+            .when(pl.col("measure") == "top_gram")
+            .then(
+                pl.format(
+                    'answer turn {}: the 3-gram "{}" is {} of all 3-grams',
+                    "turn",
+                    snippet(pl.col("top")),
+                    _pct(pl.col("top_gram")),
+                )
+            )
+            .otherwise(
+                pl.format(
+                    'answer turn {}: {} of 3-grams repeat an earlier one (most: "{}")',
+                    "turn",
+                    _pct(pl.col("dup_grams")),
+                    snippet(pl.col("top")),
+                )
+            )
+        )
+        score = (
+            pl.when(pl.col("measure") == "dup_lines")
+            .then("dup_lines")
+            .when(pl.col("measure") == "top_gram")
+            .then("top_gram")
+            .otherwise("dup_grams")
+        )
+        return (
+            described.sort("severity", descending=True, maintain_order=True)
+            .group_by("row_id", maintain_order=True)
+            .first()
+            .select(
+                "row_id",
+                pl.lit("quality.repetition").alias("rule"),
+                self.policy.expr().alias("verdict"),
+                reason.alias("reason"),
+                score.alias("score"),
+            )
+        )
+
+    # --- non-printing ------------------------------------------------------------------------
+
+    def non_printing(self, batch: Batch) -> pl.DataFrame:
+        suspect = batch.messages.filter(pl.col("content").str.contains(f"{CONTROL}|{JUNK}"))
+        if suspect.is_empty():
+            return EMPTY_LEDGER
+        counted = suspect.with_columns(
+            control=pl.col("content").str.count_matches(CONTROL),
+            junk=pl.col("content").str.count_matches(JUNK),
+            chars=pl.col("content").str.len_chars(),
+        ).with_columns(share=(pl.col("control") + pl.col("junk")) / pl.col("chars"))
+        fired = counted.filter(
+            (pl.col("control") > 0) | (pl.col("junk") / pl.col("chars") > self.max_junk_share)
+        )
+        if fired.is_empty():
+            return EMPTY_LEDGER
+        first = pl.col("content").str.extract(f"({CONTROL}|{JUNK})", 1).str.encode("hex")
+        reason = pl.format(
+            "{} turn {}: {} control and {} invisible junk characters of {} ({}; first UTF-8 {})",
+            "role",
+            "turn",
+            "control",
+            "junk",
+            "chars",
+            _pct(pl.col("share")),
+            first,
+        )
+        return (
+            fired.sort("share", descending=True, maintain_order=True)
+            .group_by("row_id", maintain_order=True)
+            .first()
+            .select(
+                "row_id",
+                pl.lit("quality.non_printing").alias("rule"),
+                self.policy.expr().alias("verdict"),
+                reason.alias("reason"),
+                pl.col("share").alias("score"),
+            )
+        )
+
+    # --- language ----------------------------------------------------------------------------
+
+    def lang_mismatch(self, batch: Batch) -> pl.DataFrame:
+        code = pl.col("lang").str.to_lowercase().str.extract(r"^([a-z]{2,3})(?:[-_].*)?$", 1)
+        known = batch.rows.select("row_id", "source", code.alias("code")).filter(
+            pl.col("code").is_in(list(LANG_SCRIPTS))
+        )
+        if known.is_empty():
+            return EMPTY_LEDGER
+        asks_translation = (
+            batch.prompts()
+            .filter(pl.col("content").str.contains(TRANSLATION))
+            .select("row_id")
+            .unique()
+        )
+        # Lists joined after the aggregation: faster than ``Batch.texts``' in-group str.join.
+        answers = (
+            batch.answers()
+            .join(known.select("row_id"), on="row_id", how="semi")
+            .group_by("row_id")
+            .agg(pl.col("content").sort_by("turn"))
+            .select("row_id", pl.col("content").list.join("\n\n").alias("text"))
+            .join(known, on="row_id", how="inner")
+            .join(asks_translation, on="row_id", how="anti")
+            .with_columns(pl.col("text").str.replace_all(CODE_PATTERN, " "))
+        )
+        scripts = self._script_mismatch(answers)
+        words = self._function_word_mismatch(answers)
+        # A row found by both tests is reported once, by the script test (the stronger one).
+        found = pl.concat([scripts, words]).unique("row_id", keep="first", maintain_order=True)
+        return found.select(
+            "row_id",
+            pl.lit("quality.lang_mismatch").alias("rule"),
+            self._lang_policy().expr().alias("verdict"),
+            "reason",
+            "score",
+        )
+
+    def _script_mismatch(self, answers: pl.DataFrame) -> pl.DataFrame:
+        # ASCII-only answers are all Latin: only the others need counting per script.
+        candidates = answers.filter(
+            pl.col("text").str.contains(r"[^\x00-\x7F]")
+            | ~pl.col("code").is_in([c for c, s in LANG_SCRIPTS.items() if "Latin" in s])
+        )
+        candidates = candidates.with_columns(
+            letters=pl.col("text").str.count_matches(r"\p{L}")
+        ).filter(pl.col("letters") >= self.lang_min_letters)
+        if candidates.is_empty():
+            return NO_LANG
+        counted = candidates.with_columns(
+            pl.col("text").str.count_matches(pattern).alias(name)
+            for name, pattern in SCRIPTS.items()
+        )
+        allowed = pl.col("code").replace_strict(
+            {c: list(s) for c, s in LANG_SCRIPTS.items()}, return_dtype=pl.List(pl.String)
+        )
+        expected = pl.sum_horizontal(
+            pl.when(allowed.list.contains(pl.lit(name))).then(pl.col(name)).otherwise(0)
+            for name in SCRIPTS
+        )
+        # arg_max takes the first maximum: ties resolve the same way every run.
+        top = pl.concat_list([pl.col(name) for name in SCRIPTS]).list.arg_max()
+        return (
+            counted.with_columns(
+                share=expected / pl.col("letters"),
+                top_name=pl.lit(list(SCRIPTS), dtype=pl.List(pl.String)).list.get(top),
+                top_n=pl.concat_list([pl.col(name) for name in SCRIPTS]).list.get(top),
+            )
+            .filter(pl.col("share") < 0.5)
+            .select(
+                "row_id",
+                "source",
+                pl.format(
+                    "answer is {} {} letters ({} letters); conversation lang is {}",
+                    _pct(pl.col("top_n") / pl.col("letters")),
+                    "top_name",
+                    "letters",
+                    "code",
+                ).alias("reason"),
+                (1 - pl.col("share")).alias("score"),
+            )
+        )
+
+    def _function_word_mismatch(self, answers: pl.DataFrame) -> pl.DataFrame:
+        candidates = answers.filter(
+            pl.col("code").is_in(list(STOPWORD_LANGS))
+            & (pl.col("text").str.count_matches(r"\p{L}+") >= self.lang_min_words)
+        )
+        if candidates.is_empty():
+            return NO_LANG
+        hits = (
+            candidates.select(
+                "row_id",
+                "source",
+                "code",
+                pl.col("text").str.to_lowercase().str.extract_all(r"\p{L}+").alias("word"),
+            )
+            .explode("word")
+            .join(FUNCTION_WORDS, on="word", how="inner")
+            .group_by("row_id", "source", "code", maintain_order=True)
+            .agg(
+                *(
+                    pl.col("lang").filter(pl.col("lang") == lang).len().alias(lang)
+                    for lang in STOPWORD_LANGS
+                ),
+                *(
+                    pl.col("word").filter(pl.col("lang") == lang).n_unique().alias(f"{lang}_d")
+                    for lang in STOPWORD_LANGS
+                ),
+            )
+        )
+        expected = pl.sum_horizontal(
+            pl.when(pl.col("code") == lang).then(pl.col(lang)).otherwise(0)
+            for lang in STOPWORD_LANGS
+        )
+        # The other language with most hits; arg_max takes the first on ties (deterministic).
+        others = pl.concat_list(
+            [pl.when(pl.col("code") == lang).then(0).otherwise(lang) for lang in STOPWORD_LANGS]
+        )
+        best = others.list.arg_max()
+        return (
+            hits.with_columns(
+                expected=expected,
+                n=others.list.get(best),
+                distinct=pl.concat_list([f"{lang}_d" for lang in STOPWORD_LANGS]).list.get(best),
+                lang=pl.lit(list(STOPWORD_LANGS), dtype=pl.List(pl.String)).list.get(best),
+            )
+            .filter(
+                (pl.col("n") >= self.lang_min_hits)
+                & (pl.col("distinct") >= self.lang_min_distinct)
+                & (pl.col("n") >= self.lang_ratio * pl.col("expected").clip(lower_bound=1))
+            )
+            .select(
+                "row_id",
+                "source",
+                pl.format(
+                    "answer reads as {} ({} {} function words, {} {}); conversation lang is {}",
+                    "lang",
+                    "n",
+                    "lang",
+                    "expected",
+                    "code",
+                    "code",
+                ).alias("reason"),
+                (pl.col("n") / (pl.col("n") + pl.col("expected"))).cast(pl.Float64).alias("score"),
+            )
+        )
+
+
+def _reference_length(self: LengthFilter, batch: Batch) -> pl.DataFrame:
+    """LengthFilter.__call__ as it was before the speed work (frozen copy): counts every text."""
+    return _ReferenceLength.__call__(self, batch).ledger  # type: ignore[arg-type]
+
+
+class _ReferenceLength:
+    """Holds the frozen ``__call__``; ``_reference_length`` runs it on a LengthFilter."""
+
+    def __call__(self, batch: Batch) -> Findings:
+        messages = batch.messages.filter(pl.col("role").is_in(["system", "user", "assistant"]))
+        if self.count_tokens is None:
+            unit = "whitespace words (no tokenizer given)"
+            counted = messages.with_columns(n=pl.col("content").str.count_matches(r"\S+"))
+        else:
+            unit = "tokens"
+            counts = self.count_tokens(messages["content"].to_list())
+            counted = messages.with_columns(n=pl.Series(counts, dtype=pl.Int64))
+        counted = counted.with_columns(pl.col("n").cast(pl.Int64))
+        answers = counted.filter(pl.col("role") == "assistant")
+        parts = []
+        if self.min_answer_tokens is not None:
+            short = answers.filter(pl.col("n") < self.min_answer_tokens)
+            parts.append(
+                LengthFilter._worst(short, "n", descending=False).select(
+                    "row_id",
+                    pl.lit("length.too_short").alias("rule"),
+                    self.policy.expr().alias("verdict"),
+                    pl.format(
+                        "answer turn {} has {} {} (minimum {})",
+                        "turn",
+                        "n",
+                        pl.lit(unit),
+                        pl.lit(self.min_answer_tokens),
+                    ).alias("reason"),
+                    pl.col("n").cast(pl.Float64).alias("score"),
+                )
+            )
+        if self.max_answer_tokens is not None:
+            long = answers.filter(pl.col("n") > self.max_answer_tokens)
+            parts.append(
+                LengthFilter._worst(long, "n", descending=True).select(
+                    "row_id",
+                    pl.lit("length.too_long").alias("rule"),
+                    self.policy.expr().alias("verdict"),
+                    pl.format(
+                        "answer turn {} has {} {} (maximum {})",
+                        "turn",
+                        "n",
+                        pl.lit(unit),
+                        pl.lit(self.max_answer_tokens),
+                    ).alias("reason"),
+                    pl.col("n").cast(pl.Float64).alias("score"),
+                )
+            )
+        if self.max_prompt_tokens is not None:
+            prompts = (
+                counted.filter(pl.col("role") != "assistant")
+                .group_by("row_id", "source")
+                .agg(pl.col("n").sum())
+                .filter(pl.col("n") > self.max_prompt_tokens)
+            )
+            parts.append(
+                prompts.select(
+                    "row_id",
+                    pl.lit("length.prompt_too_long").alias("rule"),
+                    self.policy.expr().alias("verdict"),
+                    pl.format(
+                        "system and user turns have {} {} (maximum {})",
+                        "n",
+                        pl.lit(unit),
+                        pl.lit(self.max_prompt_tokens),
+                    ).alias("reason"),
+                    pl.col("n").cast(pl.Float64).alias("score"),
+                )
+            )
+        return Findings(ledger=_in_row_order(batch, parts))

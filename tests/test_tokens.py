@@ -2,7 +2,12 @@ import random
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from curation.tokens import TokenCounter, count_tokens_plain, splits_at_whitespace
+from curation.tokens import (
+    TokenCounter,
+    count_tokens_plain,
+    splits_at_whitespace,
+    tokens_within_bytes,
+)
 from training.tokenizer import TokenizerConfig, train_tokenizer
 
 CORPUS = [
@@ -54,3 +59,33 @@ def test_other_tokenizers_take_the_plain_path():
     texts = TRICKY + random_texts(200)
     assert TokenCounter(tokenizer)(texts) == count_tokens_plain(tokenizer, texts)
     assert TokenCounter(tokenizer)(["", "fox"])[0] == 0
+
+
+def test_byte_level_bpe_counts_lie_between_one_and_the_byte_length():
+    tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=400))
+    assert tokens_within_bytes(tokenizer)
+    texts = TRICKY + CORPUS + random_texts(2000, seed=1)
+    for text, n in zip(texts, count_tokens_plain(tokenizer, texts), strict=True):
+        assert min(len(text.encode()), 1) <= n <= len(text.encode()), (text, n)
+    assert TokenCounter(tokenizer).tokens_within_bytes
+
+
+def test_no_byte_bounds_for_other_tokenizers():
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.pre_tokenizer = pre_tokenizers.Whitespace()
+    wordpiece.train_from_iterator(
+        CORPUS, trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]"])
+    )
+    assert not tokens_within_bytes(wordpiece)
+    assert not TokenCounter(wordpiece).tokens_within_bytes
+    padded = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=400))
+    padded.enable_padding(length=64)  # pads every text past its byte length
+    assert not tokens_within_bytes(padded)
+
+
+def test_repeated_and_null_texts_count_like_the_others():
+    tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=400))
+    texts = ["yes", "", "yes", CORPUS[0], "yes", CORPUS[0], " "] * 3
+    counter = TokenCounter(tokenizer, chunk_texts=5)
+    assert counter(texts) == count_tokens_plain(tokenizer, texts)
+    assert counter([None, "yes"])[0] == 0  # type: ignore[list-item]
