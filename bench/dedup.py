@@ -233,10 +233,12 @@ def child(which: str, data: Path, findings_out: Path, tokenizer: Path | None) ->
         rows=pl.read_parquet(data.with_suffix(".rows.parquet")),
     )
     loaded_mib = peak_mib()
+    phases: list[dict] = []
     if which == "dedup":
         from curation.filters.dedup import DedupFilter
 
         chosen = DedupFilter()
+        phases = collect_phases("curation.filters.dedup")
     elif which == "quality":
         from curation.filters.quality import QualityFilter
 
@@ -252,20 +254,45 @@ def child(which: str, data: Path, findings_out: Path, tokenizer: Path | None) ->
 
             counter = TokenCounter(Tokenizer.from_file(str(tokenizer)))
         chosen = LengthFilter(count_tokens=counter)
+    load_before = os.getloadavg()[0]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     t2 = time.perf_counter()
     findings = chosen(batch)
     t3 = time.perf_counter()
+    spent = resource.getrusage(resource.RUSAGE_SELF)
     findings.ledger.write_parquet(findings_out)
-    print(
-        json.dumps(
-            {
-                "filter_seconds": t3 - t2,
-                "peak_mib": peak_mib(),
-                "peak_mib_before_filter": loaded_mib,
-                "findings": findings.ledger.height,
-            }
-        )
-    )
+    result = {
+        "filter_seconds": t3 - t2,
+        # CPU seconds of the call (all threads): on a shared machine, wall time alone
+        # cannot tell a slower filter from a busier machine.
+        "filter_cpu_seconds": spent.ru_utime - usage.ru_utime + spent.ru_stime - usage.ru_stime,
+        "filter_sys_seconds": spent.ru_stime - usage.ru_stime,
+        "load_average_before_after": [load_before, os.getloadavg()[0]],
+        "peak_mib": peak_mib(),
+        "peak_mib_before_filter": loaded_mib,
+        "findings": findings.ledger.height,
+    }
+    if phases:
+        result["phases"] = phases
+    print(json.dumps(result))
+
+
+def collect_phases(logger: str) -> list[dict]:
+    """The per-phase timings a filter logs at DEBUG (``curation.filters.dedup._phase``)."""
+    import logging
+
+    phases: list[dict] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if hasattr(record, "phase"):
+                keys = ("phase", "wall_s", "cpu_s", "rows", "pairs")
+                phases.append({k: getattr(record, k) for k in keys if hasattr(record, k)})
+
+    target = logging.getLogger(logger)
+    target.setLevel(logging.DEBUG)
+    target.addHandler(Collect())
+    return phases
 
 
 def measure(which: str, data: Path, rows: int, tokenizer: Path | None) -> dict:
