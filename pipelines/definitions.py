@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import dagster as dg
+
 from assets import curate, ingest, profile, training
 from assets.io_manager import PolarsParquetIOManager
 from assets.resources import PROJECT_ROOT, StorageResource

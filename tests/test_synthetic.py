@@ -326,7 +326,7 @@ def test_pretrain_corpus_size_and_shape() -> None:
 def test_synthetic_samples_match_the_generator() -> None:
     chat = read_jsonl("synthetic_chat.jsonl")
     n = len(chat)
-    stream = generate_tasks(3 * n, seed=0)  # one stream, a slice per format (no cross-format copies)
+    stream = generate_tasks(3 * n, seed=0)  # one stream, one slice per format
     assert chat == to_chat_rows(stream[:n])
     assert read_jsonl("synthetic_flan.jsonl") == to_flan_rows(stream[n : 2 * n])
 
