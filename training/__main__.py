@@ -12,15 +12,30 @@ from typing import Any
 from training.recipe import RecipeError, build, read_recipe
 
 
-def stages() -> dict[str, tuple[type, Callable[[Any], Any]]]:
-    from training import causal_lm, evaluate, sft
+# stage name -> "module:ConfigClass:entry"; imported only when that stage runs, so one stage's
+# heavy or optional imports never slow down or break another.
+STAGES: dict[str, str] = {
+    "pretrain": "training.causal_lm:CausalLMConfig:main",
+    "midtrain": "training.causal_lm:CausalLMConfig:main",
+    "sft": "training.sft:SFTStageConfig:main",
+    "evaluate": "training.evaluate:EvaluateConfig:main",
+    "candidates": "training.candidates:CandidatesConfig:main",
+    "reward": "training.reward:RewardStageConfig:main",
+    "dpo": "training.dpo:DPOStageConfig:main",
+    "ppo": "training.ppo:PPOStageConfig:main",
+    "grpo": "training.grpo:GRPOStageConfig:main",
+    "rloo": "training.rloo:RLOOStageConfig:main",
+    "alignment": "training.alignment:AlignmentConfig:main",
+}
 
-    return {
-        "pretrain": (causal_lm.CausalLMConfig, causal_lm.main),
-        "midtrain": (causal_lm.CausalLMConfig, causal_lm.main),
-        "sft": (sft.SFTStageConfig, sft.main),
-        "evaluate": (evaluate.EvaluateConfig, evaluate.main),
-    }
+
+def stage(name: str) -> tuple[type, Callable[[Any], Any]]:
+    """The config class and entry point of one stage."""
+    import importlib
+
+    module_name, config_name, entry = STAGES[name].split(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), getattr(module, entry)
 
 
 def apply_override(section: dict[str, Any], item: str) -> None:
@@ -48,11 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=JSON", help="override one setting"
     )
     args = parser.parse_args(argv)
-    known = stages()
-    if args.stage not in known:
-        print(f"unknown stage {args.stage!r}; expected one of {sorted(known)}", file=sys.stderr)
+    if args.stage not in STAGES:
+        print(f"unknown stage {args.stage!r}; expected one of {sorted(STAGES)}", file=sys.stderr)
         return 2
-    cls, run = known[args.stage]
+    cls, run = stage(args.stage)
     try:
         recipe = read_recipe(args.config)
         section = dict(recipe.get(args.stage) or {})
