@@ -11,7 +11,6 @@ from typing import Any
 
 from training.recipe import RecipeError, build, read_recipe
 
-
 # stage name -> "module:ConfigClass:entry"; imported only when that stage runs, so one stage's
 # heavy or optional imports never slow down or break another.
 STAGES: dict[str, str] = {
