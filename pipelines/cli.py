@@ -7,6 +7,7 @@ and exit status 2; unreadable rows are written to ``rejected.parquet`` and the r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--tokenizer", help="tokenizer.json or its folder (default: train a BPE)")
     curate.add_argument("--eval-fraction", type=float, default=0.05)
     curate.set_defaults(handler=run_curate)
+
+    trace = commands.add_parser(
+        "trace",
+        help="lineage: a checkpoint back to its datasets and raw rows, or one raw row forward",
+    )
+    trace.add_argument(
+        "checkpoint", nargs="?", type=Path, metavar="CHECKPOINT_DIR", help="checkpoint to trace"
+    )
+    trace.add_argument(
+        "--row",
+        metavar="ID",
+        help="follow one raw row instead: our row id, the source's own id, or FILE:LINE",
+    )
+    trace.add_argument(
+        "--outputs",
+        type=Path,
+        default=default_outputs(),
+        help="the pipeline's outputs folder (default: $POSTFORGE_OUTPUTS or outputs/)",
+    )
+    trace.add_argument("--json", action="store_true", help="print the report as JSON")
+    trace.set_defaults(handler=run_trace)
 
     demo = commands.add_parser("demo", help="materialize the whole asset graph on embedded data")
     demo.set_defaults(handler=run_demo)
@@ -194,6 +216,40 @@ def _tokenizer_corpus(conversations) -> list[str]:
         return list(corpus_texts(embedded))
     contents = pl.col("messages").list.eval(pl.element().struct.field("content"))
     return conversations.select(contents.list.join("\n")).to_series().to_list()
+
+
+def default_outputs() -> str:
+    """The folder the pipeline writes to (as pipelines.definitions decides), without importing
+    Dagster, so a trace starts fast."""
+    return os.environ.get("POSTFORGE_OUTPUTS", str(Path(__file__).resolve().parents[1] / "outputs"))
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    import json
+
+    from curation.trace import (
+        TraceError,
+        format_checkpoint_trace,
+        format_row_trace,
+        trace_checkpoint,
+        trace_row,
+    )
+
+    if (args.checkpoint is None) == (args.row is None):
+        raise BadInput("give either CHECKPOINT_DIR or --row ID (one of them)")
+    if "://" in str(args.outputs):
+        raise BadInput(f"--outputs {args.outputs}: trace reads a local folder; copy it here first")
+    try:
+        if args.row is not None:
+            report = trace_row(args.row, args.outputs)
+            text = format_row_trace
+        else:
+            report = trace_checkpoint(args.checkpoint, args.outputs)
+            text = format_checkpoint_trace
+    except TraceError as error:
+        raise BadInput(str(error)) from None
+    print(json.dumps(report, indent=2) if args.json else text(report))
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

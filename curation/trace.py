@@ -1,0 +1,812 @@
+"""Row-level lineage: from a checkpoint back to the raw rows behind it, and from one raw row forward
+to every verdict, dataset and checkpoint it reached.
+
+Everything is read from the files the pipeline already writes under the outputs folder (raw
+assets with provenance, ledgers, exported datasets, each checkpoint's lineage.json), so a trace
+needs no Dagster instance and works on outputs copied to another machine. Recorded absolute
+paths that no longer exist are re-anchored under the outputs folder by their longest existing
+tail, and the report shows both paths, so relocation is visible rather than silent.
+
+The results are plain dicts (JSON-ready) so the CLI can print them and an asset can attach them
+as metadata; ``format_*`` turn them into text tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curation.schema import stable_id
+
+LINEAGE = "lineage.json"
+RAW_PREFIX = "raw_"
+# Members of a raw asset folder that hold rows that were read, and what kind of row each is.
+READ_TABLES = {"conversations": "conversation", "preferences": "preference", "texts": "text"}
+# The combined assets, used when the per-source raw folders are absent.
+COMBINED_TABLES = {
+    "conversations": "conversation",
+    "preferences_human": "preference",
+    "pretrain_corpus": "text",
+}
+INGEST_REJECTS = "ingest_rejects"
+SKIPPED_DIRS = {"datasets", "checkpoints", "evaluation"}
+FILE_LINE = re.compile(r"^(?P<file>.+):(?P<line>\d+)$")
+
+
+class TraceError(ValueError):
+    """What was asked for is not in the outputs; the message says where we looked."""
+
+
+# --- reading the outputs folder -----------------------------------------------------------------
+
+
+def _members(folder: Path, member: str) -> list[Path]:
+    """``folder/member.parquet``, or the same member in each partition sub-folder."""
+    direct = folder / f"{member}.parquet"
+    if direct.is_file():
+        return [direct]
+    return sorted(p for p in folder.glob(f"*/{member}.parquet") if p.is_file())
+
+
+def _asset_files(outputs: Path, name: str) -> list[Path]:
+    """A frame asset: ``name.parquet`` or, when partitioned, ``name/<partition>.parquet``."""
+    single = outputs / f"{name}.parquet"
+    if single.is_file():
+        return [single]
+    folder = outputs / name
+    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+def _scan(paths: Sequence[Path], columns: Sequence[str]) -> pl.DataFrame | None:
+    frames = []
+    for path in paths:
+        schema = pl.read_parquet_schema(path)
+        present = [c for c in columns if c in schema]
+        frames.append(
+            pl.read_parquet(path, columns=present).with_columns(
+                *(pl.lit(None).alias(c) for c in columns if c not in schema)
+            )
+        )
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+
+ROW_COLUMNS = ("id", "source", "source_id", "provenance", "source_ids")
+
+
+def _read_rows(paths: Sequence[Path], kind: str, asset: str | None) -> pl.DataFrame | None:
+    frame = _scan(paths, ROW_COLUMNS)
+    if frame is None or frame.height == 0:
+        return None
+    provenance = pl.col("provenance")
+    has_provenance = isinstance(frame.schema["provenance"], pl.Struct)
+    return frame.select(
+        pl.col("id").cast(pl.String),
+        pl.col("source").cast(pl.String),
+        pl.col("source_id").cast(pl.String),
+        pl.lit(kind).alias("kind"),
+        pl.lit(asset, dtype=pl.String).alias("asset"),
+        (provenance.struct.field("file") if has_provenance else pl.lit(None))
+        .cast(pl.String)
+        .alias("file"),
+        (provenance.struct.field("line") if has_provenance else pl.lit(None))
+        .cast(pl.Int64)
+        .alias("line"),
+        (provenance.struct.field("ids") if has_provenance else pl.lit(None))
+        .cast(pl.List(pl.String))
+        .alias("provenance_ids"),
+        pl.col("source_ids").cast(pl.List(pl.String)),
+    )
+
+
+def _raw_folders(outputs: Path) -> list[Path]:
+    return sorted(p for p in outputs.glob(f"{RAW_PREFIX}*") if p.is_dir())
+
+
+def _with_asset(frame: pl.DataFrame | None, asset: str) -> pl.DataFrame | None:
+    return None if frame is None else frame.with_columns(asset=pl.lit(asset))
+
+
+@dataclass
+class Catalog:
+    """Every row the pipeline read (with its raw file and line), every row it could not read,
+    and every ledger entry, gathered once from an outputs folder."""
+
+    outputs: Path
+    rows: pl.DataFrame
+    rejected: pl.DataFrame
+    ledger: pl.DataFrame
+    states: pl.DataFrame
+    looked_in: list[str] = field(default_factory=list)
+
+    @property
+    def sources(self) -> list[str]:
+        names = set(self.rows["source"].drop_nulls()) | set(self.states["source"].drop_nulls())
+        return sorted(names)
+
+
+ROWS_SCHEMA = {
+    "id": pl.String,
+    "source": pl.String,
+    "source_id": pl.String,
+    "kind": pl.String,
+    "asset": pl.String,
+    "file": pl.String,
+    "line": pl.Int64,
+    "provenance_ids": pl.List(pl.String),
+    "source_ids": pl.List(pl.String),
+}
+REJECTED_COLUMNS = ("source", "file", "line", "field", "reason", "raw")
+LEDGER_COLUMNS = ("row_id", "stage", "rule", "verdict", "reason", "score")
+STATES_COLUMNS = ("row_id", "source", "state", "rule", "reason")
+
+
+def _concat(frames: Iterable[pl.DataFrame | None], columns: dict[str, Any]) -> pl.DataFrame:
+    present = [f for f in frames if f is not None and f.height]
+    if not present:
+        return pl.DataFrame(schema=columns)
+    return pl.concat(present, how="diagonal_relaxed").select(
+        pl.col(name).cast(dtype) for name, dtype in columns.items()
+    )
+
+
+def load_catalog(outputs: str | Path) -> Catalog:
+    """Read what a trace needs (ids, provenance, ledgers; never message text) from ``outputs``."""
+    outputs = Path(outputs)
+    if not outputs.is_dir():
+        raise TraceError(
+            f"{outputs}: outputs folder does not exist (run `make demo`, or pass --outputs)"
+        )
+    looked_in: list[str] = []
+    rows, rejected, ledgers = [], [], []
+    for folder in _raw_folders(outputs):
+        for member, kind in READ_TABLES.items():
+            rows.append(_read_rows(_members(folder, member), kind, folder.name))
+        rejected.append(
+            _with_asset(_scan(_members(folder, "rejected"), REJECTED_COLUMNS), folder.name)
+        )
+        ledgers.append(_with_asset(_scan(_members(folder, "ledger"), LEDGER_COLUMNS), folder.name))
+        looked_in.append(f"{folder}/")
+    for name, kind in COMBINED_TABLES.items():
+        rows.append(_read_rows(_asset_files(outputs, name), kind, None))
+        looked_in.append(str(outputs / f"{name}.parquet"))
+    rejects = outputs / INGEST_REJECTS
+    rejected.append(
+        _with_asset(_scan(_members(rejects, "rejected"), REJECTED_COLUMNS), INGEST_REJECTS)
+    )
+    ledgers.append(_with_asset(_scan(_members(rejects, "ledger"), LEDGER_COLUMNS), INGEST_REJECTS))
+    looked_in.append(f"{rejects}/")
+    states = []
+    for folder in _ledger_folders(outputs):
+        ledgers.append(_with_asset(_scan(_members(folder, "ledger"), LEDGER_COLUMNS), folder.name))
+        states.append(_with_asset(_scan(_members(folder, "states"), STATES_COLUMNS), folder.name))
+        looked_in.append(f"{folder}/")
+    rows_frame = _concat(rows, ROWS_SCHEMA)
+    # The raw folders come first, so a row keeps the asset that read it; the combined tables
+    # only fill in rows whose raw folder is gone.
+    rows_frame = rows_frame.unique(subset=["id", "kind"], keep="first", maintain_order=True)
+    rejected_frame = _concat(
+        rejected,
+        {
+            "asset": pl.String,
+            "source": pl.String,
+            "file": pl.String,
+            "line": pl.Int64,
+            "field": pl.String,
+            "reason": pl.String,
+            "raw": pl.String,
+        },
+    ).unique(
+        subset=["source", "file", "line", "field", "reason"], keep="first", maintain_order=True
+    )
+    ledger_frame = _concat(
+        ledgers,
+        {
+            "asset": pl.String,
+            "row_id": pl.String,
+            "stage": pl.String,
+            "rule": pl.String,
+            "verdict": pl.String,
+            "reason": pl.String,
+            "score": pl.Float64,
+        },
+    ).unique(
+        subset=["row_id", "stage", "rule", "verdict", "reason"], keep="first", maintain_order=True
+    )
+    states_frame = _concat(
+        states,
+        {
+            "asset": pl.String,
+            "row_id": pl.String,
+            "source": pl.String,
+            "state": pl.String,
+            "rule": pl.String,
+            "reason": pl.String,
+        },
+    )
+    return Catalog(outputs, rows_frame, rejected_frame, ledger_frame, states_frame, looked_in)
+
+
+def _ledger_folders(outputs: Path) -> list[Path]:
+    """Curation ledgers: any asset folder with a states table (every row's final state)."""
+    found = []
+    for folder in sorted(p for p in outputs.iterdir() if p.is_dir()):
+        if folder.name in SKIPPED_DIRS or folder.name.startswith(RAW_PREFIX):
+            continue
+        if _members(folder, "states"):
+            found.append(folder)
+    return found
+
+
+# --- datasets and checkpoints -------------------------------------------------------------------
+
+
+def ids_sha256(ids: Iterable[Any]) -> str:
+    """The digest training.common.ids_digest writes into lineage.json, recomputed here (training
+    imports torch; curation must not)."""
+    digest = hashlib.sha256()
+    for row_id in sorted(ids):
+        digest.update(str(row_id).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def dataset_ids(folder: Path, split: str) -> list[str] | None:
+    """The ``id`` column of ``folder/<split>.parquet`` in file order, or None if absent."""
+    path = folder / f"{split}.parquet"
+    if not path.is_file():
+        return None
+    if "id" not in pl.read_parquet_schema(path):
+        return []
+    return pl.read_parquet(path, columns=["id"])["id"].cast(pl.String).to_list()
+
+
+def hf_dataset_ids(folder: Path, split: str) -> list[str] | None:
+    """Ids of the ``save_to_disk`` copy (``folder/hf/<split>``), which is what training loads
+    when it exists; None if there is no such copy."""
+    split_dir = folder / "hf" / split
+    state = split_dir / "state.json"
+    if not state.is_file():
+        return None
+    files = [split_dir / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+    ids: list[str] = []
+    for path in files:
+        frame = pl.read_ipc_stream(path, columns=["id"]) if path.is_file() else None
+        if frame is None:
+            return None
+        ids += frame["id"].cast(pl.String).to_list()
+    return ids
+
+
+def relocate(recorded: str | None, outputs: Path) -> Path | None:
+    """Where a path recorded in lineage.json is now: itself when it lies under ``outputs``; else
+    its longest tail (at least two parts, e.g. ``datasets/sft``) that exists under ``outputs``;
+    else itself when it still exists; else None."""
+    if not recorded:
+        return None
+    path = Path(recorded)
+    root = outputs.resolve()
+    if path.exists() and path.resolve().is_relative_to(root):
+        return path
+    parts = path.parts
+    for start in range(1, len(parts) - 1):
+        candidate = outputs.joinpath(*parts[start:])
+        if candidate.exists():
+            return candidate
+    return path if path.exists() else None
+
+
+def checkpoint_folder(path: str | Path) -> Path:
+    """A checkpoint folder (with lineage.json) or a stage folder whose ``checkpoint/`` has one."""
+    path = Path(path)
+    if (path / LINEAGE).is_file():
+        return path
+    if (path / "checkpoint" / LINEAGE).is_file():
+        return path / "checkpoint"
+    if not path.exists():
+        raise TraceError(f"{path}: no such checkpoint folder")
+    raise TraceError(f"{path}: no {LINEAGE} here or in {path / 'checkpoint'}")
+
+
+def read_lineage(folder: Path) -> dict[str, Any]:
+    try:
+        lineage = json.loads((folder / LINEAGE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise TraceError(f"{folder / LINEAGE}: not valid JSON ({error})") from None
+    if not isinstance(lineage, dict):
+        raise TraceError(f"{folder / LINEAGE}: expected a JSON object")
+    return lineage
+
+
+def lineage_inputs(lineage: dict[str, Any]) -> list[dict[str, Any]]:
+    """The datasets a stage names: ``inputs`` itself, or each entry of ``inputs.datasets``."""
+    inputs = lineage.get("inputs") or {}
+    if isinstance(inputs.get("datasets"), list):
+        return [d for d in inputs["datasets"] if isinstance(d, dict)]
+    return [inputs] if inputs.get("data") else []
+
+
+def checkpoint_chain(path: str | Path, outputs: Path) -> list[dict[str, Any]]:
+    """The checkpoint and its parents, newest first: folder, recorded path and lineage. A parent
+    that cannot be found ends the chain with ``missing`` set."""
+    chain: list[dict[str, Any]] = []
+    folder: Path | None = checkpoint_folder(path)
+    recorded = str(path)
+    seen: set[Path] = set()
+    while folder is not None:
+        if folder.resolve() in seen:
+            break
+        seen.add(folder.resolve())
+        lineage = read_lineage(folder)
+        chain.append({"checkpoint": str(folder), "recorded": recorded, "lineage": lineage})
+        recorded = lineage.get("parent_checkpoint")
+        if not recorded:
+            break
+        found = relocate(recorded, outputs)
+        if found is None or not (found / LINEAGE).is_file():
+            chain.append({"checkpoint": None, "recorded": recorded, "lineage": None})
+            break
+        folder = found
+    return chain
+
+
+def all_checkpoints(outputs: Path) -> list[Path]:
+    """Every published checkpoint under ``outputs/checkpoints`` (not trainer states in runs/, not
+    half-written temporary folders)."""
+    root = outputs / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for lineage in sorted(root.rglob(LINEAGE)):
+        parts = lineage.relative_to(root).parts
+        if any(p.startswith(".") or p == "runs" for p in parts):
+            continue
+        found.append(lineage.parent)
+    return found
+
+
+# --- checkpoint → raw rows ----------------------------------------------------------------------
+
+
+def _count_dict(frame: pl.DataFrame, key: str, value: str = "len") -> dict[str, int]:
+    return {str(k): int(v) for k, v in frame.select(key, value).iter_rows()}
+
+
+def _dataset_report(entry: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
+    recorded_data = entry.get("data")
+    folder = relocate(recorded_data, catalog.outputs)
+    report: dict[str, Any] = {
+        "dataset": entry.get("asset") or (Path(recorded_data).name if recorded_data else None),
+        "data": str(folder) if folder else None,
+        "data_recorded": recorded_data,
+        "row_ids_sha256": entry.get("row_ids_sha256"),
+        "problems": [],
+    }
+    if folder is None:
+        report["problems"].append(f"dataset {recorded_data} not found")
+        return report
+    train = dataset_ids(folder, "train")
+    if train is None:
+        report["problems"].append(f"{folder}: no train.parquet")
+        return report
+    test = dataset_ids(folder, "test") or []
+    report["rows"] = {"train": len(train), "test": len(test), "train_unique": len(set(train))}
+    recorded_hash = entry.get("row_ids_sha256")
+    checks = {"parquet": ids_sha256(train)}
+    hf = hf_dataset_ids(folder, "train")
+    if hf is not None:
+        checks["hf"] = ids_sha256(hf)
+    report["hash_check"] = {
+        form: {"sha256": digest, "ok": digest == recorded_hash} for form, digest in checks.items()
+    }
+    if not recorded_hash:
+        report["problems"].append("lineage records no row_ids_sha256")
+    for form, check in report["hash_check"].items():
+        if recorded_hash and not check["ok"]:
+            report["problems"].append(
+                f"row-id hash mismatch: {folder} ({form}) has {check['sha256'][:12]}…, lineage "
+                f"recorded {recorded_hash[:12]}…; the dataset changed after training"
+            )
+    report.update(_raw_behind(train, catalog))
+    if report["unresolved_ids"]:
+        report["problems"].append(
+            f"{report['unresolved_ids']} row ids not found in the raw tables of {catalog.outputs}"
+        )
+    return report
+
+
+def _raw_behind(train: list[str], catalog: Catalog) -> dict[str, Any]:
+    """Raw files and counts behind ``train`` ids, and the rows from those files that the
+    pipeline dropped on the way (unreadable, excluded at ingest, dropped by curation)."""
+    used = pl.DataFrame({"id": train}, schema={"id": pl.String}).group_by("id").len("uses")
+    rows = catalog.rows.join(used, on="id", how="inner")
+    unresolved = used.join(catalog.rows.select("id"), on="id", how="anti").height
+    by_file = (
+        rows.group_by("asset", "file", "kind")
+        .agg(pl.len().alias("rows"), pl.col("uses").sum().alias("uses"))
+        .sort("asset", "file", nulls_last=True)
+    )
+    files = set(by_file["file"].drop_nulls())
+    assets = set(by_file["asset"].drop_nulls())
+    kinds = set(by_file["kind"])
+    rejected = catalog.rejected.filter(pl.col("file").is_in(files))
+    excluded = catalog.ledger.filter(
+        (pl.col("stage") == "ingest")
+        & (pl.col("verdict") == "drop")
+        & pl.col("asset").is_in(assets)
+    )
+    dropped = (
+        catalog.states.filter(pl.col("state") == "dropped")
+        .join(catalog.rows.select("id", "file", "kind"), left_on="row_id", right_on="id")
+        .filter(pl.col("file").is_in(files) & pl.col("kind").is_in(kinds))
+    )
+    # Read from the same files, neither dropped nor in this train split: the test split, rows
+    # the dataset does not select (SFT needs a final assistant turn), or left out of a mixture.
+    elsewhere = (
+        catalog.rows.filter(pl.col("file").is_in(files) & pl.col("kind").is_in(kinds))
+        .join(used, on="id", how="anti")
+        .join(dropped.select(pl.col("row_id").alias("id")), on="id", how="anti")
+    )
+    return {
+        "raw_files": [
+            {"asset": a, "file": f, "kind": k, "rows": r, "uses": u}
+            for a, f, k, r, u in by_file.iter_rows()
+        ],
+        "unresolved_ids": unresolved,
+        "dropped": {
+            "unreadable": _count_dict(rejected.group_by("file").len().sort("file"), "file"),
+            "excluded_at_ingest": _count_dict(excluded.group_by("rule").len().sort("rule"), "rule"),
+            "curation": {
+                f"{asset}:{rule}": int(n)
+                for asset, rule, n in dropped.group_by("asset", "rule")
+                .len()
+                .sort("asset", "rule")
+                .iter_rows()
+            },
+            "not_in_train": {"test split, not selected or not mixed in": elsewhere.height},
+        },
+    }
+
+
+def trace_checkpoint(checkpoint: str | Path, outputs: str | Path) -> dict[str, Any]:
+    """The stages behind ``checkpoint`` (itself, then its parents), each with the dataset it
+    trained on, the row-id hash check, the raw files and counts, and the rows dropped on the way.
+    ``ok`` is false when any parent, dataset or raw row is missing or any hash differs."""
+    catalog = load_catalog(outputs)
+    stages = []
+    for link in checkpoint_chain(checkpoint, catalog.outputs):
+        lineage = link["lineage"]
+        if lineage is None:
+            stages.append(
+                {
+                    "stage": None,
+                    "checkpoint": None,
+                    "checkpoint_recorded": link["recorded"],
+                    "datasets": [],
+                    "problems": [f"parent checkpoint {link['recorded']} not found"],
+                }
+            )
+            continue
+        datasets = [_dataset_report(entry, catalog) for entry in lineage_inputs(lineage)]
+        problems = [p for d in datasets for p in d["problems"]]
+        if not datasets:
+            problems.append("lineage names no dataset")
+        stages.append(
+            {
+                "stage": lineage.get("stage"),
+                "checkpoint": link["checkpoint"],
+                "checkpoint_recorded": link["recorded"],
+                "parent_checkpoint": lineage.get("parent_checkpoint"),
+                "code_version": lineage.get("code_version"),
+                "finished_at": lineage.get("finished_at"),
+                "datasets": datasets,
+                "problems": problems,
+            }
+        )
+    return {
+        "checkpoint": str(checkpoint_folder(checkpoint)),
+        "outputs": str(catalog.outputs),
+        "ok": not any(s["problems"] for s in stages),
+        "stages": stages,
+    }
+
+
+# --- one raw row → forward ----------------------------------------------------------------------
+
+
+def _candidate_ids(query: str, catalog: Catalog) -> set[str]:
+    """Our id itself, and the id every known source would give ``query`` as its source id (how
+    rows excluded at ingest, which have only a ledger entry, are found by source id)."""
+    return {query, *(stable_id(source, query) for source in catalog.sources)}
+
+
+def _file_line_filter(query: str) -> pl.Expr | None:
+    match = FILE_LINE.match(query)
+    if not match:
+        return None
+    name, line = match["file"], int(match["line"])
+    file_matches = (pl.col("file") == name) | pl.col("file").str.ends_with("/" + name)
+    return file_matches & (pl.col("line") == line)
+
+
+def _matching_rows(query: str, candidates: set[str], catalog: Catalog) -> pl.DataFrame:
+    rows = catalog.rows
+    match = (
+        pl.col("id").is_in(candidates)
+        | (pl.col("source_id") == query)
+        | pl.col("source_ids").list.contains(query).fill_null(False)
+    )
+    by_file = _file_line_filter(query)
+    if by_file is not None:
+        match = match | by_file.fill_null(False)
+    found = rows.filter(match)
+    if found.height == 0:
+        # An OpenAssistant message id inside a thread (provenance ids), only when nothing else
+        # matched: every thread through that message, not one row.
+        found = rows.filter(pl.col("provenance_ids").list.contains(query).fill_null(False))
+    return found
+
+
+def _records(frame: pl.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]]:
+    return frame.select(columns).to_dicts()
+
+
+def _dataset_hits(outputs: Path, ids: set[str]) -> list[dict[str, Any]]:
+    root = outputs / "datasets"
+    hits = []
+    if not root.is_dir():
+        return hits
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for split in ("train", "test"):
+            split_ids = dataset_ids(folder, split)
+            if not split_ids:
+                continue
+            present = pl.Series("id", split_ids, dtype=pl.String)
+            for row_id, n in present.filter(present.is_in(list(ids))).value_counts().iter_rows():
+                hits.append(
+                    {
+                        "dataset": folder.name,
+                        "split": split,
+                        "id": row_id,
+                        "rows": int(n),
+                        "path": str(folder),
+                    }
+                )
+    return hits
+
+
+def _checkpoint_hits(outputs: Path, ids: set[str]) -> list[dict[str, Any]]:
+    """Checkpoints whose lineage names a dataset whose train split holds one of ``ids``
+    (``via: dataset``), then every checkpoint descending from one of those (``via: parent``)."""
+    direct: dict[Path, dict[str, Any]] = {}
+    parents: dict[Path, Path | None] = {}
+    stages: dict[Path, Any] = {}
+    for folder in all_checkpoints(outputs):
+        lineage = read_lineage(folder)
+        key = folder.resolve()
+        stages[key] = lineage.get("stage")
+        parent = relocate(lineage.get("parent_checkpoint"), outputs)
+        parents[key] = parent.resolve() if parent else None
+        for entry in lineage_inputs(lineage):
+            data = relocate(entry.get("data"), outputs)
+            train = set(dataset_ids(data, "train") or []) if data else set()
+            if train & ids:
+                direct[key] = {
+                    "checkpoint": str(folder),
+                    "stage": lineage.get("stage"),
+                    "via": "dataset",
+                    "dataset": entry.get("asset") or data.name,
+                    "ancestor": None,
+                }
+    hits = list(direct.values())
+    for key, stage in stages.items():
+        if key in direct:
+            continue
+        ancestor, seen = parents.get(key), set()
+        while ancestor is not None and ancestor not in direct and ancestor not in seen:
+            seen.add(ancestor)
+            ancestor = parents.get(ancestor)
+        if ancestor in direct:
+            hits.append(
+                {
+                    "checkpoint": str(key),
+                    "stage": stage,
+                    "via": "parent",
+                    "dataset": direct[ancestor]["dataset"],
+                    "ancestor": direct[ancestor]["checkpoint"],
+                }
+            )
+    return hits
+
+
+def trace_row(query: str, outputs: str | Path) -> dict[str, Any]:
+    """Follow one raw row forward. ``query`` is our row id, a source's own id, a message id
+    inside an OpenAssistant thread, or ``FILE:LINE`` of the raw file. Raises ``TraceError``
+    naming the places searched when nothing matches."""
+    catalog = load_catalog(outputs)
+    query = query.strip()
+    candidates = _candidate_ids(query, catalog)
+    rows = _matching_rows(query, candidates, catalog)
+    ids = set(rows["id"]) | candidates
+    # Preference pairs built from a matched conversation's source ids (OpenAssistant siblings).
+    source_ids = set(rows["source_id"].drop_nulls())
+    if source_ids:
+        pairs = catalog.rows.filter(
+            (pl.col("kind") == "preference")
+            & pl.col("source_ids").list.eval(pl.element().is_in(list(source_ids))).list.any()
+        )
+        ids |= set(pairs["id"])
+        rows = pl.concat([rows, pairs]).unique(subset=["id", "kind"], maintain_order=True)
+    # A row that was never read has no id: its raw text may still carry the source's own id.
+    reject_match = pl.lit(False)
+    if rows.height == 0:
+        reject_match = pl.col("raw").str.contains(json.dumps(query), literal=True).fill_null(False)
+    by_file = _file_line_filter(query)
+    if by_file is not None:
+        reject_match = reject_match | by_file.fill_null(False)
+    for file, line in rows.select("file", "line").drop_nulls().iter_rows():
+        reject_match = reject_match | ((pl.col("file") == file) & (pl.col("line") == line))
+    rejected = catalog.rejected.filter(reject_match)
+    ledger = catalog.ledger.filter(pl.col("row_id").is_in(ids))
+    states = catalog.states.filter(pl.col("row_id").is_in(ids))
+    if rows.height == 0 and rejected.height == 0 and ledger.height == 0:
+        raise TraceError(
+            f"no row with id, source id or FILE:LINE {query!r} in {catalog.outputs}; looked in "
+            + ", ".join(catalog.looked_in)
+        )
+    found_ids = set(rows["id"]) | set(ledger["row_id"]) | set(states["row_id"])
+    datasets = _dataset_hits(catalog.outputs, found_ids)
+    return {
+        "query": query,
+        "outputs": str(catalog.outputs),
+        "read": _records(
+            rows, ["id", "kind", "source", "source_id", "asset", "file", "line", "source_ids"]
+        ),
+        "ingest_rejects": {
+            "unreadable": _records(
+                rejected, ["asset", "source", "file", "line", "field", "reason"]
+            ),
+            "excluded": _records(
+                ledger.filter(pl.col("stage") == "ingest"), ["asset", "row_id", "rule", "reason"]
+            ),
+        },
+        "verdicts": _records(
+            ledger, ["asset", "row_id", "stage", "rule", "verdict", "reason", "score"]
+        ),
+        "states": _records(states, ["asset", "row_id", "state", "rule", "reason"]),
+        "datasets": datasets,
+        "checkpoints": _checkpoint_hits(catalog.outputs, {d["id"] for d in datasets}),
+    }
+
+
+# --- text tables --------------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], indent: str = "  ") -> str:
+    """Left-aligned columns; a long cell widens its column rather than being cut."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    if not cells:
+        return f"{indent}(none)"
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = [headers, ["-" * w for w in widths], *cells]
+    return "\n".join(
+        indent + "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return str(value).replace("\n", " ")
+
+
+def format_checkpoint_trace(report: dict[str, Any]) -> str:
+    lines = [
+        f"checkpoint {report['checkpoint']}",
+        f"outputs    {report['outputs']}",
+        f"lineage    {'ok' if report['ok'] else 'BROKEN'}",
+    ]
+    for stage in report["stages"]:
+        lines += ["", f"== stage {stage['stage'] or '?'}: {stage['checkpoint'] or '-'}"]
+        for dataset in stage["datasets"]:
+            rows = dataset.get("rows", {})
+            hashes = dataset.get("hash_check", {})
+            verdict = ", ".join(
+                f"{form} {'ok' if check['ok'] else 'MISMATCH'}" for form, check in hashes.items()
+            )
+            lines.append(
+                f"  dataset {dataset['dataset']} ({dataset['data'] or dataset['data_recorded']}): "
+                f"train {rows.get('train', '-')} rows ({rows.get('train_unique', '-')} ids), "
+                f"test {rows.get('test', '-')}; row ids {verdict or 'not checked'}"
+            )
+            raw = dataset.get("raw_files", [])
+            lines.append(
+                table(
+                    ["reader", "kind", "raw file", "rows", "uses"],
+                    [(r["asset"], r["kind"], r["file"], r["rows"], r["uses"]) for r in raw],
+                )
+            )
+            dropped = dataset.get("dropped", {})
+            drop_rows = [
+                (where, key, n) for where, counts in dropped.items() for key, n in counts.items()
+            ]
+            lines.append("  dropped on the way from the same raw files:")
+            lines.append(table(["where", "rule / file", "rows"], drop_rows, indent="    "))
+        lines += [f"  PROBLEM: {p}" for p in stage["problems"]]
+    return "\n".join(lines)
+
+
+def format_row_trace(report: dict[str, Any]) -> str:
+    lines = [f"row {report['query']} in {report['outputs']}", "", "read:"]
+    lines.append(
+        table(
+            ["id", "kind", "source", "source_id", "reader", "file", "line"],
+            [
+                (r["id"], r["kind"], r["source"], r["source_id"], r["asset"], r["file"], r["line"])
+                for r in report["read"]
+            ],
+        )
+    )
+    rejects = report["ingest_rejects"]
+    lines += ["", "ingest rejects:"]
+    lines.append(
+        table(
+            ["what", "reader", "row id", "file", "line", "field / rule", "reason"],
+            [
+                ("unreadable", r["asset"], None, r["file"], r["line"], r["field"], r["reason"])
+                for r in rejects["unreadable"]
+            ]
+            + [
+                ("excluded", r["asset"], r["row_id"], None, None, r["rule"], r["reason"])
+                for r in rejects["excluded"]
+            ],
+        )
+    )
+    lines += ["", "ledger verdicts:"]
+    lines.append(
+        table(
+            ["ledger", "row id", "stage", "filter", "action", "reason"],
+            [
+                (v["asset"], v["row_id"], v["stage"], v["rule"], v["verdict"], v["reason"])
+                for v in report["verdicts"]
+            ],
+        )
+    )
+    lines += ["", "final state after curation:"]
+    lines.append(
+        table(
+            ["ledger", "row id", "state", "rule", "reason"],
+            [
+                (s["asset"], s["row_id"], s["state"], s["rule"], s["reason"])
+                for s in report["states"]
+            ],
+        )
+    )
+    lines += ["", "datasets:"]
+    lines.append(
+        table(
+            ["dataset", "split", "row id", "rows"],
+            [(d["dataset"], d["split"], d["id"], d["rows"]) for d in report["datasets"]],
+        )
+    )
+    lines += ["", "checkpoints trained on it:"]
+    lines.append(
+        table(
+            ["stage", "checkpoint", "via", "dataset", "trained ancestor"],
+            [
+                (c["stage"], c["checkpoint"], c["via"], c["dataset"], c["ancestor"])
+                for c in report["checkpoints"]
+            ],
+        )
+    )
+    return "\n".join(lines)
