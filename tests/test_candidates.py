@@ -1,0 +1,192 @@
+"""The candidates stage on tiny real checkpoints: N candidates per prompt with their origin, the
+schema of the shared data model, reproducible under the seed, resumable after a crash."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import training.candidates as candidates_stage
+from assets.resources import SAMPLES
+from curation.datasets import ExportConfig, export, prompt_rows
+from curation.ingest import ingest
+from curation.schema import stable_id
+from training.candidates import (
+    CANDIDATES_SCHEMA,
+    CandidatesConfig,
+    candidate_id,
+    samples_per_checkpoint,
+)
+from training.checkpoint import CheckpointError, publish
+from training.models import ModelConfig, build_causal_lm
+from training.recipe import RecipeError, build
+from training.tokenizer import TokenizerConfig, corpus_texts, to_transformers, train_tokenizer
+
+PROMPTS = 6
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("candidates")
+    chats = ingest("jsonl", [SAMPLES / "synthetic_chat.jsonl"]).conversations.head(40)
+    export("prompt", prompt_rows(chats), root / "data", ExportConfig(eval_fraction=0.1))
+    tokenizer = to_transformers(
+        train_tokenizer(corpus_texts(SAMPLES / "pretrain.jsonl"), TokenizerConfig(vocab_size=384))
+    )
+    for name, seed in (("a", 0), ("b", 1)):
+        model = build_causal_lm(
+            ModelConfig(preset="tiny", max_position_embeddings=256, seed=seed), tokenizer
+        )
+        publish(model, tokenizer, root / name, {"stage": "test", "seed": seed})
+    return root
+
+
+def config(workspace: Path, out: str, **overrides) -> CandidatesConfig:
+    values = dict(
+        prompt_dataset=str(workspace / "data" / "prompt"),
+        checkpoints=[str(workspace / "a"), str(workspace / "b")],
+        output_dir=str(workspace / out),
+        num_candidates=3,
+        temperature=1.0,
+        top_p=0.95,
+        max_new_tokens=8,
+        batch_size=4,
+        max_prompts=PROMPTS,
+        use_cpu=True,
+    )
+    values.update(overrides)
+    return CandidatesConfig(**values)
+
+
+def rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace) -> Path:
+    return candidates_stage.main(config(workspace, "run1"))
+
+
+def test_every_prompt_gets_n_candidates_with_distinct_origins(workspace, first_run):
+    table = pq.read_table(first_run)
+    assert table.schema.equals(CANDIDATES_SCHEMA)
+    data = table.to_pylist()
+    assert len(data) == PROMPTS
+    for row in data:
+        assert row["prompt"][-1]["role"] == "user" and row["source"] == "synthetic_chat"
+        assert row["reference"] is None and row["answer"] is None
+        found = row["candidates"]
+        assert len(found) == 3
+        assert [c["model"] for c in found] == [str(workspace / "a")] * 2 + [str(workspace / "b")]
+        origins = {(c["model"], c["sampling"]) for c in found}
+        assert len(origins) == 3
+        assert len({c["candidate_id"] for c in found}) == 3
+        for c in found:
+            sampling = json.loads(c["sampling"])
+            assert sampling["temperature"] == 1.0 and sampling["top_p"] == 0.95
+            assert sampling["seed"] == 0 and sampling["max_new_tokens"] == 8
+            assert c["origin"] == "model"
+            assert c["candidate_id"] == candidate_id("model", c["model"], c["sampling"], c["text"])
+            # the same hash the curation side computes for dataset candidates
+            assert c["candidate_id"] == stable_id(
+                "model", f"{c['model']}\x1f{c['sampling']}\x1f{c['text']}"
+            )
+    texts = [c["text"] for row in data for c in row["candidates"]]
+    assert len(set(texts)) > len(texts) // 2  # sampling, not one repeated answer
+
+
+def test_same_seed_same_candidates_other_seed_different(workspace, first_run):
+    again = candidates_stage.main(config(workspace, "run2"))
+    assert rows(again) == rows(first_run)
+    other = candidates_stage.main(config(workspace, "run3", seed=7))
+    first_texts = [c["text"] for r in rows(first_run) for c in r["candidates"]]
+    other_texts = [c["text"] for r in rows(other) for c in r["candidates"]]
+    assert first_texts != other_texts
+
+
+def test_a_killed_run_resumes_without_regenerating_finished_batches(
+    workspace, first_run, monkeypatch
+):
+    real_sample = candidates_stage.sample
+    calls: list[int] = []
+
+    def dies_on_third_batch(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(kwargs.get("seed", args[-1]))
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(candidates_stage, "sample", dies_on_third_batch)
+    cfg = config(workspace, "killed")
+    with pytest.raises(KeyboardInterrupt):
+        candidates_stage.main(cfg)
+    shards = Path(cfg.output_dir) / "shards"
+    done = sorted(p.name for p in shards.glob("c*.parquet"))
+    assert done == ["c00-b000000.parquet", "c00-b000001.parquet"]
+    assert not (Path(cfg.output_dir) / "candidates.parquet").exists()
+    before = {name: (shards / name).stat().st_mtime_ns for name in done}
+
+    calls.clear()
+    monkeypatch.setattr(
+        candidates_stage, "sample", lambda *a, **k: (calls.append(1), real_sample(*a, **k))[1]
+    )
+    resumed = candidates_stage.main(cfg)
+    assert len(calls) == 2  # only checkpoint b's two batches were generated
+    assert {name: (shards / name).stat().st_mtime_ns for name in done} == before
+    assert rows(resumed) == rows(first_run)
+    metrics = [
+        json.loads(x) for x in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert sorted((m["checkpoint"], m["batch"]) for m in metrics if "batch" in m) == [
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+    ]
+
+
+def test_changed_settings_discard_old_shards(workspace, first_run):
+    cfg = config(workspace, "run1", max_new_tokens=4)
+    out = candidates_stage.main(cfg)
+    assert all(
+        json.loads(c["sampling"])["max_new_tokens"] == 4 for r in rows(out) for c in r["candidates"]
+    )
+
+
+def test_prompts_longer_than_the_limit_are_skipped_and_counted(workspace):
+    out = candidates_stage.main(config(workspace, "short", max_prompt_length=3))
+    assert rows(out) == []
+
+
+def test_split_of_candidates_over_checkpoints():
+    assert samples_per_checkpoint(5, 2) == [3, 2]
+    assert samples_per_checkpoint(9, 3) == [3, 3, 3]
+    assert samples_per_checkpoint(2, 1) == [2]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"num_candidates": 1}, "num_candidates: expected 2..9, got 1"),
+        ({"num_candidates": 10}, "num_candidates: expected 2..9, got 10"),
+        ({"temperature": 0.0}, "temperature: expected > 0"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"checkpoints": []}, "checkpoints: name at least one"),
+        ({"checkpoints": ["a", "b", "c"], "num_candidates": 2}, "3 checkpoints"),
+        ({"splits": ["validation"]}, "splits"),
+        ({"num_candidates": "4"}, "num_candidates: expected int"),
+    ],
+)
+def test_bad_configs_fail_naming_the_key(values, message):
+    with pytest.raises(RecipeError, match=message):
+        build(
+            CandidatesConfig, {"prompt_dataset": "x", "checkpoints": ["a"], **values}, "candidates"
+        )
+
+
+def test_a_missing_checkpoint_fails_before_any_work(workspace, tmp_path):
+    cfg = config(workspace, "missing", checkpoints=[str(tmp_path / "nope")])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        candidates_stage.main(cfg)
+    assert not Path(cfg.output_dir, "shards").exists()

@@ -1,0 +1,449 @@
+"""Candidate answers for AI (or human) feedback: for each prompt of ``prompt_dataset``, N sampled
+outputs from one or more checkpoints, each keeping where it came from (checkpoint, sampling
+settings, sample index), so a ranking can later be traced back to the policy that produced it.
+
+Sampling is seeded per (checkpoint, batch of prompts): the same config on the same device gives
+the same candidates, and a killed run regenerates nothing it already wrote, because every batch
+lands in its own shard, written atomically, before the next starts. ``candidates.parquet`` is
+assembled from the shards at the end (pyarrow, temp file + rename); existing completions of the
+sources (UltraFeedback, OpenAssistant siblings, reference answers) are merged in later by
+``curation.feedback`` (this module must not import polars).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from training.checkpoint import verify
+from training.common import load_splits, load_training_tokenizer
+from training.reporting import Reporter
+
+MIN_CANDIDATES = 2
+MAX_CANDIDATES = 9  # what a listwise judge (or a person) can rank in one go
+OUTPUT = "candidates.parquet"
+SHARDS = "shards"
+MANIFEST = "manifest.json"
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+CANDIDATE = pa.struct(
+    [
+        ("candidate_id", pa.string()),
+        ("text", pa.string()),
+        ("origin", pa.string()),
+        ("model", pa.string()),
+        ("sampling", pa.string()),
+    ]
+)
+SHARD_SCHEMA = pa.schema([("id", pa.string()), ("candidates", pa.list_(CANDIDATE))])
+# The shared data model's candidates table (reference and answer are filled by curation).
+CANDIDATES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("prompt", pa.list_(MESSAGE)),
+        ("reference", pa.string()),
+        ("answer", pa.string()),
+        ("candidates", pa.list_(CANDIDATE)),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class CandidatesConfig:
+    """Sampling candidate answers (the ``candidates`` stage).
+
+    Attributes:
+        prompt_dataset: the ``prompt_dataset`` folder (train/test Parquet with ``id``,
+            ``source``, ``prompt`` as messages, or a ``save_to_disk`` folder).
+        checkpoints: published checkpoint directories to sample from (the SFT checkpoint in
+            recipes); each is verified before any work.
+        output_dir: where ``candidates.parquet``, ``shards/`` and ``metrics.jsonl`` go.
+        num_candidates: outputs per prompt over all checkpoints, 2..9; split as evenly as
+            possible, earlier checkpoints taking the remainder.
+        temperature: sampling temperature (> 0: greedy decoding would repeat one answer).
+        top_p: nucleus sampling mass, in (0, 1].
+        max_new_tokens: answer length cap.
+        max_prompt_length: prompts longer than this (in tokens, with the chat template) are
+            skipped and counted rather than truncated, which would change the question.
+        batch_size: prompts per generation batch (left-padded); also the shard size.
+        seed: seeds each (checkpoint, batch); same seed and batch_size give the same outputs.
+        splits: which splits of the prompt dataset to answer.
+        max_prompts: answer only the first N prompts (demo and tests); None for all.
+        dtype: ``float32`` or ``bfloat16``.
+        use_cpu: stay on the CPU even when a GPU is present.
+        resume: keep the shards of an earlier run with the same settings.
+        inputs: what the caller knows of the inputs (asset key, data version), reported back.
+    """
+
+    prompt_dataset: str = ""
+    checkpoints: list[str] = field(default_factory=list)
+    output_dir: str = "outputs/candidates"
+    num_candidates: int = 4
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    max_prompt_length: int = 512
+    batch_size: int = 8
+    seed: int = 0
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    max_prompts: int | None = None
+    dtype: str = "float32"
+    use_cpu: bool = False
+    resume: bool = True
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.prompt_dataset:
+            raise ValueError("prompt_dataset: the prompt dataset folder is required")
+        if not self.checkpoints:
+            raise ValueError("checkpoints: name at least one checkpoint to sample from")
+        if not MIN_CANDIDATES <= self.num_candidates <= MAX_CANDIDATES:
+            raise ValueError(
+                f"num_candidates: expected {MIN_CANDIDATES}..{MAX_CANDIDATES}, "
+                f"got {self.num_candidates}"
+            )
+        if len(self.checkpoints) > self.num_candidates:
+            raise ValueError(
+                f"checkpoints: {len(self.checkpoints)} checkpoints but num_candidates is "
+                f"{self.num_candidates}; each checkpoint needs at least one candidate"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: expected > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: expected a value in (0, 1], got {self.top_p}")
+        for name in ("max_new_tokens", "max_prompt_length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        unknown = [s for s in self.splits if s not in ("train", "test")]
+        if not self.splits or unknown:
+            raise ValueError(
+                f"splits: expected a non-empty subset of train, test; got {self.splits}"
+            )
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ValueError(f"max_prompts: expected >= 1 or null, got {self.max_prompts}")
+
+
+def samples_per_checkpoint(num_candidates: int, checkpoints: int) -> list[int]:
+    """``num_candidates`` split over the checkpoints, the first ones taking the remainder."""
+    base, extra = divmod(num_candidates, checkpoints)
+    return [base + (1 if i < extra else 0) for i in range(checkpoints)]
+
+
+def candidate_id(origin: str, model: str, sampling: str, text: str) -> str:
+    """Stable hash of a candidate's text and origin; equals
+    ``curation.schema.stable_id(origin, f"{model}\\x1f{sampling}\\x1f{text}")``."""
+    key = f"{origin}\x1f{model}\x1f{sampling}\x1f{text}"
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+def batch_seed(seed: int, checkpoint: int, batch: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{checkpoint}:{batch}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest)
+
+
+def load_prompts(config: CandidatesConfig) -> list[dict[str, Any]]:
+    """Rows with ``id``, ``source`` and ``prompt`` from the requested splits, in file order."""
+    splits = load_splits(config.prompt_dataset)
+    rows: list[dict[str, Any]] = []
+    for name in config.splits:
+        if name not in splits:
+            continue
+        split = splits[name]
+        missing = [c for c in ("id", "prompt") if c not in split.column_names]
+        if missing:
+            raise ValueError(
+                f"{config.prompt_dataset}: split {name!r} has no column {', '.join(missing)}"
+            )
+        sources = split["source"] if "source" in split.column_names else [None] * len(split)
+        for index, (row_id, source, prompt) in enumerate(
+            zip(split["id"], sources, split["prompt"], strict=True)
+        ):
+            if not prompt or not all(isinstance(m, dict) and "role" in m for m in prompt):
+                raise ValueError(
+                    f"{config.prompt_dataset}: split {name!r} row {index} (id {row_id}): "
+                    "prompt: expected a list of {role, content} messages"
+                )
+            rows.append({"id": str(row_id), "source": source, "prompt": list(prompt)})
+    if config.max_prompts is not None:
+        rows = rows[: config.max_prompts]
+    if not rows:
+        raise ValueError(f"{config.prompt_dataset}: no prompts in splits {config.splits}")
+    return rows
+
+
+def manifest(config: CandidatesConfig, checkpoints: Sequence[str], ids: Sequence[str]) -> dict:
+    """What a shard's content depends on; a resumed run reuses shards only when it matches."""
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    return {
+        "checkpoints": list(checkpoints),
+        "num_candidates": config.num_candidates,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_new_tokens": config.max_new_tokens,
+        "max_prompt_length": config.max_prompt_length,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "dtype": config.dtype,
+        "prompt_ids_sha256": digest,
+    }
+
+
+def prepare_shards(shards: Path, expected: dict, resume: bool, reporter: Reporter) -> None:
+    path = shards / MANIFEST
+    if shards.exists():
+        previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+        if resume and previous == expected:
+            return
+        reason = "resume is off" if not resume else "the settings or prompts changed"
+        reporter.log(f"candidates: discarding earlier shards in {shards} ({reason})")
+        shutil.rmtree(shards)
+    shards.mkdir(parents=True)
+    write_atomic_text(path, json.dumps(expected, indent=2, sort_keys=True))
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_table(table: pa.Table, path: Path) -> Path:
+    """Parquet written beside the target and renamed over it: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def shard_path(shards: Path, checkpoint: int, batch: int) -> Path:
+    return shards / f"c{checkpoint:02d}-b{batch:06d}.parquet"
+
+
+def encode_prompts(tokenizer: Any, rows: list[dict], max_length: int) -> tuple[list, list[str]]:
+    """Chat-templated prompt texts of the rows that fit, and the ids of those that do not."""
+    kept, too_long = [], []
+    for row in rows:
+        text = tokenizer.apply_chat_template(
+            row["prompt"], tokenize=False, add_generation_prompt=True
+        )
+        length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if length > max_length:
+            too_long.append(row["id"])
+        else:
+            kept.append((row, text))
+    return kept, too_long
+
+
+def sample(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    count: int,
+    config: CandidatesConfig,
+    seed: int,
+) -> list[list[str]]:
+    """``count`` sampled answers per prompt text (left padding keeps the answers aligned)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    encoded = {k: v.to(model.device) for k, v in encoded.items()}
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    with torch.no_grad():
+        output = model.generate(
+            **encoded,
+            do_sample=True,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=0,
+            max_new_tokens=config.max_new_tokens,
+            num_return_sequences=count,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    new_tokens = output[:, encoded["input_ids"].shape[1] :]
+    decoded = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    # generate() repeats each prompt ``count`` times in place: rows are prompt-major.
+    return [decoded[i * count : (i + 1) * count] for i in range(len(texts))]
+
+
+def candidate_rows(
+    answers: list[str], checkpoint: str, config: CandidatesConfig, first_sample: int
+) -> list[dict[str, str]]:
+    rows = []
+    for offset, text in enumerate(answers):
+        sampling = json.dumps(
+            {
+                "temperature": config.temperature,
+                "top_p": config.top_p,
+                "seed": config.seed,
+                "max_new_tokens": config.max_new_tokens,
+                "sample": first_sample + offset,
+            },
+            sort_keys=True,
+        )
+        rows.append(
+            {
+                "candidate_id": candidate_id("model", checkpoint, sampling, text),
+                "text": text,
+                "origin": "model",
+                "model": checkpoint,
+                "sampling": sampling,
+            }
+        )
+    return rows
+
+
+def load_model(checkpoint: str, config: CandidatesConfig):
+    import torch
+
+    from training.models import ModelConfig, build_causal_lm
+
+    tokenizer = load_training_tokenizer(checkpoint)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = build_causal_lm(ModelConfig(dtype=config.dtype), tokenizer, path=checkpoint)
+    device = "cuda" if torch.cuda.is_available() and not config.use_cpu else "cpu"
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def generate_shards(
+    config: CandidatesConfig,
+    checkpoints: list[str],
+    rows: list[dict],
+    shards: Path,
+    reporter: Reporter,
+) -> dict[str, int]:
+    """Write every missing (checkpoint, batch) shard; a checkpoint with nothing left to do is
+    never loaded."""
+    counts = samples_per_checkpoint(config.num_candidates, len(checkpoints))
+    batches = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
+    stats = {"batches_generated": 0, "batches_reused": 0}
+    for index, checkpoint in enumerate(checkpoints):
+        pending = [b for b in range(len(batches)) if not shard_path(shards, index, b).exists()]
+        stats["batches_reused"] += len(batches) - len(pending)
+        if not pending:
+            continue
+        model, tokenizer = load_model(checkpoint, config)
+        first_sample = sum(counts[:index])
+        for batch in pending:
+            started = time.perf_counter()
+            kept, too_long = encode_prompts(tokenizer, batches[batch], config.max_prompt_length)
+            answers = (
+                sample(
+                    model,
+                    tokenizer,
+                    [text for _, text in kept],
+                    counts[index],
+                    config,
+                    batch_seed(config.seed, index, batch),
+                )
+                if kept
+                else []
+            )
+            table = pa.Table.from_pylist(
+                [
+                    {
+                        "id": row["id"],
+                        "candidates": candidate_rows(texts, checkpoint, config, first_sample),
+                    }
+                    for (row, _), texts in zip(kept, answers, strict=True)
+                ],
+                schema=SHARD_SCHEMA,
+            )
+            write_table(table, shard_path(shards, index, batch))
+            stats["batches_generated"] += 1
+            reporter.metrics(
+                {
+                    "checkpoint": index,
+                    "batch": batch,
+                    "prompts": len(kept),
+                    "skipped_too_long": len(too_long),
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+        del model
+    return stats
+
+
+def assemble(
+    rows: list[dict], checkpoints: int, batch_size: int, shards: Path, target: Path
+) -> pa.Table:
+    """One row per prompt with the candidates of every checkpoint, in checkpoint order; prompts
+    skipped for length (absent from a shard) are left out."""
+    by_id: dict[str, list[dict]] = {}
+    batches = (len(rows) + batch_size - 1) // batch_size
+    for index in range(checkpoints):
+        for batch in range(batches):
+            for shard_row in pq.read_table(shard_path(shards, index, batch)).to_pylist():
+                by_id.setdefault(shard_row["id"], []).extend(shard_row["candidates"])
+    table = pa.Table.from_pylist(
+        [
+            {
+                "id": row["id"],
+                "source": row["source"],
+                "prompt": [{"role": m["role"], "content": m["content"]} for m in row["prompt"]],
+                "reference": None,
+                "answer": None,
+                "candidates": by_id[row["id"]],
+            }
+            for row in rows
+            if row["id"] in by_id
+        ],
+        schema=CANDIDATES_SCHEMA,
+    )
+    write_table(table, target)
+    return table
+
+
+def main(config: CandidatesConfig) -> Path:
+    started = time.time()
+    out = Path(config.output_dir)
+    reporter = Reporter(out / "metrics.jsonl")
+    checkpoints = [str(verify(path)) for path in config.checkpoints]
+    rows = load_prompts(config)
+    ids = [row["id"] for row in rows]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"{config.prompt_dataset}: prompt id {duplicate} appears more than once")
+    shards = out / SHARDS
+    prepare_shards(shards, manifest(config, checkpoints, ids), config.resume, reporter)
+    reporter.log(
+        f"candidates: {len(rows)} prompts x {config.num_candidates} from "
+        f"{len(checkpoints)} checkpoint(s), batch {config.batch_size}, seed {config.seed}"
+    )
+    stats = generate_shards(config, checkpoints, rows, shards, reporter)
+    table = assemble(rows, len(checkpoints), config.batch_size, shards, out / OUTPUT)
+    summary = {
+        "path": str(out / OUTPUT),
+        "prompts": table.num_rows,
+        "candidates": sum(len(c) for c in table.column("candidates").to_pylist()),
+        "skipped_too_long": len(rows) - table.num_rows,
+        "batches_generated": stats["batches_generated"],
+        "batches_reused": stats["batches_reused"],
+        "checkpoints": checkpoints,
+        "seconds": round(time.time() - started, 3),
+        **{f"input_{k}": v for k, v in config.inputs.items()},
+    }
+    reporter.log(f"candidates: wrote {summary['path']} {summary}")
+    reporter.done(summary)
+    reporter.close()
+    return out / OUTPUT
