@@ -1,0 +1,136 @@
+"""Settings of the OpenAI-compatible judge, one frozen dataclass so a run is reproducible from
+its config alone. The API key is deliberately not a field: it is passed at run time (from an
+environment variable through Dagster's EnvVar), so it never lands in a config dump, the cache,
+results or metadata."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from curation.judge.templates import DEFAULT_RUBRIC, TEMPLATES
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Reference for every judge setting.
+
+    Endpoint
+      ``base_url``: an OpenAI-compatible API root, e.g. ``https://api.openai.com/v1``,
+        ``http://localhost:8000/v1`` (vLLM), ``http://localhost:11434/v1`` (Ollama),
+        ``http://localhost:8080/v1`` (llama.cpp server).
+      ``model``: the model name the endpoint serves.
+      ``name``: the judge's name in results (default ``<model>/<template>-<version>``).
+    Prompt
+      ``template``: ``"listwise"`` (rank 2..9 candidates in one call) or ``"pairwise"`` (every
+        pair of candidates compared in its own call; ranks from wins minus losses).
+      ``template_version``: which version of that template (``templates.TEMPLATES``); part of
+        the cache key, so a new version re-judges everything.
+      ``rubric``: criteria named in the prompt: names from ``templates.RUBRIC`` (helpfulness,
+        honesty, harmlessness, format) or free text ``"name: what to look for"``.
+      ``max_prompt_chars`` / ``max_candidate_chars``: longer texts are cut to this many
+        characters (keeping the start) and counted as truncated; None never cuts.
+    Position bias
+      ``permutations``: orders each candidate list is shown in (listwise): the given order, then
+        the reverse, then seeded shuffles. 1 turns the check off.
+      ``swap_orders``: pairwise: judge each pair as (A, B) and as (B, A).
+      ``seed``: seeds the shuffles (and the backoff jitter).
+      ``on_inconsistent``: ``"tie"``: pairs the orders disagree on count as ties and the request
+        stays ``ok`` with ``consistent=False``; ``"drop"``: the request gets status
+        ``inconsistent`` and no ranks.
+    Sampling
+      ``temperature``, ``top_p``, ``max_tokens``: sent with every call; part of the cache key.
+      ``json_mode``: also send ``response_format={"type": "json_object"}`` (OpenAI, vLLM and
+        Ollama honour it; some llama.cpp builds reject it). The answer is parsed strictly
+        either way.
+    Throughput and failure
+      ``max_concurrency``: requests in flight at once.
+      ``requests_per_minute`` / ``tokens_per_minute``: client-side limits (None: unlimited);
+        tokens are estimated before a call (chars / 4 + max_tokens) and corrected from usage.
+      ``max_retries``: retries of one call after a 429, 5xx, timeout or connection error.
+      ``backoff_base_s`` / ``backoff_max_s``: exponential backoff with jitter between retries.
+      ``retry_after_max_s``: the longest Retry-After honoured (a server asking for longer waits
+        this long and the retry counts like any other).
+      ``timeout_s``: per HTTP request.
+      ``preflight``: before the first uncached call, ask ``GET /models`` once so that an
+        unreachable endpoint or a rejected key fails before any batch starts.
+    Cache and cost
+      ``cache_path``: sqlite file of answers (None: no cache). Each answer is committed as it
+        arrives, so a run killed half way resumes and pays only for what is missing.
+      ``price_input_per_1m`` / ``price_output_per_1m``: currency units per million tokens.
+    """
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "judge"
+    name: str | None = None
+    template: Literal["listwise", "pairwise"] = "listwise"
+    template_version: str = "v1"
+    rubric: tuple[str, ...] = DEFAULT_RUBRIC
+    max_prompt_chars: int | None = 12_000
+    max_candidate_chars: int | None = 6_000
+    permutations: int = 2
+    swap_orders: bool = True
+    seed: int = 0
+    on_inconsistent: Literal["tie", "drop"] = "tie"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    json_mode: bool = False
+    max_concurrency: int = 8
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_retries: int = 4
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    retry_after_max_s: float = 120.0
+    timeout_s: float = 60.0
+    preflight: bool = True
+    cache_path: str | None = None
+    price_input_per_1m: float = 0.0
+    price_output_per_1m: float = 0.0
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.template not in ("listwise", "pairwise"):
+            raise ValueError(f"template: expected 'listwise' or 'pairwise', got {self.template!r}")
+        if (self.template, self.template_version) not in TEMPLATES:
+            known = sorted(v for t, v in TEMPLATES if t == self.template)
+            raise ValueError(
+                f"template_version: {self.template} has no version {self.template_version!r}; "
+                f"known: {known}"
+            )
+        if self.on_inconsistent not in ("tie", "drop"):
+            raise ValueError(
+                f"on_inconsistent: expected 'tie' or 'drop', got {self.on_inconsistent!r}"
+            )
+        positive = {
+            "permutations": self.permutations,
+            "max_concurrency": self.max_concurrency,
+            "max_tokens": self.max_tokens,
+            "timeout_s": self.timeout_s,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{key}: must be positive, got {value!r}")
+        for key in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"{key}: must be positive or None, got {value!r}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries: must be >= 0, got {self.max_retries!r}")
+        object.__setattr__(self, "rubric", tuple(self.rubric))
+
+    @property
+    def judge_name(self) -> str:
+        return self.name or f"{self.model}/{self.template}-{self.template_version}"
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (
+            input_tokens * self.price_input_per_1m + output_tokens * self.price_output_per_1m
+        ) / 1e6
+
+    def public(self) -> dict[str, Any]:
+        """The settings as plain values for metadata (there is no secret among them)."""
+        out = asdict(self)
+        out["rubric"] = list(self.rubric)
+        return out
