@@ -40,6 +40,12 @@ class RunConfig:
         logging_steps: steps between metric records.
         seed: data order and initialisation.
         bf16: bfloat16 mixed precision (GPU).
+        gradient_checkpointing: recompute activations in the backward pass: less memory, about
+            a third more compute; off by default because our models are small.
+        optim: a transformers optimizer name; ``adamw_torch_fused`` runs one kernel per step
+            on a GPU instead of one per parameter.
+        torch_compile: compile the model with ``torch.compile`` (GPU; the first steps pay for
+            compilation).
         use_cpu: force the CPU even when a GPU is present.
         resume: continue from the last saved step in ``runs/`` when there is one.
         inputs: what the caller knows of the input datasets (asset key, data version, rows),
@@ -56,6 +62,9 @@ class RunConfig:
     logging_steps: int = 2
     seed: int = 0
     bf16: bool = False
+    gradient_checkpointing: bool = False
+    optim: str = "adamw_torch_fused"
+    torch_compile: bool = False
     use_cpu: bool = False
     resume: bool = True
     inputs: dict[str, Any] = field(default_factory=dict)
@@ -157,6 +166,9 @@ def training_arguments(
         seed=config.seed,
         data_seed=config.seed,
         bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        optim=config.optim,
+        torch_compile=config.torch_compile,
         use_cpu=config.use_cpu,
         report_to=[],
         dataloader_num_workers=0,

@@ -17,6 +17,8 @@ PRESETS: dict[str, tuple[int, int, int, int, int]] = {
     "134M": (768, 2048, 12, 12, 12),
     "374M": (1024, 2816, 24, 16, 16),
 }
+# Small models spend a large share of their parameters on embeddings, so the CPU presets tie them.
+TIED_PRESETS = frozenset({"tiny", "small"})
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,11 @@ class ModelConfig:
         seed: seeds random initialisation.
         dtype: ``float32`` (CPU) or ``bfloat16``.
         attn_implementation: ``sdpa`` (default), ``eager``, ``flex_attention``, ...
+            With packed sequences every implementation keeps attention inside each document
+            (transformers reads the document boundaries from ``position_ids``); flex attention
+            also skips the masked blocks, which is what makes packing pay on a GPU.
+        tie_word_embeddings: share input and output embeddings; unset means the preset's choice
+            (tied for the CPU presets, untied for 134M/374M, as in the plain-TRL baseline).
         trust_remote_code: run code shipped with a hub model; off unless a recipe needs it.
     """
 
@@ -39,6 +46,7 @@ class ModelConfig:
     seed: int = 0
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
+    tie_word_embeddings: bool | None = None
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -50,6 +58,9 @@ def llama_config(config: ModelConfig, tokenizer: Any, **overrides: Any):
     from transformers import LlamaConfig
 
     hidden, intermediate, layers, heads, kv_heads = PRESETS[config.preset]
+    tied = config.tie_word_embeddings
+    if tied is None:
+        tied = config.preset in TIED_PRESETS
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -61,7 +72,7 @@ def llama_config(config: ModelConfig, tokenizer: Any, **overrides: Any):
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         attn_implementation=config.attn_implementation,
         **overrides,
     )
