@@ -23,7 +23,8 @@ from typing import Any
 
 import polars as pl
 
-from curation.schema import stable_id
+from curation.curate import STATES
+from curation.schema import LEDGER, REJECTED, stable_id
 
 LINEAGE = "lineage.json"
 RAW_PREFIX = "raw_"
@@ -142,9 +143,13 @@ ROWS_SCHEMA = {
     "provenance_ids": pl.List(pl.String),
     "source_ids": pl.List(pl.String),
 }
-REJECTED_COLUMNS = ("source", "file", "line", "field", "reason", "raw")
-LEDGER_COLUMNS = ("row_id", "stage", "rule", "verdict", "reason", "score")
-STATES_COLUMNS = ("row_id", "source", "state", "rule", "reason")
+# The ingest and ledger tables (curation/schema.py), each tagged with the asset it was read from.
+REJECTED_SCHEMA = {"asset": pl.String, **REJECTED}
+LEDGER_SCHEMA = {"asset": pl.String, **LEDGER}
+STATES_SCHEMA = {"asset": pl.String, **STATES}
+REJECTED_COLUMNS = tuple(REJECTED)
+LEDGER_COLUMNS = tuple(LEDGER)
+STATES_COLUMNS = tuple(STATES)
 
 
 def _concat(frames: Iterable[pl.DataFrame | None], columns: dict[str, Any]) -> pl.DataFrame:
@@ -191,45 +196,13 @@ def load_catalog(outputs: str | Path) -> Catalog:
     # The raw folders come first, so a row keeps the asset that read it; the combined tables
     # only fill in rows whose raw folder is gone.
     rows_frame = rows_frame.unique(subset=["id", "kind"], keep="first", maintain_order=True)
-    rejected_frame = _concat(
-        rejected,
-        {
-            "asset": pl.String,
-            "source": pl.String,
-            "file": pl.String,
-            "line": pl.Int64,
-            "field": pl.String,
-            "reason": pl.String,
-            "raw": pl.String,
-        },
-    ).unique(
+    rejected_frame = _concat(rejected, REJECTED_SCHEMA).unique(
         subset=["source", "file", "line", "field", "reason"], keep="first", maintain_order=True
     )
-    ledger_frame = _concat(
-        ledgers,
-        {
-            "asset": pl.String,
-            "row_id": pl.String,
-            "stage": pl.String,
-            "rule": pl.String,
-            "verdict": pl.String,
-            "reason": pl.String,
-            "score": pl.Float64,
-        },
-    ).unique(
+    ledger_frame = _concat(ledgers, LEDGER_SCHEMA).unique(
         subset=["row_id", "stage", "rule", "verdict", "reason"], keep="first", maintain_order=True
     )
-    states_frame = _concat(
-        states,
-        {
-            "asset": pl.String,
-            "row_id": pl.String,
-            "source": pl.String,
-            "state": pl.String,
-            "rule": pl.String,
-            "reason": pl.String,
-        },
-    )
+    states_frame = _concat(states, STATES_SCHEMA)
     return Catalog(outputs, rows_frame, rejected_frame, ledger_frame, states_frame, looked_in)
 
 

@@ -1,0 +1,317 @@
+"""`postforge trace` on real outputs: the ingest and curation assets materialized on the embedded
+data (plus a raw file with an unreadable line), the real mixtures and exported datasets, and
+checkpoint folders whose lineage.json is written the way training writes it (the row-id digest
+from training.common, over the dataset as training loads it). No model is trained: lineage is
+all a trace reads from a checkpoint."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from assets.ingest import RAW_SOURCES
+from assets.io_manager import PolarsParquetIOManager
+from assets.resources import StorageResource
+from curation.trace import (
+    TraceError,
+    format_checkpoint_trace,
+    format_row_trace,
+    trace_checkpoint,
+    trace_row,
+)
+from pipelines.cli import main
+from pipelines.definitions import defs
+
+POSTFORGE = str(Path(sys.executable).with_name("postforge"))
+ASSETS = {
+    *RAW_SOURCES,
+    "raw_pretrain",
+    "conversations",
+    "preferences_human",
+    "ingest_rejects",
+    "pretrain_corpus",
+    "project_tokenizer",
+    "curated_conversations",
+    "curated_preferences",
+    "sft_dataset",
+    "preference_dataset",
+    "pretrain_dataset",
+    "pretrain_mixture",
+    "decay_mixture",
+}
+# stage → (dataset folder, dataset asset, parent stage)
+STAGES = {
+    "pretrain": ("pretrain_mixture", "pretrain_mixture", None),
+    "midtrain": ("decay_mixture", "decay_mixture", "pretrain"),
+    "sft": ("sft", "sft_dataset", "midtrain"),
+}
+EXTRA_FLAN = [
+    {
+        "inputs": "Name the trace fixture's first colour.",
+        "targets": "Vermilion, the fixture's first colour.",
+        "task_source": "Flan2021",
+        "task_name": "trace_colours",
+        "template_type": "zs_noopt",
+    },
+    {
+        "inputs": "Name the trace fixture's second colour.",
+        "targets": "Cerulean, the fixture's second colour.",
+        "task_source": "Flan2021",
+        "task_name": "trace_colours",
+        "template_type": "zs_noopt",
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("outputs")
+    extra = tmp_path_factory.mktemp("raw") / "trace_flan.jsonl"
+    lines = [json.dumps(row) for row in EXTRA_FLAN] + ['{"inputs": "cut off']
+    extra.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    selected = [a for a in defs.assets if any(k.to_user_string() in ASSETS for k in a.keys)]
+    recipe = {"config": {"recipe": "recipes/test-cpu.yaml"}}
+    flan_paths = [*RAW_SOURCES["raw_flan"][1], str(extra)]
+    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster_home"))) as instance:
+        result = dg.materialize(
+            selected,
+            instance=instance,
+            resources={
+                "io_manager": PolarsParquetIOManager(base_dir=str(out)),
+                "storage": StorageResource(base_dir=str(out)),
+            },
+            run_config={
+                "ops": {
+                    "pretrain_mixture": recipe,
+                    "decay_mixture": recipe,
+                    "raw_flan": {"config": {"paths": flan_paths}},
+                }
+            },
+        )
+    assert result.success
+    write_checkpoints(out)
+    return out
+
+
+def write_checkpoints(out: Path) -> None:
+    from training.common import ids_digest, load_splits
+
+    for stage, (folder, asset, parent) in STAGES.items():
+        data = out / "datasets" / folder
+        checkpoint = out / "checkpoints" / stage / "checkpoint"
+        checkpoint.mkdir(parents=True)
+        lineage = {
+            "stage": stage,
+            "inputs": {
+                "asset": asset,
+                "data": str(data),
+                "row_ids_sha256": ids_digest(load_splits(data)["train"]),
+            },
+            "parent_checkpoint": str(out / "checkpoints" / parent / "checkpoint")
+            if parent
+            else None,
+            "metrics": {},
+            "code_version": "test",
+        }
+        (checkpoint / "lineage.json").write_text(json.dumps(lineage), encoding="utf-8")
+
+
+def sft_checkpoint(out: Path) -> Path:
+    return out / "checkpoints" / "sft" / "checkpoint"
+
+
+def provenance(out: Path) -> pl.DataFrame:
+    return (
+        pl.concat(
+            [
+                pl.read_parquet(out / "conversations.parquet", columns=["id", "provenance"]),
+                pl.read_parquet(out / "pretrain_corpus.parquet", columns=["id", "provenance"]),
+            ]
+        )
+        .with_columns(file=pl.col("provenance").struct.field("file"))
+        .drop("provenance")
+    )
+
+
+def train_ids(out: Path, dataset: str) -> pl.DataFrame:
+    return pl.read_parquet(out / "datasets" / dataset / "train.parquet", columns=["id"])
+
+
+def test_checkpoint_trace_follows_the_parent_chain_to_datasets_files_and_counts(outputs):
+    report = trace_checkpoint(sft_checkpoint(outputs), outputs)
+    json.dumps(report)  # plain data, ready for asset metadata
+    assert report["ok"], report
+    assert [s["stage"] for s in report["stages"]] == ["sft", "midtrain", "pretrain"]
+    by_stage = {s["stage"]: s["datasets"] for s in report["stages"]}
+    for stage, (folder, asset, _) in STAGES.items():
+        (dataset,) = by_stage[stage]
+        ids = train_ids(outputs, folder)
+        assert dataset["dataset"] == asset
+        assert dataset["data"] == str(outputs / "datasets" / folder)
+        assert dataset["rows"]["train"] == ids.height
+        assert {form: c["ok"] for form, c in dataset["hash_check"].items()} == {
+            "parquet": True,
+            "hf": True,
+        }
+        expected = dict(ids.join(provenance(outputs), on="id").group_by("file").len().iter_rows())
+        assert {r["file"]: r["rows"] for r in dataset["raw_files"]} == expected
+        assert sum(r["uses"] for r in dataset["raw_files"]) == ids.height
+    sft = by_stage["sft"][0]
+    assert {r["asset"] for r in sft["raw_files"]} == set(RAW_SOURCES)
+    assert {r["kind"] for r in sft["raw_files"]} == {"conversation"}
+    # The drops counted are the curation ledger's, from the files this dataset drew on.
+    states = pl.read_parquet(outputs / "curation_ledger" / "states.parquet")
+    dropped = (
+        states.filter(pl.col("state") == "dropped")
+        .join(provenance(outputs), left_on="row_id", right_on="id")
+        .filter(pl.col("file").is_in([r["file"] for r in sft["raw_files"]]))
+        .group_by("rule")
+        .len()
+    )
+    assert sft["dropped"]["curation"] == {
+        f"curation_ledger:{rule}": n for rule, n in dropped.iter_rows()
+    }
+    assert sum(sft["dropped"]["curation"].values()) > 0
+    assert sft["dropped"]["excluded_at_ingest"]["ingest.deleted"] >= 1
+    pretrain_files = {r["file"] for r in by_stage["pretrain"][0]["raw_files"]}
+    assert any(f.endswith("pretrain.jsonl") for f in pretrain_files)
+
+
+def test_unreadable_rows_count_against_the_file_they_came_from(outputs):
+    report = trace_checkpoint(sft_checkpoint(outputs), outputs)
+    sft = report["stages"][0]["datasets"][0]
+    extra = next(r["file"] for r in sft["raw_files"] if r["file"].endswith("trace_flan.jsonl"))
+    assert sft["dropped"]["unreadable"] == {extra: 1}
+
+
+def test_cli_prints_the_checkpoint_table_and_json(outputs, capsys):
+    assert main(["trace", str(sft_checkpoint(outputs)), "--outputs", str(outputs)]) == 0
+    text = capsys.readouterr().out
+    assert "lineage    ok" in text
+    assert "dataset sft_dataset" in text and "dataset pretrain_mixture" in text
+    assert "row ids parquet ok, hf ok" in text
+    assert "synthetic_chat.jsonl" in text
+    # A stage folder works as well as its checkpoint/ folder.
+    assert (
+        main(["trace", str(outputs / "checkpoints" / "sft"), "--outputs", str(outputs), "--json"])
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert [s["stage"] for s in report["stages"]] == ["sft", "midtrain", "pretrain"]
+
+
+def test_a_kept_row_is_followed_into_its_datasets_and_checkpoints(outputs):
+    conversations = pl.read_parquet(
+        outputs / "conversations.parquet", columns=["id", "source_id", "provenance"]
+    )
+    row = conversations.join(train_ids(outputs, "sft"), on="id").row(0, named=True)
+    report = trace_row(row["source_id"], outputs)
+    (read,) = [r for r in report["read"] if r["kind"] == "conversation"]
+    assert (read["id"], read["file"], read["line"]) == (
+        row["id"],
+        row["provenance"]["file"],
+        row["provenance"]["line"],
+    )
+    assert read["asset"].startswith("raw_")
+    assert {"dataset": "sft", "split": "train", "id": row["id"]}.items() <= next(
+        d for d in report["datasets"] if d["dataset"] == "sft"
+    ).items()
+    sft = next(c for c in report["checkpoints"] if c["stage"] == "sft")
+    assert (sft["via"], sft["dataset"]) == ("dataset", "sft_dataset")
+    assert report["ingest_rejects"] == {"unreadable": [], "excluded": []}
+    states = [s["state"] for s in report["states"] if s["row_id"] == row["id"]]
+    assert states in (["kept"], ["rewritten"])
+    assert "sft_dataset" in format_row_trace(report)
+
+
+def test_a_pretraining_row_reaches_later_stages_through_their_parents(outputs):
+    used = train_ids(outputs, "pretrain_mixture").join(
+        train_ids(outputs, "decay_mixture"), on="id", how="anti"
+    )
+    corpus = pl.read_parquet(outputs / "pretrain_corpus.parquet", columns=["id", "source_id"])
+    source_id = corpus.join(used, on="id")["source_id"][0]
+    checkpoints = {c["stage"]: c for c in trace_row(source_id, outputs)["checkpoints"]}
+    assert checkpoints["pretrain"]["via"] == "dataset"
+    assert checkpoints["midtrain"]["via"] == "parent"
+    assert checkpoints["sft"]["via"] == "parent"
+    assert checkpoints["sft"]["ancestor"] == checkpoints["pretrain"]["checkpoint"]
+
+
+def test_a_dropped_row_shows_the_ledger_reason_and_no_dataset(outputs):
+    states = pl.read_parquet(outputs / "curation_ledger" / "states.parquet")
+    dropped = states.filter(pl.col("state") == "dropped").row(0, named=True)
+    conversations = pl.read_parquet(outputs / "conversations.parquet", columns=["id", "source_id"])
+    source_id = conversations.filter(pl.col("id") == dropped["row_id"])["source_id"][0]
+    report = trace_row(source_id, outputs)
+    verdicts = [(v["stage"], v["rule"], v["verdict"], v["reason"]) for v in report["verdicts"]]
+    assert ("curate", dropped["rule"], "drop", dropped["reason"]) in verdicts
+    assert [s["state"] for s in report["states"]] == ["dropped"]
+    assert report["datasets"] == [] and report["checkpoints"] == []
+    text = format_row_trace(report)
+    assert dropped["reason"] in text and "datasets:\n  (none)" in text
+
+
+def test_rows_rejected_or_excluded_at_ingest_are_found(outputs):
+    unreadable = trace_row("trace_flan.jsonl:3", outputs)
+    assert unreadable["read"] == []
+    (rejected,) = unreadable["ingest_rejects"]["unreadable"]
+    assert rejected["file"].endswith("trace_flan.jsonl") and rejected["line"] == 3
+    assert rejected["asset"] == "raw_flan"
+    ledger = pl.read_parquet(outputs / "ingest_rejects" / "ledger.parquet")
+    deleted = ledger.filter(pl.col("rule") == "ingest.deleted")["row_id"][0]
+    excluded = trace_row(deleted, outputs)
+    assert [(e["rule"], e["asset"]) for e in excluded["ingest_rejects"]["excluded"]] == [
+        ("ingest.deleted", "raw_oasst")
+    ]
+    assert excluded["datasets"] == []
+
+
+def test_an_unknown_id_exits_2_naming_where_it_looked(outputs):
+    done = subprocess.run(
+        [POSTFORGE, "trace", "--row", "no-such-row-42", "--outputs", str(outputs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    message = done.stderr.strip()
+    assert message.startswith("postforge trace: error: no row with id")
+    assert "'no-such-row-42'" in message and str(outputs / "curation_ledger") in message
+    assert "Traceback" not in done.stderr
+    with pytest.raises(TraceError, match="no such checkpoint folder"):
+        trace_checkpoint(outputs / "checkpoints" / "dpo", outputs)
+
+
+def test_a_tampered_dataset_and_a_lost_parent_break_the_chain(outputs, tmp_path, capsys):
+    # A copy: lineage still names the original paths, which the trace re-anchors in the copy.
+    copy = tmp_path / "outputs"
+    shutil.copytree(outputs, copy)
+    train = copy / "datasets" / "sft" / "train.parquet"
+    frame = pl.read_parquet(train)
+    frame.with_columns(
+        id=pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("f" * 16)).otherwise("id")
+    ).write_parquet(train)
+    report = trace_checkpoint(sft_checkpoint(copy), copy)
+    sft = report["stages"][0]["datasets"][0]
+    assert sft["data"] == str(copy / "datasets" / "sft")
+    assert sft["hash_check"]["parquet"]["ok"] is False
+    assert sft["hash_check"]["hf"]["ok"] is True
+    assert not report["ok"]
+    assert any("row-id hash mismatch" in p for p in report["stages"][0]["problems"])
+    assert sft["unresolved_ids"] == 1
+    assert "row ids parquet MISMATCH, hf ok" in format_checkpoint_trace(report)
+    assert report["stages"][1]["problems"] == []  # midtrain's data is untouched
+    lineage_file = sft_checkpoint(copy) / "lineage.json"
+    lineage = json.loads(lineage_file.read_text())
+    gone = copy / "checkpoints" / "gone" / "checkpoint"
+    lineage_file.write_text(json.dumps({**lineage, "parent_checkpoint": str(gone)}))
+    assert main(["trace", str(sft_checkpoint(copy)), "--outputs", str(copy), "--json"]) == 0
+    broken = json.loads(capsys.readouterr().out)
+    assert [s["stage"] for s in broken["stages"]] == ["sft", None]
+    assert broken["stages"][1]["problems"] == [f"parent checkpoint {gone} not found"]
