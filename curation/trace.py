@@ -306,7 +306,7 @@ def lineage_inputs(lineage: dict[str, Any]) -> list[dict[str, Any]]:
 
 def checkpoint_chain(path: str | Path, outputs: Path) -> list[dict[str, Any]]:
     """The checkpoint and its parents, newest first: folder, recorded path and lineage. A parent
-    that cannot be found ends the chain with ``missing`` set."""
+    that cannot be found ends the chain with an entry whose folder and lineage are None."""
     chain: list[dict[str, Any]] = []
     folder: Path | None = checkpoint_folder(path)
     recorded = str(path)
@@ -489,6 +489,25 @@ def trace_checkpoint(checkpoint: str | Path, outputs: str | Path) -> dict[str, A
     }
 
 
+def checkpoint_records(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """``trace_checkpoint``'s report as flat rows, one per stage, dataset and raw file: the shape
+    of a table in an asset's metadata."""
+    records = []
+    for stage in report["stages"]:
+        for dataset in stage["datasets"] or [{}]:
+            hashes = dataset.get("hash_check", {})
+            common = {
+                "stage": stage["stage"],
+                "checkpoint": stage["checkpoint"],
+                "dataset": dataset.get("dataset"),
+                "train_rows": dataset.get("rows", {}).get("train"),
+                "row_ids_ok": all(c["ok"] for c in hashes.values()) if hashes else None,
+            }
+            for raw in dataset.get("raw_files") or [{}]:
+                records.append({**common, "raw_file": raw.get("file"), "raw_rows": raw.get("rows")})
+    return records
+
+
 # --- one raw row → forward ----------------------------------------------------------------------
 
 
@@ -510,7 +529,7 @@ def _file_line_filter(query: str) -> pl.Expr | None:
 def _matching_rows(query: str, candidates: set[str], catalog: Catalog) -> pl.DataFrame:
     rows = catalog.rows
     match = (
-        pl.col("id").is_in(candidates)
+        pl.col("id").is_in(list(candidates))
         | (pl.col("source_id") == query)
         | pl.col("source_ids").list.contains(query).fill_null(False)
     )

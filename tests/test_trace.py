@@ -19,6 +19,7 @@ from assets.io_manager import PolarsParquetIOManager
 from assets.resources import StorageResource
 from curation.trace import (
     TraceError,
+    checkpoint_records,
     format_checkpoint_trace,
     format_row_trace,
     trace_checkpoint,
@@ -178,6 +179,9 @@ def test_checkpoint_trace_follows_the_parent_chain_to_datasets_files_and_counts(
     }
     assert sum(sft["dropped"]["curation"].values()) > 0
     assert sft["dropped"]["excluded_at_ingest"]["ingest.deleted"] >= 1
+    records = checkpoint_records(report)
+    assert sum(r["raw_rows"] for r in records if r["stage"] == "sft") == sft["rows"]["train"]
+    assert all(r["row_ids_ok"] for r in records)
     pretrain_files = {r["file"] for r in by_stage["pretrain"][0]["raw_files"]}
     assert any(f.endswith("pretrain.jsonl") for f in pretrain_files)
 
