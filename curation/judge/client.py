@@ -376,6 +376,8 @@ class _Run:
                     delay = retry_after_s(error.response.headers)
                 except openai.APIConnectionError as error:  # timeouts included
                     failure = f"{type(error).__name__}: {self.scrub(str(error))}"
+                except ValueError as error:  # a body that is not JSON at all
+                    raise CallFailed(f"the endpoint's response is not JSON: {error}") from None
                 except openai.APIError as error:  # a response the client cannot read
                     raise CallFailed(f"{type(error).__name__}: {self.scrub(str(error))}") from None
             if failure is None:

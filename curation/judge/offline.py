@@ -4,7 +4,9 @@ graph runs offline; a real run points ``OpenAIJudge`` at an endpoint instead.
 It ranks by signals a program can check, in this order:
 
 1. correctness, when the request carries the checkable answer of a synthetic task
-   (``curation.synthetic.check_answer``): a correct answer outranks every wrong one;
+   (``curation.synthetic.check_answer``): a correct answer outranks every wrong one. A request
+   carries the answer but not the task's kind, so an answer written in capitals is checked
+   case-sensitively, as the "uppercase" tasks need ("garden" does not answer "GARDEN");
 2. curation signals: the project's own filters (references, PII, safety, quality, length; see
    ``curation.curate.build_filters``) run over each candidate as the answer to the prompt; each
    category with a finding costs its weight in ``CATEGORY_WEIGHTS`` (unsafe content costs more
@@ -26,7 +28,7 @@ import polars as pl
 from curation.curate import build_filters, curate
 from curation.judge.types import RankRequest, RankResult, check_candidates, ranks_from_scores
 from curation.schema import CONVERSATIONS
-from curation.synthetic import check_answer
+from curation.synthetic import SyntheticTask, check_answer
 
 OFFLINE_VERSION = "offline-v1"
 CORRECT_POINTS = 100  # outweighs any number of curation findings
@@ -40,6 +42,14 @@ CATEGORY_WEIGHTS: dict[str, int] = {
 # Options rewriting is about prompts and near-dedup would compare candidates with each other:
 # neither says anything about one answer's quality.
 DEFAULT_FILTERS: dict[str, Any] = {"options": {"enabled": False}, "duplicates": {"enabled": False}}
+
+
+def is_correct(request: RankRequest, text: str) -> bool:
+    answer = request.answer or ""
+    if answer.isupper():
+        task = SyntheticTask(request.prompt_id, "uppercase", "", answer)
+        return check_answer(task, text)
+    return check_answer(answer, text)
 
 
 class OfflineJudge:
@@ -69,7 +79,7 @@ class OfflineJudge:
             signals, scores = {}, []
             for j, (cid, text) in enumerate(request.candidates):
                 fired = sorted(rules.get(f"{i}:{j}", ()))
-                correct = None if request.answer is None else check_answer(request.answer, text)
+                correct = None if request.answer is None else is_correct(request, text)
                 categories = {rule.split(".", 1)[0] for rule in fired}
                 penalty = sum(CATEGORY_WEIGHTS.get(c, 1) for c in categories)
                 scores.append(CORRECT_POINTS * bool(correct) - penalty)

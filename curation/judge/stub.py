@@ -88,9 +88,14 @@ class StubServer:
     calls; ``log`` keeps (time, body, headers) of each."""
 
     def __init__(
-        self, responder: Responder = longest_first, latency_s: float = 0.0, backlog: int = 512
+        self,
+        responder: Responder = longest_first,
+        latency_s: float = 0.0,
+        backlog: int = 512,
+        models_reply: Reply | None = None,
     ) -> None:
         self.responder = responder
+        self.models_reply = models_reply  # what GET /models answers (e.g. a 401); default a list
         self.latency_s = latency_s
         self.requests = 0
         self.log: list[tuple[float, dict, dict[str, str]]] = []
@@ -124,7 +129,8 @@ class StubServer:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(Reply(body={"object": "list", "data": [{"id": "stub"}]}))
+                    listing = Reply(body={"object": "list", "data": [{"id": "stub"}]})
+                    self._send(stub.models_reply or listing)
                 else:
                     self._send(Reply(404, {"error": {"message": "not found"}}))
 
