@@ -155,7 +155,10 @@ def _answer(meta: dict[str, Any], reference: str | None) -> tuple[str | None, st
     if isinstance(meta.get("answer"), str):
         return meta["answer"], meta.get("task")
     if meta.get("source") == "synthetic" and meta.get("correct_answers"):
-        return str(meta["correct_answers"][0]), None
+        # These rows do not name their task kind; of the kinds, only "uppercase" has (and
+        # needs, since its check keeps case) an all-capitals answer.
+        answer = str(meta["correct_answers"][0])
+        return answer, "uppercase" if answer.isupper() else None
     if meta.get("task_source") == "Synthetic" and reference is not None:
         task = str(meta.get("task_name") or "").removeprefix("synthetic_") or None
         return reference, task
