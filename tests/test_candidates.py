@@ -190,3 +190,25 @@ def test_a_missing_checkpoint_fails_before_any_work(workspace, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         candidates_stage.main(cfg)
     assert not Path(cfg.output_dir, "shards").exists()
+
+
+def test_the_stage_runs_from_a_recipe(workspace, tmp_path):
+    from training.__main__ import main as cli
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "candidates:\n"
+        f"  prompt_dataset: {workspace / 'data' / 'prompt'}\n"
+        f"  checkpoints: [{workspace / 'a'}]\n"
+        f"  output_dir: {tmp_path / 'out'}\n"
+        "  num_candidates: 2\n"
+        "  max_new_tokens: 4\n"
+        "  max_prompts: 2\n"
+        "  use_cpu: true\n"
+    )
+    assert cli(["candidates", "--config", str(recipe), "--set", "seed=3"]) == 0
+    found = rows(tmp_path / "out" / "candidates.parquet")
+    assert [len(r["candidates"]) for r in found] == [2, 2]
+    assert {json.loads(c["sampling"])["seed"] for r in found for c in r["candidates"]} == {3}
+    recipe.write_text(recipe.read_text() + "  num_candidates_typo: 3\n")
+    assert cli(["candidates", "--config", str(recipe)]) == 2
