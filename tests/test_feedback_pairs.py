@@ -59,7 +59,9 @@ def ranking(prompt: str, ranks, judge="judge-a", origin="ai", status="ok", consi
         "ranks": ranks,
         "status": status,
         "consistent": consistent,
-        "meta": json.dumps({"model": "judge-model", "template_version": "listwise-v3"}),
+        "meta": json.dumps(
+            {"model": "judge-model", "template": "listwise", "template_version": "v3"}
+        ),
     }
 
 
@@ -111,8 +113,17 @@ def test_rankings_become_trl_pairs_with_origin_and_judge(tmp_path):
     }
     ai = pairs.filter(pl.col("origin") == "ai")
     assert ai.height == 6
-    assert {json.loads(j)["template_version"] for j in ai["judge"]} == {"listwise-v3"}
-    assert {json.loads(j)["judge"] for j in ai["judge"]} == {"judge-a"}
+    assert {j for j in ai["judge"]} == {
+        json.dumps(
+            {
+                "judge": "judge-a",
+                "model": "judge-model",
+                "template": "listwise",
+                "template_version": "v3",
+            },
+            sort_keys=True,
+        )
+    }
     human = pairs.filter(pl.col("origin") == "human")
     assert human.height == 5 and human["judge"].null_count() == 5
     assert all(p[0] == "label_studio:7" for p in human["provenance"].struct.field("ids"))

@@ -90,9 +90,13 @@ def judge_json(judge: str, origin: str, meta: str | None) -> str | None:
             parsed = loaded if isinstance(loaded, dict) else {}
         except json.JSONDecodeError:
             parsed = {}
-    version = parsed.get("template_version", parsed.get("template"))
     return json.dumps(
-        {"judge": judge, "model": parsed.get("model"), "template_version": version},
+        {
+            "judge": judge,
+            "model": parsed.get("model"),
+            "template": parsed.get("template"),
+            "template_version": parsed.get("template_version"),
+        },
         sort_keys=True,
     )
 
