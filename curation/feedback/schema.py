@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import polars as pl
 
@@ -90,7 +91,7 @@ def candidates_frame(rows: Sequence[dict]) -> pl.DataFrame:
     return pl.DataFrame(list(rows), schema=CANDIDATES)
 
 
-def read_candidates(path) -> pl.DataFrame:  # noqa: ANN001
+def read_candidates(path: str | Path) -> pl.DataFrame:
     """candidates.parquet from the training stage or from ``merge_candidates``; the optional
     columns missing from older files are added as nulls."""
     data = pl.read_parquet(path)
