@@ -452,3 +452,15 @@ def test_requests_per_minute_limit_spaces_the_calls():
         times = sorted(t for t, _, _ in server.log)
     assert all(r.status == "ok" for r in results)
     assert times[-1] - times[0] >= 0.4
+
+
+def test_identical_requests_under_two_ids_are_sent_once():
+    original = requests(1, 3)[0]
+    twice = [original, RankRequest("copy", original.prompt, original.candidates)]
+    with StubServer() as server:
+        judge = OpenAIJudge(config(server), api_key=SECRET)
+        results = judge.rank(twice)
+        sent = server.requests
+    assert sent == 2  # two orders, shared by both requests
+    assert results[0].ranks == results[1].ranks == [3, 2, 1]
+    assert judge.summary["cache_hits"] == 2 and results[1].meta["from_cache"]

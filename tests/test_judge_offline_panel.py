@@ -168,7 +168,7 @@ def test_panel_rejects_duplicate_names_and_bad_weights():
 
 def test_panel_of_two_endpoints_and_the_offline_judge():
     batch = [
-        RankRequest(f"p{i}", "Explain photosynthesis.", [("cited", CITED), ("clean", CLEAN)])
+        RankRequest(f"p{i}", f"Explain photosynthesis ({i}).", [("cited", CITED), ("clean", CLEAN)])
         for i in range(3)
     ]
     with StubServer(rank_by(len)) as longest, StubServer(rank_by(lambda t: -len(t))) as shortest:

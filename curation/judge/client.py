@@ -233,6 +233,7 @@ class _Run:
         self._secret = secret
         self._preflight_lock = asyncio.Lock()
         self._preflight_done = not config.preflight
+        self.inflight: dict[str, asyncio.Future[Answer]] = {}
 
     # --- one request -----------------------------------------------------------------------
 
@@ -365,14 +366,39 @@ class _Run:
     # --- one chat call ---------------------------------------------------------------------
 
     async def call(self, messages: list[dict[str, str]]) -> Answer:
-        config, stats = self.config, self.stats
-        stats.calls += 1
-        key = cache_key(config.model, self.template_id, messages, self.sampling)
+        """One chat call: from the cache, from an identical call already in flight (the same
+        prompt and candidates under two prompt ids), or sent."""
+        self.stats.calls += 1
+        key = cache_key(self.config.model, self.template_id, messages, self.sampling)
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
-                stats.cache_hits += 1
+                self.stats.cache_hits += 1
                 return Answer(hit.content, hit.input_tokens, hit.output_tokens, True, 0)
+        pending = self.inflight.get(key)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            self.stats.cache_hits += 1
+            return Answer(shared.content, shared.input_tokens, shared.output_tokens, True, 0)
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        try:
+            answer = await self.send(key, messages)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody shared it
+            raise
+        else:
+            future.set_result(answer)
+            return answer
+        finally:
+            del self.inflight[key]
+
+    async def send(self, key: str, messages: list[dict[str, str]]) -> Answer:
+        config, stats = self.config, self.stats
         await self.preflight()
         estimate = sum(len(m["content"]) for m in messages) / 4 + config.max_tokens
         attempt = 0
