@@ -464,3 +464,13 @@ def test_identical_requests_under_two_ids_are_sent_once():
     assert sent == 2  # two orders, shared by both requests
     assert results[0].ranks == results[1].ranks == [3, 2, 1]
     assert judge.summary["cache_hits"] == 2 and results[1].meta["from_cache"]
+
+
+def test_key_rejected_mid_run_stops_the_run_without_retrying():
+    denied = Reply(401, {"error": {"message": f"Incorrect API key provided: {SECRET}"}})
+    with StubServer(lambda body, n: denied) as server:
+        judge = OpenAIJudge(config(server, preflight=False, max_concurrency=1), api_key=SECRET)
+        with pytest.raises(JudgeEndpointError, match="rejected the API key") as error:
+            judge.rank(requests(5, 2))
+        sent = server.requests
+    assert sent == 1 and SECRET not in str(error.value)

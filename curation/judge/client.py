@@ -234,6 +234,7 @@ class _Run:
         self._preflight_lock = asyncio.Lock()
         self._preflight_done = not config.preflight
         self.inflight: dict[str, asyncio.Future[Answer]] = {}
+        self.fatal: JudgeEndpointError | None = None
 
     # --- one request -----------------------------------------------------------------------
 
@@ -409,6 +410,8 @@ class _Run:
                 await self.tpm.acquire(estimate)
             delay, failure = None, None
             async with self.semaphore:
+                if self.fatal is not None:  # the key was rejected meanwhile: send nothing more
+                    raise self.fatal
                 stats.requests_sent += 1
                 try:
                     # The client's generic POST rather than chat.completions.create: same auth,
@@ -419,10 +422,11 @@ class _Run:
                         "/chat/completions", cast_to=object, body=self.body(messages)
                     )
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-                    raise JudgeEndpointError(
+                    self.fatal = JudgeEndpointError(
                         f"judge endpoint {config.base_url} rejected the API key "
                         f"(HTTP {error.status_code})"
-                    ) from None
+                    )
+                    raise self.fatal from None
                 except openai.APIStatusError as error:
                     failure = f"HTTP {error.status_code}: {self.scrub(_message(error))}"
                     if error.status_code not in RETRYABLE_STATUS:
