@@ -109,7 +109,13 @@ def reward_functions(config: GroupRLConfig, tokenizer: Any) -> tuple[list[Any], 
     against the policy's tokenizer before anything trains."""
     functions, weights = [], []
     if "reward_model" in config.reward_weights:
-        scorer = RewardModelScorer(config.reward_model, max_length=4 * config.max_length)
+        import torch
+
+        # TRL moves only nn.Module rewards to its device; a callable's model goes there itself.
+        device = "cuda" if torch.cuda.is_available() and not config.use_cpu else None
+        scorer = RewardModelScorer(
+            config.reward_model, max_length=4 * config.max_length, device=device
+        )
         check_same_tokenizer(tokenizer, scorer.tokenizer, str(config.reward_model))
         functions.append(scorer)
         weights.append(config.reward_weights["reward_model"])

@@ -9,6 +9,11 @@ PPO-ptx (InstructGPT's pretraining-loss term) is not in TRL's trainer; ``_PTXTra
 by wrapping the one ``accelerator.backward`` call of TRL's PPO minibatch loop, so every policy
 update also descends ``ptx_coef`` times the language-modelling loss on a pretraining block.
 
+TRL scores a response at its stop token, while the reward stage trained (and
+``training.rewards.RewardModelScorer`` scores) on the chat template's rendering, which ends one
+newline later; on the demo the two agree in direction (PPO's training score and the scorer's
+held-out score both rise).
+
 TRL's PPO loop has no resume: a killed run starts again from the SFT checkpoint (its periodic
 saves in ``runs/`` remain the last good state to inspect).
 """
@@ -288,7 +293,6 @@ class TRLPolicyOptimizer:
             per_device_eval_batch_size=min(8, len(setup.prompts)),
             sft_model_path=config.init_from,
             reward_model_path=config.reward_model,
-            save_total_limit=2,
         )
         ptx = None
         if setup.ptx_blocks is not None:
