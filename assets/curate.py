@@ -19,6 +19,7 @@ from curation.datasets import (
     prompt_rows,
     sft_rows,
 )
+from curation.feedback.pairs import MixConfig, mix_preferences
 from curation.preferences import curate_preferences
 from curation.tokens import TokenCounter
 from training.tokenizer import load_tokenizer
@@ -196,16 +197,36 @@ def sft_dataset(
     return _export("sft", sft_rows(curated_conversations), storage, config, card)
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet", "huggingface"})
+class PreferenceDatasetConfig(DatasetConfig):
+    human_fraction: float | None = Field(
+        default=None,
+        description="Share of human pairs (the rest AI/rule pairs); unset keeps every pair.",
+    )
+    max_pairs: int | None = Field(default=None, description="Cap on the number of pairs.")
+    seed: int = Field(default=0, description="Which pairs a cut keeps.")
+
+
+@dg.asset(group_name=GROUP, deps=["feedback_preferences"], kinds={"parquet", "huggingface"})
 def preference_dataset(
-    config: DatasetConfig,
+    config: PreferenceDatasetConfig,
     storage: StorageResource,
     curated_preferences: pl.DataFrame,
     preference_ledger: dict[str, pl.DataFrame],
 ) -> dg.MaterializeResult:
-    """TRL preference set (``prompt``/``chosen``/``rejected``) with each pair's origin."""
-    card = {"filters": _rule_counts(preference_ledger)}
-    return _export("preference", preference_rows(curated_preferences), storage, config, card)
+    """TRL preference set (``prompt``/``chosen``/``rejected``) with each pair's origin: the
+    sources' pairs merged with the AI- and human-feedback pairs, at the configured human share.
+    Feedback pairs are read when they exist, so the curated pairs alone make a dataset before
+    any model has been trained."""
+    frames = [curated_preferences]
+    feedback = storage.path("feedback_preferences.parquet")
+    if feedback.exists():
+        frames.append(pl.read_parquet(feedback))
+    mixed, report = mix_preferences(
+        frames, MixConfig(config.human_fraction, config.max_pairs, config.seed)
+    )
+    card = {"filters": _rule_counts(preference_ledger), "mix": report}
+    result = _export("preference", preference_rows(mixed), storage, config, card)
+    return dg.MaterializeResult(metadata={**result.metadata, "mix": dg.MetadataValue.json(report)})
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "huggingface"})

@@ -164,6 +164,27 @@ def loss_plot(metrics: list[dict], title: str) -> str:
     return f"![loss](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
+def launch_stage(
+    context: dg.AssetExecutionContext,
+    pipes: dg.PipesSubprocessClient,
+    storage: StorageResource,
+    recipe_path: str,
+    stage: str,
+    settings: dict,
+    folder: str = "checkpoints",
+) -> tuple[dg.MaterializeResult, Path]:
+    """Write the resolved stage config beside the run and launch ``python -m training``; the
+    recipe's section is the base and the asset's settings (paths, inputs) win."""
+    output_dir = storage.path(folder, stage)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    section = {**recipe_section(recipe_path, stage), **settings, "output_dir": str(output_dir)}
+    resolved = output_dir / "stage.yaml"
+    resolved.write_text(yaml.safe_dump({stage: section}, sort_keys=True), encoding="utf-8")
+    command = [sys.executable, "-m", "training", stage, "--config", str(resolved)]
+    result = pipes.run(command=command, context=context).get_materialize_result()
+    return result, output_dir
+
+
 def run_stage(
     context: dg.AssetExecutionContext,
     pipes: dg.PipesSubprocessClient,
@@ -172,14 +193,9 @@ def run_stage(
     stage: str,
     settings: dict,
 ) -> dg.MaterializeResult:
-    """Write the resolved stage config beside the run and launch ``python -m training``."""
-    output_dir = storage.path("checkpoints", stage)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    section = {**recipe_section(recipe_path, stage), **settings, "output_dir": str(output_dir)}
-    resolved = output_dir / "stage.yaml"
-    resolved.write_text(yaml.safe_dump({stage: section}, sort_keys=True), encoding="utf-8")
-    command = [sys.executable, "-m", "training", stage, "--config", str(resolved)]
-    result = pipes.run(command=command, context=context).get_materialize_result()
+    """A training stage whose product is a checkpoint: its lineage, loss curve and speed become
+    the asset's metadata."""
+    result, output_dir = launch_stage(context, pipes, storage, recipe_path, stage, settings)
     checkpoint = output_dir / "checkpoint"
     lineage = read_lineage(checkpoint)
     metrics = read_metrics(output_dir / "metrics.jsonl")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+JUDGE_KEY_ENV = "POSTFORGE_JUDGE_API_KEY"
 
 
 class BadInput(Exception):
@@ -87,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trace.add_argument("--json", action="store_true", help="print the report as JSON")
     trace.set_defaults(handler=run_trace)
+
+    judge = commands.add_parser(
+        "judge", help="rank candidate answers with a judge; write rankings and preference pairs"
+    )
+    judge.add_argument("input", type=Path, metavar="IN_DIR", help="folder with candidates.parquet")
+    judge.add_argument("--out", required=True, type=Path)
+    judge.add_argument(
+        "--config", type=Path, help="YAML: judge settings (curation.judge.JudgeConfig) and pairs"
+    )
+    judge.add_argument("--base-url", help="OpenAI-compatible endpoint (default: offline judge)")
+    judge.add_argument("--model", help="model name the endpoint serves")
+    judge.add_argument("--concurrency", type=int, help="requests in flight at once")
+    judge.add_argument(
+        "--api-key-env",
+        default=JUDGE_KEY_ENV,
+        help=f"environment variable holding the API key (default {JUDGE_KEY_ENV})",
+    )
+    judge.set_defaults(handler=run_judge)
 
     demo = commands.add_parser("demo", help="materialize the whole asset graph on embedded data")
     demo.set_defaults(handler=run_demo)
@@ -249,6 +268,53 @@ def run_trace(args: argparse.Namespace) -> int:
     except TraceError as error:
         raise BadInput(str(error)) from None
     print(json.dumps(report, indent=2) if args.json else text(report))
+    return 0
+
+
+def run_judge(args: argparse.Namespace) -> int:
+    """Judge settings come from --config and the flags; the key only from the environment."""
+    import json
+
+    from curation.feedback.pairs import PairsConfig, rankings_to_pairs
+    from curation.feedback.schema import read_candidates
+    from curation.judge import JudgeEndpointError
+    from curation.judge.tables import build_judge, judge_candidates
+    from curation.storage import write_parquet
+
+    source = args.input / "candidates.parquet" if args.input.is_dir() else args.input
+    if not source.exists():
+        raise BadInput(f"{source}: no such file (expected IN_DIR/candidates.parquet)")
+    try:
+        candidates = read_candidates(source)
+    except (OSError, ValueError) as error:
+        raise BadInput(f"{source}: {error}") from None
+    settings = _load_config(args.config) if args.config else {}
+    pairs_settings = settings.pop("pairs", {}) or {}
+    flags = {"base_url": args.base_url, "model": args.model, "max_concurrency": args.concurrency}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    if "base_url" in settings:
+        settings.setdefault("backend", "openai")
+        settings.setdefault("cache_path", str(args.out / "judge_cache.sqlite"))
+    try:
+        judge = build_judge(settings, api_key=os.environ.get(args.api_key_env))
+        pairs_config = PairsConfig(**pairs_settings)
+    except (TypeError, ValueError) as error:
+        raise BadInput(f"{args.config or 'judge settings'}: {error}") from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        rankings = judge_candidates(candidates, judge)
+    except JudgeEndpointError as error:
+        raise BadInput(str(error)) from None
+    pairs = rankings_to_pairs(rankings, candidates, pairs_config)
+    write_parquet(rankings, args.out / "rankings.parquet")
+    write_parquet(pairs.pairs, args.out / "preferences.parquet")
+    summary = {"judge": judge.name, **getattr(judge, "summary", {}), "pairs": pairs.counts}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    statuses = dict(rankings.group_by("status").len().iter_rows())
+    print(
+        f"judged {rankings.height} candidate sets with {judge.name} ({statuses}); "
+        f"{pairs.pairs.height} pairs -> {args.out}"
+    )
     return 0
 
 

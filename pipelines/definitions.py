@@ -10,13 +10,30 @@ import os
 
 import dagster as dg
 
-from assets import curate, ingest, profile, training
+from assets import curate, feedback, ingest, profile, training
 from assets.io_manager import PolarsParquetIOManager
 from assets.resources import PROJECT_ROOT, StorageResource
 
 OUTPUTS = os.environ.get("POSTFORGE_OUTPUTS", str(PROJECT_ROOT / "outputs"))
 
-modules = [ingest, profile, curate, training]
+
+def judge_resource() -> feedback.JudgeResource:
+    """The offline judge unless POSTFORGE_JUDGE_URL names an endpoint; the key is read from
+    POSTFORGE_JUDGE_API_KEY through EnvVar at run time, so it never enters config or metadata."""
+    url = os.environ.get("POSTFORGE_JUDGE_URL")
+    if not url:
+        return feedback.JudgeResource()
+    return feedback.JudgeResource(
+        backend="openai",
+        base_url=url,
+        model=os.environ.get("POSTFORGE_JUDGE_MODEL", "judge"),
+        api_key=dg.EnvVar("POSTFORGE_JUDGE_API_KEY")
+        if "POSTFORGE_JUDGE_API_KEY" in os.environ
+        else None,
+    )
+
+
+modules = [ingest, profile, curate, training, feedback]
 all_assets = dg.load_assets_from_modules(modules)
 all_checks = dg.load_asset_checks_from_modules(modules)
 
@@ -34,5 +51,6 @@ defs = dg.Definitions(
         "io_manager": PolarsParquetIOManager(base_dir=OUTPUTS),
         "storage": StorageResource(base_dir=OUTPUTS),
         "pipes_subprocess_client": dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT)),
+        "judge": judge_resource(),
     },
 )

@@ -42,6 +42,7 @@ TRAINING_ASSETS = (
     "base_checkpoint",
     "midtrain_checkpoint",
     "sft_checkpoint",
+    "model_candidates",
 )
 
 
@@ -169,3 +170,26 @@ def test_training_assets_publish_checkpoints_with_lineage(demo):
     assert {"sft", "prompt", "preference", "pretrain", "pretrain_mixture", "decay_mixture"} <= {
         p.name for p in datasets_dir.iterdir()
     }
+
+
+def test_ai_feedback_ranks_candidates_and_feeds_the_preference_dataset(demo):
+    result, out, _ = demo
+    sets = pl.read_parquet(out / "candidate_sets.parquet")
+    origins = set(sets["candidates"].explode().struct.field("origin"))
+    assert {"model", "dataset", "reference"} <= origins
+    rankings = pl.read_parquet(out / "ai_rankings.parquet")
+    assert rankings.height == sets.height  # every set comes back, judged or with a reason
+    assert rankings.filter(pl.col("status") == "ok").height > 0
+    pairs = pl.read_parquet(out / "feedback_preferences.parquet")
+    assert pairs.height > 0 and set(pairs["origin"]) == {"ai"}
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    quality = checks["judge_agrees_with_checkable_answers"]
+    assert quality.passed
+    assert quality.metadata["answer_pairwise_accuracy"].value > 0.9
+    mix = materialization(result, "preference_dataset").metadata["mix"].value
+    assert mix["available"]["ai"] >= pairs.height
+    exported = pl.concat(
+        pl.read_parquet(out / "datasets" / "preference" / f"{split}.parquet")
+        for split in ("train", "test")
+    )
+    assert set(pairs["id"]) <= set(exported["id"])  # no share configured: every pair is kept

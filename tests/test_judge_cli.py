@@ -1,0 +1,140 @@
+"""`postforge judge` as a user runs it: a real process against a real chat-completions server on
+127.0.0.1, the key only in the environment, rankings and pairs on disk, a cached re-run free."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curation.feedback.schema import CANDIDATES
+from curation.judge.stub import StubServer
+
+POSTFORGE = str(Path(sys.executable).with_name("postforge"))
+SECRET = "sk-test-DO-NOT-LEAK-4242"
+PROMPTS, K = 5, 4
+
+
+def run(*args: str, key: str | None = SECRET) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "POSTFORGE_JUDGE_API_KEY"}
+    if key is not None:
+        env["POSTFORGE_JUDGE_API_KEY"] = key
+    return subprocess.run(
+        [POSTFORGE, "judge", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+@pytest.fixture
+def candidates_dir(tmp_path) -> Path:
+    rows = [
+        {
+            "id": f"p{p}",
+            "source": "synthetic_chat",
+            "prompt": [{"role": "user", "content": f"Explain item {p}."}],
+            "reference": None,
+            "answer": None,
+            "task": None,
+            "candidates": [
+                {
+                    "candidate_id": f"p{p}c{i}",
+                    "text": "word " * (i + 1) + f"about {p}",
+                    "origin": "model",
+                    "model": "ckpt",
+                    "sampling": "{}",
+                }
+                for i in range(K)
+            ],
+        }
+        for p in range(PROMPTS)
+    ]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pl.DataFrame(rows, schema=CANDIDATES).write_parquet(folder / "candidates.parquet")
+    return folder
+
+
+def test_ranks_through_an_endpoint_writes_pairs_and_a_rerun_is_free(candidates_dir, tmp_path):
+    out = tmp_path / "out"
+    with StubServer() as server:  # ranks longer answers first
+        first = run(
+            str(candidates_dir), "--out", str(out), "--base-url", server.base_url,
+            "--model", "stub", "--concurrency", "4",
+        )  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        paid = server.requests
+        assert paid >= PROMPTS
+        second = run(
+            str(candidates_dir), "--out", str(out), "--base-url", server.base_url,
+            "--model", "stub",
+        )  # fmt: skip
+        assert second.returncode == 0, second.stderr
+        assert server.requests == paid  # every answer came from the cache
+        other_model = run(
+            str(candidates_dir), "--out", str(out), "--base-url", server.base_url,
+            "--model", "another",
+        )  # fmt: skip
+        assert server.requests == 2 * paid  # the judge model is part of the cache key
+        sent = [
+            {k.lower(): v for k, v in headers.items()}.get("authorization")
+            for _, _, headers in server.log
+        ]
+    assert all(value == f"Bearer {SECRET}" for value in sent)
+
+    rankings = pl.read_parquet(out / "rankings.parquet")
+    assert rankings["status"].to_list() == ["ok"] * PROMPTS
+    pairs = pl.read_parquet(out / "preferences.parquet")
+    assert pairs.height == PROMPTS * K * (K - 1) // 2  # all C(K,2) pairs by default
+    chosen = pairs["chosen"].list.last().struct.field("content").str.len_chars()
+    rejected = pairs["rejected"].list.last().struct.field("content").str.len_chars()
+    assert (chosen > rejected).all()
+    assert set(pairs["origin"]) == {"ai"}
+
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    logs = [first, second, other_model]
+    assert all(SECRET not in done.stdout + done.stderr for done in logs)
+
+
+def test_best_versus_worst_from_a_config_file(candidates_dir, tmp_path):
+    config = tmp_path / "judge.yaml"
+    config.write_text("template: listwise\npermutations: 1\npairs: {strategy: best_vs_worst}\n")
+    with StubServer() as server:
+        done = run(
+            str(candidates_dir), "--out", str(tmp_path / "o"), "--config", str(config),
+            "--base-url", server.base_url,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert pl.read_parquet(tmp_path / "o" / "preferences.parquet").height == PROMPTS
+
+
+def test_unreachable_endpoint_is_named_and_the_key_is_not(candidates_dir, tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = run(
+        str(candidates_dir), "--out", str(tmp_path / "o"),
+        "--base-url", f"http://127.0.0.1:{port}/v1",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"127.0.0.1:{port}" in done.stderr
+    assert SECRET not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_offline_judge_needs_no_endpoint(candidates_dir, tmp_path):
+    done = run(str(candidates_dir), "--out", str(tmp_path / "o"), key=None)
+    assert done.returncode == 0, done.stderr
+    assert pl.read_parquet(tmp_path / "o" / "rankings.parquet").height == PROMPTS
+
+
+def test_missing_candidates_and_unknown_settings_are_one_line_errors(tmp_path, candidates_dir):
+    missing = run(str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert missing.returncode == 2 and "candidates.parquet" in missing.stderr
+    config = tmp_path / "bad.yaml"
+    config.write_text("base_url: http://127.0.0.1:9/v1\ntemprature: 0.5\n")
+    bad = run(str(candidates_dir), "--out", str(tmp_path / "o"), "--config", str(config))
+    assert bad.returncode == 2 and "temprature" in bad.stderr
