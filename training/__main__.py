@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    threads = getattr(config, "torch_threads", None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     run(config)
     return 0
 

@@ -47,6 +47,8 @@ class RunConfig:
         torch_compile: compile the model with ``torch.compile`` (GPU; the first steps pay for
             compilation).
         use_cpu: force the CPU even when a GPU is present.
+        torch_threads: CPU threads for torch (unset: torch's default). On a small shared CPU
+            one thread is often faster for tiny models, whose ops are too small to split.
         resume: continue from the last saved step in ``runs/`` when there is one.
         inputs: what the caller knows of the input datasets (asset key, data version, rows),
             copied into lineage.json.
@@ -66,6 +68,7 @@ class RunConfig:
     optim: str = "adamw_torch_fused"
     torch_compile: bool = False
     use_cpu: bool = False
+    torch_threads: int | None = None
     resume: bool = True
     inputs: dict[str, Any] = field(default_factory=dict)
 

@@ -1,0 +1,160 @@
+"""Measurements behind the alignment report: for each policy checkpoint, greedy answers to
+held-out prompts (graded by the caller, who owns the answer checker and the judge), the reward
+model's score of those answers, their mean length, a Monte-Carlo estimate of KL(pi || pi_ref)
+from the policy's own samples, and how many parameter tensors moved from the reference.
+
+KL is estimated as the mean over sampled responses y ~ pi(.|x) of log pi(y|x) - log pi_ref(y|x)
+(temperature 1, so the samples come from the policy itself); greedy answers would make that
+average meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.checkpoint import verify
+from training.common import load_training_tokenizer
+from training.evaluate import EvaluateConfig, generate
+from training.models import ModelConfig, build_causal_lm
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    """Attributes:
+    policies: name -> checkpoint directory of every policy to measure (base, midtrain, sft,
+        dpo, ppo, ...).
+    reference: the frozen reference policy (the SFT checkpoint) for KL and moved parameters.
+    reward_model: a reward checkpoint to score answers with; empty skips the score.
+    prompts: JSONL with ``id`` and ``prompt`` (a list of messages) held out from training.
+    output: folder for ``alignment.json`` and ``generations_<name>.jsonl``.
+    max_new_tokens: answer length cap for greedy answers and KL samples.
+    kl_samples: prompts used for the KL estimate (one sample each).
+    batch_size: prompts per generation batch.
+    seed: seeds the KL samples.
+    """
+
+    policies: dict[str, str] = field(default_factory=dict)
+    reference: str = ""
+    reward_model: str = ""
+    prompts: str = ""
+    output: str = ""
+    max_new_tokens: int = 16
+    kl_samples: int = 64
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.policies:
+            raise ValueError("policies: at least one checkpoint is required")
+        if not self.reference or not self.prompts or not self.output:
+            raise ValueError("reference, prompts and output are required")
+
+
+def load_policy(path: str) -> tuple[Any, Any]:
+    checkpoint = str(verify(path))
+    tokenizer = load_training_tokenizer(checkpoint)
+    model = build_causal_lm(ModelConfig(), tokenizer, path=checkpoint)
+    model.eval()
+    return model, tokenizer
+
+
+def response_logprobs(model: Any, sequences: torch.Tensor, prompt_length: int, pad_id: int):
+    """Sum of log-probabilities of each sequence's response tokens (after ``prompt_length``)."""
+    attention = (sequences != pad_id).long()
+    attention[:, :prompt_length] = 1  # left-padded prompts keep their mask from the tokenizer
+    with torch.no_grad():
+        logits = model(input_ids=sequences, attention_mask=attention).logits.float()
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+    tokens = sequences[:, 1:]
+    picked = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    response = torch.zeros_like(tokens, dtype=torch.bool)
+    response[:, prompt_length - 1 :] = True
+    response &= tokens != pad_id
+    return (picked * response).sum(-1)
+
+
+def kl_estimate(
+    policy: Any, reference: Any, tokenizer: Any, prompts: list[list[dict]], config: AlignmentConfig
+) -> float:
+    torch.manual_seed(config.seed)
+    tokenizer.padding_side = "left"
+    total, count = 0.0, 0
+    for start in range(0, len(prompts), config.batch_size):
+        batch = prompts[start : start + config.batch_size]
+        texts = [
+            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            for p in batch
+        ]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            sequences = policy.generate(
+                **encoded,
+                max_new_tokens=config.max_new_tokens,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        width = encoded["input_ids"].shape[1]
+        pad = tokenizer.pad_token_id
+        ratio = response_logprobs(policy, sequences, width, pad) - response_logprobs(
+            reference, sequences, width, pad
+        )
+        total, count = total + float(ratio.sum()), count + len(batch)
+    return total / max(count, 1)
+
+
+def moved_tensors(policy: Any, reference: Any) -> tuple[int, int]:
+    theirs = dict(reference.named_parameters())
+    moved = sum(
+        1
+        for name, tensor in policy.named_parameters()
+        if name in theirs and not torch.equal(tensor, theirs[name])
+    )
+    return moved, len(theirs)
+
+
+def main(config: AlignmentConfig) -> dict[str, Any]:
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in Path(config.prompts).read_text().splitlines() if line]
+    prompts = [r["prompt"] for r in rows]
+    reference, reference_tokenizer = load_policy(config.reference)
+    scorer = None
+    if config.reward_model:
+        from training.rewards import RewardModelScorer, check_same_tokenizer
+
+        scorer = RewardModelScorer(config.reward_model, batch_size=config.batch_size)
+        check_same_tokenizer(reference_tokenizer, scorer.tokenizer, config.reward_model)
+    generation = EvaluateConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    report: dict[str, Any] = {"reference": config.reference, "policies": {}}
+    for name, path in config.policies.items():
+        policy, tokenizer = load_policy(path)
+        answers = generate(policy, tokenizer, prompts, generation)
+        with (out / f"generations_{name}.jsonl").open("w", encoding="utf-8") as handle:
+            for row, answer in zip(rows, answers, strict=True):
+                handle.write(json.dumps({"id": row["id"], "output": answer}) + "\n")
+        lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+        moved, tensors = moved_tensors(policy, reference)
+        measured = {
+            "checkpoint": path,
+            "mean_response_tokens": sum(lengths) / max(len(lengths), 1),
+            "kl_to_reference": kl_estimate(
+                policy, reference, tokenizer, prompts[: config.kl_samples], config
+            ),
+            "moved_tensors": moved,
+            "tensors": tensors,
+        }
+        if scorer is not None:
+            scores = scorer.score(prompts, answers)
+            measured["reward_model_score"] = sum(scores) / max(len(scores), 1)
+        report["policies"][name] = measured
+    (out / "alignment.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
