@@ -6,7 +6,16 @@ import polars as pl
 from pydantic import Field
 
 from assets.io_manager import frame_metadata
+from assets.partitions import (
+    DEFAULT_DROPS_ROOT,
+    DROPS,
+    DropError,
+    drop_files,
+    load_drop_table,
+    replace_by_id,
+)
 from assets.resources import resolve
+from curation.errors import SourceError
 from curation.ingest import IngestResult, ReadOptions, ingest
 from curation.readers.text import read_text_corpus
 
@@ -127,27 +136,87 @@ def raw_pretrain(
     return {"texts": corpus.texts, "rejected": corpus.rejected}
 
 
-def _combine(raw: dict[str, dict[str, pl.DataFrame]], table: str) -> pl.DataFrame:
-    return pl.concat([tables[table] for tables in raw.values() if table in tables], how="vertical")
+class DropConfig(dg.Config):
+    root: str = Field(
+        default=DEFAULT_DROPS_ROOT,
+        description="Watched folder holding one sub-folder per drop (project-relative or "
+        "absolute; POSTFORGE_DROPS sets the default).",
+    )
 
 
-@dg.asset(group_name=GROUP, ins={k.path[0]: dg.AssetIn(k) for k in RAW_KEYS}, kinds={"polars"})
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=DROPS,
+    kinds={"polars", "parquet"},
+    description="One drop (a snapshot folder of source files) read on its own: a new drop costs "
+    "only its own rows, and a drop that cannot be read fails its partition alone.",
+)
+def raw_drops(context: dg.AssetExecutionContext, config: DropConfig) -> dict[str, pl.DataFrame]:
+    if not context.has_partition_key:
+        # The demo materializes every asset in one unpartitioned run: no drop is selected, and
+        # combining reads drops from their partitions, never from this empty output.
+        context.add_output_metadata({"drop": "none selected"})
+        return as_tables(IngestResult())
+    folder = resolve(config.root) / context.partition_key
+    try:
+        results = [ingest(fmt, files) for fmt, files in drop_files(folder).items()]
+    except (DropError, SourceError) as error:
+        # Bad input fails this drop alone, and retrying would read the same bytes again.
+        raise dg.Failure(f"drop {context.partition_key!r}: {error}", allow_retries=False) from error
+    result = IngestResult.concat(results)
+    context.add_output_metadata(
+        {
+            **result.counts(),
+            "drop": str(folder),
+            "rejected_reasons": reason_counts(result.rejected, "reason"),
+        }
+    )
+    return as_tables(result)
+
+
+def _combine(
+    context: dg.AssetExecutionContext, raw: dict[str, dict[str, pl.DataFrame]], table: str
+) -> pl.DataFrame:
+    """The embedded sources' table, then every ingested drop's in registration order; a row a
+    later drop delivers again (same ``id``) is replaced by the later version."""
+    drops = load_drop_table(context.instance, raw_drops.key, table)
+    parts = [tables[table] for tables in raw.values() if table in tables]
+    parts += list(drops.values())
+    if not drops or table not in ("conversations", "preferences"):
+        return pl.concat(parts, how="vertical")
+    combined, replaced = replace_by_id(parts)
+    context.add_output_metadata({"drops": list(drops), "replaced_by_later_drop": replaced})
+    return combined
+
+
+@dg.asset(
+    group_name=GROUP,
+    ins={k.path[0]: dg.AssetIn(k) for k in RAW_KEYS},
+    deps=[raw_drops],
+    kinds={"polars"},
+)
 def conversations(
     context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]
 ) -> pl.DataFrame:
-    """Every source's conversations in the canonical schema (one row per conversation)."""
-    combined = _combine(raw, "conversations")
+    """Every source's conversations in the canonical schema (one row per conversation), from
+    the embedded sources and every drop ingested so far."""
+    combined = _combine(context, raw, "conversations")
     context.add_output_metadata({"by_source": reason_counts(combined, "source")})
     return combined
 
 
-@dg.asset(group_name=GROUP, ins={k.path[0]: dg.AssetIn(k) for k in RAW_KEYS}, kinds={"polars"})
+@dg.asset(
+    group_name=GROUP,
+    ins={k.path[0]: dg.AssetIn(k) for k in RAW_KEYS},
+    deps=[raw_drops],
+    kinds={"polars"},
+)
 def preferences_human(
     context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]
 ) -> pl.DataFrame:
     """Comparison data that came with the sources (OpenAssistant sibling ranks, HH-RLHF,
     UltraFeedback ratings), as TRL prompt/chosen/rejected rows with their origin."""
-    combined = _combine(raw, "preferences")
+    combined = _combine(context, raw, "preferences")
     context.add_output_metadata({"by_source": reason_counts(combined, "source")})
     return combined
 
@@ -155,15 +224,16 @@ def preferences_human(
 @dg.asset(
     group_name=GROUP,
     ins={**{k.path[0]: dg.AssetIn(k) for k in RAW_KEYS}, "raw_pretrain": dg.AssetIn()},
+    deps=[raw_drops],
     kinds={"polars"},
 )
 def ingest_rejects(
     context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]
 ) -> dict[str, pl.DataFrame]:
     """Nothing is lost: unreadable rows (file, line, field, reason) and rows read but excluded
-    at ingest (deleted, failed review, spam), from every source."""
-    rejected = _combine(raw, "rejected")
-    ledger = _combine({k: v for k, v in raw.items() if "ledger" in v}, "ledger")
+    at ingest (deleted, failed review, spam), from every source and drop."""
+    rejected = _combine(context, raw, "rejected")
+    ledger = _combine(context, {k: v for k, v in raw.items() if "ledger" in v}, "ledger")
     context.add_output_metadata(
         {
             "rejected_reasons": reason_counts(rejected, "reason"),

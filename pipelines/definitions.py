@@ -10,9 +10,10 @@ import os
 
 import dagster as dg
 
-from assets import curate, feedback, ingest, profile, training
+from assets import alignment, curate, feedback, ingest, profile, training
 from assets.io_manager import PolarsParquetIOManager
 from assets.resources import PROJECT_ROOT, StorageResource
+from pipelines import automation
 
 OUTPUTS = os.environ.get("POSTFORGE_OUTPUTS", str(PROJECT_ROOT / "outputs"))
 
@@ -33,8 +34,9 @@ def judge_resource() -> feedback.JudgeResource:
     )
 
 
-modules = [ingest, profile, curate, training, feedback]
-all_assets = dg.load_assets_from_modules(modules)
+modules = [ingest, profile, curate, training, feedback, alignment]
+# Retry policies and automation conditions (pipelines/automation.py) on the loaded assets.
+all_assets = automation.apply_operations(dg.load_assets_from_modules(modules))
 all_checks = dg.load_asset_checks_from_modules(modules)
 
 demo_job = dg.define_asset_job(
@@ -47,6 +49,8 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=[demo_job],
+    schedules=automation.schedules,
+    sensors=automation.sensors,
     resources={
         "io_manager": PolarsParquetIOManager(base_dir=OUTPUTS),
         "storage": StorageResource(base_dir=OUTPUTS),

@@ -1,0 +1,154 @@
+"""Drops: named or dated snapshot folders of raw data, one Dagster partition each.
+
+A drop is ``<drops root>/<drop>/`` holding source files named after their source
+(``oasst_trees.jsonl``, ``flan.jsonl``, ``hh_rlhf.jsonl``, ``ultrafeedback.jsonl``,
+``chat.parquet``) or grouped in a folder per source (``<drop>/flan/part-1.jsonl``).
+
+Dynamic partitions rather than a date partition: drops arrive when someone copies them in, with
+names people chose (``2026-11-27``, ``oasst-refresh``), and some days bring none or several. A
+date partition would invent empty days and could not hold two drops of one day. The watched
+folder's sensor (pipelines/automation.py) registers each new folder as a partition.
+
+A drop being copied in should be written under a name starting with ``.`` or ``_`` and renamed
+when complete: such folders are never picked up, so a half-copied drop is not ingested.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from upath import UPath
+
+from assets.io_manager import read_frame
+from assets.resources import resolve
+
+DROPS = dg.DynamicPartitionsDefinition(name="drops")
+DEFAULT_DROPS_ROOT = os.environ.get("POSTFORGE_DROPS", "data/drops")
+
+# Source name in a drop → reader format; "chat" is any generic chat/instruction file, read by
+# its extension.
+DROP_SOURCES = {
+    "oasst": "oasst",
+    "flan": "flan",
+    "hh": "hh",
+    "ultrafeedback": "ultrafeedback",
+    "chat": None,
+}
+GENERIC_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+DROP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class DropError(ValueError):
+    """A drop that cannot be ingested as a whole (its partition fails, the others do not)."""
+
+
+def drops_root(root: str | Path | None = None) -> Path:
+    return resolve(str(root or DEFAULT_DROPS_ROOT))
+
+
+def is_ready_drop(folder: Path) -> bool:
+    """A visible folder with a valid partition name and at least one data file."""
+    return (
+        folder.is_dir()
+        and DROP_NAME.match(folder.name) is not None
+        and any(p.suffix in DATA_SUFFIXES for p in folder.rglob("*") if p.is_file())
+    )
+
+
+def find_drops(root: str | Path | None = None) -> list[str]:
+    """Names of the drops ready in the watched folder, sorted (dated names sort by date)."""
+    folder = drops_root(root)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if is_ready_drop(p))
+
+
+def source_of(relative: Path) -> str:
+    """The source a file belongs to: its top-level folder, else its name up to ``_`` or ``.``."""
+    head = relative.parts[0] if len(relative.parts) > 1 else relative.name
+    return re.split(r"[_.]", head, maxsplit=1)[0].lower()
+
+
+def drop_files(folder: Path) -> dict[str, list[Path]]:
+    """Reader format → the drop's files in that format. Raises ``DropError`` naming the file when
+    one belongs to no known source, so a misnamed file fails its drop instead of being skipped."""
+    if not folder.is_dir():
+        raise DropError(f"{folder}: drop folder does not exist")
+    by_format: dict[str, list[Path]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if any(part.startswith((".", "_")) for part in relative.parts):
+            continue
+        if path.suffix not in DATA_SUFFIXES:
+            raise DropError(
+                f"{path}: not a data file (expected {', '.join(DATA_SUFFIXES)}) in drop "
+                f"{folder.name!r}"
+            )
+        source = source_of(relative)
+        if source not in DROP_SOURCES:
+            raise DropError(
+                f"{path}: source {source!r} unknown; name the file or its folder after one of "
+                f"{', '.join(DROP_SOURCES)}"
+            )
+        fmt = DROP_SOURCES[source] or GENERIC_BY_SUFFIX[path.suffix]
+        by_format.setdefault(fmt, []).append(path)
+    if not by_format:
+        raise DropError(f"{folder}: drop {folder.name!r} has no data files")
+    return by_format
+
+
+def materialized_drops(instance: dg.DagsterInstance, key: dg.AssetKey) -> list[str]:
+    """Registered drops with a stored materialization of ``key``, in registration order. A drop
+    whose ingest failed has none, so combining skips it instead of failing on a missing file."""
+    done = instance.get_materialized_partitions(key)
+    return [d for d in instance.get_dynamic_partitions(DROPS.name) if d in done]
+
+
+def stored_path(instance: dg.DagsterInstance, key: dg.AssetKey, drop: str) -> str:
+    """Where the IO manager wrote ``key``'s latest materialization of ``drop`` (its ``path``)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[drop]), limit=1
+    ).records
+    if not records:
+        raise DropError(f"{key.to_user_string()}[{drop}]: no materialization recorded")
+    materialization = records[0].asset_materialization
+    entry = materialization.metadata.get("path") if materialization else None
+    if entry is None:
+        raise DropError(f"{key.to_user_string()}[{drop}]: materialization has no path metadata")
+    return str(entry.value)
+
+
+def load_drop_table(
+    instance: dg.DagsterInstance, key: dg.AssetKey, table: str
+) -> dict[str, pl.DataFrame]:
+    """Drop → its stored ``table`` (``conversations``, ``preferences``, ...), for every drop
+    materialized so far that has one."""
+    loaded = {}
+    for drop in materialized_drops(instance, key):
+        path = UPath(stored_path(instance, key, drop)) / f"{table}.parquet"
+        if path.exists():
+            loaded[drop] = read_frame(path)
+    return loaded
+
+
+def replace_by_id(parts: Sequence[pl.DataFrame]) -> tuple[pl.DataFrame, int]:
+    """Concatenate in order; a row whose ``id`` comes again in a later part (a drop delivering
+    a newer snapshot of it) is replaced by the later one. Returns the frame and how many rows
+    were replaced."""
+    kept: list[pl.DataFrame] = []
+    replaced = 0
+    for index, part in enumerate(parts):
+        later = [p["id"] for p in parts[index + 1 :] if p.height]
+        if later and part.height:
+            seen = pl.concat(later).unique()
+            stays = ~part["id"].is_in(seen.implode())
+            replaced += part.height - int(stays.sum())
+            part = part.filter(stays)
+        kept.append(part)
+    return pl.concat(kept, how="vertical"), replaced
