@@ -12,6 +12,7 @@ from assets.partitions import (
     DropError,
     drop_files,
     load_drop_table,
+    qualify_positional_ids,
     replace_by_id,
 )
 from assets.resources import resolve
@@ -164,6 +165,8 @@ def raw_drops(context: dg.AssetExecutionContext, config: DropConfig) -> dict[str
         # Bad input fails this drop alone, and retrying would read the same bytes again.
         raise dg.Failure(f"drop {context.partition_key!r}: {error}", allow_retries=False) from error
     result = IngestResult.concat(results)
+    result.conversations = qualify_positional_ids(result.conversations, context.partition_key)
+    result.preferences = qualify_positional_ids(result.preferences, context.partition_key)
     context.add_output_metadata(
         {
             **result.counts(),

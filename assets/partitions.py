@@ -26,6 +26,7 @@ from upath import UPath
 
 from assets.io_manager import read_frame
 from assets.resources import resolve
+from curation.schema import stable_id_expr
 
 DROPS = dg.DynamicPartitionsDefinition(name="drops")
 DEFAULT_DROPS_ROOT = os.environ.get("POSTFORGE_DROPS", "data/drops")
@@ -152,3 +153,24 @@ def replace_by_id(parts: Sequence[pl.DataFrame]) -> tuple[pl.DataFrame, int]:
             part = part.filter(stays)
         kept.append(part)
     return pl.concat(kept, how="vertical"), replaced
+
+
+def qualify_positional_ids(frame: pl.DataFrame, drop: str) -> pl.DataFrame:
+    """Rows without ids of their own are known by position (``flan.jsonl:5``), and every drop
+    has its own ``flan.jsonl``: those get the drop in ``source_id`` and a new ``id``, so two
+    drops never claim the same row. Rows with the source's ids (OpenAssistant message ids, an
+    ``id`` column) keep them: a later drop delivering one again is a newer version of it."""
+    if frame.height == 0 or "provenance" not in frame.columns:
+        return frame
+    file_name = pl.col("provenance").struct.field("file").str.split("/").list.last()
+    positional = pl.col("source_id").str.starts_with(file_name + pl.lit(":")).fill_null(False)
+    return frame.with_columns(
+        pl.when(positional)
+        .then(stable_id_expr(drop, pl.col("id")))
+        .otherwise(pl.col("id"))
+        .alias("id"),
+        pl.when(positional)
+        .then(pl.lit(f"{drop}/") + pl.col("source_id"))
+        .otherwise(pl.col("source_id"))
+        .alias("source_id"),
+    )

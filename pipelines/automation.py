@@ -313,13 +313,27 @@ def refresh_tick(
     if not pending:
         return dg.SkipReason(f"no new drop in {drops_root(settings.drops_root)}")
     drop = pending[0]
-    missing_roots = [k for k in ROOT_KEYS if instance.get_latest_materialization_event(k) is None]
-    selection = REFRESH_SELECTION - dg.AssetSelection.assets(*ROOT_KEYS)
     return dg.RunRequest(
         partition_key=drop,
-        asset_selection=[*selection_keys(selection), *missing_roots],
+        asset_selection=refresh_keys(instance),
         tags=run_tags(settings.recipe, **{TAG_TRIGGER: "daily_refresh", TAG_DROP: drop}),
     )
+
+
+def refresh_keys(instance: dg.DagsterInstance) -> list[dg.AssetKey]:
+    """What a refresh materializes: the drop and everything downstream of it except training,
+    and except what needs a checkpoint that was never trained (AI feedback before the first SFT
+    run); raw sources only when they were never ingested."""
+    never = [k for k in selection_keys(dg.AssetSelection.all()) if not _materialized(instance, k)]
+    untrained = dg.AssetSelection.assets(*never) & dg.AssetSelection.groups(TRAINING_GROUP)
+    keys = selection_keys(
+        REFRESH_SELECTION - dg.AssetSelection.assets(*ROOT_KEYS) - untrained.downstream()
+    )
+    return [*keys, *(k for k in ROOT_KEYS if k in never)]
+
+
+def _materialized(instance: dg.DagsterInstance, key: dg.AssetKey) -> bool:
+    return instance.get_latest_materialization_event(key) is not None
 
 
 def selection_keys(selection: dg.AssetSelection) -> list[dg.AssetKey]:

@@ -56,6 +56,9 @@ def drops(tmp_path):
     newer = chat_rows("a", 1)
     newer[0]["messages"][1]["content"] = "0 plus 0 is 0, as before."
     write_jsonl(root / "2026-11-02" / "chat.jsonl", newer + chat_rows("b", 2))
+    # FLAN rows have no ids: each drop's flan.jsonl line 1 is a row of its own.
+    write_jsonl(root / "2026-11-01" / "flan.jsonl", [{"inputs": "Say hi.", "targets": "Hi."}])
+    write_jsonl(root / "2026-11-02" / "flan.jsonl", [{"inputs": "Say bye.", "targets": "Bye."}])
     (root / "bad").mkdir()
     (root / "bad" / "oasst_trees.jsonl").write_text("", encoding="utf-8")
     write_jsonl(root / "_incoming" / "chat.jsonl", chat_rows("x", 1))
@@ -91,6 +94,7 @@ def test_drop_layout_names_sources_and_rejects_unknown_files(drops, tmp_path):
     files = drop_files(drops / "2026-11-01")
     assert {fmt: [p.name for p in ps] for fmt, ps in files.items()} == {
         "jsonl": ["chat.jsonl"],
+        "flan": ["flan.jsonl"],
         "hh": ["part-1.jsonl"],
     }
     write_jsonl(tmp_path / "odd" / "hhrlhf.jsonl", [hh_row("rose")])
@@ -116,9 +120,9 @@ def test_drops_ingest_alone_a_bad_drop_fails_alone_and_the_combine_reads_the_res
     ]
     meta = first.asset_materializations_for_node("raw_drops")[0].metadata
     # HH transcripts give a conversation (the chosen side) and a pair each.
-    assert meta["conversations"].value == 5 + 2 and meta["preferences"].value == 2
+    assert meta["conversations"].value == 5 + 2 + 1 and meta["preferences"].value == 2
     stored = pl.read_parquet(out / "raw_drops" / "2026-11-01" / "conversations.parquet")
-    assert stored.height == 7
+    assert stored.height == 8
 
     done = materialize_unpartitioned(instance, out, [*ROOTS, *COMBINE])
     assert done.success
@@ -127,8 +131,12 @@ def test_drops_ingest_alone_a_bad_drop_fails_alone_and_the_combine_reads_the_res
     )
     combined = pl.read_parquet(out / "conversations.parquet")
     drop_rows = combined.filter(pl.col("source") == "chat")
-    assert combined.height == embedded.height + 7 + 2  # d2: a-0 replaced, b-0 and b-1 added
+    # d2: a-0 replaced, b-0, b-1 and its own flan line 1 added
+    assert combined.height == embedded.height + 8 + 3
     assert sorted(drop_rows["source_id"]) == ["a-0", "a-1", "a-2", "a-3", "a-4", "b-0", "b-1"]
+    flan = combined.filter(pl.col("source_id").str.ends_with("/flan.jsonl:1"))
+    assert sorted(flan["source_id"]) == ["2026-11-01/flan.jsonl:1", "2026-11-02/flan.jsonl:1"]
+    assert combined["id"].n_unique() == combined.height
     replaced = drop_rows.filter(pl.col("source_id") == "a-0")
     assert replaced["messages"][0][1]["content"] == "0 plus 0 is 0, as before."
     meta = done.asset_materializations_for_node("conversations")[0].metadata
@@ -197,6 +205,7 @@ def test_schedule_requests_the_oldest_new_drop_when_idle_and_skips_while_a_refre
     assert {"raw_drops", "conversations", "curated_conversations", "sft_dataset"} <= selected
     assert "raw_oasst" in selected  # never materialized on this instance
     assert not selected & {"sft_checkpoint", "base_checkpoint"}
+    assert "model_candidates" not in selected  # needs an SFT checkpoint; none trained yet
     assert instance.get_dynamic_partitions(DROPS.name) == ["2026-11-01", "2026-11-02", "bad"]
 
     running_refresh = dg.Definitions(assets=[ingest.raw_drops], jobs=[_refresh_stub()])
