@@ -22,6 +22,7 @@ def demo(tmp_path_factory):
             "ops": {
                 **{name: recipe for name in TRAINING_ASSETS},
                 "training_evaluation": {"config": {"recipe": "recipes/test-cpu.yaml", "tasks": 20}},
+                "alignment_report": {"config": {"recipe": "recipes/test-cpu.yaml", "tasks": 20}},
             }
         }
         result = job.execute_in_process(
@@ -43,6 +44,11 @@ TRAINING_ASSETS = (
     "midtrain_checkpoint",
     "sft_checkpoint",
     "model_candidates",
+    "reward_checkpoint",
+    "dpo_checkpoint",
+    "ppo_checkpoint",
+    "grpo_checkpoint",
+    "rloo_checkpoint",
 )
 
 
@@ -193,3 +199,23 @@ def test_ai_feedback_ranks_candidates_and_feeds_the_preference_dataset(demo):
         for split in ("train", "test")
     )
     assert set(pairs["id"]) <= set(exported["id"])  # no share configured: every pair is kept
+
+
+def test_alignment_stages_publish_checkpoints_and_a_report(demo):
+    result, out, _ = demo
+    for stage in ("reward", "dpo", "ppo", "grpo", "rloo"):
+        lineage = json.loads(
+            (out / "checkpoints" / stage / "checkpoint" / "lineage.json").read_text()
+        )
+        assert lineage["stage"] == stage
+        assert lineage["parent_checkpoint"].endswith("sft/checkpoint")
+    report = pl.read_parquet(out / "alignment" / "report.parquet")
+    assert set(report["policy"]) == {"pretrain", "midtrain", "sft", "dpo", "ppo", "grpo", "rloo"}
+    sft = report.filter(pl.col("policy") == "sft").row(0, named=True)
+    assert sft["kl_to_sft"] == pytest.approx(0.0, abs=1e-4) and sft["win_rate_vs_sft"] == 0.5
+    assert (out / "checkpoints" / "alignment_report.md").read_text().startswith("# Alignment")
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["policies_moved_within_kl_bound"] is True
+    assert "reward_model_beats_chance" in checks
+    metadata = materialization(result, "alignment_report").metadata
+    assert metadata["plots"].value.startswith("![alignment](data:image/png;base64,")

@@ -1,0 +1,309 @@
+# Dagster reads these annotations at definition time: no "from __future__ import annotations".
+"""Alignment: a reward model on ranked comparisons, then the SFT policy optimised against it
+(PPO) or directly on the pairs (DPO), with GRPO and RLOO as alternatives; each a Pipes
+subprocess in the ``gpu`` pool, and a report that shows whether each stage helped."""
+
+import base64
+import io
+import json
+import sys
+
+import dagster as dg
+import polars as pl
+import yaml
+from pydantic import Field
+
+from assets.feedback import JudgeResource
+from assets.io_manager import preview_markdown
+from assets.resources import StorageResource
+from assets.training import (
+    POOL,
+    RecipeConfig,
+    dataset_path,
+    recipe_section,
+    run_stage,
+)
+from curation.judge.types import RankRequest
+from curation.storage import write_parquet
+from curation.synthetic import check_answer, generate_tasks
+from training.checkpoint import read_lineage
+
+GROUP = "alignment"
+
+
+def checkpoint_path(storage: StorageResource, stage: str) -> str:
+    return str(storage.path("checkpoints", stage, "checkpoint"))
+
+
+@dg.asset(
+    group_name=GROUP, deps=["preference_dataset", "sft_checkpoint"], pool=POOL, kinds={"pytorch"}
+)
+def reward_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: RecipeConfig,
+    storage: StorageResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """Bradley-Terry reward model (a score head on the SFT checkpoint) on the preference pairs;
+    held-out accuracy and margin by origin (human, ai) in its lineage."""
+    settings = {
+        "data": dataset_path(storage, "preference"),
+        "init_from": checkpoint_path(storage, "sft"),
+        "inputs": {"asset": "preference_dataset"},
+    }
+    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "reward", settings)
+
+
+@dg.asset(
+    group_name=GROUP, deps=["preference_dataset", "sft_checkpoint"], pool=POOL, kinds={"pytorch"}
+)
+def dpo_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: RecipeConfig,
+    storage: StorageResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """DPO from the SFT checkpoint, the SFT checkpoint as the frozen reference."""
+    settings = {
+        "data": dataset_path(storage, "preference"),
+        "init_from": checkpoint_path(storage, "sft"),
+        "inputs": {"asset": "preference_dataset"},
+    }
+    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "dpo", settings)
+
+
+def _policy_settings(storage: StorageResource) -> dict:
+    return {
+        "data": dataset_path(storage, "prompt"),
+        "init_from": checkpoint_path(storage, "sft"),
+        "reward_model": checkpoint_path(storage, "reward"),
+        "inputs": {"asset": "prompt_dataset", "reward_model": "reward_checkpoint"},
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["prompt_dataset", "sft_checkpoint", reward_checkpoint],
+    pool=POOL,
+    kinds={"pytorch"},
+)
+def ppo_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: RecipeConfig,
+    storage: StorageResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """PPO against the reward model with a KL penalty to the frozen SFT policy."""
+    settings = _policy_settings(storage)
+    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "ppo", settings)
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["prompt_dataset", "sft_checkpoint", reward_checkpoint],
+    pool=POOL,
+    kinds={"pytorch"},
+)
+def grpo_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: RecipeConfig,
+    storage: StorageResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """GRPO (an alternative to PPO): group-relative advantages, rewards from the recipe's
+    reward functions (the reward model and/or the checkable answer)."""
+    settings = _policy_settings(storage)
+    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "grpo", settings)
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["prompt_dataset", "sft_checkpoint", reward_checkpoint],
+    pool=POOL,
+    kinds={"pytorch"},
+)
+def rloo_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: RecipeConfig,
+    storage: StorageResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """RLOO (an alternative to PPO): leave-one-out baselines over several samples per prompt."""
+    settings = _policy_settings(storage)
+    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "rloo", settings)
+
+
+POLICIES = ("pretrain", "midtrain", "sft", "dpo", "ppo", "grpo", "rloo")
+
+
+class AlignmentReportConfig(RecipeConfig):
+    tasks: int = Field(default=200, description="Held-out synthetic tasks (not trained on).")
+    seed: int = Field(default=1234, description="Seed of the held-out tasks.")
+    max_kl: float = Field(
+        default=50.0, description="Bound on KL(policy || SFT) in nats per response (check)."
+    )
+
+
+def win_rate(judge, tasks, policy: list[str], reference: list[str]) -> float:  # noqa: ANN001
+    """Share of prompts where the judge prefers the policy's answer to the SFT answer (a tie
+    counts half)."""
+    requests = [
+        RankRequest(t.id, [{"role": "user", "content": t.prompt}], [("a", a), ("b", b)], t.answer)
+        for t, a, b in zip(tasks, policy, reference, strict=True)
+    ]
+    score = 0.0
+    for result in judge.rank(requests):
+        if result.ranks is None or result.ranks[0] == result.ranks[1]:
+            score += 0.5
+        elif result.ranks[0] < result.ranks[1]:
+            score += 1.0
+    return score / max(len(requests), 1)
+
+
+def bar_plots(table: pl.DataFrame) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measures = [
+        c
+        for c in ("exact_match", "win_rate_vs_sft", "reward_model_score", "kl_to_sft")
+        if c in table.columns
+    ]
+    figure, axes = plt.subplots(1, len(measures), figsize=(3.2 * len(measures), 3), dpi=100)
+    for axis, measure in zip(list(axes) if len(measures) > 1 else [axes], measures, strict=True):
+        axis.bar(table["policy"].to_list(), table[measure].fill_null(0).to_list())
+        axis.set_title(measure)
+        axis.tick_params(axis="x", rotation=45)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return f"![alignment](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[
+        "base_checkpoint",
+        "midtrain_checkpoint",
+        "sft_checkpoint",
+        dpo_checkpoint,
+        ppo_checkpoint,
+        grpo_checkpoint,
+        rloo_checkpoint,
+        reward_checkpoint,
+    ],
+    pool=POOL,
+    kinds={"pytorch"},
+)
+def alignment_report(
+    context: dg.AssetExecutionContext,
+    config: AlignmentReportConfig,
+    storage: StorageResource,
+    judge: JudgeResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """Per policy: reward-model score on held-out prompts, win rate against SFT by the judge,
+    KL to SFT, exact match on held-out synthetic tasks, mean response length; a table, plots,
+    and ``alignment_report.md`` beside the checkpoints."""
+    tasks = generate_tasks(config.tasks, seed=config.seed)
+    folder = storage.path("alignment")
+    folder.mkdir(parents=True, exist_ok=True)
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"id": t.id, "prompt": [{"role": "user", "content": t.prompt}]}) + "\n"
+            for t in tasks
+        ),
+        encoding="utf-8",
+    )
+    policies = {
+        name: checkpoint_path(storage, name)
+        for name in POLICIES
+        if storage.path("checkpoints", name, "checkpoint", "lineage.json").exists()
+    }
+    section = {
+        **recipe_section(config.recipe, "alignment"),
+        "policies": policies,
+        "reference": checkpoint_path(storage, "sft"),
+        "reward_model": checkpoint_path(storage, "reward"),
+        "prompts": str(prompts),
+        "output": str(folder),
+    }
+    resolved = folder / "stage.yaml"
+    resolved.write_text(yaml.safe_dump({"alignment": section}), encoding="utf-8")
+    command = [sys.executable, "-m", "training", "alignment", "--config", str(resolved)]
+    pipes_subprocess_client.run(command=command, context=context)
+    measured = json.loads((folder / "alignment.json").read_text())["policies"]
+
+    def outputs(name: str) -> list[str]:
+        path = folder / f"generations_{name}.jsonl"
+        return [json.loads(line)["output"] for line in path.read_text().splitlines()]
+
+    built = judge.build(storage.path("feedback", "judge_cache.sqlite"))
+    sft_answers = outputs("sft")
+    rows = []
+    for name, found in measured.items():
+        answers = outputs(name)
+        rows.append(
+            {
+                "policy": name,
+                "exact_match": sum(map(check_answer, tasks, answers)) / len(tasks),
+                "win_rate_vs_sft": win_rate(built, tasks, answers, sft_answers),
+                "reward_model_score": found.get("reward_model_score"),
+                "kl_to_sft": found["kl_to_reference"],
+                "mean_response_tokens": found["mean_response_tokens"],
+                "moved_tensors": found["moved_tensors"],
+            }
+        )
+    table = pl.DataFrame(rows)
+    write_parquet(table, folder / "report.parquet")
+    reward_lineage = read_lineage(checkpoint_path(storage, "reward"))
+    markdown = (
+        "# Alignment report\n\n"
+        f"Held-out synthetic tasks: {len(tasks)} (seed {config.seed}); judge: {built.name}; "
+        f"reference: SFT.\n\n{preview_markdown(table, len(rows))}\n\n"
+        f"Reward model held-out metrics: {json.dumps(reward_lineage.get('metrics', {}))}\n"
+    )
+    (storage.path("checkpoints") / "alignment_report.md").write_text(markdown, encoding="utf-8")
+    return dg.MaterializeResult(
+        metadata={
+            "by_policy": dg.MetadataValue.md(preview_markdown(table, len(rows))),
+            "plots": dg.MetadataValue.md(bar_plots(table)),
+            "report": dg.MetadataValue.path(
+                str(storage.path("checkpoints", "alignment_report.md"))
+            ),
+            **{f"exact_match_{r['policy']}": r["exact_match"] for r in rows},
+            "judge": built.name,
+        }
+    )
+
+
+@dg.asset_check(asset=reward_checkpoint)
+def reward_model_beats_chance(storage: StorageResource) -> dg.AssetCheckResult:
+    """The reward model orders held-out pairs better than a coin."""
+    metrics = read_lineage(checkpoint_path(storage, "reward")).get("metrics", {})
+    accuracy = metrics.get("heldout_accuracy")
+    return dg.AssetCheckResult(
+        passed=accuracy is not None and accuracy > 0.5,
+        metadata={k: v for k, v in metrics.items() if isinstance(v, int | float)},
+    )
+
+
+@dg.asset_check(asset=alignment_report)
+def policies_moved_within_kl_bound(
+    storage: StorageResource, config: AlignmentReportConfig
+) -> dg.AssetCheckResult:
+    """DPO and PPO changed the policy (parameters moved, KL above zero) and stayed within the
+    configured KL of the SFT policy."""
+    table = pl.read_parquet(storage.path("alignment", "report.parquet"))
+    trained = table.filter(pl.col("policy").is_in(["dpo", "ppo"]))
+    moved = trained.height == 2 and bool((trained["moved_tensors"] > 0).all())
+    kl = trained["kl_to_sft"].to_list()
+    within = all(0 < value <= config.max_kl for value in kl)
+    return dg.AssetCheckResult(
+        passed=moved and within,
+        metadata={"kl": dict(zip(trained["policy"], kl, strict=True)), "max_kl": config.max_kl},
+    )
