@@ -35,7 +35,8 @@ from assets.ingest import RAW_KEYS, raw_drops
 from assets.partitions import DEFAULT_DROPS_ROOT, DROPS, drops_root, find_drops
 from assets.resources import PROJECT_ROOT
 
-TRAINING_GROUP = "training"
+# Training and the alignment stages after it (reward model, DPO, PPO/GRPO/RLOO): run when asked.
+TRAINING_GROUPS = ("training", "alignment")
 FEEDBACK_GROUP = "feedback"
 INGEST_GROUP = "ingest"
 ROOT_KEYS = [*RAW_KEYS, dg.AssetKey("raw_pretrain")]
@@ -152,7 +153,7 @@ def retry_policy_for(asset: dg.AssetsDefinition) -> dg.RetryPolicy | None:
     """Judge steps (feedback assets named ``*rankings*``) and raw-file ingest retry; training
     never does."""
     groups = _groups(asset)
-    if TRAINING_GROUP in groups:
+    if groups & set(TRAINING_GROUPS):
         return None
     if FEEDBACK_GROUP in groups and any("rankings" in name for name in _names(asset)):
         return JUDGE_RETRY
@@ -197,7 +198,7 @@ def eager_over_drops() -> dg.AutomationCondition:
 def automation_condition_for(asset: dg.AssetsDefinition) -> dg.AutomationCondition | None:
     """Everything derived from data updates when its inputs change; roots (raw files, pulled by
     sensors and schedules) and training (run when asked, or by ``sft_change_sensor``) do not."""
-    if TRAINING_GROUP in _groups(asset) or set(asset.keys) <= {*ROOT_KEYS, raw_drops.key}:
+    if _groups(asset) & set(TRAINING_GROUPS) or set(asset.keys) <= {*ROOT_KEYS, raw_drops.key}:
         return None
     return eager_over_drops()
 
@@ -224,16 +225,17 @@ def apply_operations(assets: Sequence[Any]) -> list[Any]:
 
 SETTINGS = OperationsSettings.from_env()
 
-REFRESH_SELECTION = (
-    dg.AssetSelection.assets(raw_drops.key).downstream() - dg.AssetSelection.groups(TRAINING_GROUP)
-) | dg.AssetSelection.assets(*ROOT_KEYS)
+TRAINING = dg.AssetSelection.groups(*TRAINING_GROUPS)
+# The job holds what a refresh could need; each schedule tick selects a subset (refresh_keys).
+REFRESH_SELECTION = dg.AssetSelection.assets(raw_drops.key).downstream().upstream() - TRAINING
 
 refresh_job = dg.define_asset_job(
     "refresh",
     selection=REFRESH_SELECTION,
     partitions_def=DROPS,
     tags=run_tags(SETTINGS.recipe),
-    description="One drop ingested and everything downstream of it refreshed (not training).",
+    description="Everything outside training, for one drop; the daily schedule selects only "
+    "what the drop changes (and inputs a fresh instance lacks).",
 )
 ingest_drop_job = dg.define_asset_job(
     "ingest_drop",
@@ -244,7 +246,7 @@ ingest_drop_job = dg.define_asset_job(
 )
 training_job = dg.define_asset_job(
     "train",
-    selection=dg.AssetSelection.groups(TRAINING_GROUP),
+    selection=TRAINING,
     tags=run_tags(SETTINGS.recipe),
     description="The training stages (in the gpu pool, one at a time).",
 )
@@ -321,15 +323,17 @@ def refresh_tick(
 
 
 def refresh_keys(instance: dg.DagsterInstance) -> list[dg.AssetKey]:
-    """What a refresh materializes: the drop and everything downstream of it except training,
-    and except what needs a checkpoint that was never trained (AI feedback before the first SFT
-    run); raw sources only when they were never ingested."""
-    never = [k for k in selection_keys(dg.AssetSelection.all()) if not _materialized(instance, k)]
-    untrained = dg.AssetSelection.assets(*never) & dg.AssetSelection.groups(TRAINING_GROUP)
-    keys = selection_keys(
-        REFRESH_SELECTION - dg.AssetSelection.assets(*ROOT_KEYS) - untrained.downstream()
+    """What a refresh materializes: the drop and everything downstream of it except training
+    and, before the first checkpoint, the AI feedback that samples from it; plus any input of
+    those that was never materialized (raw sources, the tokenizer) on a fresh instance."""
+    never = dg.AssetSelection.assets(
+        *(k for k in selection_keys(dg.AssetSelection.all()) if not _materialized(instance, k))
     )
-    return [*keys, *(k for k in ROOT_KEYS if k in never)]
+    training = TRAINING
+    blocked = (never & training).downstream() & dg.AssetSelection.groups(FEEDBACK_GROUP)
+    core = dg.AssetSelection.assets(raw_drops.key).downstream() - training - blocked
+    missing_inputs = (core.upstream() - training - blocked) & never
+    return selection_keys(core | missing_inputs)
 
 
 def _materialized(instance: dg.DagsterInstance, key: dg.AssetKey) -> bool:
@@ -468,10 +472,7 @@ def sft_sensor_tick(
 
 
 def training_keys_from(key: dg.AssetKey) -> list[dg.AssetKey]:
-    selection = dg.AssetSelection.assets(key).downstream() & dg.AssetSelection.groups(
-        TRAINING_GROUP
-    )
-    return selection_keys(selection)
+    return selection_keys(dg.AssetSelection.assets(key).downstream() & TRAINING)
 
 
 def recipe_run_config(keys: Sequence[dg.AssetKey], recipe: str) -> dict:

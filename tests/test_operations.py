@@ -163,7 +163,7 @@ def test_automation_refreshes_curation_on_a_new_drop_and_never_trains(instance, 
     training = {
         k.to_user_string()
         for k in graph.get_all_asset_keys()
-        if graph.get(k).group_name == "training"
+        if graph.get(k).group_name in automation.TRAINING_GROUPS
     }
     assert not requested & training
     # A failed drop does not hold the refresh back.
@@ -272,7 +272,7 @@ def test_retry_policies_on_judge_and_ingest_never_on_training_and_training_in_th
         node = graph.get(key)
         op = node.assets_def.op
         name = key.to_user_string()
-        if node.group_name == "training":
+        if node.group_name in automation.TRAINING_GROUPS:
             assert op.retry_policy is None, name
             assert node.automation_condition is None, name
             if name.endswith("_checkpoint"):

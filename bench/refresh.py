@@ -1,0 +1,162 @@
+"""What a refresh costs next to a full run: the ingest and curation part of the graph, first on
+one drop of N FLAN-format rows (plus the embedded sources), then on a new drop of 1% of N.
+
+    .venv/bin/python bench/refresh.py --rows 100000
+
+Both runs go through Dagster on a throwaway sqlite instance, the way the schedule runs them
+(``raw_drops`` for one partition, then everything downstream of it outside training and AI
+feedback). Per step: seconds inside the step and rows out. A refresh ingests only the new drop;
+what is downstream of ``conversations`` sees every row again, because curation (exact and
+near-duplicate removal across all sources) is global today.
+
+AI feedback is not in these runs: its candidates come from an SFT checkpoint (a training run),
+and its judge requests are counted by the judge cache (tests of the feedback assets).
+
+Results are appended to bench/results/refresh.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+RESULTS = HERE / "results" / "refresh.jsonl"
+GROUPS = ("ingest", "profile", "curate")
+
+
+def step_seconds(result) -> dict[str, float]:  # noqa: ANN001
+    """Seconds inside each step, from the run's STEP_SUCCESS events."""
+    return {
+        event.step_key: round(event.event_specific_data.duration_ms / 1000, 3)
+        for event in result.all_events
+        if event.event_type_value == "STEP_SUCCESS"
+    }
+
+
+def rows_out(result) -> dict[str, int]:  # noqa: ANN001
+    """Rows each asset wrote: the IO manager's row count, or the first ``*_rows`` count."""
+    rows = {}
+    for event in result.get_asset_materialization_events():
+        metadata = event.materialization.metadata
+        name = event.asset_key.to_user_string()
+        if "dagster/row_count" in metadata:
+            rows[name] = int(metadata["dagster/row_count"].value)
+        elif name == "raw_drops" and "conversations" in metadata:
+            rows[name] = sum(
+                int(metadata[k].value)
+                for k in ("conversations", "preferences", "rejected", "excluded")
+                if k in metadata
+            )
+        elif "train_rows" in metadata:
+            rows[name] = int(metadata["train_rows"].value) + int(metadata["test_rows"].value)
+    return rows
+
+
+def run(assets, selection, drop: str, instance, resources, drops_root: Path) -> dict:  # noqa: ANN001
+    import dagster as dg
+
+    started = time.perf_counter()
+    result = dg.materialize(
+        assets,
+        selection=selection,
+        partition_key=drop,
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"raw_drops": {"config": {"root": str(drops_root)}}}},
+    )
+    wall = time.perf_counter() - started
+    steps = step_seconds(result)
+    rows = rows_out(result)
+    return {
+        "wall_s": round(wall, 2),
+        "in_steps_s": round(sum(steps.values()), 2),
+        "steps_s": steps,
+        "rows_out": rows,
+        "rows_ingested_from_drop": rows.get("raw_drops", 0),
+        "conversations_rows": rows.get("conversations", 0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--new-fraction", type=float, default=0.01)
+    parser.add_argument("--work", type=Path, default=HERE / "out" / "refresh")
+    args = parser.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import dagster as dg
+    from ingest_profile import generate
+
+    from assets.ingest import raw_drops
+    from assets.io_manager import PolarsParquetIOManager
+    from assets.partitions import DROPS
+    from assets.resources import StorageResource
+    from pipelines.definitions import all_assets, all_checks, defs
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    work = args.work / stamp
+    drops_root = work / "drops"
+    new_rows = max(1, round(args.rows * args.new_fraction))
+    for drop, rows, seed in (("base", args.rows, 0), ("new", new_rows, 1)):
+        (drops_root / drop).mkdir(parents=True)
+        generate(drops_root / drop / "flan.jsonl", rows, seed=seed)
+    outputs = work / "outputs"
+    resources = {
+        **defs.resources,
+        "io_manager": PolarsParquetIOManager(base_dir=str(outputs)),
+        "storage": StorageResource(base_dir=str(outputs)),
+    }
+    downstream = dg.AssetSelection.assets(raw_drops.key).downstream() & dg.AssetSelection.groups(
+        *GROUPS
+    )
+    assets = [*all_assets, *all_checks]
+    (work / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(work / "home")) as instance:
+        instance.add_dynamic_partitions(DROPS.name, ["base"])
+        full = run(
+            assets, dg.AssetSelection.groups(*GROUPS), "base", instance, resources, drops_root
+        )
+        instance.add_dynamic_partitions(DROPS.name, ["new"])
+        refresh = run(assets, downstream, "new", instance, resources, drops_root)
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    record = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"vm {platform.machine()}, {os.cpu_count()} cores",
+        "load_average_at_end": os.getloadavg(),
+        "commit": commit,
+        "rows": args.rows,
+        "new_rows": new_rows,
+        "full": full,
+        "refresh": refresh,
+        "refresh_over_full": {
+            "wall": round(refresh["wall_s"] / full["wall_s"], 3),
+            "in_steps": round(refresh["in_steps_s"] / full["in_steps_s"], 3),
+            "rows_ingested_from_drops": round(
+                refresh["rows_ingested_from_drop"] / max(1, full["rows_ingested_from_drop"]), 4
+            ),
+        },
+        "judge_requests": "not measured here: AI feedback needs an SFT checkpoint",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
