@@ -204,7 +204,7 @@ def dpo_config(workspace: Path, name: str, **overrides) -> DPOStageConfig:
         output_dir=str(workspace / name),
         data=str(workspace / "data" / "preference"),
         init_from=str(workspace / "sft"),
-        max_steps=12,
+        max_steps=8,
         per_device_train_batch_size=8,
         learning_rate=3e-3,
         beta=0.1,
@@ -242,7 +242,7 @@ def test_dpo_moves_the_policy_raises_the_implicit_margin_and_leaves_the_referenc
     assert not stage.shares_storage(trainers[0].model, reference)
     assert all(torch.equal(before[n], p) for n, p in reference.state_dict().items() if n in before)
     margins = losses(workspace / "dpo", "rewards/margins")
-    assert len(margins) >= 4
+    assert len(margins) >= 3
     assert sum(margins[-2:]) / 2 > sum(margins[:2]) / 2 and margins[-1] > 0
     lineage = read_lineage(checkpoint)
     metrics = lineage["metrics"]
@@ -258,7 +258,7 @@ def test_dpo_moves_the_policy_raises_the_implicit_margin_and_leaves_the_referenc
 
 
 def test_dpo_with_precomputed_reference_log_probs(workspace):
-    checkpoint = dpo(dpo_config(workspace, "dpo_pre", max_steps=6, precompute_ref_log_probs=True))
+    checkpoint = dpo(dpo_config(workspace, "dpo_pre", max_steps=4, precompute_ref_log_probs=True))
     metrics = read_lineage(checkpoint)["metrics"]
     assert metrics["reward_margin_last"] > 0
     assert read_lineage(checkpoint)["recipe"]["precompute_ref_log_probs"] is True
@@ -301,3 +301,13 @@ def test_recipes_have_valid_reward_and_dpo_sections(recipe):
     assert build(DPOStageConfig, {**sections["dpo"], **filled}, f"{recipe}: dpo")
     with pytest.raises(RecipeError, match=r"dpo.bta: unknown key"):
         build(DPOStageConfig, {**sections["dpo"], **filled, "bta": 0.1}, f"{recipe}: dpo")
+
+
+def test_a_reference_with_another_tokenizer_is_refused_before_training(workspace, tmp_path):
+    words = ["entirely different words"] * 50
+    other = to_transformers(train_tokenizer(words, TokenizerConfig(vocab_size=300)))
+    publish(build_causal_lm(TINY, other), other, tmp_path / "other", {"stage": "sft"})
+    config = dpo_config(workspace, "mismatch", reference=str(tmp_path / "other"))
+    with pytest.raises(ValueError, match=r"other: its tokenizer differs from the policy's"):
+        dpo(config)
+    assert not (workspace / "mismatch" / "runs").exists()

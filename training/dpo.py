@@ -66,7 +66,6 @@ class DPOStageConfig(RunConfig):
         precompute_ref_batch_size: batch size of that pass (the train batch size when empty).
         truncation_mode: which end of a pair longer than ``max_length`` TRL keeps.
         warmup_steps: linear warmup, then cosine decay.
-        gradient_checkpointing: trade compute for memory (off: it only slows small models).
     """
 
     data: str = ""
@@ -82,7 +81,6 @@ class DPOStageConfig(RunConfig):
     truncation_mode: Literal["keep_start", "keep_end"] = "keep_start"
     warmup_steps: int = 2
     learning_rate: float = 5e-6
-    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -154,7 +152,6 @@ def main(config: DPOStageConfig) -> Path:
         precompute_ref_batch_size=config.precompute_ref_batch_size,
         max_length=config.max_length,
         truncation_mode=config.truncation_mode,
-        gradient_checkpointing=config.gradient_checkpointing,
         include_num_input_tokens_seen=True,
         logging_nan_inf_filter=False,  # a NaN must reach MetricsCallback, not be averaged away
         dataset_num_proc=None,

@@ -70,8 +70,6 @@ class RewardStageConfig(RunConfig):
             demo, a right against a wrong synthetic answer; two wrong answers differ by 1).
         warmup_steps: linear warmup, then cosine decay.
         eval_batch_size: sequences per forward pass when scoring the held-out pairs.
-        gradient_checkpointing: trade compute for memory (TRL turns it on by default; off
-            here, since it only slows the small models down).
     """
 
     data: str = ""
@@ -86,7 +84,6 @@ class RewardStageConfig(RunConfig):
     warmup_steps: int = 2
     learning_rate: float = 1e-4
     eval_batch_size: int = 32
-    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -405,7 +402,6 @@ def main(config: RewardStageConfig) -> Path:
         center_rewards_coefficient=config.center_rewards_coefficient,
         include_num_input_tokens_seen=True,
         logging_nan_inf_filter=False,  # a NaN must reach MetricsCallback, not be averaged away
-        gradient_checkpointing=config.gradient_checkpointing,
         dataset_num_proc=None,
     )
     metrics = MetricsCallback(reporter)
