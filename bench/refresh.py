@@ -9,8 +9,12 @@ feedback). Per step: seconds inside the step and rows out. A refresh ingests onl
 what is downstream of ``conversations`` sees every row again, because curation (exact and
 near-duplicate removal across all sources) is global today.
 
-AI feedback is not in these runs: its candidates come from an SFT checkpoint (a training run),
-and its judge requests are counted by the judge cache (tests of the feedback assets).
+AI feedback is not in these Dagster runs: its candidates come from an SFT checkpoint (a training
+run). Its cost is the judge's requests, measured beside them with the judge client ``ai_rankings``
+builds (OpenAIJudge with its sqlite cache) against a local OpenAI-compatible stub: candidate
+sets for the full run's prompts, then the same sets plus 1% new ones on the same cache. That
+holds while the candidates of old prompts stay the same (same checkpoint, seeded sampling); a
+retrained SFT checkpoint makes new candidates and the next refresh pays for every prompt.
 
 Results are appended to bench/results/refresh.jsonl.
 """
@@ -88,11 +92,42 @@ def run(assets, selection, drop: str, instance, resources, drops_root: Path) -> 
     }
 
 
+def judge_requests(prompts: int, new_fraction: float, cache: Path) -> dict:
+    """Requests sent for ``prompts`` candidate sets cold, then for them plus the new ones."""
+    from judge_throughput import batch, measure
+
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "judge_throughput.py"), "--serve", "--latency", "0.005"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base_url = server.stdout.readline().strip()
+        new = max(1, round(prompts * new_fraction))
+        sets = batch(prompts + new)
+        settings = {"max_concurrency": 32, "permutations": 1}
+        full = measure(base_url, sets[:prompts], cache, **settings)
+        refresh = measure(base_url, sets, cache, **settings)
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
+    keep = ("requests_sent", "cache_hits", "wall_s")
+    return {
+        "prompts": prompts,
+        "new_prompts": new,
+        "full": {k: full[k] for k in keep},
+        "refresh": {k: refresh[k] for k in keep},
+        "refresh_over_full": round(refresh["requests_sent"] / max(1, full["requests_sent"]), 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--new-fraction", type=float, default=0.01)
     parser.add_argument("--work", type=Path, default=HERE / "out" / "refresh")
+    parser.add_argument("--judge-prompts", type=int, default=2000)
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -150,7 +185,9 @@ def main() -> None:
                 refresh["rows_ingested_from_drop"] / max(1, full["rows_ingested_from_drop"]), 4
             ),
         },
-        "judge_requests": "not measured here: AI feedback needs an SFT checkpoint",
+        "judge_requests": judge_requests(
+            args.judge_prompts, args.new_fraction, work / "judge_cache.sqlite"
+        ),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a", encoding="utf-8") as handle:
