@@ -254,8 +254,7 @@ def test_sensor_registers_a_new_drop_folder_and_sees_new_files(instance, drops):
     assert isinstance(quiet, dg.SkipReason)
 
     write_jsonl(drops / "2026-11-03" / "flan.jsonl", [{"inputs": "Say hi.", "targets": "Hi."}])
-    write_jsonl(drops / "bad" / "oasst_trees.jsonl", [])  # fixed? still empty, but rewritten
-    (drops / "bad" / "chat.jsonl").write_text(json.dumps(chat_rows("c", 1)[0]) + "\n")
+    write_jsonl(drops / "bad" / "chat.jsonl", chat_rows("c", 1))  # a file added to a known drop
     seen = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
     assert sorted(r.partition_key for r in seen.run_requests) == ["2026-11-03", "bad"]
     (add,) = seen.dynamic_partitions_requests
