@@ -37,6 +37,7 @@ from assets.resources import PROJECT_ROOT
 
 # Training and the alignment stages after it (reward model, DPO, PPO/GRPO/RLOO): run when asked.
 TRAINING_GROUPS = ("training", "alignment")
+GPU_POOL = "gpu"
 FEEDBACK_GROUP = "feedback"
 INGEST_GROUP = "ingest"
 ROOT_KEYS = [*RAW_KEYS, dg.AssetKey("raw_pretrain")]
@@ -153,7 +154,7 @@ def retry_policy_for(asset: dg.AssetsDefinition) -> dg.RetryPolicy | None:
     """Judge steps (feedback assets named ``*rankings*``) and raw-file ingest retry; training
     never does."""
     groups = _groups(asset)
-    if groups & set(TRAINING_GROUPS):
+    if groups & set(TRAINING_GROUPS) or asset.op.pool == GPU_POOL:
         return None
     if FEEDBACK_GROUP in groups and any("rankings" in name for name in _names(asset)):
         return JUDGE_RETRY
@@ -197,8 +198,15 @@ def eager_over_drops() -> dg.AutomationCondition:
 
 def automation_condition_for(asset: dg.AssetsDefinition) -> dg.AutomationCondition | None:
     """Everything derived from data updates when its inputs change; roots (raw files, pulled by
-    sensors and schedules) and training (run when asked, or by ``sft_change_sensor``) do not."""
-    if _groups(asset) & set(TRAINING_GROUPS) or set(asset.keys) <= {*ROOT_KEYS, raw_drops.key}:
+    sensors and schedules) and training (run when asked, or by ``sft_change_sensor``) do not.
+    Anything in the ``gpu`` pool counts as training: sampling candidates from a checkpoint
+    (``model_candidates``) costs accelerator time, and re-sampling for a changed batch layout
+    would also make the judge re-pay for prompts it has already ranked."""
+    if (
+        _groups(asset) & set(TRAINING_GROUPS)
+        or asset.op.pool == GPU_POOL
+        or set(asset.keys) <= {*ROOT_KEYS, raw_drops.key}
+    ):
         return None
     return eager_over_drops()
 

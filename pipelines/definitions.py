@@ -43,6 +43,7 @@ demo_job = dg.define_asset_job(
     "demo",
     selection=dg.AssetSelection.all(),
     description="Everything make demo materializes, on the embedded data.",
+    tags=automation.run_tags(automation.SETTINGS.recipe),
 )
 
 defs = dg.Definitions(

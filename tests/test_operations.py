@@ -271,7 +271,7 @@ def test_retry_policies_on_judge_and_ingest_never_on_training_and_training_in_th
         node = graph.get(key)
         op = node.assets_def.op
         name = key.to_user_string()
-        if node.group_name in automation.TRAINING_GROUPS:
+        if node.group_name in automation.TRAINING_GROUPS or op.pool == "gpu":
             assert op.retry_policy is None, name
             assert node.automation_condition is None, name
             if name.endswith("_checkpoint"):
@@ -286,7 +286,11 @@ def test_retry_policies_on_judge_and_ingest_never_on_training_and_training_in_th
             assert op.retry_policy is None, name
             assert node.automation_condition is not None, name
     assert seen_judge
+    assert (
+        defs.resolve_asset_graph().get(dg.AssetKey("model_candidates")).automation_condition is None
+    )
     assert defs.resolve_job_def("refresh").tags[automation.TAG_RECIPE]
+    assert defs.resolve_job_def("demo").tags[automation.TAG_RECIPE]
 
 
 def test_sft_change_sensor_trains_only_past_the_threshold(instance):
