@@ -24,6 +24,7 @@ from training.sft import main as sft
 from training.tokenizer import (
     TokenizerConfig,
     corpus_texts,
+    load_tokenizer,
     save_tokenizer,
     to_transformers,
     train_tokenizer,
@@ -168,7 +169,7 @@ def test_sft_trains_on_assistant_tokens_and_records_lineage(workspace, stable):
         init_from=str(stable),
         max_steps=12,
         per_device_train_batch_size=8,
-        max_length=96,
+        max_length=48,
         learning_rate=3e-3,
         logging_steps=2,
         save_steps=100,
@@ -179,7 +180,18 @@ def test_sft_trains_on_assistant_tokens_and_records_lineage(workspace, stable):
     assert curve[-1] < curve[0]
     before, after = weights(stable), weights(checkpoint)
     assert all(not torch.equal(before[n], after[n]) for n in before)
-    assert read_lineage(checkpoint)["stage"] == "sft"
+    lineage = read_lineage(checkpoint)
+    assert lineage["stage"] == "sft"
+    # Truncation is counted, never silent: the count matches an independent tokenization.
+    tokenizer = to_transformers(load_tokenizer(workspace / "tokenizer"))
+    train = pl.read_parquet(workspace / "data" / "sft" / "train.parquet")
+    lengths = [
+        len(tokenizer.apply_chat_template(m, return_dict=True)["input_ids"])
+        for m in train["messages"].to_list()
+    ]
+    expected = sum(n > 48 for n in lengths)
+    assert expected > 0
+    assert lineage["metrics"]["truncated"] == expected
 
 
 def test_golden_hash_of_a_tokenized_sft_batch(workspace):

@@ -93,7 +93,9 @@ def load_splits(path: str | Path):
     if (path / "hf").is_dir():
         path = path / "hf"
     if (path / "dataset_dict.json").exists():
-        return datasets.load_from_disk(str(path))
+        # In memory, so the trainers' map() calls write no cache files into the input folder
+        # (a dataset asset's folder must stay as its asset wrote it).
+        return datasets.load_from_disk(str(path), keep_in_memory=True)
     files = {
         s: str(path / f"{s}.parquet") for s in ("train", "test") if (path / f"{s}.parquet").exists()
     }
@@ -174,6 +176,9 @@ def training_arguments(
         torch_compile=config.torch_compile,
         use_cpu=config.use_cpu,
         report_to=[],
+        # transformers logs a NaN/inf loss as 0.0 by default, which would hide it from the
+        # NaN stop in MetricsCallback.
+        logging_nan_inf_filter=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )

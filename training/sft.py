@@ -85,11 +85,10 @@ def build_trainer(
     if usable == 0:
         raise ValueError(f"{config.data}: no conversation has an assistant turn; nothing to learn")
     model = build_causal_lm(config.model, tokenizer, path=parent)
-    too_long = sum(
-        1
-        for ids in tokenizer.apply_chat_template(list(train["messages"]), tokenize=True)
-        if len(ids) > config.max_length
+    encoded = tokenizer.apply_chat_template(
+        list(train["messages"]), tokenize=True, return_dict=True
     )
+    too_long = sum(1 for ids in encoded["input_ids"] if len(ids) > config.max_length)
     fixed = config.packing and config.fixed_shape
     args = training_arguments(
         config,
