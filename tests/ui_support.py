@@ -114,6 +114,7 @@ def dagster_dev(folder: Path, startup_timeout: float = 120.0) -> Iterator[Dagste
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=default_sigint,
         )
     server = DagsterDev(f"http://127.0.0.1:{port}", home, outputs, log)
     try:
@@ -121,6 +122,13 @@ def dagster_dev(folder: Path, startup_timeout: float = 120.0) -> Iterator[Dagste
         yield server
     finally:
         stop(process)
+
+
+def default_sigint() -> None:
+    """A shell that starts jobs in the background hands them SIGINT ignored, and dagster dev
+    maps SIGTERM onto its SIGINT handler: inherited, that would make it unstoppable but by
+    SIGKILL, which leaves its webserver and daemon behind."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_until_loaded(server: DagsterDev, process: subprocess.Popen, timeout: float) -> None:
