@@ -72,13 +72,19 @@ def dpo_checkpoint(
     return run_stage(context, pipes_subprocess_client, storage, config.recipe, "dpo", settings)
 
 
-def _policy_settings(storage: StorageResource) -> dict:
-    return {
+def _policy_settings(storage: StorageResource, recipe: str, stage: str) -> dict:
+    """PPO always optimises against the reward model; GRPO/RLOO get it only when their recipe
+    weighs it (their other reward, the checkable answer, needs no model)."""
+    settings = {
         "data": dataset_path(storage, "prompt"),
         "init_from": checkpoint_path(storage, "sft"),
-        "reward_model": checkpoint_path(storage, "reward"),
-        "inputs": {"asset": "prompt_dataset", "reward_model": "reward_checkpoint"},
+        "inputs": {"asset": "prompt_dataset"},
     }
+    weights = recipe_section(recipe, stage).get("reward_weights") or {}
+    if stage == "ppo" or "reward_model" in weights:
+        settings["reward_model"] = checkpoint_path(storage, "reward")
+        settings["inputs"]["reward_model"] = "reward_checkpoint"
+    return settings
 
 
 @dg.asset(
@@ -94,7 +100,7 @@ def ppo_checkpoint(
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     """PPO against the reward model with a KL penalty to the frozen SFT policy."""
-    settings = _policy_settings(storage)
+    settings = _policy_settings(storage, config.recipe, "ppo")
     return run_stage(context, pipes_subprocess_client, storage, config.recipe, "ppo", settings)
 
 
@@ -112,7 +118,7 @@ def grpo_checkpoint(
 ) -> dg.MaterializeResult:
     """GRPO (an alternative to PPO): group-relative advantages, rewards from the recipe's
     reward functions (the reward model and/or the checkable answer)."""
-    settings = _policy_settings(storage)
+    settings = _policy_settings(storage, config.recipe, "grpo")
     return run_stage(context, pipes_subprocess_client, storage, config.recipe, "grpo", settings)
 
 
@@ -129,7 +135,7 @@ def rloo_checkpoint(
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     """RLOO (an alternative to PPO): leave-one-out baselines over several samples per prompt."""
-    settings = _policy_settings(storage)
+    settings = _policy_settings(storage, config.recipe, "rloo")
     return run_stage(context, pipes_subprocess_client, storage, config.recipe, "rloo", settings)
 
 
