@@ -116,11 +116,12 @@ def reward_trend(metrics_path: Path) -> dict[str, float]:
     }
 
 
-def main(config: DPOStageConfig) -> Path:
-    """Train, publish ``<output_dir>/checkpoint`` with lineage.json, return its path."""
-    started = time.time()
+def build_trainer(
+    config: DPOStageConfig, callbacks: list | None = None, reporter: Reporter | None = None
+) -> tuple[DPOTrainer, dict[str, Any]]:
+    """TRL's DPOTrainer set up as the stage runs it (benchmarks time exactly this), and what the
+    stage reports of its inputs."""
     out = Path(config.output_dir)
-    reporter = Reporter(out / "metrics.jsonl")
     parent = str(verify(config.init_from))
     reference_path = str(verify(config.reference)) if config.reference else parent
     tokenizer = load_training_tokenizer(parent)
@@ -156,14 +157,14 @@ def main(config: DPOStageConfig) -> Path:
         logging_nan_inf_filter=False,  # a NaN must reach MetricsCallback, not be averaged away
         dataset_num_proc=None,
     )
-    metrics = MetricsCallback(reporter)
-    reporter.log(
-        f"dpo: {count_parameters(policy) / 1e6:.2f}M parameters, {len(train)} pairs, beta "
-        f"{config.beta}, loss {'+'.join(config.loss_type)}, reference {reference_path}"
-        f"{' (log-probs precomputed)' if config.precompute_ref_log_probs else ''}; dropped from "
-        f"train: {describe_dropped(dropped)}; {truncated} longer than {config.max_length} tokens "
-        f"(truncated, {config.truncation_mode})"
-    )
+    if reporter is not None:
+        reporter.log(
+            f"dpo: {count_parameters(policy) / 1e6:.2f}M parameters, {len(train)} pairs, beta "
+            f"{config.beta}, loss {'+'.join(config.loss_type)}, reference {reference_path}"
+            f"{' (log-probs precomputed)' if config.precompute_ref_log_probs else ''}; dropped "
+            f"from train: {describe_dropped(dropped)}; {truncated} longer than "
+            f"{config.max_length} tokens (truncated, {config.truncation_mode})"
+        )
     with resource_errors("dpo", out / "runs"):
         trainer = DPOTrainer(
             model=policy,
@@ -172,8 +173,33 @@ def main(config: DPOStageConfig) -> Path:
             train_dataset=train.select_columns(PAIR_COLUMNS),
             eval_dataset=test.select_columns(PAIR_COLUMNS) if test is not None else None,
             processing_class=tokenizer,
-            callbacks=[metrics],
+            callbacks=callbacks,
         )
+    return trainer, {
+        "parent": parent,
+        "reference": reference_path,
+        "tokenizer": tokenizer,
+        "train": train,
+        "test": test,
+        "dropped": dropped,
+        "truncated": truncated,
+    }
+
+
+def main(config: DPOStageConfig) -> Path:
+    """Train, publish ``<output_dir>/checkpoint`` with lineage.json, return its path."""
+    started = time.time()
+    out = Path(config.output_dir)
+    reporter = Reporter(out / "metrics.jsonl")
+    metrics = MetricsCallback(reporter)
+    trainer, built = build_trainer(config, [metrics], reporter)
+    parent, reference_path, tokenizer = built["parent"], built["reference"], built["tokenizer"]
+    train, test, dropped, truncated = (
+        built["train"],
+        built["test"],
+        built["dropped"],
+        built["truncated"],
+    )
     resume = last_run_checkpoint(out / "runs") if config.resume else None
     reporter.log(f"dpo: resume from {resume or 'scratch'}")
     with resource_errors("dpo", out / "runs", lambda: trainer.state.global_step):
