@@ -159,22 +159,35 @@ def ai_rankings(
     storage: StorageResource,
     judge: JudgeResource,
     candidate_sets: pl.DataFrame,
+    curated_preferences: pl.DataFrame,
 ) -> dg.Output[pl.DataFrame]:
-    """The judge's ranking of every candidate set. Answers are cached by (model, template,
-    prompt, candidates), so a refresh pays only for new sets and a killed run resumes."""
+    """The judge's ranking of every candidate set, and how far the judge can be trusted (its
+    agreement with the sources' human ranks and the checkable answers, consistency, ties,
+    length bias). Answers are cached by (model, template, prompt, candidates), so a refresh
+    pays only for new sets and a killed run resumes."""
     built = judge.build(storage.path("feedback", "judge_cache.sqlite"))
     rankings = judge_candidates(candidate_sets, built)
     summary = dict(getattr(built, "summary", {}) or {})
     statuses = dict(rankings.group_by("status").len().iter_rows())
     context.log.info(f"judge {built.name}: {statuses}")
+    quality, by_source = judge_quality_report(rankings, candidate_sets, curated_preferences)
     return dg.Output(
         rankings,
         metadata={
             "judge": built.name,
             "statuses": statuses,
             "summary": dg.MetadataValue.json(_jsonable(summary)),
+            "quality": dg.MetadataValue.json(_jsonable(quality)),
+            "quality_by_source": dg.MetadataValue.md(preview_markdown(by_source, 20)),
         },
     )
+
+
+def judge_quality_report(
+    rankings: pl.DataFrame, candidate_sets: pl.DataFrame, curated_preferences: pl.DataFrame
+) -> tuple[dict, pl.DataFrame]:
+    references = source_rankings(source_sets(curated_preferences), candidate_sets)
+    return judge_quality(rankings, candidate_sets, references)
 
 
 class HumanRankingsConfig(dg.Config):
@@ -243,8 +256,7 @@ def judge_agrees_with_checkable_answers(
     tasks' checkable answers, order-swap consistency, tie rate, length bias and the
     generation-versus-judgment gap. Fails when the judge orders checkable answers no better
     than a coin."""
-    references = source_rankings(source_sets(curated_preferences), candidate_sets)
-    overall, by_source = judge_quality(ai_rankings, candidate_sets, references)
+    overall, by_source = judge_quality_report(ai_rankings, candidate_sets, curated_preferences)
     accuracy = overall.get("answer_pairwise_accuracy")
     return dg.AssetCheckResult(
         passed=accuracy is None or accuracy > 0.5,

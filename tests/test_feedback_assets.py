@@ -9,6 +9,7 @@ from assets.io_manager import PolarsParquetIOManager
 from assets.resources import StorageResource
 from curation.feedback.schema import CANDIDATES
 from curation.judge.stub import StubServer
+from curation.schema import PREFERENCES
 
 SECRET = "sk-asset-test-7781-never-log"
 
@@ -48,6 +49,7 @@ def test_endpoint_judge_gets_its_key_from_the_environment_and_never_stores_it(
     out.mkdir()
     home.mkdir()
     candidate_table().write_parquet(out / "candidate_sets.parquet")
+    pl.DataFrame(schema=PREFERENCES).write_parquet(out / "curated_preferences.parquet")
     with StubServer() as server, dg.instance_for_test(temp_dir=str(home)) as instance:
         judge = JudgeResource(
             backend="openai",
@@ -56,7 +58,8 @@ def test_endpoint_judge_gets_its_key_from_the_environment_and_never_stores_it(
             api_key=dg.EnvVar("POSTFORGE_JUDGE_API_KEY"),
         )
         result = dg.materialize(
-            [dg.SourceAsset("candidate_sets"), ai_rankings],  # read from out/ as written above
+            # inputs read from out/ as written above
+            [dg.SourceAsset("candidate_sets"), dg.SourceAsset("curated_preferences"), ai_rankings],
             instance=instance,
             resources={
                 "io_manager": PolarsParquetIOManager(base_dir=str(out)),
@@ -73,6 +76,7 @@ def test_endpoint_judge_gets_its_key_from_the_environment_and_never_stores_it(
         metadata = result.asset_materializations_for_node("ai_rankings")[0].metadata
         assert metadata["statuses"].value == {"ok": 4}
         assert metadata["summary"].value["requests_sent"] >= 4
+        assert metadata["quality"].value["length_bias"] == 1.0  # this stub likes long answers
     rankings = pl.read_parquet(out / "ai_rankings.parquet")
     assert rankings["ranks"].to_list()[0] == [3, 2, 1]  # the stub ranks longer answers first
     for path in [*out.rglob("*"), *home.rglob("*")]:
