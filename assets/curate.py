@@ -2,6 +2,7 @@
 """Curation: filters with a per-row ledger, and the training sets built from what survives."""
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import dagster as dg
@@ -10,7 +11,7 @@ from pydantic import Field
 
 from assets.io_manager import preview_markdown
 from assets.resources import StorageResource
-from curation.curate import FILTERS, build_filters, curate, filter_class
+from curation.curate import FILTERS, build_filters, filter_class
 from curation.datasets import (
     ExportConfig,
     export,
@@ -20,6 +21,7 @@ from curation.datasets import (
     sft_rows,
 )
 from curation.feedback.pairs import MixConfig, mix_preferences
+from curation.incremental import curate_incremental, load_state, save_state
 from curation.preferences import curate_preferences
 from curation.tokens import TokenCounter
 from training.tokenizer import load_tokenizer
@@ -122,13 +124,30 @@ def curated_conversations(
     conversations: pl.DataFrame,
 ) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
     """Conversations after the reference, safety, PII, options, quality, length and duplicate
-    filters; the ledger has every rule that fired and each row's final state."""
-    counter = TokenCounter(load_tokenizer(storage.path("project_tokenizer")))
-    result = curate(conversations, build_filters(filter_mapping(config), counter))
+    filters; the ledger has every rule that fired and each row's final state.
+
+    Incremental (curation.incremental): rows curated before, unchanged, under the same config,
+    filter code and tokenizer, are not filtered again, and duplicates are decided again from
+    their kept keys and signatures; the result is the full run's. The state lives under the
+    outputs folder; metadata says whether a run was incremental or full, and why."""
+    tokenizer = load_tokenizer(storage.path("project_tokenizer"))
+    filters = build_filters(filter_mapping(config), TokenCounter(tokenizer))
+    state_dir = storage.path("curation_state", "curated_conversations")
+    tokenizer_id = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
+    result, state, run = curate_incremental(
+        conversations, filters, load_state(state_dir), context=f"tokenizer {tokenizer_id}"
+    )
+    if state is not None:
+        save_state(state, state_dir)
     context.add_output_metadata(
         {
             **result.counts(),
             "rows_in": conversations.height,
+            "mode": run.mode,
+            "mode_reason": run.reason,
+            "rows_filtered": run.rows_filtered,
+            "rows_signed": run.rows_signed,
+            "seconds": dg.MetadataValue.json(run.seconds),
             "by_rule": dg.MetadataValue.md(counts_table(result.ledger, result.states)),
             "dropped_examples": dg.MetadataValue.md(dropped_examples(result.states, conversations)),
         },

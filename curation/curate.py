@@ -109,11 +109,7 @@ def with_string_content(conversations: pl.DataFrame) -> tuple[pl.DataFrame, Find
 
 def curate(conversations: pl.DataFrame, filters: Sequence[Filter]) -> CurationResult:
     """Run ``filters`` in order; see the module docstring for why the order matters."""
-    # Rows are keyed by id below; a repeated id (a source that reuses its own ids) would make two
-    # rows one, so later copies are dropped here, each with its own final state.
-    first = conversations["id"].is_first_distinct()
-    repeated = conversations.filter(~first)
-    conversations = conversations.filter(first)
+    conversations, repeated = repeated_ids(conversations)
     conversations, typed = with_string_content(conversations)
     structural = structural_findings(conversations)
     findings = [typed, structural]
@@ -133,30 +129,44 @@ def curate(conversations: pl.DataFrame, filters: Sequence[Filter]) -> CurationRe
     rewritten_ids = pl.concat(rewritten).unique() if rewritten else pl.DataFrame({"row_id": []})
     curated = rebuild(conversations, batch, rewritten_ids)
     states = final_states(conversations, ledger, curated, rewritten_ids)
-    if repeated.height:
-        reason = "id already used by an earlier row"
-        extra = repeated.select(
-            pl.col("id").alias("row_id"),
-            "source",
-            state=pl.lit("dropped"),
-            rule=pl.lit("duplicate.same_id"),
-            reason=pl.lit(reason),
-        )
-        states = pl.concat([states, extra.cast(STATES)])
-        ledger = pl.concat(
-            [
-                ledger,
-                extra.select(
-                    "row_id",
-                    stage=pl.lit(STAGE),
-                    rule="rule",
-                    verdict=pl.lit("drop"),
-                    reason="reason",
-                    score=pl.lit(None, dtype=pl.Float64),
-                ).cast(LEDGER),
-            ]
-        )
-    return CurationResult(curated=curated, ledger=ledger, states=states)
+    return with_repeated(CurationResult(curated=curated, ledger=ledger, states=states), repeated)
+
+
+def repeated_ids(conversations: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows whose id comes first, later rows that repeat an id). Rows are keyed by id in the
+    pipeline; a repeated id (a source that reuses its own ids) would make two rows one, so
+    later copies are set aside, each to get its own final state (``with_repeated``)."""
+    first = conversations["id"].is_first_distinct()
+    return conversations.filter(first), conversations.filter(~first)
+
+
+def with_repeated(result: CurationResult, repeated: pl.DataFrame) -> CurationResult:
+    """``result`` with the rows ``repeated_ids`` set aside dropped as ``duplicate.same_id``."""
+    if not repeated.height:
+        return result
+    reason = "id already used by an earlier row"
+    extra = repeated.select(
+        pl.col("id").alias("row_id"),
+        "source",
+        state=pl.lit("dropped"),
+        rule=pl.lit("duplicate.same_id"),
+        reason=pl.lit(reason),
+    )
+    states = pl.concat([result.states, extra.cast(STATES)])
+    ledger = pl.concat(
+        [
+            result.ledger,
+            extra.select(
+                "row_id",
+                stage=pl.lit(STAGE),
+                rule="rule",
+                verdict=pl.lit("drop"),
+                reason="reason",
+                score=pl.lit(None, dtype=pl.Float64),
+            ).cast(LEDGER),
+        ]
+    )
+    return CurationResult(curated=result.curated, ledger=ledger, states=states)
 
 
 def apply(batch: Batch, found: Findings) -> tuple[Batch, pl.DataFrame]:

@@ -593,6 +593,27 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
             return label
 
 
+def _turn_keys(
+    turns: pl.DataFrame,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The exact pass's per-row key over ``turns`` (idx, role, norm; ordered by row, then
+    turn): (idx of each turn, first turn of each row, turns per row, whether each turn is the
+    assistant's, the row's 64-bit key, whether the row has text). A row's key depends on its own
+    turns only, so ``exact_keys`` can compute it for some rows and reuse it later."""
+    idx = turns["idx"].to_numpy()
+    new = np.ones(idx.size, dtype=bool)
+    new[1:] = idx[1:] != idx[:-1]
+    starts = np.flatnonzero(new)
+    counts = np.diff(np.append(starts, idx.size))
+    ordinal = np.arange(idx.size) - np.repeat(starts, counts)
+    assistant = (turns["role"] == "assistant").to_numpy()
+    tag = splitmix64((ordinal * 2 + assistant + 1).astype(U64))
+    mixed = splitmix64(turns["norm"].hash(seed=0x51ED).to_numpy() ^ tag)
+    key = np.add.reduceat(mixed, starts) ^ _length_mix(counts)
+    filled = np.add.reduceat((turns["norm"] != "").to_numpy(), starts) > 0
+    return idx, starts, counts, assistant, key, filled
+
+
 # --- the filter -------------------------------------------------------------------------------
 
 
@@ -761,17 +782,7 @@ class DedupFilter:
         schema = {"idx": pl.UInt32, "first": pl.UInt32}
         if turns.is_empty():
             return pl.DataFrame(schema=schema)
-        idx = turns["idx"].to_numpy()
-        new = np.ones(idx.size, dtype=bool)
-        new[1:] = idx[1:] != idx[:-1]
-        starts = np.flatnonzero(new)
-        counts = np.diff(np.append(starts, idx.size))
-        ordinal = np.arange(idx.size) - np.repeat(starts, counts)
-        assistant = (turns["role"] == "assistant").to_numpy()
-        tag = splitmix64((ordinal * 2 + assistant + 1).astype(U64))
-        mixed = splitmix64(turns["norm"].hash(seed=0x51ED).to_numpy() ^ tag)
-        key = np.add.reduceat(mixed, starts) ^ _length_mix(counts)
-        filled = np.add.reduceat((turns["norm"] != "").to_numpy(), starts) > 0
+        idx, starts, counts, assistant, key, filled = _turn_keys(turns)
         groups = np.flatnonzero(filled)  # row groups with text, in batch order
         order = groups[np.argsort(key[groups], kind="stable")]
         same = key[order[1:]] == key[order[:-1]]
@@ -826,6 +837,34 @@ class DedupFilter:
         (num_perm x len(texts)), uint32. Value-major, so a band's values and each value are
         contiguous rows."""
         return self._signatures(texts["text"], np.arange(texts.height), texts.height)
+
+    def exact_keys(self, turns: pl.DataFrame) -> pl.DataFrame:
+        """Per row of ``turns`` (as ``turns`` returns them): idx, ``key`` (UInt64, the hash the
+        exact pass groups rows by) and ``filled`` (the row has text). Rows with equal keys are
+        exact-duplicate candidates, to be confirmed by comparing their normalised turns."""
+        if turns.is_empty():
+            return pl.DataFrame(schema={"idx": pl.UInt32, "key": pl.UInt64, "filled": pl.Boolean})
+        idx, starts, _, _, key, filled = _turn_keys(turns)
+        return pl.DataFrame(
+            {"idx": idx[starts], "key": key, "filled": filled},
+            schema={"idx": pl.UInt32, "key": pl.UInt64, "filled": pl.Boolean},
+        )
+
+    def row_signatures(self, rows: np.ndarray, turns: pl.DataFrame) -> np.ndarray:
+        """Signatures (num_perm x len(rows)) of the rows ``rows`` (idx values, each with text)
+        from ``turns``: the same values the near pass computes for them, since a row's
+        signature depends on its own normalised turns only."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.empty((self.num_perm, 0), dtype=U32)
+        pos_of = np.full(int(rows.max()) + 1, -1, dtype=np.int64)
+        pos_of[rows] = np.arange(rows.size)
+        turn_idx = turns["idx"].to_numpy().astype(np.int64)
+        turn_pos = np.where(
+            turn_idx < pos_of.size, pos_of[np.minimum(turn_idx, pos_of.size - 1)], -1
+        )
+        use = (turn_pos >= 0) & (turns["norm"] != "").to_numpy()
+        return self._signatures(turns["norm"].filter(pl.Series(use)), turn_pos[use], rows.size)
 
     def _signatures(self, parts: pl.Series, part_row: np.ndarray, n: int) -> np.ndarray:
         """Signatures of ``n`` texts given as parts (see ``Shingling``)."""
@@ -886,16 +925,32 @@ class DedupFilter:
         if alive.height < 2:
             return empty
         alive_idx = alive["idx"].to_numpy().astype(np.int64)
-        pos_of = np.full(int(alive_idx.max()) + 1, -1, dtype=np.int64)
-        pos_of[alive_idx] = np.arange(alive_idx.size)
-        turn_idx = turns["idx"].to_numpy().astype(np.int64)
-        turn_pos = np.where(
-            turn_idx < pos_of.size, pos_of[np.minimum(turn_idx, pos_of.size - 1)], -1
-        )
-        use = (turn_pos >= 0) & (turns["norm"] != "").to_numpy()
-        parts = turns["norm"].filter(pl.Series(use))
         with _phase("signatures (shingles, one-permutation, densify)", rows=alive.height):
-            sig = self._signatures(parts, turn_pos[use], alive.height)
+            sig = self.row_signatures(alive_idx, turns)
+
+        def guard(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+            needed, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
+            answers = self._answers(turns, alive_idx[needed])
+            return self.answer_similarity(answers, inverse[: i.size], inverse[i.size :])
+
+        return self.near_from_signatures(alive, sig, guard)
+
+    def near_from_signatures(
+        self,
+        alive: pl.DataFrame,
+        sig: np.ndarray,
+        guard: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    ) -> pl.DataFrame:
+        """The near pass once signatures are known: banding, verification, clusters.
+        ``alive``: idx, row_id of the rows with text the exact pass kept, in batch order;
+        ``sig``: their signatures (column k is row k of ``alive``); ``guard(i, j)``: the answer
+        similarity of the pairs at positions (i, j) of ``alive``. Everything here but the
+        guard works on the signatures alone, which is what lets a refresh keep the signatures
+        of rows it saw before (curation.incremental) and pay only for new rows."""
+        empty = pl.DataFrame(schema=NEAR_SCHEMA)
+        if alive.height < 2:
+            return empty
+        alive_idx = alive["idx"].to_numpy().astype(np.int64)
         with _phase("banding"):
             pairs = band_pairs(sig, *self.banding(), threads=self._threads())
         if pairs.is_empty():
@@ -908,9 +963,7 @@ class DedupFilter:
             i, j, agree = i[keep], j[keep], agree[keep]
         if self.answer_threshold is not None and i.size:
             with _phase("verification: answer guard", pairs=int(i.size)):
-                needed, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
-                answers = self._answers(turns, alive_idx[needed])
-                answer_sim = self.answer_similarity(answers, inverse[: i.size], inverse[i.size :])
+                answer_sim = guard(i, j)
                 keep = answer_sim >= self.answer_threshold - 1e-12
                 i, j, agree = i[keep], j[keep], agree[keep]
         if not i.size:
@@ -967,6 +1020,11 @@ class DedupFilter:
             pl.when(chained).then(linked).otherwise(reason).alias("reason"),
             pl.col("score").cast(pl.Float64),
         )
+
+    @staticmethod
+    def answers(turns: pl.DataFrame, idx: np.ndarray) -> pl.Series:
+        """What the answer guard compares for rows ``idx`` of ``turns`` (see ``_answers``)."""
+        return DedupFilter._answers(turns, idx)
 
     @staticmethod
     def _answers(turns: pl.DataFrame, idx: np.ndarray) -> pl.Series:
