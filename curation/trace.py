@@ -125,6 +125,10 @@ class Catalog:
     ledger: pl.DataFrame
     states: pl.DataFrame
     looked_in: list[str] = field(default_factory=list)
+    # Pairs made from AI or human feedback (feedback_preferences): their ids are not raw rows.
+    feedback_ids: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={"id": pl.String})
+    )
 
     @property
     def sources(self) -> list[str]:
@@ -159,6 +163,9 @@ def _concat(frames: Iterable[pl.DataFrame | None], columns: dict[str, Any]) -> p
     return pl.concat(present, how="diagonal_relaxed").select(
         pl.col(name).cast(dtype) for name, dtype in columns.items()
     )
+
+
+FEEDBACK_PAIRS = "feedback_preferences"
 
 
 def load_catalog(outputs: str | Path) -> Catalog:
@@ -203,7 +210,17 @@ def load_catalog(outputs: str | Path) -> Catalog:
         subset=["row_id", "stage", "rule", "verdict", "reason"], keep="first", maintain_order=True
     )
     states_frame = _concat(states, STATES_SCHEMA)
-    return Catalog(outputs, rows_frame, rejected_frame, ledger_frame, states_frame, looked_in)
+    feedback = _scan(_asset_files(outputs, FEEDBACK_PAIRS), ["id"])
+    looked_in.append(str(outputs / f"{FEEDBACK_PAIRS}.parquet"))
+    return Catalog(
+        outputs,
+        rows_frame,
+        rejected_frame,
+        ledger_frame,
+        states_frame,
+        looked_in,
+        feedback if feedback is not None else pl.DataFrame(schema={"id": pl.String}),
+    )
 
 
 def _ledger_folders(outputs: Path) -> list[Path]:
@@ -398,7 +415,12 @@ def _raw_behind(train: list[str], catalog: Catalog) -> dict[str, Any]:
     pipeline dropped on the way (unreadable, excluded at ingest, dropped by curation)."""
     used = pl.DataFrame({"id": train}, schema={"id": pl.String}).group_by("id").len("uses")
     rows = catalog.rows.join(used, on="id", how="inner")
-    unresolved = used.join(catalog.rows.select("id"), on="id", how="anti").height
+    feedback = used.join(catalog.feedback_ids, on="id", how="semi").height
+    unresolved = (
+        used.join(catalog.rows.select("id"), on="id", how="anti")
+        .join(catalog.feedback_ids, on="id", how="anti")
+        .height
+    )
     by_file = (
         rows.group_by("asset", "file", "kind")
         .agg(pl.len().alias("rows"), pl.col("uses").sum().alias("uses"))
@@ -431,6 +453,7 @@ def _raw_behind(train: list[str], catalog: Catalog) -> dict[str, Any]:
             for a, f, k, r, u in by_file.iter_rows()
         ],
         "unresolved_ids": unresolved,
+        "feedback_pairs": feedback,
         "dropped": {
             "unreadable": _count_dict(rejected.group_by("file").len().sort("file"), "file"),
             "excluded_at_ingest": _count_dict(excluded.group_by("rule").len().sort("rule"), "rule"),

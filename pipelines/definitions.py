@@ -10,7 +10,7 @@ import os
 
 import dagster as dg
 
-from assets import alignment, curate, feedback, ingest, profile, training
+from assets import alignment, curate, feedback, ingest, lineage, profile, training
 from assets.io_manager import PolarsParquetIOManager
 from assets.resources import PROJECT_ROOT, StorageResource
 from pipelines import automation
@@ -34,7 +34,7 @@ def judge_resource() -> feedback.JudgeResource:
     )
 
 
-modules = [ingest, profile, curate, training, feedback, alignment]
+modules = [ingest, profile, curate, training, feedback, alignment, lineage]
 # Retry policies and automation conditions (pipelines/automation.py) on the loaded assets.
 all_assets = automation.apply_operations(dg.load_assets_from_modules(modules))
 all_checks = dg.load_asset_checks_from_modules(modules)

@@ -216,6 +216,19 @@ def test_alignment_stages_publish_checkpoints_and_a_report(demo):
     assert (out / "checkpoints" / "alignment_report.md").read_text().startswith("# Alignment")
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["policies_moved_within_kl_bound"] is True
+    lineage = {
+        e.asset_key.to_user_string(): e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "lineage_is_unbroken"
+    }
+    assert set(lineage) == {
+        f"{name}_checkpoint"
+        for name in ("base", "midtrain", "sft", "reward", "dpo", "ppo", "grpo", "rloo")
+    }
+    assert all(e.passed for e in lineage.values()), {
+        k: e.metadata["problems"].value for k, e in lineage.items() if not e.passed
+    }
+    assert "| stage | checkpoint | dataset |" in lineage["dpo_checkpoint"].metadata["chain"].value
     assert "reward_model_beats_chance" in checks
     metadata = materialization(result, "alignment_report").metadata
     assert metadata["plots"].value.startswith("![alignment](data:image/png;base64,")

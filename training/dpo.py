@@ -29,6 +29,7 @@ from training.common import (
     ids_digest,
     last_run_checkpoint,
     lineage_record,
+    load_splits,
     load_training_tokenizer,
     resource_errors,
     training_arguments,
@@ -227,7 +228,11 @@ def main(config: DPOStageConfig) -> Path:
         {
             **config.inputs,
             "data": config.data,
-            "row_ids_sha256": ids_digest(train),
+            # the dataset's train split as published (a trace re-hashes it), then the pairs
+            # actually used after dropping
+            "row_ids_sha256": ids_digest(load_splits(config.data)["train"]),
+            "row_ids_used_sha256": ids_digest(train),
+            "rows_used": len(train),
             "reference_checkpoint": reference_path,
             "dropped": dropped,
         },

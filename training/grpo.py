@@ -218,7 +218,10 @@ def run_group_stage(
             "data": config.data,
             "reward_model": config.reward_model,
             "reward_weights": dict(config.reward_weights),
-            "row_ids_sha256": ids_digest(train),
+            # the prompt split as published (a trace re-hashes it), then the prompts used
+            "row_ids_sha256": ids_digest(load_splits(config.data)["train"]),
+            "row_ids_used_sha256": ids_digest(train),
+            "rows_used": len(train),
         },
         parent,
         final,
