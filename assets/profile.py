@@ -1,6 +1,10 @@
 """The project's tokenizer and the length profile of every source."""
 
 import base64
+import contextlib
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -9,6 +13,7 @@ from pydantic import Field
 from assets.io_manager import preview_markdown
 from assets.resources import StorageResource, resolve
 from curation.profile import ProfileConfig, profile, write_profile
+from curation.storage import write_parquet
 from curation.tokens import TokenCounter
 from training.tokenizer import TokenizerConfig, load_tokenizer, save_tokenizer, train_tokenizer
 
@@ -46,6 +51,49 @@ def project_tokenizer(
     )
 
 
+class CachedTokenCounts:
+    """Token counts of texts seen before, kept between runs (keyed by two 64-bit hashes of the
+    text, in a file named after the tokenizer): a refresh after a new drop tokenizes the new
+    texts only. Counting is most of the profile's time; the quantiles and histograms are still
+    computed over every row, from the same counts a full run gets."""
+
+    def __init__(self, count: Callable[[list[str]], list[int]], folder: Path, tokenizer_id: str):
+        self.count, self.folder = count, folder
+        self.path = folder / f"token_counts.{tokenizer_id[:16]}.parquet"
+        self.cache = pl.DataFrame(schema=TOKEN_COUNTS)
+        if self.path.exists():
+            # An unreadable file only means counting everything again.
+            with contextlib.suppress(OSError, pl.exceptions.PolarsError):
+                self.cache = pl.read_parquet(self.path).select(TOKEN_COUNTS.names())
+        self.used: list[pl.DataFrame] = []
+        self.counted = 0
+
+    def __call__(self, texts: list[str]) -> list[int]:
+        series = pl.Series("text", texts, dtype=pl.String)
+        keys = pl.DataFrame({"h1": series.hash(11), "h2": series.hash(23)})
+        joined = keys.join(self.cache, on=["h1", "h2"], how="left", maintain_order="left")
+        missing = joined["tokens"].is_null()
+        if missing.any():
+            todo = series.filter(missing)
+            counts = pl.Series("tokens", self.count(todo.to_list()), dtype=pl.Int64)
+            at = missing.arg_true()
+            joined = joined.with_columns(joined["tokens"].scatter(at, counts))
+            self.counted += todo.len()
+        self.used.append(joined)
+        return joined["tokens"].to_list()
+
+    def save(self) -> None:
+        """Keep the counts this run used (texts gone from the data are forgotten)."""
+        used = pl.concat(self.used).unique(["h1", "h2"]) if self.used else self.cache
+        write_parquet(used.select(TOKEN_COUNTS.names()).cast(TOKEN_COUNTS), self.path)
+        for other in self.folder.glob("token_counts.*.parquet"):
+            if other != self.path:
+                other.unlink(missing_ok=True)
+
+
+TOKEN_COUNTS = pl.Schema({"h1": pl.UInt64, "h2": pl.UInt64, "tokens": pl.Int64})
+
+
 class LengthProfileConfig(dg.Config):
     histogram_bins: int = Field(default=40, description="Log-spaced bins per histogram.")
 
@@ -59,14 +107,20 @@ def length_profile(
     pretrain_corpus: pl.DataFrame,
 ) -> pl.DataFrame:
     """Characters, words and tokens per source and role (quantiles), turns per conversation,
-    and histograms shown right here in the UI."""
+    and histograms shown right here in the UI. Token counts of texts profiled before are
+    reused (``CachedTokenCounts``)."""
     tokenizer = load_tokenizer(storage.path("project_tokenizer"))
+    tokenizer_id = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
+    counts = CachedTokenCounts(
+        TokenCounter(tokenizer), storage.path("profile_state", "length_profile"), tokenizer_id
+    )
     result = profile(
         conversations,
-        TokenCounter(tokenizer),
+        counts,
         texts=pretrain_corpus,
         config=ProfileConfig(histogram_bins=config.histogram_bins),
     )
+    counts.save()
     written = write_profile(result, storage.path("length_profile"), config.histogram_bins)
     metadata: dict = {
         "tokens_by_source_and_role": dg.MetadataValue.md(
@@ -74,6 +128,7 @@ def length_profile(
         ),
         "turns_by_source": dg.MetadataValue.md(preview_markdown(result.turns, 100)),
         "folder": dg.MetadataValue.path(str(storage.path("length_profile"))),
+        "texts_tokenized": counts.counted,
     }
     for name, path in written.items():
         if path.suffix == ".png":

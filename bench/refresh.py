@@ -6,8 +6,11 @@ one drop of N FLAN-format rows (plus the embedded sources), then on a new drop o
 Both runs go through Dagster on a throwaway sqlite instance, the way the schedule runs them
 (``raw_drops`` for one partition, then everything downstream of it outside training and AI
 feedback). Per step: seconds inside the step and rows out. A refresh ingests only the new drop;
-what is downstream of ``conversations`` sees every row again, because curation (exact and
-near-duplicate removal across all sources) is global today.
+``curated_conversations`` is incremental (curation.incremental: only new or changed rows go
+through the filters and get dedup keys and signatures; duplicates are decided again over all
+rows from the kept ones), and its metadata (mode, rows filtered, seconds per phase) is recorded.
+The other steps downstream of ``conversations`` (profile, preference curation, exports, checks)
+still read and write every row.
 
 AI feedback is not in these Dagster runs: its candidates come from an SFT checkpoint (a training
 run). Its cost is the judge's requests, measured beside them with the judge client ``ai_rankings``
@@ -82,7 +85,17 @@ def run(assets, selection, drop: str, instance, resources, drops_root: Path) -> 
     wall = time.perf_counter() - started
     steps = step_seconds(result)
     rows = rows_out(result)
+    curation = {}
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == "curated_conversations":
+            metadata = event.materialization.metadata
+            curation = {
+                k: metadata[k].value
+                for k in ("mode", "mode_reason", "rows_filtered", "rows_signed", "seconds")
+                if k in metadata
+            }
     return {
+        "curation": curation,
         "wall_s": round(wall, 2),
         "in_steps_s": round(sum(steps.values()), 2),
         "steps_s": steps,
@@ -181,6 +194,14 @@ def main() -> None:
         "refresh_over_full": {
             "wall": round(refresh["wall_s"] / full["wall_s"], 3),
             "in_steps": round(refresh["in_steps_s"] / full["in_steps_s"], 3),
+            "curated_conversations_step": round(
+                refresh["steps_s"]["curated_conversations"]
+                / full["steps_s"]["curated_conversations"],
+                3,
+            ),
+            "length_profile_step": round(
+                refresh["steps_s"]["length_profile"] / full["steps_s"]["length_profile"], 3
+            ),
             "rows_ingested_from_drops": round(
                 refresh["rows_ingested_from_drop"] / max(1, full["rows_ingested_from_drop"]), 4
             ),

@@ -10,10 +10,13 @@ from polars.testing import assert_frame_equal
 
 from assets.curate import curated_conversations
 from assets.io_manager import PolarsParquetIOManager
+from assets.profile import CachedTokenCounts, length_profile
 from assets.resources import SAMPLES, StorageResource
 from curation.curate import CurationResult, build_filters, curate
 from curation.incremental import CurationState, curate_incremental, load_state, save_state
 from curation.ingest import IngestResult, ingest
+from curation.profile import profile
+from curation.readers.text import read_text_corpus
 from curation.storage import write_parquet
 from curation.tokens import TokenCounter
 from training.tokenizer import TokenizerConfig, corpus_texts, save_tokenizer, train_tokenizer
@@ -171,13 +174,31 @@ def test_an_unreadable_state_means_a_full_run(tmp_path, data, filters):
     assert load_state(tmp_path / "elsewhere") is None
 
 
+def test_token_counts_are_reused_and_equal_the_tokenizers(tmp_path, data, tokenizer):
+    old, combined, _ = data
+    texts = old["messages"].list.eval(pl.element().struct.field("content")).explode().to_list()
+    more = combined["messages"].list.eval(pl.element().struct.field("content")).explode()
+    plain = TokenCounter(tokenizer)
+    first = CachedTokenCounts(plain, tmp_path, "tok")
+    assert first(texts) == plain(texts) and first.counted == len(texts)
+    first.save()
+    second = CachedTokenCounts(plain, tmp_path, "tok")
+    assert second(more.to_list()) == plain(more.to_list())
+    assert 0 < second.counted < more.n_unique() // 5
+    assert CachedTokenCounts(plain, tmp_path, "other tokenizer").cache.is_empty()
+
+
 def test_two_materializations_second_is_incremental(tmp_path, data, filters, tokenizer):
     old, combined, facts = data
     out = tmp_path / "out"
     save_tokenizer(tokenizer, out / "project_tokenizer")
+    pretrain = read_text_corpus([SAMPLES / "pretrain.jsonl"], "pretrain").texts
+    write_parquet(pretrain, out / "pretrain_corpus.parquet")
     assets = [
         curated_conversations,
+        length_profile,
         dg.AssetSpec("conversations"),
+        dg.AssetSpec("pretrain_corpus"),
         dg.AssetSpec("project_tokenizer"),
     ]
     resources = {
@@ -192,12 +213,15 @@ def test_two_materializations_second_is_incremental(tmp_path, data, filters, tok
             write_parquet(frame, out / "conversations.parquet")
             result = dg.materialize(
                 assets,
-                selection=["curated_conversations", "curation_ledger"],
+                selection=["curated_conversations", "curation_ledger", "length_profile"],
                 instance=instance,
                 resources=resources,
             )
             assert result.success
-            meta = result.asset_materializations_for_node("curated_conversations")
+            meta = [
+                *result.asset_materializations_for_node("curated_conversations"),
+                *result.asset_materializations_for_node("length_profile"),
+            ]
             runs.append({m.asset_key.path[0]: m.metadata for m in meta})
     first, second = (r["curated_conversations"] for r in runs)
     assert first["mode"].value == "full"
@@ -208,3 +232,9 @@ def test_two_materializations_second_is_incremental(tmp_path, data, filters, tok
     ledger = out / "curation_ledger"
     assert_frame_equal(pl.read_parquet(ledger / "ledger.parquet"), expected.ledger)
     assert_frame_equal(pl.read_parquet(ledger / "states.parquet"), expected.states)
+    # The profile tokenized only the drop's texts the second time, and its stats are a full
+    # profile's.
+    assert runs[0]["length_profile"]["texts_tokenized"].value > 5000
+    assert runs[1]["length_profile"]["texts_tokenized"].value < 1000
+    stats = profile(combined, TokenCounter(tokenizer), texts=pretrain).stats
+    assert_frame_equal(pl.read_parquet(out / "length_profile.parquet"), stats)

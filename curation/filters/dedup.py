@@ -55,6 +55,7 @@ chunked call would only find duplicates within a chunk. Rows are chunked interna
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -458,6 +459,7 @@ def _densify(sig: np.ndarray, shifts: np.ndarray, scratch: np.ndarray | None = N
         todo = np.compress(value == EMPTY, todo)
 
 
+@functools.cache  # a pure search over (bands, rows) that every call of ``banding`` repeats
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """Bands and rows per band, as datasketch chooses them (minimise the integrated false
     positive and false negative candidate probabilities, taking a band of ``r`` values to agree
