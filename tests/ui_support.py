@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,8 @@ class DagsterDev:
     home: Path
     outputs: Path
     log: Path
+    # The ``dagster dev`` process itself, for tests that watch it react to its children dying.
+    process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def graphql(self) -> GraphQL:
@@ -86,9 +88,14 @@ class DagsterDev:
 
 
 @contextmanager
-def dagster_dev(folder: Path, startup_timeout: float = 120.0) -> Iterator[DagsterDev]:
+def dagster_dev(
+    folder: Path, startup_timeout: float = 120.0, log_name: str = "dagster_dev.log"
+) -> Iterator[DagsterDev]:
     """``dagster dev`` (webserver + daemon + code server) on a free 127.0.0.1 port, with
-    DAGSTER_HOME and POSTFORGE_OUTPUTS under ``folder``; yields once the code location loaded."""
+    DAGSTER_HOME and POSTFORGE_OUTPUTS under ``folder``; yields once the code location loaded.
+
+    A second one on the same ``folder`` serves the same instance and outputs (a restart); give it
+    its own ``log_name``, since processes of the first may still be writing to the first log."""
     home, outputs, drops = folder / "dagster_home", folder / "outputs", folder / "drops"
     for path in (home, outputs, drops):
         path.mkdir(parents=True, exist_ok=True)
@@ -104,7 +111,7 @@ def dagster_dev(folder: Path, startup_timeout: float = 120.0) -> Iterator[Dagste
     }
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-m", CODE_MODULE, "-h", "127.0.0.1", "-p", str(port)]
-    log = folder / "dagster_dev.log"
+    log = folder / log_name
     with log.open("wb") as sink:
         # Own session: stopping it reaches the webserver, daemon and code server it started.
         process = subprocess.Popen(
@@ -116,7 +123,7 @@ def dagster_dev(folder: Path, startup_timeout: float = 120.0) -> Iterator[Dagste
             start_new_session=True,
             preexec_fn=default_sigint,
         )
-    server = DagsterDev(f"http://127.0.0.1:{port}", home, outputs, log)
+    server = DagsterDev(f"http://127.0.0.1:{port}", home, outputs, log, process)
     try:
         wait_until_loaded(server, process, startup_timeout)
         yield server
@@ -163,6 +170,70 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+# --- processes (Linux /proc) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    parent: int
+    command: str
+
+
+def process_info(pid: int) -> ProcessInfo | None:
+    """The live process ``pid`` (None once it exited, zombies included: nothing runs there)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name in parentheses may itself hold spaces or parentheses; fields follow it.
+    state, parent = stat[stat.rindex(")") + 2 :].split()[:2]
+    if state in ("Z", "X"):
+        return None
+    return ProcessInfo(pid, int(parent), raw.replace(b"\0", b" ").decode(errors="replace"))
+
+
+def instance_processes(home: Path) -> list[ProcessInfo]:
+    """Every live process started with DAGSTER_HOME=``home``: what the servers on that instance
+    started, orphans included (when dagster dev dies, its code server and run worker live on)."""
+    wanted = f"DAGSTER_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if wanted in environment and (info := process_info(int(entry.name))):
+            found.append(info)
+    return found
+
+
+def webserver_process(server: DagsterDev) -> ProcessInfo:
+    """The ``dagster_webserver`` child of this ``dagster dev``."""
+    assert server.process is not None
+    children = [
+        info
+        for info in instance_processes(server.home)
+        if info.parent == server.process.pid and " -m dagster_webserver " in info.command
+    ]
+    if len(children) != 1:
+        raise RuntimeError(f"expected one webserver under dagster dev, found {children}")
+    return children[0]
+
+
+def wait_for_exit(pids: Iterable[int], timeout: float) -> list[ProcessInfo]:
+    """Wait until none of ``pids`` lives; those still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [info for pid in pids if (info := process_info(pid))]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
 
 
 # --- the asset graph ----------------------------------------------------------------------
@@ -289,6 +360,38 @@ def run_errors(graphql: GraphQL, run_id: str) -> list[str]:
         for e in events
         if e["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent")
     ]
+
+
+def started_steps(graphql: GraphQL, run_id: str) -> set[str]:
+    data = graphql(
+        """query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
+            __typename ... on ExecutionStepStartEvent { stepKey } } } } }""",
+        id=run_id,
+    )
+    events = data["logsForRun"].get("events", [])
+    return {e["stepKey"] for e in events if e["__typename"] == "ExecutionStepStartEvent"}
+
+
+def wait_for_step(server: DagsterDev, run_id: str, step_key: str, timeout: float = 120.0) -> None:
+    """Poll until the run started ``step_key`` (its body is running or about to)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if step_key in started_steps(server.graphql, run_id):
+            return
+        if (status := run_status(server.graphql, run_id)) in FINISHED:
+            raise RuntimeError(f"run {run_id} {status} before step {step_key} started")
+        time.sleep(0.2)
+    raise TimeoutError(f"step {step_key} of run {run_id} not started after {timeout:.0f} s")
+
+
+def run_materializations(graphql: GraphQL, run_id: str) -> set[str]:
+    """The asset keys this run materialized, as its run page lists them."""
+    data = graphql(
+        """query($id: ID!) { runOrError(runId: $id) { ... on Run {
+            assetMaterializations { assetKey { path } } } } }""",
+        id=run_id,
+    )
+    return {"/".join(m["assetKey"]["path"]) for m in data["runOrError"]["assetMaterializations"]}
 
 
 def wait_for_run(server: DagsterDev, run_id: str, timeout: float = 120.0) -> str:
