@@ -96,13 +96,12 @@ CACHED_FINDINGS = pl.Schema(
 )
 DEDUP = pl.Schema({"row_id": pl.String, "key": pl.UInt64, "filled": pl.Boolean})
 PAIRS = pl.Schema({"kind": pl.String, "a": pl.String, "b": pl.String, "value": pl.Float64})
-# Modules whose code decides verdicts besides the filters' own modules.
+# Modules whose code decides verdicts besides the filters package.
 CODE_MODULES = (
     "curation/curate.py",
     "curation/incremental.py",
     "curation/schema.py",
     "curation/tokens.py",
-    "curation/filters/base.py",
 )
 
 
@@ -126,9 +125,6 @@ class RunInfo:
     rows_filtered: int  # rows that went through the per-row filters this run
     rows_signed: int  # rows whose dedup key and signature were computed this run
     seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
-
-    def as_metadata(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # --- fingerprint ------------------------------------------------------------------------------
@@ -158,8 +154,15 @@ def _canonical(value: Any) -> Any:
 
 
 def _source_files(filters: Sequence[Filter]) -> list[Path]:
+    """Every file of the filters package (word lists included), the modules in
+    ``CODE_MODULES`` and the module of any filter class from elsewhere."""
     root = Path(__file__).resolve().parents[1]
     files = {root / name for name in CODE_MODULES}
+    files |= {
+        path
+        for path in (root / "curation" / "filters").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
     for f in filters:
         source = inspect.getsourcefile(type(f))
         if source:
@@ -272,7 +275,7 @@ def curate_incremental(
         reason = ""
     clock = _Clock()
     result, state, counts = _run(conversations, per_row, dedup, previous, print_, clock)
-    if state is None:  # an exact-key collision: the full run's fallback decides
+    if result is None:  # an exact-key collision: the full run's fallback decides
         reason = "two different texts share an exact-duplicate key"
         return curate(conversations, filters), None, RunInfo("full", reason, height, height, 0)
     mode = "incremental" if previous is not None else "full"
@@ -309,7 +312,8 @@ def _run(
     previous: CurationState | None,
     print_: str,
     clock: _Clock,
-) -> tuple[CurationResult, CurationState | None, tuple[int, int]]:
+) -> tuple[CurationResult | None, CurationState | None, tuple[int, int]]:
+    """The memoised run; (None, None, ...) when an exact pair's texts differ."""
     conv, repeated = repeated_ids(conversations)
     # ``rows`` stays aligned with ``conv`` (one entry per row, same order): masks over it
     # select rows of ``conv`` without joining the wide input.
@@ -368,7 +372,7 @@ def _run(
             dedup, survivors, dedup_state, signatures, previous, texts, known_ids
         )
         if outcome is None:
-            return curate(conversations, [*per_row, dedup]), None, (0, 0)
+            return None, None, (0, 0)
         found, pairs = outcome
         dedup_findings = found.with_columns(
             step=pl.lit(len(per_row) + 1, pl.UInt16),

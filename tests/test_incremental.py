@@ -238,3 +238,13 @@ def test_two_materializations_second_is_incremental(tmp_path, data, filters, tok
     assert runs[1]["length_profile"]["texts_tokenized"].value < 1000
     stats = profile(combined, TokenCounter(tokenizer), texts=pretrain).stats
     assert_frame_equal(pl.read_parquet(out / "length_profile.parquet"), stats)
+
+
+def test_an_exact_key_shared_by_different_texts_falls_back_to_curate(data, filters, monkeypatch):
+    from curation import incremental
+
+    old, _, _ = data
+    monkeypatch.setattr(incremental, "_exact", lambda *args: None)
+    result, state, run = curate_incremental(old, filters, None)
+    assert (run.mode, state) == ("full", None) and "exact-duplicate key" in run.reason
+    assert_same(result, curate(old, filters))
