@@ -28,14 +28,23 @@ checks, which list one rule after another) by rule block, then by row position, 
 order of a row's findings within its step. Every filter lists its findings in row order, so
 this is the order ``curate`` produces (tests/test_incremental.py compares frames exactly).
 
-What invalidates the state (and makes the run ``full``): another filter config, another
-version of the filter code (a hash of the source files of the modules the filters come from
-and of this package's curation modules, plus ``VERSION``), another polars or numpy (the row
-and exact-key hashes are polars hashes), or whatever the caller names in ``context`` (the
-tokenizer the length filter counts with: it is not part of the filter's config). Cases the
-memoised path does not cover run ``curate`` itself and keep no state: messages that are not
-the canonical type (the cast and its drop verdicts are about the whole column), or a duplicate
-filter that is not the last filter.
+What invalidates the state (and makes the run ``full``, which computes everything and writes
+a new state): another filter config, another version of the filter code (a hash of every file
+of the filters package, of the curation modules in ``CODE_MODULES`` and of any other filter
+class's module, plus ``VERSION``), another polars or numpy (the row and exact-key hashes are
+polars hashes), or whatever the caller names in ``context`` (the tokenizer the length filter
+counts with: it is not part of the filter's config). Cases the memoised path does not cover run
+``curate`` itself and keep no state: messages that are not the canonical type (the cast and
+its drop verdicts are about the whole column), a duplicate filter that is not the last filter,
+and two different texts sharing a 64-bit exact key (``curate`` then groups key strings).
+
+On disk (``save_state``): Parquet files for rows, findings, dedup keys and verified pairs, and
+the signatures as one value-major uint32 ``.npy`` matrix, memory-mapped on load: converting a
+Parquet list column to the layout banding reads cost more than the rest of a refresh. Each
+save is a new sub-folder that ``CURRENT`` points to once complete; a state that cannot be read
+makes the next run full. Measured on 100k rows and a 1% drop (bench/refresh.py): the
+``curated_conversations`` step takes 1.5 s against 5.1 s for a full run; what is left is
+linear but reads no text (row hashes, one sort per LSH band, joins) plus the asset's I/O.
 
 A row's content hash is 64 bits: a changed row is mistaken for its old version with
 probability 2**-64.
