@@ -87,56 +87,41 @@ def _policy_settings(storage: StorageResource, recipe: str, stage: str) -> dict:
     return settings
 
 
-@dg.asset(
-    group_name=GROUP,
-    deps=["prompt_dataset", "sft_checkpoint", reward_checkpoint],
-    pool=POOL,
-    kinds={"pytorch"},
+def policy_asset(stage: str, description: str) -> dg.AssetsDefinition:
+    """An online-RL stage from the SFT policy against the reward model and/or the checkable
+    answer: PPO and its alternatives differ only in the stage they launch."""
+
+    @dg.asset(
+        name=f"{stage}_checkpoint",
+        description=description,
+        group_name=GROUP,
+        deps=["prompt_dataset", "sft_checkpoint", reward_checkpoint],
+        pool=POOL,
+        kinds={"pytorch"},
+    )
+    def policy_checkpoint(
+        context: dg.AssetExecutionContext,
+        config: RecipeConfig,
+        storage: StorageResource,
+        pipes_subprocess_client: dg.PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
+        settings = _policy_settings(storage, config.recipe, stage)
+        return run_stage(context, pipes_subprocess_client, storage, config.recipe, stage, settings)
+
+    return policy_checkpoint
+
+
+ppo_checkpoint = policy_asset(
+    "ppo", "PPO against the reward model with a KL penalty to the frozen SFT policy."
 )
-def ppo_checkpoint(
-    context: dg.AssetExecutionContext,
-    config: RecipeConfig,
-    storage: StorageResource,
-    pipes_subprocess_client: dg.PipesSubprocessClient,
-) -> dg.MaterializeResult:
-    """PPO against the reward model with a KL penalty to the frozen SFT policy."""
-    settings = _policy_settings(storage, config.recipe, "ppo")
-    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "ppo", settings)
-
-
-@dg.asset(
-    group_name=GROUP,
-    deps=["prompt_dataset", "sft_checkpoint", reward_checkpoint],
-    pool=POOL,
-    kinds={"pytorch"},
+grpo_checkpoint = policy_asset(
+    "grpo",
+    "GRPO (an alternative to PPO): group-relative advantages, rewards from the recipe's reward "
+    "functions (the reward model and/or the checkable answer).",
 )
-def grpo_checkpoint(
-    context: dg.AssetExecutionContext,
-    config: RecipeConfig,
-    storage: StorageResource,
-    pipes_subprocess_client: dg.PipesSubprocessClient,
-) -> dg.MaterializeResult:
-    """GRPO (an alternative to PPO): group-relative advantages, rewards from the recipe's
-    reward functions (the reward model and/or the checkable answer)."""
-    settings = _policy_settings(storage, config.recipe, "grpo")
-    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "grpo", settings)
-
-
-@dg.asset(
-    group_name=GROUP,
-    deps=["prompt_dataset", "sft_checkpoint", reward_checkpoint],
-    pool=POOL,
-    kinds={"pytorch"},
+rloo_checkpoint = policy_asset(
+    "rloo", "RLOO (an alternative to PPO): leave-one-out baselines over several samples per prompt."
 )
-def rloo_checkpoint(
-    context: dg.AssetExecutionContext,
-    config: RecipeConfig,
-    storage: StorageResource,
-    pipes_subprocess_client: dg.PipesSubprocessClient,
-) -> dg.MaterializeResult:
-    """RLOO (an alternative to PPO): leave-one-out baselines over several samples per prompt."""
-    settings = _policy_settings(storage, config.recipe, "rloo")
-    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "rloo", settings)
 
 
 POLICIES = ("pretrain", "midtrain", "sft", "dpo", "ppo", "grpo", "rloo")

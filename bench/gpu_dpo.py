@@ -31,9 +31,16 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
 
-from bench.gpu_sft import CUDA, PEAK_FLOPS, SMOKE, VOCAB, sync, tokenizer_file  # noqa: E402
+from bench.gpu_sft import (  # noqa: E402
+    CUDA,
+    PEAK_FLOPS,
+    SMOKE,
+    VOCAB,
+    Clock,
+    Count,
+    tokenizer_file,
+)
 from training.checkpoint import publish  # noqa: E402
 from training.dpo import DPOStageConfig, build_trainer  # noqa: E402
 from training.models import ModelConfig, build_causal_lm  # noqa: E402
@@ -86,34 +93,15 @@ def sft_checkpoint(directory: Path, tokenizer_dir: Path) -> Path:
     return publish(model, tokenizer, directory, {"stage": "bench"})
 
 
-class Clock(TrainerCallback):
-    def __init__(self, warm: int) -> None:
-        self.warm, self.t0, self.t1, self.steps = warm, None, None, 0
+class PairCount(Count):
+    """DPO batches hold chosen and rejected sequences; count their non-padding tokens."""
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if state.global_step == self.warm:
-            sync()
-            self.t0 = time.perf_counter()
-            Count.tokens = 0
-        elif state.global_step > self.warm:
-            self.steps += 1
-
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        sync()
-        self.t1 = time.perf_counter()
-
-
-class Count:
     tokens = 0
 
-    def __init__(self, inner) -> None:  # noqa: ANN001
-        self.inner = inner
-
-    def __call__(self, features):  # noqa: ANN001
-        batch = self.inner(features)
+    @staticmethod
+    def count(batch) -> int:  # noqa: ANN001
         masks = [v for k, v in batch.items() if k.endswith("attention_mask")]
-        Count.tokens += int(sum(int(m.sum()) for m in masks))
-        return batch
+        return int(sum(int(m.sum()) for m in masks))
 
 
 def run(name: str, data: Path, init: Path, out: Path) -> dict:
@@ -137,9 +125,9 @@ def run(name: str, data: Path, init: Path, out: Path) -> dict:
         resume=False,
         **lever,
     )
-    clock = Clock(warm)
+    clock = Clock(warm, PairCount)
     trainer, _ = build_trainer(config, [clock])
-    trainer.data_collator = Count(trainer.data_collator)
+    trainer.data_collator = PairCount(trainer.data_collator)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -147,7 +135,7 @@ def run(name: str, data: Path, init: Path, out: Path) -> dict:
     wall = time.perf_counter() - started
     seconds = clock.t1 - clock.t0
     params = sum(p.numel() for p in trainer.model.parameters())
-    tokens_per_s = Count.tokens / seconds
+    tokens_per_s = PairCount.tokens / seconds
     result = {
         "side": "postforge",
         "kind": "dpo",
@@ -155,7 +143,7 @@ def run(name: str, data: Path, init: Path, out: Path) -> dict:
         "batch": batch,
         "params_M": round(params / 1e6),
         "steps": clock.steps,
-        "real_tokens": Count.tokens,
+        "real_tokens": PairCount.tokens,
         "sec": round(seconds, 2),
         "train_wall_s": round(wall, 1),
         "tokens_per_s": round(tokens_per_s),

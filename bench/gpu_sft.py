@@ -103,25 +103,6 @@ def dataset(directory: Path) -> Path:
     return directory
 
 
-class Clock(TrainerCallback):
-    """Times the steps after the warm-up ones (compilation and allocator growth excluded)."""
-
-    def __init__(self, warm: int) -> None:
-        self.warm, self.t0, self.t1, self.steps = warm, None, None, 0
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if state.global_step == self.warm:
-            sync()
-            self.t0 = time.perf_counter()
-            Count.tokens = 0
-        elif state.global_step > self.warm:
-            self.steps += 1
-
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        sync()
-        self.t1 = time.perf_counter()
-
-
 class Count:
     """Wraps the collator to count labelled tokens, as the baseline does."""
 
@@ -132,8 +113,32 @@ class Count:
 
     def __call__(self, features):  # noqa: ANN001
         batch = self.inner(features)
-        Count.tokens += int((batch["labels"] != -100).sum())
+        type(self).tokens += self.count(batch)
         return batch
+
+    @staticmethod
+    def count(batch) -> int:  # noqa: ANN001
+        return int((batch["labels"] != -100).sum())
+
+
+class Clock(TrainerCallback):
+    """Times the steps after the warm-up ones (compilation and allocator growth excluded) and
+    zeroes ``counter``'s tokens when timing starts."""
+
+    def __init__(self, warm: int, counter: type[Count] = Count) -> None:
+        self.warm, self.counter, self.t0, self.t1, self.steps = warm, counter, None, None, 0
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step == self.warm:
+            sync()
+            self.t0 = time.perf_counter()
+            self.counter.tokens = 0
+        elif state.global_step > self.warm:
+            self.steps += 1
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        sync()
+        self.t1 = time.perf_counter()
 
 
 def sync() -> None:
