@@ -1,24 +1,31 @@
 """Raw sources and the canonical tables built from them."""
 # Dagster reads these annotations at definition time: no "from __future__ import annotations".
 
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
 import polars as pl
 from pydantic import Field
+from upath import UPath
 
-from assets.io_manager import frame_metadata
+from assets.io_manager import previous_table, read_frame
 from assets.partitions import (
     DEFAULT_DROPS_ROOT,
     DROPS,
     DropError,
     drop_files,
-    load_drop_table,
+    drop_records,
     qualify_positional_ids,
-    replace_by_id,
+    without_later_ids,
 )
 from assets.resources import resolve
 from curation.errors import SourceError
 from curation.ingest import IngestResult, ReadOptions, ingest
 from curation.readers.text import read_text_corpus
+from curation.storage import Part, PartSet, PartUpdate
 
 GROUP = "ingest"
 
@@ -177,19 +184,139 @@ def raw_drops(context: dg.AssetExecutionContext, config: DropConfig) -> dict[str
     return as_tables(result)
 
 
+EMBEDDED = "sources"
+
+
+def _drop_part(drop: str) -> str:
+    return f"drop={drop}"
+
+
+def _embedded(raw: dict[str, dict[str, pl.DataFrame]], members: tuple[str, ...]) -> dict:
+    """The embedded sources' tables, one frame per member (they are small: read every run)."""
+    return {
+        m: pl.concat([t[m] for t in raw.values() if m in t], how="vertical")
+        for m in members
+        if any(m in t for t in raw.values())
+    }
+
+
+def _tag(frames: dict[str, pl.DataFrame]) -> str:
+    digest = hashlib.sha256()
+    for name, frame in sorted(frames.items()):
+        digest.update(f"{name}:{frame.height}:{frame.hash_rows(seed=7).sum()}".encode())
+    return "sources " + digest.hexdigest()[:16]
+
+
 def _combine(
-    context: dg.AssetExecutionContext, raw: dict[str, dict[str, pl.DataFrame]], table: str
-) -> pl.DataFrame:
-    """The embedded sources' table, then every ingested drop's in registration order; a row a
-    later drop delivers again (same ``id``) is replaced by the later version."""
-    drops = load_drop_table(context.instance, raw_drops.key, table)
-    parts = [tables[table] for tables in raw.values() if table in tables]
-    parts += list(drops.values())
-    if not drops or table not in ("conversations", "preferences"):
-        return pl.concat(parts, how="vertical")
-    combined, replaced = replace_by_id(parts)
-    context.add_output_metadata({"drops": list(drops), "replaced_by_later_drop": replaced})
-    return combined
+    context: dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    raw: dict[str, dict[str, pl.DataFrame]],
+    members: tuple[str, ...],
+    stats: Callable[[dict[str, pl.DataFrame]], dict[str, dict[str, int]]],
+    replace: bool,
+) -> PartUpdate:
+    """The embedded sources' tables as one part, then one part per ingested drop in
+    registration order; a row a later drop delivers again (same ``id``; when ``replace``) is
+    replaced by the later version. A refresh after a new drop writes that drop's part only
+    (and reads only the ``id`` column of the others, to find replaced rows); any other change
+    (a drop ingested again, the embedded sources changed, rows replaced) builds every part."""
+    embedded = _embedded(raw, members)
+    drops = drop_records(context.instance, raw_drops.key)
+    wanted = [(EMBEDDED, _tag(embedded))]
+    wanted += [(_drop_part(d), tag) for d, (tag, _) in drops.items()]
+    paths = {_drop_part(d): path for d, (_, path) in drops.items()}
+
+    def load(name: str) -> dict[str, pl.DataFrame]:
+        if name == EMBEDDED:
+            return embedded
+        folder = UPath(paths[name])
+        return {m: read_frame(folder / f"{m}.parquet") for m in members}
+
+    base = previous_table(context.instance, key)
+    known = [(p.name, p.tag) for p in base.parts] if base is not None else []
+    mode = "append"
+    if base is None or base.members != _stored_members(members) or wanted[: len(known)] != known:
+        mode, known = "rebuild", []
+    fresh = {name: load(name) for name, _ in wanted[len(known) :]}
+    replaced = 0
+    if replace and fresh:
+        order = list(fresh)
+        kept, replaced = without_later_ids([fresh[n][members[0]] for n in order])
+        fresh = {n: {members[0]: k} for n, k in zip(order, kept, strict=True)}
+        if known and base is not None:
+            new_ids = pl.concat([f[members[0]]["id"] for f in fresh.values()])
+            hit = base.scan().select("id").filter(pl.col("id").is_in(new_ids.implode()))
+            if hit.collect().height:  # an earlier part loses rows: rebuild them all
+                return _combine_all(context, key, wanted, load, members, stats, replace, base)
+    update = PartUpdate(
+        parts=[p for p in (base.parts if base is not None and known else [])]
+        + [
+            Part(name, tag, rows=_rows(fresh[name]), stats=stats(fresh[name]))
+            for name, tag in wanted[len(known) :]
+        ],
+        new={n: _stored(f, members) for n, f in fresh.items()},
+        base=base,
+        members=_stored_members(members),
+    )
+    context.add_output_metadata(
+        {
+            "drops": list(drops),
+            "replaced_by_later_drop": replaced,
+            "combine": mode,
+            "parts_written": list(fresh),
+        }
+    )
+    return update
+
+
+def _combine_all(
+    context: dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    wanted: list[tuple[str, str]],
+    load: Callable[[str], dict[str, pl.DataFrame]],
+    members: tuple[str, ...],
+    stats: Callable[[dict[str, pl.DataFrame]], dict[str, dict[str, int]]],
+    replace: bool,
+    base: PartSet | None,
+) -> PartUpdate:
+    frames = {name: load(name) for name, _ in wanted}
+    replaced = 0
+    if replace:
+        kept, replaced = without_later_ids([f[members[0]] for f in frames.values()])
+        frames = {n: {members[0]: k} for n, k in zip(frames, kept, strict=True)}
+    context.add_output_metadata(
+        {"replaced_by_later_drop": replaced, "combine": "rebuild", "parts_written": list(frames)}
+    )
+    return PartUpdate(
+        parts=[Part(n, t, rows=_rows(frames[n]), stats=stats(frames[n])) for n, t in wanted],
+        new={n: _stored(f, members) for n, f in frames.items()},
+        base=base,
+        members=_stored_members(members),
+    )
+
+
+def _stored_members(members: tuple[str, ...]) -> tuple[str, ...]:
+    """A one-member table is stored as plain part files (readers get a frame)."""
+    return members if len(members) > 1 else ()
+
+
+def _stored(frames: dict[str, pl.DataFrame], members: tuple[str, ...]) -> Any:
+    return frames if len(members) > 1 else frames[members[0]]
+
+
+def _rows(frames: dict[str, pl.DataFrame]) -> int:
+    return next(iter(frames.values())).height if frames else 0
+
+
+def _by_source(frames: dict[str, pl.DataFrame]) -> dict[str, dict[str, int]]:
+    return {"by_source": reason_counts(next(iter(frames.values())), "source")}
+
+
+def _reject_stats(frames: dict[str, pl.DataFrame]) -> dict[str, dict[str, int]]:
+    return {
+        "rejected_reasons": reason_counts(frames["rejected"], "reason"),
+        "excluded_rules": reason_counts(frames["ledger"], "rule"),
+    }
 
 
 @dg.asset(
@@ -198,14 +325,19 @@ def _combine(
     deps=[raw_drops],
     kinds={"polars"},
 )
-def conversations(
-    context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]
-) -> pl.DataFrame:
+def conversations(context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]) -> PartUpdate:
     """Every source's conversations in the canonical schema (one row per conversation), from
-    the embedded sources and every drop ingested so far."""
-    combined = _combine(context, raw, "conversations")
-    context.add_output_metadata({"by_source": reason_counts(combined, "source")})
-    return combined
+    the embedded sources and every drop ingested so far: one part per drop (see
+    ``_combine``), read as one table downstream."""
+    update = _combine(
+        context, dg.AssetKey("conversations"), raw, ("conversations",), _by_source, True
+    )
+    context.add_output_metadata({"by_source": _summed(update, "by_source")})
+    return update
+
+
+def _summed(update: PartUpdate, stat: str) -> dict[str, int]:
+    return PartSet(Path("."), update.parts).summed(stat)
 
 
 @dg.asset(
@@ -216,12 +348,14 @@ def conversations(
 )
 def preferences_human(
     context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]
-) -> pl.DataFrame:
+) -> PartUpdate:
     """Comparison data that came with the sources (OpenAssistant sibling ranks, HH-RLHF,
     UltraFeedback ratings), as TRL prompt/chosen/rejected rows with their origin."""
-    combined = _combine(context, raw, "preferences")
-    context.add_output_metadata({"by_source": reason_counts(combined, "source")})
-    return combined
+    update = _combine(
+        context, dg.AssetKey("preferences_human"), raw, ("preferences",), _by_source, True
+    )
+    context.add_output_metadata({"by_source": _summed(update, "by_source")})
+    return update
 
 
 @dg.asset(
@@ -230,21 +364,19 @@ def preferences_human(
     deps=[raw_drops],
     kinds={"polars"},
 )
-def ingest_rejects(
-    context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]
-) -> dict[str, pl.DataFrame]:
+def ingest_rejects(context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]) -> PartUpdate:
     """Nothing is lost: unreadable rows (file, line, field, reason) and rows read but excluded
     at ingest (deleted, failed review, spam), from every source and drop."""
-    rejected = _combine(context, raw, "rejected")
-    ledger = _combine(context, {k: v for k, v in raw.items() if "ledger" in v}, "ledger")
+    update = _combine(
+        context, dg.AssetKey("ingest_rejects"), raw, ("rejected", "ledger"), _reject_stats, False
+    )
     context.add_output_metadata(
         {
-            "rejected_reasons": reason_counts(rejected, "reason"),
-            "excluded_rules": reason_counts(ledger, "rule"),
-            **{f"rejected_{k}": v for k, v in frame_metadata(rejected).items() if k == "preview"},
+            "rejected_reasons": _summed(update, "rejected_reasons"),
+            "excluded_rules": _summed(update, "excluded_rules"),
         }
     )
-    return {"rejected": rejected, "ledger": ledger}
+    return update
 
 
 @dg.asset(group_name=GROUP, ins={"raw_pretrain": dg.AssetIn()}, kinds={"polars"})

@@ -14,7 +14,7 @@ import dagster as dg
 import polars as pl
 from upath import UPath
 
-from curation.storage import write_parquet
+from curation.storage import PartSet, PartUpdate, read_manifest, write_parquet, write_parts
 
 PREVIEW_ROWS = 5
 PREVIEW_CHARS = 120
@@ -63,10 +63,48 @@ def read_frame(path: UPath) -> pl.DataFrame:
         return pl.read_parquet(handle)
 
 
+def part_metadata(table: PartSet) -> dict[str, Any]:
+    """Rows, schema and a preview of a parted table, read from its manifest and first part
+    only (O(parts), not O(rows))."""
+    metadata: dict[str, Any] = {"dagster/row_count": table.rows, "parts": len(table.parts)}
+    member = table.members[0] if table.members else None
+    first = next((p for p in table.parts if p.rows), None)
+    if first is not None:
+        head = pl.scan_parquet(table.path(first, member)).head(PREVIEW_ROWS).collect()
+        metadata["dagster/column_schema"] = dg.TableSchema(
+            columns=[dg.TableColumn(name, str(dtype)) for name, dtype in head.schema.items()]
+        )
+        metadata["preview"] = dg.MetadataValue.md(preview_markdown(head))
+    return metadata
+
+
+def previous_table(instance: dg.DagsterInstance, key: dg.AssetKey) -> PartSet | None:
+    """The parted table ``key``'s latest materialization stored (its ``path`` metadata), or
+    None: an asset extends the table it wrote last time instead of building every part."""
+    event = instance.get_latest_materialization_event(key)
+    materialization = event.asset_materialization if event is not None else None
+    entry = materialization.metadata.get("path") if materialization is not None else None
+    if entry is None:
+        return None
+    return read_manifest(Path(str(entry.value)))
+
+
+def wants_parts(context: dg.InputContext) -> bool:
+    """An input annotated ``PartSet`` gets the table's manifest (parts read lazily); any other
+    annotation gets the rows, as before."""
+    dagster_type = context.dagster_type
+    return dagster_type is not None and getattr(dagster_type, "typing_type", None) is PartSet
+
+
 class PolarsParquetIOManager(dg.ConfigurableIOManager):
     """Stores ``pl.DataFrame``/``pl.LazyFrame`` outputs as ``<base_dir>/<asset key>.parquet``
     (``/<partition>.parquet`` when partitioned) and ``dict[str, DataFrame]`` outputs as a folder
-    of Parquet files, one per name."""
+    of Parquet files, one per name.
+
+    A ``PartUpdate`` output is an append-only table (curation.storage): ``<base_dir>/<asset
+    key>/`` holds one part per drop and ``_manifest.json``; only the update's new parts are
+    written. Inputs annotated ``PartSet`` get the manifest; others get the rows (a frame, or a
+    dict of frames), concatenated over the parts."""
 
     base_dir: str
 
@@ -84,6 +122,14 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         if obj is None:
             return
         path = self._path(context)
+        if isinstance(obj, PartUpdate):
+            if path.protocol not in ("", "file", "local"):
+                raise TypeError(f"{context.asset_key.to_user_string()}: parted tables are local")
+            table = write_parts(Path(path.path), obj)
+            # A frame stored the old way would shadow the parts for readers of the folder.
+            Path(path.path + ".parquet").unlink(missing_ok=True)
+            context.add_output_metadata({**part_metadata(table), "path": str(path)})
+            return
         if isinstance(obj, dict):
             metadata: dict[str, Any] = {}
             for name, frame in obj.items():
@@ -105,7 +151,31 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> Any:
         if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
             return self._load_partitions(context)
-        return self._load_path(self._path(context))
+        path = self._path(context)
+        if path.protocol in ("", "file", "local"):
+            table = read_manifest(Path(path.path))
+            if wants_parts(context):
+                return table if table is not None else self._as_parts(Path(path.path))
+            if table is not None:
+                if table.members:
+                    return {m: table.read(m) for m in table.members}
+                return table.read()
+        return self._load_path(path)
+
+    @staticmethod
+    def _as_parts(path: Path) -> PartSet:
+        """A table stored whole (before parts existed) as a table of one part."""
+        from curation.storage import Part
+
+        single = path.with_name(path.name + ".parquet")
+        if single.exists():
+            rows = pl.scan_parquet(single).select(pl.len()).collect().item()
+            return PartSet(path.parent, [Part("all", "whole", single.name, rows)])
+        members = tuple(sorted(p.stem for p in path.glob("*.parquet")))
+        if not members:
+            raise FileNotFoundError(f"{path}: no stored table")
+        rows = pl.scan_parquet(path / f"{members[0]}.parquet").select(pl.len()).collect().item()
+        return PartSet(path.parent, [Part("all", "whole", path.name, rows)], members)
 
     def _load_partitions(self, context: dg.InputContext) -> Any:
         root = UPath(self.base_dir).joinpath(*context.asset_key.path)

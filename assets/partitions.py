@@ -174,3 +174,36 @@ def qualify_positional_ids(frame: pl.DataFrame, drop: str) -> pl.DataFrame:
         .otherwise(pl.col("source_id"))
         .alias("source_id"),
     )
+
+
+def drop_records(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, tuple[str, str]]:
+    """Drop → (a tag of its latest materialization of ``key``, where it was stored), for every
+    drop materialized so far, in registration order: one lookup per drop, no rows read."""
+    records = {}
+    for drop in materialized_drops(instance, key):
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[drop]), limit=1
+        ).records
+        if not found or found[0].asset_materialization is None:
+            continue
+        entry = found[0].asset_materialization.metadata.get("path")
+        if entry is not None:
+            records[drop] = (f"materialization {found[0].storage_id}", str(entry.value))
+    return records
+
+
+def without_later_ids(parts: Sequence[pl.DataFrame]) -> tuple[list[pl.DataFrame], int]:
+    """``replace_by_id`` part by part: each part without the rows whose ``id`` a later part
+    delivers again. Returns the parts and how many rows were replaced."""
+    kept: list[pl.DataFrame] = []
+    replaced = 0
+    later = pl.Series("id", [], dtype=pl.String)
+    for part in reversed(parts):
+        if later.len() and part.height:
+            stays = ~part["id"].is_in(later.implode())
+            replaced += part.height - int(stays.sum())
+            part = part.filter(stays)
+        kept.append(part)
+        if part.height:
+            later = pl.concat([later, part["id"].cast(pl.String)])
+    return kept[::-1], replaced

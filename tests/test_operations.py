@@ -12,6 +12,7 @@ import pytest
 from assets import ingest
 from assets.io_manager import PolarsParquetIOManager
 from assets.partitions import DROPS, drop_files, find_drops
+from curation.storage import read_manifest
 from pipelines import automation
 from pipelines.automation import OperationsSettings, SettingsError
 
@@ -129,7 +130,10 @@ def test_drops_ingest_alone_a_bad_drop_fails_alone_and_the_combine_reads_the_res
     embedded = pl.concat(
         [pl.read_parquet(out / k.path[0] / "conversations.parquet") for k in ingest.RAW_KEYS]
     )
-    combined = pl.read_parquet(out / "conversations.parquet")
+    # One part per source group and drop, each written once (curation.storage).
+    table = read_manifest(out / "conversations")
+    assert [p.name for p in table.parts] == ["sources", "drop=2026-11-01", "drop=2026-11-02"]
+    combined = table.read()
     drop_rows = combined.filter(pl.col("source") == "chat")
     # d2: a-0 replaced, b-0, b-1 and its own flan line 1 added
     assert combined.height == embedded.height + 8 + 3
@@ -142,7 +146,7 @@ def test_drops_ingest_alone_a_bad_drop_fails_alone_and_the_combine_reads_the_res
     meta = done.asset_materializations_for_node("conversations")[0].metadata
     assert meta["drops"].value == ["2026-11-01", "2026-11-02"]
     assert meta["replaced_by_later_drop"].value == 1
-    preferences = pl.read_parquet(out / "preferences_human.parquet")
+    preferences = read_manifest(out / "preferences_human").read()
     assert preferences.filter(pl.col("source") == "hh").height >= 2
 
 
@@ -351,5 +355,5 @@ def test_a_failed_refresh_resumes_from_the_failed_step(instance, drops, tmp_path
         assert resumed.success
         redone = {e.asset_key.to_user_string() for e in resumed.get_asset_materialization_events()}
     assert redone == {"raw_drops", "conversations", "preferences_human", "ingest_rejects"}
-    combined = pl.read_parquet(out / "conversations.parquet")
+    combined = read_manifest(out / "conversations").read()
     assert combined.filter(pl.col("source") == "chat").height == 3
