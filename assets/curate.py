@@ -9,9 +9,9 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from assets.io_manager import preview_markdown
+from assets.io_manager import preview_markdown, previous_table
 from assets.resources import StorageResource
-from curation.curate import FILTERS, build_filters, filter_class
+from curation.curate import FILTERS, STATES, CurationResult, build_filters, filter_class
 from curation.datasets import (
     ExportConfig,
     export,
@@ -21,8 +21,10 @@ from curation.datasets import (
     sft_rows,
 )
 from curation.feedback.pairs import MixConfig, mix_preferences
-from curation.incremental import curate_incremental, load_state, save_state
+from curation.incremental import curate_parts, fingerprint
 from curation.preferences import curate_preferences
+from curation.schema import LEDGER
+from curation.storage import Part, PartSet, PartUpdate
 from curation.tokens import TokenCounter
 from training.tokenizer import load_tokenizer
 
@@ -81,32 +83,111 @@ def filter_mapping(config: dg.Config) -> dict[str, dict[str, Any]]:
 
 
 def counts_table(ledger: pl.DataFrame, states: pl.DataFrame) -> str:
-    by_rule = (
+    return preview_markdown(_rule_rows(ledger, states), 200)
+
+
+def _rule_rows(ledger: pl.DataFrame, states: pl.DataFrame) -> pl.DataFrame:
+    return (
         ledger.join(states.select("row_id", "source"), on="row_id", how="left")
         .group_by("rule", "verdict", "source")
         .agg(pl.col("row_id").n_unique().alias("rows"))
         .sort("rule", "source")
     )
-    return preview_markdown(by_rule, 200)
 
 
 def dropped_examples(states: pl.DataFrame, conversations: pl.DataFrame, per_rule: int = 2) -> str:
-    examples = (
-        states.filter(pl.col("state") == "dropped")
-        .group_by("rule", maintain_order=True)
-        .head(per_rule)
-        .join(conversations.select(pl.col("id").alias("row_id"), "messages"), on="row_id")
-        .select(
-            "rule",
-            "reason",
-            pl.col("messages")
-            .list.last()
-            .struct.field("content")
-            .str.slice(0, 160)
-            .alias("answer"),
-        )
+    return preview_markdown(_examples(states, conversations, per_rule), 100)
+
+
+def _examples(
+    states: pl.DataFrame, conversations: pl.DataFrame | pl.LazyFrame, per_rule: int = 2
+) -> pl.DataFrame:
+    dropped = states.filter(pl.col("state") == "dropped").group_by("rule", maintain_order=True)
+    dropped = dropped.head(per_rule)
+    messages = (
+        conversations.lazy()
+        .filter(pl.col("id").is_in(dropped["row_id"].implode()))
+        .select(pl.col("id").alias("row_id"), "messages")
+        .collect()
     )
-    return preview_markdown(examples, 100)
+    return dropped.join(messages, on="row_id", how="left", maintain_order="left").select(
+        "rule",
+        "reason",
+        pl.col("messages").list.last().struct.field("content").str.slice(0, 160).alias("answer"),
+    )
+
+
+def exact_text_key() -> pl.Expr:
+    """The normalised text ``no_exact_duplicates_left`` compares."""
+    return (
+        pl.col("messages")
+        .list.eval(pl.element().struct.field("content"))
+        .list.join("\n")
+        .str.to_lowercase()
+        .str.replace_all(r"\s+", " ")
+    )
+
+
+def _check_keys(curated: pl.DataFrame) -> pl.DataFrame:
+    """Per kept row, a 64-bit hash of the text ``no_exact_duplicates_left`` compares: stored
+    beside the ledger, so the check reads hashes, not texts, of earlier parts."""
+    return curated.select(pl.col("id").alias("row_id"), exact_text_key().hash(0x51).alias("key"))
+
+
+def _part_stats(result: CurationResult, conversations: pl.LazyFrame) -> dict[str, Any]:
+    """What metadata and checks need of one curated part, kept in the manifest."""
+    rules = _rule_rows(result.ledger, result.states)
+    flagged = (
+        result.ledger.filter(pl.col("verdict") == "flag")
+        .join(result.curated.select(pl.col("id").alias("row_id")), on="row_id", how="semi")
+        .group_by("rule")
+        .agg(pl.col("row_id").n_unique())
+    )
+    return {
+        "states": result.counts(),
+        "rows_in": result.states.height,
+        "by_rule": [list(r) for r in rules.iter_rows()],
+        "flagged": dict(flagged.iter_rows()),
+        "examples": _examples(result.states, conversations).to_dicts(),
+    }
+
+
+def _stored_prefix(*tables: PartSet | None) -> list[tuple[str, str]]:
+    """The leading parts every table has, with the same names and tags."""
+    if any(t is None for t in tables):
+        return []
+    prefix = []
+    for parts in zip(*(t.parts for t in tables), strict=False):  # type: ignore[union-attr]
+        if len({(p.name, p.tag) for p in parts}) != 1:
+            break
+        prefix.append((parts[0].name, parts[0].tag))
+    return prefix
+
+
+def _summed_stats(parts: list[Part]) -> dict[str, Any]:
+    states: dict[str, int] = {}
+    flagged: dict[str, int] = {}
+    rules: dict[tuple, int] = {}
+    examples: list[dict] = []
+    for part in parts:
+        for k, v in part.stats.get("states", {}).items():
+            states[k] = states.get(k, 0) + v
+        for k, v in part.stats.get("flagged", {}).items():
+            flagged[k] = flagged.get(k, 0) + v
+        for rule, verdict, source, rows in part.stats.get("by_rule", []):
+            rules[(rule, verdict, source)] = rules.get((rule, verdict, source), 0) + rows
+        examples += part.stats.get("examples", [])
+    by_rule = pl.DataFrame(
+        [(*k, v) for k, v in rules.items()],
+        schema={"rule": pl.String, "verdict": pl.String, "source": pl.String, "rows": pl.Int64},
+        orient="row",
+    ).sort("rule", "source")
+    shown = (
+        pl.DataFrame(examples, schema={"rule": pl.String, "reason": pl.String, "answer": pl.String})
+        .group_by("rule", maintain_order=True)
+        .head(2)
+    )
+    return {"states": states, "flagged": flagged, "by_rule": by_rule, "examples": shown}
 
 
 @dg.multi_asset(
@@ -121,39 +202,71 @@ def curated_conversations(
     context: dg.AssetExecutionContext,
     config: CurationConfig,  # type: ignore[valid-type]
     storage: StorageResource,
-    conversations: pl.DataFrame,
-) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+    conversations: PartSet,
+) -> tuple[PartUpdate, PartUpdate]:
     """Conversations after the reference, safety, PII, options, quality, length and duplicate
     filters; the ledger has every rule that fired and each row's final state.
 
-    Incremental (curation.incremental): rows curated before, unchanged, under the same config,
-    filter code and tokenizer, are not filtered again, and duplicates are decided again from
-    their kept keys and signatures; the result is the full run's. The state lives under the
-    outputs folder; metadata says whether a run was incremental or full, and why."""
+    One part per conversations part (curation.incremental.curate_parts): a new drop is
+    curated alone against what earlier parts kept (``append``), unless a full run would change
+    an earlier part's verdicts; then every row runs, reusing unchanged rows' filter results
+    (``incremental``), or all of them (``full``: another config, filter code or tokenizer).
+    Metadata says which and why; the frames are the full run's either way."""
     tokenizer = load_tokenizer(storage.path("project_tokenizer"))
     filters = build_filters(filter_mapping(config), TokenCounter(tokenizer))
-    state_dir = storage.path("curation_state", "curated_conversations")
     tokenizer_id = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
-    result, state, run = curate_incremental(
-        conversations, filters, load_state(state_dir), context=f"tokenizer {tokenizer_id}"
+    previous = {
+        key: previous_table(context.instance, dg.AssetKey(key))
+        for key in ("curated_conversations", "curation_ledger")
+    }
+    run = curate_parts(
+        conversations,
+        filters,
+        storage.path("curation_state", "curated_conversations_parts"),
+        context=f"tokenizer {tokenizer_id}",
+        stored=_stored_prefix(*previous.values()),
     )
-    if state is not None:
-        save_state(state, state_dir)
+    curated_parts, ledger_parts = [], []
+    curated_new: dict[str, Any] = {}
+    ledger_new: dict[str, Any] = {}
+    old_curated = previous["curated_conversations"]
+    old_ledger = previous["curation_ledger"]
+    for part in conversations.parts:
+        result = run.results.get(part.name)
+        if result is None:  # curated before, unchanged: kept as stored
+            curated_parts.append(old_curated.by_name()[part.name])  # type: ignore[union-attr]
+            ledger_parts.append(old_ledger.by_name()[part.name])  # type: ignore[union-attr]
+            continue
+        stats = _part_stats(result, pl.scan_parquet(conversations.path(part)))
+        curated_parts.append(Part(part.name, part.tag, rows=result.curated.height, stats=stats))
+        ledger_parts.append(Part(part.name, part.tag, rows=result.ledger.height))
+        curated_new[part.name] = result.curated
+        ledger_new[part.name] = {
+            "ledger": result.ledger,
+            "states": result.states,
+            "keys": _check_keys(result.curated),
+        }
+    summed = _summed_stats(curated_parts)
+    info = run.info
     context.add_output_metadata(
         {
-            **result.counts(),
-            "rows_in": conversations.height,
-            "mode": run.mode,
-            "mode_reason": run.reason,
-            "rows_filtered": run.rows_filtered,
-            "rows_signed": run.rows_signed,
-            "seconds": dg.MetadataValue.json(run.seconds),
-            "by_rule": dg.MetadataValue.md(counts_table(result.ledger, result.states)),
-            "dropped_examples": dg.MetadataValue.md(dropped_examples(result.states, conversations)),
+            **{k: summed["states"].get(k, 0) for k in ("kept", "rewritten", "dropped")},
+            "rows_in": conversations.rows,
+            "mode": info.mode,
+            "mode_reason": info.reason,
+            "rows_filtered": info.rows_filtered,
+            "rows_signed": info.rows_signed,
+            "parts_written": list(curated_new),
+            "seconds": dg.MetadataValue.json(info.seconds),
+            "by_rule": dg.MetadataValue.md(preview_markdown(summed["by_rule"], 200)),
+            "dropped_examples": dg.MetadataValue.md(preview_markdown(summed["examples"], 100)),
         },
         output_name="curated_conversations",
     )
-    return result.curated, {"ledger": result.ledger, "states": result.states}
+    return (
+        PartUpdate(curated_parts, curated_new, old_curated),
+        PartUpdate(ledger_parts, ledger_new, old_ledger, members=("ledger", "states", "keys")),
+    )
 
 
 @dg.multi_asset(
@@ -168,16 +281,96 @@ def curated_preferences(
     context: dg.AssetExecutionContext,
     config: CurationConfig,  # type: ignore[valid-type]
     storage: StorageResource,
-    preferences_human: pl.DataFrame,
-) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
-    """Human comparison pairs, judged on prompt and chosen answer, PII removed on every side."""
-    counter = TokenCounter(load_tokenizer(storage.path("project_tokenizer")))
-    result = curate_preferences(preferences_human, build_filters(filter_mapping(config), counter))
+    preferences_human: PartSet,
+) -> tuple[PartUpdate, PartUpdate]:
+    """Human comparison pairs, judged on prompt and chosen answer, PII removed on every side.
+    Pairs are deduplicated across all parts, so any new pair curates every pair again; a
+    refresh whose drops bring no pairs keeps the stored parts and adds empty ones."""
+    tokenizer = load_tokenizer(storage.path("project_tokenizer"))
+    filters = build_filters(filter_mapping(config), TokenCounter(tokenizer))
+    print_ = fingerprint(filters, hashlib.sha256(tokenizer.to_str().encode()).hexdigest())[:16]
+    wanted = [(p.name, f"{p.tag}|{print_}") for p in preferences_human.parts]
+    old = [previous_table(context.instance, dg.AssetKey(k)) for k in PREFERENCE_OUTPUTS]
+    stored = _stored_prefix(*old)
+    rows = {p.name: p.rows for p in preferences_human.parts}
+    if (
+        stored
+        and wanted[: len(stored)] == stored
+        and all(rows[name] == 0 for name, _ in wanted[len(stored) :])
+    ):
+        mode = "kept" if len(stored) == len(wanted) else "kept; new parts have no pairs"
+        results = {name: _no_pairs(preferences_human, name) for name, _ in wanted[len(stored) :]}
+    else:
+        mode = "all pairs"
+        table = preferences_human.read() if preferences_human.parts else pl.DataFrame()
+        result = curate_preferences(table, filters)
+        results = _split_by_part(result, preferences_human)
+    curated_parts, ledger_parts, curated_new, ledger_new = [], [], {}, {}
+    for name, tag in wanted:
+        if name not in results:
+            curated_parts.append(old[0].by_name()[name])  # type: ignore[union-attr]
+            ledger_parts.append(old[1].by_name()[name])  # type: ignore[union-attr]
+            continue
+        result = results[name]
+        stats = {"states": result.counts(), "rows_in": result.states.height}
+        curated_parts.append(Part(name, tag, rows=result.curated.height, stats=stats))
+        ledger_parts.append(Part(name, tag, rows=result.ledger.height))
+        curated_new[name] = result.curated
+        ledger_new[name] = {"ledger": result.ledger, "states": result.states}
+    summed = _summed_stats(curated_parts)["states"]
     context.add_output_metadata(
-        {**result.counts(), "rows_in": preferences_human.height},
+        {
+            **{k: summed.get(k, 0) for k in ("kept", "rewritten", "dropped")},
+            "rows_in": preferences_human.rows,
+            "mode": mode,
+            "parts_written": list(curated_new),
+        },
         output_name="curated_preferences",
     )
-    return result.curated, {"ledger": result.ledger, "states": result.states}
+    return (
+        PartUpdate(curated_parts, curated_new, old[0]),
+        PartUpdate(ledger_parts, ledger_new, old[1], members=("ledger", "states")),
+    )
+
+
+PREFERENCE_OUTPUTS = ("curated_preferences", "preference_ledger")
+
+
+def _no_pairs(table: PartSet, name: str) -> CurationResult:
+    empty = table.read_part(name).clear()
+    return CurationResult(curated=empty, ledger=LEDGER.to_frame(), states=STATES.to_frame())
+
+
+def _split_by_part(result: CurationResult, table: PartSet) -> dict[str, CurationResult]:
+    """A run over every part's rows, cut back into parts (each frame keeps its order)."""
+    part_of = pl.concat(
+        [
+            pl.scan_parquet(table.path(p))
+            .select(pl.col("id").cast(pl.String))
+            .collect()
+            .with_columns(part=pl.lit(p.name))
+            for p in table.parts
+        ]
+    ).unique("id", keep="first")
+
+    def split(frame: pl.DataFrame, column: str) -> dict[str, pl.DataFrame]:
+        tagged = frame.join(
+            part_of.rename({"id": column}), on=column, how="left", maintain_order="left"
+        )
+        groups = tagged.partition_by("part", as_dict=True, maintain_order=True)
+        return {key[0]: g.drop("part") for key, g in groups.items()}
+
+    curated = split(result.curated, "id")
+    ledger = split(result.ledger, "row_id")
+    states = split(result.states, "row_id")
+    return {
+        p.name: CurationResult(
+            curated=curated.get(p.name, result.curated.clear()),
+            ledger=ledger.get(p.name, result.ledger.clear()),
+            states=states.get(p.name, result.states.clear()),
+        )
+        for p in table.parts
+    }
 
 
 class DatasetConfig(dg.Config):
@@ -273,64 +466,90 @@ def pretrain_dataset(
     additional_ins={"curation_ledger": dg.AssetIn(), "conversations": dg.AssetIn()},
 )
 def rows_are_conserved(
-    curated_conversations: pl.DataFrame,
-    curation_ledger: dict[str, pl.DataFrame],
-    conversations: pl.DataFrame,
+    curated_conversations: PartSet,
+    curation_ledger: PartSet,
+    conversations: PartSet,
 ) -> dg.AssetCheckResult:
-    """in == kept + rewritten + dropped, and every kept row is in the curated set."""
-    states = curation_ledger["states"]
-    counts = dict(states.group_by("state").len().iter_rows())
-    kept = counts.get("kept", 0) + counts.get("rewritten", 0)
-    ok = states.height == conversations.height and kept == curated_conversations.height
+    """in == kept + rewritten + dropped, and every kept row is in the curated set: per part
+    (each part's counts were taken from its frames when it was written), and over all parts."""
+    names = [p.name for p in conversations.parts]
+    aligned = (
+        names
+        == [p.name for p in curated_conversations.parts]
+        == [p.name for p in curation_ledger.parts]
+    )
+    bad = []
+    for source, curated in zip(conversations.parts, curated_conversations.parts, strict=False):
+        states = curated.stats.get("states", {})
+        kept = states.get("kept", 0) + states.get("rewritten", 0)
+        if curated.stats.get("rows_in") != source.rows or kept != curated.rows:
+            bad.append(source.name)
+    counts = _summed_stats(curated_conversations.parts)["states"]
     return dg.AssetCheckResult(
-        passed=ok,
-        metadata={"in": conversations.height, **counts, "curated": curated_conversations.height},
+        passed=aligned and not bad,
+        metadata={
+            "in": conversations.rows,
+            **counts,
+            "curated": curated_conversations.rows,
+            "parts": len(names),
+            "parts_not_conserved": bad,
+        },
     )
 
 
 @dg.asset_check(asset="curated_conversations", additional_ins={"conversations": dg.AssetIn()})
 def curated_schema_and_size(
-    curated_conversations: pl.DataFrame, conversations: pl.DataFrame
+    curated_conversations: PartSet, conversations: PartSet
 ) -> dg.AssetCheckResult:
-    """Same columns and types as the input, and not empty."""
-    same = curated_conversations.schema == conversations.schema
+    """Same columns and types as the input (every part, from its file's schema), not empty."""
+    expected = (
+        {
+            pl.read_parquet_schema(p) == pl.read_parquet_schema(conversations.paths()[0])
+            for p in curated_conversations.paths()
+        }
+        if conversations.parts
+        else {False}
+    )
+    same = expected == {True}
+    rows = curated_conversations.rows
     return dg.AssetCheckResult(
-        passed=same and curated_conversations.height > 0,
-        metadata={"rows": curated_conversations.height, "same_schema": same},
+        passed=same and rows > 0, metadata={"rows": rows, "same_schema": same}
     )
 
 
-@dg.asset_check(asset="curated_conversations")
-def no_exact_duplicates_left(curated_conversations: pl.DataFrame) -> dg.AssetCheckResult:
-    """After dedup, no two kept conversations have the same normalised text."""
-    key = (
-        curated_conversations["messages"]
-        .list.eval(pl.element().struct.field("content"))
-        .list.join("\n")
-        .str.to_lowercase()
-        .str.replace_all(r"\s+", " ")
-    )
-    duplicates = curated_conversations.height - key.n_unique()
-    rate = duplicates / max(curated_conversations.height, 1)
+@dg.asset_check(asset="curated_conversations", additional_ins={"curation_ledger": dg.AssetIn()})
+def no_exact_duplicates_left(
+    curated_conversations: PartSet, curation_ledger: PartSet
+) -> dg.AssetCheckResult:
+    """After dedup, no two kept conversations have the same normalised text. Each part's kept
+    rows have a hash of that text beside the ledger (``keys``); rows whose hashes meet are
+    compared as text."""
+    keys = None
+    if curation_ledger.parts and "keys" in curation_ledger.members:
+        keys = curation_ledger.scan("keys").collect()
+    if keys is None or keys.height != curated_conversations.rows:
+        keys = _check_keys(curated_conversations.read())
+    suspects = keys.filter(pl.col("key").is_duplicated())
+    duplicates = 0
+    if suspects.height:
+        texts = (
+            curated_conversations.scan()
+            .filter(pl.col("id").is_in(suspects["row_id"].implode()))
+            .select(exact_text_key().alias("text"))
+            .collect()
+        )
+        duplicates = texts.height - texts["text"].n_unique()
+    rate = duplicates / max(curated_conversations.rows, 1)
     return dg.AssetCheckResult(
         passed=duplicates == 0, metadata={"duplicates": duplicates, "rate": rate}
     )
 
 
-@dg.asset_check(asset="curated_conversations", additional_ins={"curation_ledger": dg.AssetIn()})
-def residual_flags(
-    curated_conversations: pl.DataFrame, curation_ledger: dict[str, pl.DataFrame]
-) -> dg.AssetCheckResult:
+@dg.asset_check(asset="curated_conversations")
+def residual_flags(curated_conversations: PartSet) -> dg.AssetCheckResult:
     """Kept rows that a rule only flagged, by rule: a warning when more than 10% are flagged."""
-    flagged = (
-        curation_ledger["ledger"]
-        .filter(pl.col("verdict") == "flag")
-        .join(curated_conversations.select(pl.col("id").alias("row_id")), on="row_id", how="semi")
-        .group_by("rule")
-        .agg(pl.col("row_id").n_unique())
-    )
-    counts = dict(flagged.iter_rows())
-    share = sum(counts.values()) / max(curated_conversations.height, 1)
+    counts = _summed_stats(curated_conversations.parts)["flagged"]
+    share = sum(counts.values()) / max(curated_conversations.rows, 1)
     return dg.AssetCheckResult(
         passed=share <= 0.10,
         severity=dg.AssetCheckSeverity.WARN,

@@ -96,6 +96,12 @@ def wants_parts(context: dg.InputContext) -> bool:
     return dagster_type is not None and getattr(dagster_type, "typing_type", None) is PartSet
 
 
+def _file_tag(path: Path) -> str:
+    """A whole-table file's tag: it changes whenever the file is written again."""
+    stat = path.stat()
+    return f"whole {stat.st_mtime_ns} {stat.st_size}"
+
+
 class PolarsParquetIOManager(dg.ConfigurableIOManager):
     """Stores ``pl.DataFrame``/``pl.LazyFrame`` outputs as ``<base_dir>/<asset key>.parquet``
     (``/<partition>.parquet`` when partitioned) and ``dict[str, DataFrame]`` outputs as a folder
@@ -170,12 +176,13 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         single = path.with_name(path.name + ".parquet")
         if single.exists():
             rows = pl.scan_parquet(single).select(pl.len()).collect().item()
-            return PartSet(path.parent, [Part("all", "whole", single.name, rows)])
+            return PartSet(path.parent, [Part("all", _file_tag(single), single.name, rows)])
         members = tuple(sorted(p.stem for p in path.glob("*.parquet")))
         if not members:
             raise FileNotFoundError(f"{path}: no stored table")
-        rows = pl.scan_parquet(path / f"{members[0]}.parquet").select(pl.len()).collect().item()
-        return PartSet(path.parent, [Part("all", "whole", path.name, rows)], members)
+        first = path / f"{members[0]}.parquet"
+        rows = pl.scan_parquet(first).select(pl.len()).collect().item()
+        return PartSet(path.parent, [Part("all", _file_tag(first), path.name, rows)], members)
 
     def _load_partitions(self, context: dg.InputContext) -> Any:
         root = UPath(self.base_dir).joinpath(*context.asset_key.path)

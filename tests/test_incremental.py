@@ -17,7 +17,7 @@ from curation.incremental import CurationState, curate_incremental, load_state, 
 from curation.ingest import IngestResult, ingest
 from curation.profile import profile
 from curation.readers.text import read_text_corpus
-from curation.storage import write_parquet
+from curation.storage import read_manifest, write_parquet
 from curation.tokens import TokenCounter
 from training.tokenizer import TokenizerConfig, corpus_texts, save_tokenizer, train_tokenizer
 
@@ -225,13 +225,14 @@ def test_two_materializations_second_is_incremental(tmp_path, data, filters, tok
             runs.append({m.asset_key.path[0]: m.metadata for m in meta})
     first, second = (r["curated_conversations"] for r in runs)
     assert first["mode"].value == "full"
+    # The input is one whole file that changed: every row runs, unchanged ones reused.
     assert second["mode"].value == "incremental"
     assert second["rows_filtered"].value == facts["drop_rows"]
     expected = curate(combined, filters)
-    assert_frame_equal(pl.read_parquet(out / "curated_conversations.parquet"), expected.curated)
-    ledger = out / "curation_ledger"
-    assert_frame_equal(pl.read_parquet(ledger / "ledger.parquet"), expected.ledger)
-    assert_frame_equal(pl.read_parquet(ledger / "states.parquet"), expected.states)
+    assert_frame_equal(read_manifest(out / "curated_conversations").read(), expected.curated)
+    ledger = read_manifest(out / "curation_ledger")
+    assert_frame_equal(ledger.read("ledger"), expected.ledger)
+    assert_frame_equal(ledger.read("states"), expected.states)
     # The profile tokenized only the drop's texts the second time, and its stats are a full
     # profile's.
     assert runs[0]["length_profile"]["texts_tokenized"].value > 5000
