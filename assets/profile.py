@@ -12,8 +12,17 @@ from pydantic import Field
 
 from assets.io_manager import preview_markdown
 from assets.resources import StorageResource, resolve
-from curation.profile import ProfileConfig, profile, write_profile
-from curation.storage import write_parquet
+from curation.profile import (
+    LengthProfile,
+    ProfileConfig,
+    conversation_turns,
+    message_lengths,
+    summarize,
+    summarize_turns,
+    text_lengths,
+    write_profile,
+)
+from curation.storage import Part, PartSet, PartUpdate, read_manifest, write_parquet, write_parts
 from curation.tokens import TokenCounter
 from training.tokenizer import TokenizerConfig, load_tokenizer, save_tokenizer, train_tokenizer
 
@@ -82,9 +91,12 @@ class CachedTokenCounts:
         self.used.append(joined)
         return joined["tokens"].to_list()
 
-    def save(self) -> None:
-        """Keep the counts this run used (texts gone from the data are forgotten)."""
+    def save(self, keep_cached: bool = False) -> None:
+        """Keep the counts this run used (texts gone from the data are forgotten), and with
+        ``keep_cached`` the ones kept before too (a run that measured only some parts)."""
         used = pl.concat(self.used).unique(["h1", "h2"]) if self.used else self.cache
+        if keep_cached:
+            used = pl.concat([self.cache, used]).unique(["h1", "h2"])
         write_parquet(used.select(TOKEN_COUNTS.names()).cast(TOKEN_COUNTS), self.path)
         for other in self.folder.glob("token_counts.*.parquet"):
             if other != self.path:
@@ -103,24 +115,42 @@ def length_profile(
     context: dg.AssetExecutionContext,
     config: LengthProfileConfig,
     storage: StorageResource,
-    conversations: pl.DataFrame,
+    conversations: PartSet,
     pretrain_corpus: pl.DataFrame,
 ) -> pl.DataFrame:
     """Characters, words and tokens per source and role (quantiles), turns per conversation,
-    and histograms shown right here in the UI. Token counts of texts profiled before are
-    reused (``CachedTokenCounts``)."""
+    and histograms shown right here in the UI. Each conversations part's message lengths and
+    turn counts are kept (one part per drop, for this tokenizer), so a refresh measures the
+    new drop only; the quantiles are then taken over every kept length, as a full run takes
+    them. Token counts of texts seen before are reused (``CachedTokenCounts``)."""
     tokenizer = load_tokenizer(storage.path("project_tokenizer"))
     tokenizer_id = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
-    counts = CachedTokenCounts(
-        TokenCounter(tokenizer), storage.path("profile_state", "length_profile"), tokenizer_id
+    state = storage.path("profile_state", "length_profile")
+    counts = CachedTokenCounts(TokenCounter(tokenizer), state, tokenizer_id)
+    kept = read_manifest(state / "parts")
+    reusable = {(p.name, p.tag) for p in kept.parts} if kept is not None else set()
+    parts, new = [], {}
+    for part in conversations.parts:
+        tag = f"{part.tag}|{tokenizer_id[:16]}"
+        parts.append(Part(part.name, tag, rows=part.rows))
+        if (part.name, tag) not in reusable:
+            frame = pl.read_parquet(conversations.path(part))
+            new[part.name] = {
+                "lengths": message_lengths(frame, counts),
+                "turns": conversation_turns(frame),
+            }
+    table = write_parts(state / "parts", PartUpdate(parts, new, kept, ("lengths", "turns")))
+    measured = [table.read("lengths")] if table.parts else []
+    lengths = pl.concat([*measured, text_lengths(pretrain_corpus, counts)])
+    quantiles = ProfileConfig().quantiles
+    result = LengthProfile(
+        lengths=lengths,
+        stats=summarize(lengths, quantiles),
+        turns=summarize_turns(
+            table.read("turns") if table.parts else pl.DataFrame(schema=TURNS), quantiles
+        ),
     )
-    result = profile(
-        conversations,
-        counts,
-        texts=pretrain_corpus,
-        config=ProfileConfig(histogram_bins=config.histogram_bins),
-    )
-    counts.save()
+    counts.save(keep_cached=len(new) < len(parts))
     written = write_profile(result, storage.path("length_profile"), config.histogram_bins)
     metadata: dict = {
         "tokens_by_source_and_role": dg.MetadataValue.md(
@@ -129,6 +159,7 @@ def length_profile(
         "turns_by_source": dg.MetadataValue.md(preview_markdown(result.turns, 100)),
         "folder": dg.MetadataValue.path(str(storage.path("length_profile"))),
         "texts_tokenized": counts.counted,
+        "parts_measured": list(new),
     }
     for name, path in written.items():
         if path.suffix == ".png":
@@ -136,3 +167,6 @@ def length_profile(
             metadata[name] = dg.MetadataValue.md(f"![{name}](data:image/png;base64,{encoded})")
     context.add_output_metadata(metadata)
     return result.stats
+
+
+TURNS = pl.Schema({"source": pl.String, "turns": pl.Int64})

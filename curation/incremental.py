@@ -778,10 +778,15 @@ class Earlier:
 
 
 def band_index(dedup: DedupFilter, signatures: np.ndarray, alive: np.ndarray) -> tuple:
-    """(band keys sorted per band, their survivor columns) of the columns ``alive``."""
+    """(band keys sorted per band, their survivor columns) of the columns ``alive``: one sort
+    per band of the key packed above the column, so equal keys keep column order."""
     keys = _band_keys(dedup, signatures, alive)
-    order = np.argsort(keys, axis=1, kind="stable")
-    return np.take_along_axis(keys, order, axis=1), alive[order].astype(np.int64)
+    packed = keys.astype(np.uint64) << np.uint64(32)
+    packed |= alive.astype(np.uint64)[None, :]
+    packed.sort(axis=1)
+    return (packed >> np.uint64(32)).astype(np.uint32), (packed & np.uint64(0xFFFFFFFF)).astype(
+        np.int64
+    )
 
 
 def _band_keys(dedup: DedupFilter, signatures: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -790,13 +795,16 @@ def _band_keys(dedup: DedupFilter, signatures: np.ndarray, cols: np.ndarray) -> 
 
     bands, rows = dedup.banding()
     mult = (splitmix_stream(BAND_SEED, rows) >> np.uint64(32)).astype(np.uint32) | np.uint32(1)
-    sig = np.take(signatures, cols, axis=1) if cols.size else np.zeros((signatures.shape[0], 0))
-    sig = sig.astype(np.uint32)
     keys = np.zeros((bands, cols.size), dtype=np.uint32)
+    if not cols.size:
+        return keys
+    # Whole value rows (contiguous) when most columns are wanted, else only the columns.
+    dense = cols.size * 2 > signatures.shape[1]
     with np.errstate(over="ignore"):
         for b in range(bands):
             for r in range(rows):
-                keys[b] += sig[b * rows + r] * mult[r]
+                values = signatures[b * rows + r]
+                keys[b] += (values[cols] if dense else np.take(values, cols)) * mult[r]
     return keys
 
 

@@ -109,18 +109,32 @@ def summarize(lengths: pl.DataFrame, quantiles: Sequence[float] = QUANTILES) -> 
 def turn_stats(
     conversations: pl.DataFrame | pl.LazyFrame, quantiles: Sequence[float] = QUANTILES
 ) -> pl.DataFrame:
-    turns = pl.col("messages").list.len()
+    return summarize_turns(conversation_turns(conversations), quantiles)
+
+
+def conversation_turns(conversations: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """One row per conversation: source and its number of messages (what turn stats need,
+    kept per drop so a refresh reads these instead of every conversation)."""
     return (
         conversations.lazy()
+        .select("source", pl.col("messages").list.len().cast(pl.Int64).alias("turns"))
+        .collect()
+    )
+
+
+def summarize_turns(turns: pl.DataFrame, quantiles: Sequence[float] = QUANTILES) -> pl.DataFrame:
+    count = pl.col("turns")
+    return (
+        turns.lazy()
         .group_by("source")
         .agg(
             pl.len().alias("conversations"),
-            turns.mean().alias("mean_turns"),
+            count.mean().alias("mean_turns"),
             *(
-                turns.quantile(q, interpolation="lower").alias(f"p{round(q * 100)}")
+                count.quantile(q, interpolation="lower").alias(f"p{round(q * 100)}")
                 for q in quantiles
             ),
-            turns.max().alias("max_turns"),
+            count.max().alias("max_turns"),
         )
         .sort("source")
         .collect()
@@ -165,12 +179,11 @@ def plot_histograms(
         for (source,), group in sorted(of_role.group_by("source"), key=lambda kv: kv[0]):
             values = group[measure].drop_nulls().to_numpy()
             # Share of messages per bin, not density: with log-spaced bins a density plot makes
-            # the wide bins of long messages look empty.
-            axis.hist(
-                np.maximum(values, 1),
-                bins=edges,
-                weights=np.full(len(values), 1 / max(len(values), 1)),
-                histtype="step",
+            # the wide bins of long messages look empty. Counted here, drawn as one step line.
+            counts, _ = np.histogram(np.maximum(values, 1), bins=edges)
+            axis.stairs(
+                counts / max(len(values), 1),
+                edges,
                 linewidth=1.6,
                 label=f"{source} (n={len(values)}, median={int(np.median(values))})",
             )
@@ -179,7 +192,8 @@ def plot_histograms(
         axis.set_ylabel("share of messages")
         axis.set_title(f"{role}: {measure} per message, by source")
         axis.legend(fontsize=8)
-        figure.tight_layout()
+        # Fixed margins: tight_layout measures every text and costs as much as the drawing.
+        figure.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.12)
         path = out_dir / f"hist_{role}_{measure}.png"
         tmp = path.with_suffix(".png.tmp")
         figure.savefig(tmp, format="png")

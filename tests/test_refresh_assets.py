@@ -17,6 +17,7 @@ from assets.io_manager import PolarsParquetIOManager
 from assets.partitions import DROPS
 from assets.resources import StorageResource
 from curation.curate import build_filters, curate
+from curation.profile import profile
 from curation.storage import read_manifest
 from curation.tokens import TokenCounter
 from pipelines.definitions import all_assets, all_checks, defs
@@ -111,6 +112,9 @@ def test_the_refresh_writes_the_new_drops_parts_only(refreshed):
     # Only the drop's 8 rows went through the filters and got dedup signatures.
     assert curated["rows_filtered"] == 8 and curated["rows_signed"] <= 8
     assert metadata(second, "curated_preferences")["mode"] == "kept; new parts have no pairs"
+    # The profile measured the drop's 8 conversations (16 messages) and nothing else.
+    profile = metadata(second, "length_profile")
+    assert profile["parts_measured"] == ["drop=d2"] and profile["texts_tokenized"] <= 16
     for name in CURATION:
         after = files(out / name)
         # Every file of the first run is still there, untouched; the new ones are d2's.
@@ -131,13 +135,11 @@ def test_every_check_passes_on_parts(refreshed):
     }
 
 
-def test_the_stored_outputs_equal_one_full_run(refreshed):
+def test_the_stored_outputs_and_profile_equal_one_full_run(refreshed):
     _, _, _, out = refreshed
     conversations = read_manifest(out / "conversations")
-    filters = build_filters(
-        filter_mapping(CurationConfig()),
-        TokenCounter(load_tokenizer(out / "project_tokenizer")),
-    )
+    tokenizer = load_tokenizer(out / "project_tokenizer")
+    filters = build_filters(filter_mapping(CurationConfig()), TokenCounter(tokenizer))
     expected = curate(conversations.read(), filters)
     part_of = pl.concat(
         [
@@ -157,6 +159,9 @@ def test_the_stored_outputs_equal_one_full_run(refreshed):
     assert_frame_equal(read_manifest(out / "curated_conversations").read(), expected.curated)
     assert_frame_equal(ledger.read("ledger"), by_part(expected.ledger))
     assert_frame_equal(ledger.read("states"), by_part(expected.states))
+    pretrain = pl.read_parquet(out / "pretrain_corpus.parquet")
+    stats = profile(conversations.read(), TokenCounter(tokenizer), texts=pretrain).stats
+    assert_frame_equal(pl.read_parquet(out / "length_profile.parquet"), stats)
     source_ids = conversations.read().select(pl.col("id").alias("row_id"), "source_id")
     states = dict(expected.states.join(source_ids, on="row_id").select("source_id", "rule").rows())
     assert states["d2-exact"] == "duplicate.exact" and states["d2-near"] == "duplicate.near"
