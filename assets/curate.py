@@ -15,6 +15,7 @@ from curation.curate import FILTERS, STATES, CurationResult, build_filters, filt
 from curation.datasets import (
     ExportConfig,
     export,
+    export_parts,
     preference_rows,
     pretrain_rows,
     prompt_rows,
@@ -375,21 +376,58 @@ def _split_by_part(result: CurationResult, table: PartSet) -> dict[str, Curation
 
 class DatasetConfig(dg.Config):
     eval_fraction: float = Field(default=0.05, description="Share of rows in the test split.")
+    by_parts: bool = Field(
+        default=False,
+        description="Write one train/test Parquet pair per drop (parts/ and a manifest; a "
+        "refresh writes the new drop's pair only) instead of whole train/test files and a "
+        "save_to_disk copy. Training reads either.",
+    )
 
 
 def _export(
     name: str, rows: pl.DataFrame, storage: StorageResource, config: DatasetConfig, card: dict
 ) -> dg.MaterializeResult:
     summary = export(name, rows, storage.path("datasets"), ExportConfig(config.eval_fraction), card)
-    return dg.MaterializeResult(
-        metadata={
-            "train_rows": summary["rows"]["train"],
-            "test_rows": summary["rows"]["test"],
-            "by_source": summary["by_source"],
-            "path": dg.MetadataValue.path(summary["path"]),
-            "hf_path": dg.MetadataValue.path(summary["hf_path"]),
-        }
+    return _export_result(summary)
+
+
+def _export_result(summary: dict) -> dg.MaterializeResult:
+    metadata = {
+        "train_rows": summary["rows"]["train"],
+        "test_rows": summary["rows"]["test"],
+        "by_source": summary["by_source"],
+        "path": dg.MetadataValue.path(summary["path"]),
+        "hf_path": dg.MetadataValue.path(summary["hf_path"]),
+    }
+    if "parts_written" in summary:
+        metadata["parts_written"] = summary["parts_written"]
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _export_table(
+    name: str,
+    table: PartSet,
+    to_rows: Any,
+    storage: StorageResource,
+    config: DatasetConfig,
+    card: dict,
+) -> dg.MaterializeResult:
+    """A dataset from every part of ``table`` (``to_rows`` turns a part's frame into the
+    dataset's rows): by parts, only parts not exported before are read."""
+    if not config.by_parts:
+        return _export(name, to_rows(table.read()), storage, config, card)
+
+    def loader(part: Part) -> Any:
+        return lambda: to_rows(pl.read_parquet(table.path(part)))
+
+    summary = export_parts(
+        name,
+        [(p, loader(p)) for p in table.parts],
+        storage.path("datasets"),
+        ExportConfig(config.eval_fraction),
+        card,
     )
+    return _export_result(summary)
 
 
 def _rule_counts(ledger: dict[str, pl.DataFrame]) -> dict[str, int]:
@@ -397,16 +435,29 @@ def _rule_counts(ledger: dict[str, pl.DataFrame]) -> dict[str, int]:
     return dict(counts.iter_rows())
 
 
+def _stat_rule_counts(curated: PartSet) -> dict[str, int]:
+    """Rows per rule from the parts' stored counts (a row is counted once per rule, verdict
+    and source it got: in practice once per rule)."""
+    counts: dict[str, int] = {}
+    for part in curated.parts:
+        for rule, _verdict, _source, rows in part.stats.get("by_rule", []):
+            counts[rule] = counts.get(rule, 0) + rows
+    return dict(sorted(counts.items()))
+
+
 @dg.asset(group_name=GROUP, kinds={"parquet", "huggingface"})
 def sft_dataset(
     config: DatasetConfig,
     storage: StorageResource,
-    curated_conversations: pl.DataFrame,
-    curation_ledger: dict[str, pl.DataFrame],
+    curated_conversations: PartSet,
+    curation_ledger: PartSet,
 ) -> dg.MaterializeResult:
     """TRL conversational SFT set (``messages``), train/test by id hash."""
-    card = {"filters": _rule_counts(curation_ledger)}
-    return _export("sft", sft_rows(curated_conversations), storage, config, card)
+    if config.by_parts:
+        card = {"filters": _stat_rule_counts(curated_conversations)}
+    else:
+        card = {"filters": _rule_counts({"ledger": curation_ledger.read("ledger")})}
+    return _export_table("sft", curated_conversations, sft_rows, storage, config, card)
 
 
 class PreferenceDatasetConfig(DatasetConfig):
@@ -443,10 +494,10 @@ def preference_dataset(
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "huggingface"})
 def prompt_dataset(
-    config: DatasetConfig, storage: StorageResource, curated_conversations: pl.DataFrame
+    config: DatasetConfig, storage: StorageResource, curated_conversations: PartSet
 ) -> dg.MaterializeResult:
     """Prompts for PPO/GRPO/RLOO and for AI-feedback candidates (``prompt``)."""
-    return _export("prompt", prompt_rows(curated_conversations), storage, config, {})
+    return _export_table("prompt", curated_conversations, prompt_rows, storage, config, {})
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "huggingface"})

@@ -42,6 +42,19 @@ class SourceConfig(dg.Config):
     split: str = Field(default="train", description="Split for hf datasets.")
 
 
+CONTENT_HASH = "content_hash"
+
+
+def content_hash(tables: dict[str, pl.DataFrame]) -> str:
+    """A digest of a raw asset's tables, recorded with its materialization: the combined
+    tables compare digests to tell whether the embedded sources changed, without reading
+    them (a refresh materializes the raw assets again, mostly with the same content)."""
+    digest = hashlib.sha256()
+    for name, frame in sorted(tables.items()):
+        digest.update(f"{name}:{frame.height}:{frame.hash_rows(seed=7).sum()}".encode())
+    return digest.hexdigest()[:32]
+
+
 def reason_counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
     if frame.height == 0:
         return {}
@@ -68,14 +81,16 @@ def raw_source_asset(
         options = ReadOptions(source=config.source, columns=config.columns, split=config.split)
         inputs = config.paths if config.format == "hf" else [resolve(p) for p in config.paths]
         result = ingest(config.format, inputs, options)
+        tables = as_tables(result)
         context.add_output_metadata(
             {
                 **result.counts(),
                 "rejected_reasons": reason_counts(result.rejected, "reason"),
                 "excluded_rules": reason_counts(result.ledger, "rule"),
+                CONTENT_HASH: content_hash(tables),
             }
         )
-        return as_tables(result)
+        return tables
 
     return _raw
 
@@ -138,10 +153,15 @@ def raw_pretrain(
 ) -> dict[str, pl.DataFrame]:
     """The pretraining text corpus (one document per row)."""
     corpus = read_text_corpus([resolve(p) for p in config.paths], config.source)
+    tables = {"texts": corpus.texts, "rejected": corpus.rejected}
     context.add_output_metadata(
-        {"documents": corpus.texts.height, "rejected": corpus.rejected.height}
+        {
+            "documents": corpus.texts.height,
+            "rejected": corpus.rejected.height,
+            CONTENT_HASH: content_hash(tables),
+        }
     )
-    return {"texts": corpus.texts, "rejected": corpus.rejected}
+    return tables
 
 
 class DropConfig(dg.Config):
@@ -191,26 +211,30 @@ def _drop_part(drop: str) -> str:
     return f"drop={drop}"
 
 
-def _embedded(raw: dict[str, dict[str, pl.DataFrame]], members: tuple[str, ...]) -> dict:
-    """The embedded sources' tables, one frame per member (they are small: read every run)."""
-    return {
-        m: pl.concat([t[m] for t in raw.values() if m in t], how="vertical")
-        for m in members
-        if any(m in t for t in raw.values())
-    }
-
-
-def _tag(frames: dict[str, pl.DataFrame]) -> str:
+def _embedded_sources(
+    instance: dg.DagsterInstance, keys: list[dg.AssetKey]
+) -> tuple[str, dict[str, str]]:
+    """(a tag of the embedded sources' current content, raw asset → where it is stored), from
+    their latest materializations' metadata: no rows are read."""
     digest = hashlib.sha256()
-    for name, frame in sorted(frames.items()):
-        digest.update(f"{name}:{frame.height}:{frame.hash_rows(seed=7).sum()}".encode())
-    return "sources " + digest.hexdigest()[:16]
+    paths = {}
+    for key in keys:
+        records = instance.fetch_materializations(key, limit=1).records
+        materialization = records[0].asset_materialization if records else None
+        if materialization is None:
+            raise DropError(f"{key.to_user_string()}: not materialized yet")
+        metadata = materialization.metadata
+        entry = metadata.get(CONTENT_HASH)
+        version = entry.value if entry is not None else f"materialization {records[0].storage_id}"
+        digest.update(f"{key.to_user_string()}={version};".encode())
+        paths[key.to_user_string()] = str(metadata["path"].value)
+    return "sources " + digest.hexdigest()[:16], paths
 
 
 def _combine(
     context: dg.AssetExecutionContext,
     key: dg.AssetKey,
-    raw: dict[str, dict[str, pl.DataFrame]],
+    sources: list[dg.AssetKey],
     members: tuple[str, ...],
     stats: Callable[[dict[str, pl.DataFrame]], dict[str, dict[str, int]]],
     replace: bool,
@@ -220,15 +244,24 @@ def _combine(
     replaced by the later version. A refresh after a new drop writes that drop's part only
     (and reads only the ``id`` column of the others, to find replaced rows); any other change
     (a drop ingested again, the embedded sources changed, rows replaced) builds every part."""
-    embedded = _embedded(raw, members)
+    embedded_tag, embedded_paths = _embedded_sources(context.instance, sources)
     drops = drop_records(context.instance, raw_drops.key)
-    wanted = [(EMBEDDED, _tag(embedded))]
+    wanted = [(EMBEDDED, embedded_tag)]
     wanted += [(_drop_part(d), tag) for d, (tag, _) in drops.items()]
     paths = {_drop_part(d): path for d, (_, path) in drops.items()}
 
     def load(name: str) -> dict[str, pl.DataFrame]:
         if name == EMBEDDED:
-            return embedded
+            # The embedded sources' tables, in the order of ``sources``; a source without a
+            # table (the pretraining corpus has no ledger) adds nothing to it.
+            out = {}
+            for m in members:
+                files = [
+                    UPath(embedded_paths[k.to_user_string()]) / f"{m}.parquet" for k in sources
+                ]
+                frames = [read_frame(f) for f in files if f.exists()]
+                out[m] = pl.concat(frames, how="vertical")
+            return out
         folder = UPath(paths[name])
         return {m: read_frame(folder / f"{m}.parquet") for m in members}
 
@@ -330,7 +363,7 @@ def conversations(context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFra
     the embedded sources and every drop ingested so far: one part per drop (see
     ``_combine``), read as one table downstream."""
     update = _combine(
-        context, dg.AssetKey("conversations"), raw, ("conversations",), _by_source, True
+        context, dg.AssetKey("conversations"), RAW_KEYS, ("conversations",), _by_source, True
     )
     context.add_output_metadata({"by_source": _summed(update, "by_source")})
     return update
@@ -340,19 +373,12 @@ def _summed(update: PartUpdate, stat: str) -> dict[str, int]:
     return PartSet(Path("."), update.parts).summed(stat)
 
 
-@dg.asset(
-    group_name=GROUP,
-    ins={k.path[0]: dg.AssetIn(k) for k in RAW_KEYS},
-    deps=[raw_drops],
-    kinds={"polars"},
-)
-def preferences_human(
-    context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFrame]
-) -> PartUpdate:
+@dg.asset(group_name=GROUP, deps=[*RAW_KEYS, raw_drops], kinds={"polars"})
+def preferences_human(context: dg.AssetExecutionContext) -> PartUpdate:
     """Comparison data that came with the sources (OpenAssistant sibling ranks, HH-RLHF,
     UltraFeedback ratings), as TRL prompt/chosen/rejected rows with their origin."""
     update = _combine(
-        context, dg.AssetKey("preferences_human"), raw, ("preferences",), _by_source, True
+        context, dg.AssetKey("preferences_human"), RAW_KEYS, ("preferences",), _by_source, True
     )
     context.add_output_metadata({"by_source": _summed(update, "by_source")})
     return update
@@ -368,7 +394,12 @@ def ingest_rejects(context: dg.AssetExecutionContext, **raw: dict[str, pl.DataFr
     """Nothing is lost: unreadable rows (file, line, field, reason) and rows read but excluded
     at ingest (deleted, failed review, spam), from every source and drop."""
     update = _combine(
-        context, dg.AssetKey("ingest_rejects"), raw, ("rejected", "ledger"), _reject_stats, False
+        context,
+        dg.AssetKey("ingest_rejects"),
+        [*RAW_KEYS, dg.AssetKey("raw_pretrain")],
+        ("rejected", "ledger"),
+        _reject_stats,
+        False,
     )
     context.add_output_metadata(
         {

@@ -70,9 +70,12 @@ def rows_out(result) -> dict[str, int]:  # noqa: ANN001
     return rows
 
 
-def run(assets, selection, drop: str, instance, resources, drops_root: Path) -> dict:  # noqa: ANN001
+def run(assets, selection, drop: str, instance, resources, drops_root: Path, parts: bool) -> dict:  # noqa: ANN001, E501
     import dagster as dg
 
+    ops = {"raw_drops": {"config": {"root": str(drops_root)}}}
+    if parts:
+        ops |= {name: {"config": {"by_parts": True}} for name in ("sft_dataset", "prompt_dataset")}
     started = time.perf_counter()
     result = dg.materialize(
         assets,
@@ -80,7 +83,7 @@ def run(assets, selection, drop: str, instance, resources, drops_root: Path) -> 
         partition_key=drop,
         instance=instance,
         resources=resources,
-        run_config={"ops": {"raw_drops": {"config": {"root": str(drops_root)}}}},
+        run_config={"ops": ops},
     )
     wall = time.perf_counter() - started
     steps = step_seconds(result)
@@ -141,6 +144,11 @@ def main() -> None:
     parser.add_argument("--new-fraction", type=float, default=0.01)
     parser.add_argument("--work", type=Path, default=HERE / "out" / "refresh")
     parser.add_argument("--judge-prompts", type=int, default=2000)
+    parser.add_argument(
+        "--export-parts",
+        action="store_true",
+        help="sft_dataset and prompt_dataset export by parts (DatasetConfig.by_parts)",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -173,11 +181,10 @@ def main() -> None:
     (work / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(work / "home")) as instance:
         instance.add_dynamic_partitions(DROPS.name, ["base"])
-        full = run(
-            assets, dg.AssetSelection.groups(*GROUPS), "base", instance, resources, drops_root
-        )
+        every = dg.AssetSelection.groups(*GROUPS)
+        full = run(assets, every, "base", instance, resources, drops_root, args.export_parts)
         instance.add_dynamic_partitions(DROPS.name, ["new"])
-        refresh = run(assets, downstream, "new", instance, resources, drops_root)
+        refresh = run(assets, downstream, "new", instance, resources, drops_root, args.export_parts)
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -189,6 +196,7 @@ def main() -> None:
         "commit": commit,
         "rows": args.rows,
         "new_rows": new_rows,
+        "export_by_parts": args.export_parts,
         "full": full,
         "refresh": refresh,
         "refresh_over_full": {
@@ -202,6 +210,11 @@ def main() -> None:
             "length_profile_step": round(
                 refresh["steps_s"]["length_profile"] / full["steps_s"]["length_profile"], 3
             ),
+            "steps": {
+                step: round(seconds / full["steps_s"][step], 3)
+                for step, seconds in sorted(refresh["steps_s"].items())
+                if full["steps_s"].get(step)
+            },
             "rows_ingested_from_drops": round(
                 refresh["rows_ingested_from_drop"] / max(1, full["rows_ingested_from_drop"]), 4
             ),

@@ -1,5 +1,7 @@
 """Training sets in TRL's formats, with a stable train/eval split, written as Parquet and as a
-``datasets`` ``save_to_disk`` folder with a dataset card.
+``datasets`` ``save_to_disk`` folder with a dataset card (``export``), or append-only as one
+train/test Parquet pair per drop behind a manifest (``export_parts``: a refresh writes the new
+drop's pair only; ``datasets``' parquet loader reads the parts as one dataset).
 
 - sft: ``messages`` (conversational; TRL's SFTTrainer applies the chat template)
 - preference: ``prompt``, ``chosen``, ``rejected`` (conversational; RewardTrainer, DPOTrainer)
@@ -13,14 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from curation.storage import write_parquet
+from curation.storage import Part, PartUpdate, read_manifest, write_parquet, write_parts
 
 SPLIT_BUCKETS = 10_000
 
@@ -106,6 +109,7 @@ def export(
     """Write ``out_dir/<name>/{train,test}.parquet`` and ``out_dir/<name>/hf/`` (DatasetDict
     with a README.md card). Returns counts and paths for metadata."""
     target = out_dir / name
+    shutil.rmtree(target / PARTS, ignore_errors=True)  # an earlier export by parts
     split = rows.with_columns(split=split_expr(config.eval_fraction))
     parts = {s: split.filter(pl.col("split") == s).drop("split") for s in ("train", "test")}
     for split_name, part in parts.items():
@@ -168,3 +172,52 @@ def dataset_card(name: str, card: Mapping[str, Any]) -> str:
     if card.get("config"):
         lines += ["", "## Config", "", "```json", json.dumps(card["config"], indent=2), "```"]
     return "\n".join(lines) + "\n"
+
+
+PARTS = "parts"
+SPLITS = ("train", "test")
+
+
+def export_parts(
+    name: str,
+    parts: Sequence[tuple[Part, Callable[[], pl.DataFrame]]],
+    out_dir: Path,
+    config: ExportConfig = ExportConfig(),
+    card: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``out_dir/<name>/parts/``: one folder per source part with its ``train.parquet`` and
+    ``test.parquet``, and a manifest written last. A part already exported from the same
+    source part (name and tag) under the same split fraction is kept as it is; the others are
+    built from their loader. The split is by id hash, so a row's split never depends on other
+    parts. A whole export's files (``train.parquet``, ``hf/``) are removed once the manifest
+    is in place. Returns counts and paths for metadata."""
+    target = out_dir / name
+    folder = target / PARTS
+    base = read_manifest(folder)
+    known = {(p.name, p.tag): p for p in base.parts} if base is not None else {}
+    entries, new = [], {}
+    for part, load in parts:
+        tag = f"{part.tag}|eval {config.eval_fraction}"
+        if (part.name, tag) in known:
+            entries.append(known[(part.name, tag)])
+            continue
+        rows = load().with_columns(split=split_expr(config.eval_fraction))
+        frames = {s: rows.filter(pl.col("split") == s).drop("split") for s in SPLITS}
+        by_source = dict(rows.group_by("source").len().sort("source").iter_rows())
+        stats = {**{s: frames[s].height for s in SPLITS}, "by_source": by_source}
+        entries.append(Part(part.name, tag, rows=rows.height, stats=stats))
+        new[part.name] = frames
+    table = write_parts(folder, PartUpdate(entries, new, base, SPLITS))
+    for stale in ("train.parquet", "test.parquet"):
+        (target / stale).unlink(missing_ok=True)
+    shutil.rmtree(target / "hf", ignore_errors=True)
+    summary: dict[str, Any] = {
+        "name": name,
+        "rows": {s: sum(p.stats.get(s, 0) for p in table.parts) for s in SPLITS},
+        "by_source": dict(sorted(table.summed("by_source").items())),
+        "path": str(target),
+        "hf_path": str(folder),
+        "parts_written": list(new),
+    }
+    (target / "README.md").write_text(dataset_card(name, {**summary, **(card or {})}))
+    return summary

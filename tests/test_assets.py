@@ -8,6 +8,7 @@ import pytest
 
 from assets.io_manager import PolarsParquetIOManager
 from assets.resources import PROJECT_ROOT, SAMPLES, StorageResource
+from curation.storage import read_manifest
 from pipelines.definitions import defs
 
 
@@ -70,7 +71,7 @@ def test_every_asset_materializes(demo):
 
 def test_conversations_cover_every_source_in_the_canonical_schema(demo):
     _, out, _ = demo
-    conversations = pl.read_parquet(out / "conversations.parquet")
+    conversations = read_manifest(out / "conversations").read()
     assert set(conversations["source"]) == {
         "oasst",
         "flan",
@@ -84,14 +85,14 @@ def test_conversations_cover_every_source_in_the_canonical_schema(demo):
     ).explode("messages")
     assert set(roles["messages"]) <= {"system", "user", "assistant"}
     assert all(json.loads(m) is not None for m in conversations["meta"])
-    preferences = pl.read_parquet(out / "preferences_human.parquet")
+    preferences = read_manifest(out / "preferences_human").read()
     assert {"oasst", "hh", "ultrafeedback"} <= set(preferences["source"])
     assert preferences.filter(pl.col("chosen") == pl.col("rejected")).height == 0
 
 
 def test_nothing_is_lost_between_raw_and_canonical(demo):
     _, out, _ = demo
-    rejects = pl.read_parquet(out / "ingest_rejects" / "ledger.parquet")
+    rejects = read_manifest(out / "ingest_rejects").read("ledger")
     assert {"ingest.deleted", "ingest.spam_tree"} <= set(rejects["rule"])
     # FLAN is one row per line, so lines in == conversations + rejected, exactly.
     flan_lines = sum(
@@ -148,10 +149,11 @@ def test_curation_assets_keep_a_ledger_and_pass_their_checks(demo):
     assert checks["rows_are_conserved"] is True
     assert checks["curated_schema_and_size"] is True
     assert checks["no_exact_duplicates_left"] is True
-    states = pl.read_parquet(out / "curation_ledger" / "states.parquet")
-    conversations = pl.read_parquet(out / "conversations.parquet")
+    curation_ledger = read_manifest(out / "curation_ledger")
+    states = curation_ledger.read("states")
+    conversations = read_manifest(out / "conversations").read()
     assert states.height == conversations.height
-    ledger = pl.read_parquet(out / "curation_ledger" / "ledger.parquet")
+    ledger = curation_ledger.read("ledger")
     categories = {rule.split(".")[0] for rule in ledger["rule"]}
     assert {"reference", "pii", "options", "duplicate"} <= categories
     metadata = materialization(result, "curated_conversations").metadata

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import json
 import math
 import shutil
 import subprocess
@@ -86,10 +87,16 @@ def load_training_tokenizer(path: str | Path, max_length: int = 2048):
 
 
 def load_splits(path: str | Path):
-    """A ``save_to_disk`` DatasetDict, or a folder with train.parquet / test.parquet."""
+    """A ``save_to_disk`` DatasetDict, a dataset exported by parts (``parts/`` with one
+    train/test Parquet pair per drop and ``_manifest.json``: curation.datasets.export_parts),
+    or a folder with train.parquet / test.parquet."""
     import datasets
 
     path = Path(path)
+    parts = _part_files(path / "parts")
+    if parts is not None:
+        # Only the files the manifest names: a part being written is not read.
+        return datasets.load_dataset("parquet", data_files=parts)
     if (path / "hf").is_dir():
         path = path / "hf"
     if (path / "dataset_dict.json").exists():
@@ -101,9 +108,25 @@ def load_splits(path: str | Path):
     }
     if not files:
         raise FileNotFoundError(
-            f"{path}: no dataset (expected a save_to_disk folder or train.parquet)"
+            f"{path}: no dataset (expected a save_to_disk folder, parts/ or train.parquet)"
         )
     return datasets.load_dataset("parquet", data_files=files)
+
+
+def _part_files(folder: Path) -> dict[str, list[str]] | None:
+    """Split → the non-empty part files a parts manifest names (read here with json: training
+    does not import polars, so not through curation.storage)."""
+    manifest = folder / "_manifest.json"
+    if not manifest.is_file():
+        return None
+    entries = json.loads(manifest.read_text(encoding="utf-8"))["parts"]
+    files = {
+        split: [
+            str(folder / e["file"] / f"{split}.parquet") for e in entries if e["stats"].get(split)
+        ]
+        for split in ("train", "test")
+    }
+    return {s: f for s, f in files.items() if f or s == "train"}
 
 
 def ids_digest(dataset: Any, column: str = "id") -> str:
