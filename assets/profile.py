@@ -91,12 +91,9 @@ class CachedTokenCounts:
         self.used.append(joined)
         return joined["tokens"].to_list()
 
-    def save(self, keep_cached: bool = False) -> None:
-        """Keep the counts this run used (texts gone from the data are forgotten), and with
-        ``keep_cached`` the ones kept before too (a run that measured only some parts)."""
+    def save(self) -> None:
+        """Keep the counts this run used (texts gone from the data are forgotten)."""
         used = pl.concat(self.used).unique(["h1", "h2"]) if self.used else self.cache
-        if keep_cached:
-            used = pl.concat([self.cache, used]).unique(["h1", "h2"])
         write_parquet(used.select(TOKEN_COUNTS.names()).cast(TOKEN_COUNTS), self.path)
         for other in self.folder.glob("token_counts.*.parquet"):
             if other != self.path:
@@ -150,7 +147,11 @@ def length_profile(
             table.read("turns") if table.parts else pl.DataFrame(schema=TURNS), quantiles
         ),
     )
-    counts.save(keep_cached=len(new) < len(parts))
+    if len(new) == len(parts):
+        # Every part measured: keep the counts of exactly these texts. A refresh that measured
+        # one new drop leaves the cache alone (rewriting it costs O(all texts)); its lengths are
+        # kept with its part, so the cache only matters when parts are measured again.
+        counts.save()
     written = write_profile(result, storage.path("length_profile"), config.histogram_bins)
     metadata: dict = {
         "tokens_by_source_and_role": dg.MetadataValue.md(
