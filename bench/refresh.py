@@ -116,16 +116,17 @@ def step_floor(instance) -> float:  # noqa: ANN001
 
     import dagster as dg
 
+    # No annotations: this module's are strings (__future__), which Dagster cannot resolve here.
     @dg.asset(name="floor_a")
-    def floor_a() -> int:
+    def floor_a():  # noqa: ANN202
         return 1
 
     @dg.asset(name="floor_b")
-    def floor_b(floor_a: int) -> int:
+    def floor_b(floor_a):  # noqa: ANN001, ANN202
         return floor_a + 1
 
     @dg.asset_check(asset=floor_b)
-    def floor_check(floor_b: int) -> dg.AssetCheckResult:
+    def floor_check(floor_b):  # noqa: ANN001, ANN202
         return dg.AssetCheckResult(passed=floor_b == 2)
 
     seconds = []
