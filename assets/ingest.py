@@ -266,10 +266,10 @@ def _combine(
         return {m: read_frame(folder / f"{m}.parquet") for m in members}
 
     base = previous_table(context.instance, key)
-    known = [(p.name, p.tag) for p in base.parts] if base is not None else []
-    mode = "append"
+    # A part that lost rows to a later drop has "|minus ..." after its source's tag.
+    known = [(p.name, p.tag.split("|")[0]) for p in base.parts] if base is not None else []
     if base is None or base.members != _stored_members(members) or wanted[: len(known)] != known:
-        mode, known = "rebuild", []
+        return _combine_all(context, key, wanted, load, members, stats, replace, base, drops)
     fresh = {name: load(name) for name, _ in wanted[len(known) :]}
     replaced = 0
     if replace and fresh:
@@ -280,7 +280,9 @@ def _combine(
             new_ids = pl.concat([f[members[0]]["id"] for f in fresh.values()])
             hit = base.scan().select("id").filter(pl.col("id").is_in(new_ids.implode()))
             if hit.collect().height:  # an earlier part loses rows: rebuild them all
-                return _combine_all(context, key, wanted, load, members, stats, replace, base)
+                return _combine_all(
+                    context, key, wanted, load, members, stats, replace, base, drops
+                )
     update = PartUpdate(
         parts=[p for p in (base.parts if base is not None and known else [])]
         + [
@@ -295,7 +297,7 @@ def _combine(
         {
             "drops": list(drops),
             "replaced_by_later_drop": replaced,
-            "combine": mode,
+            "combine": "append",
             "parts_written": list(fresh),
         }
     )
@@ -311,17 +313,30 @@ def _combine_all(
     stats: Callable[[dict[str, pl.DataFrame]], dict[str, dict[str, int]]],
     replace: bool,
     base: PartSet | None,
+    drops: dict,
 ) -> PartUpdate:
     frames = {name: load(name) for name, _ in wanted}
     replaced = 0
+    tags = dict(wanted)
     if replace:
         kept, replaced = without_later_ids([f[members[0]] for f in frames.values()])
+        for (name, frame), part in zip(frames.items(), kept, strict=True):
+            lost = frame[members[0]].join(part.select("id"), on="id", how="anti")
+            if lost.height:
+                # Its own tag: what it holds is no longer what its source delivered.
+                digest = hashlib.sha256("\n".join(sorted(lost["id"])).encode()).hexdigest()
+                tags[name] += f"|minus {lost.height} {digest[:12]}"
         frames = {n: {members[0]: k} for n, k in zip(frames, kept, strict=True)}
     context.add_output_metadata(
-        {"replaced_by_later_drop": replaced, "combine": "rebuild", "parts_written": list(frames)}
+        {
+            "drops": list(drops),
+            "replaced_by_later_drop": replaced,
+            "combine": "rebuild",
+            "parts_written": list(frames),
+        }
     )
     return PartUpdate(
-        parts=[Part(n, t, rows=_rows(frames[n]), stats=stats(frames[n])) for n, t in wanted],
+        parts=[Part(n, tags[n], rows=_rows(frames[n]), stats=stats(frames[n])) for n, _ in wanted],
         new={n: _stored(f, members) for n, f in frames.items()},
         base=base,
         members=_stored_members(members),

@@ -5,12 +5,14 @@ one drop of N FLAN-format rows (plus the embedded sources), then on a new drop o
 
 Both runs go through Dagster on a throwaway sqlite instance, the way the schedule runs them
 (``raw_drops`` for one partition, then everything downstream of it outside training and AI
-feedback). Per step: seconds inside the step and rows out. A refresh ingests only the new drop;
-``curated_conversations`` is incremental (curation.incremental: only new or changed rows go
-through the filters and get dedup keys and signatures; duplicates are decided again over all
-rows from the kept ones), and its metadata (mode, rows filtered, seconds per phase) is recorded.
-The other steps downstream of ``conversations`` (profile, preference curation, exports, checks)
-still read and write every row.
+feedback). Per step: seconds inside the step and rows out. The combined tables, curation, the
+ledger and the length profile keep one part per drop (curation.storage), so a refresh writes the
+new drop's parts only: ``curated_conversations`` curates the drop alone against what earlier
+parts kept (mode ``append``; its metadata: mode, rows filtered, seconds per phase), and with
+``--export-parts`` the SFT and prompt datasets are exported by parts too (``DatasetConfig.
+by_parts``; off by default because ``postforge trace`` reads a dataset's ``train.parquet``).
+Each step also pays Dagster's own cost: ``step_floor`` times a step that does nothing on the
+same instance, and the record has the refresh's seconds above that floor.
 
 AI feedback is not in these Dagster runs: its candidates come from an SFT checkpoint (a training
 run). Its cost is the judge's requests, measured beside them with the judge client ``ai_rankings``

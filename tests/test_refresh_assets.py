@@ -89,7 +89,13 @@ def refreshed(tmp_path_factory):
         before = {name: files(out / name) for name in CURATION}
         downstream = dg.AssetSelection.assets(raw_drops.key).downstream()
         second = run(instance, drops, out, "d2", downstream & dg.AssetSelection.groups(*GROUPS))
-    return first, second, before, out
+        after_second = {name: files(out / name) for name in CURATION}
+        # d3 delivers a new version of a d1 row (same id): d1's part loses it.
+        newer = json.loads(json.dumps(first_rows[7]))
+        newer["messages"][1]["content"] = "A second edition of this answer, with more detail."
+        write_jsonl(drops / "d3" / "chat.jsonl", [newer])
+        third = run(instance, drops, out, "d3", downstream & dg.AssetSelection.groups(*GROUPS))
+    return first, second, before, out, after_second, third
 
 
 def metadata(result, asset: str) -> dict:
@@ -102,7 +108,7 @@ def metadata(result, asset: str) -> dict:
 
 
 def test_the_refresh_writes_the_new_drops_parts_only(refreshed):
-    first, second, before, out = refreshed
+    first, second, before, out, after_second, _ = refreshed
     assert first.success and second.success
     conversations = metadata(second, "conversations")
     assert conversations["combine"] == "append" and conversations["parts_written"] == ["drop=d2"]
@@ -116,16 +122,19 @@ def test_the_refresh_writes_the_new_drops_parts_only(refreshed):
     profile = metadata(second, "length_profile")
     assert profile["parts_measured"] == ["drop=d2"] and profile["texts_tokenized"] <= 16
     for name in CURATION:
-        after = files(out / name)
+        after = after_second[name]
         # Every file of the first run is still there, untouched; the new ones are d2's.
         assert {k: after[k] for k in before[name]} == before[name]
         assert all(k.startswith("drop_d2-") for k in set(after) - set(before[name]))
-        table = read_manifest(out / name)
-        assert [p.name for p in table.parts] == ["sources", "drop=d1", "drop=d2"]
+        assert [p.name for p in read_manifest(out / name).parts][:3] == [
+            "sources",
+            "drop=d1",
+            "drop=d2",
+        ]
 
 
 def test_every_check_passes_on_parts(refreshed):
-    _, second, _, _ = refreshed
+    _, second, _, _, _, _ = refreshed
     checks = {e.check_name: e.passed for e in second.get_asset_check_evaluations()}
     assert checks == {
         "rows_are_conserved": True,
@@ -136,7 +145,7 @@ def test_every_check_passes_on_parts(refreshed):
 
 
 def test_the_stored_outputs_and_profile_equal_one_full_run(refreshed):
-    _, _, _, out = refreshed
+    _, _, _, out, _, _ = refreshed
     conversations = read_manifest(out / "conversations")
     tokenizer = load_tokenizer(out / "project_tokenizer")
     filters = build_filters(filter_mapping(CurationConfig()), TokenCounter(tokenizer))
@@ -165,3 +174,17 @@ def test_the_stored_outputs_and_profile_equal_one_full_run(refreshed):
     source_ids = conversations.read().select(pl.col("id").alias("row_id"), "source_id")
     states = dict(expected.states.join(source_ids, on="row_id").select("source_id", "rule").rows())
     assert states["d2-exact"] == "duplicate.exact" and states["d2-near"] == "duplicate.near"
+
+
+def test_a_drop_replacing_an_earlier_row_rebuilds_parts_and_says_why(refreshed):
+    _, _, _, out, _, third = refreshed
+    assert third.success
+    conversations = metadata(third, "conversations")
+    assert conversations["combine"] == "rebuild" and conversations["replaced_by_later_drop"] == 1
+    curated = metadata(third, "curated_conversations")
+    assert curated["mode"] == "incremental" and "earlier part changed" in curated["mode_reason"]
+    # The row is d3's now, once; d1's part no longer holds it.
+    table = read_manifest(out / "conversations")
+    rows = table.read().filter(pl.col("source_id") == "d1-7")
+    assert rows.height == 1 and "second edition" in rows["messages"][0][1]["content"]
+    assert table.by_name()["drop=d1"].tag.split("|")[1].startswith("minus 1 ")
