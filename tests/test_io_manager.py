@@ -119,3 +119,53 @@ def test_rejects_non_frame_outputs(tmp_path, instance):
             instance=instance,
             resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))},
         )
+
+
+def test_a_parted_table_grows_by_parts_and_reads_as_parts_or_rows(tmp_path, instance):
+    """An asset returning ``PartUpdate`` keeps its earlier parts' files: a reader annotated
+    ``PartSet`` gets the manifest, any other reader the rows of every part in order."""
+    from assets.io_manager import previous_table
+    from curation.storage import Part, PartSet, PartUpdate
+
+    batches = [pl.DataFrame({"id": ["a", "b"]}), pl.DataFrame({"id": ["c"]})]
+
+    @dg.asset
+    def grown(context: dg.AssetExecutionContext) -> PartUpdate:
+        base = previous_table(context.instance, dg.AssetKey("grown"))
+        parts = list(base.parts) if base is not None else []
+        name = f"p{len(parts)}"
+        frame = batches[len(parts)]
+        return PartUpdate([*parts, Part(name, "t", rows=frame.height)], {name: frame}, base)
+
+    @dg.asset
+    def as_parts(grown: PartSet) -> pl.DataFrame:
+        return pl.DataFrame({"parts": [[p.name for p in grown.parts]]})
+
+    @dg.asset
+    def as_rows(grown: pl.DataFrame) -> pl.DataFrame:
+        return grown
+
+    io = {"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))}
+    first = dg.materialize([grown], instance=instance, resources=io)
+    (old_file,) = [p for p in (tmp_path / "grown").iterdir() if p.suffix == ".parquet"]
+    written = old_file.stat().st_mtime_ns
+    second = dg.materialize([grown, as_parts, as_rows], instance=instance, resources=io)
+    assert first.success and second.success
+    assert old_file.stat().st_mtime_ns == written  # the first part was not written again
+    assert second.output_for_node("as_parts")["parts"].to_list() == [["p0", "p1"]]
+    assert second.output_for_node("as_rows")["id"].to_list() == ["a", "b", "c"]
+    meta = second.asset_materializations_for_node("grown")[0].metadata
+    assert meta["dagster/row_count"].value == 3 and meta["parts"].value == 2
+
+
+def test_a_whole_file_reads_as_one_part_whose_tag_follows_the_file(tmp_path):
+    from assets.io_manager import PolarsParquetIOManager as Manager
+
+    path = tmp_path / "t.parquet"
+    write_parquet(pl.DataFrame({"id": ["a"]}), path)
+    first = Manager._as_parts(tmp_path / "t")
+    write_parquet(pl.DataFrame({"id": ["a", "b"]}), path)
+    second = Manager._as_parts(tmp_path / "t")
+    assert [p.rows for p in (*first.parts, *second.parts)] == [1, 2]
+    assert first.parts[0].tag != second.parts[0].tag
+    assert second.read()["id"].to_list() == ["a", "b"]
