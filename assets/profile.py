@@ -13,13 +13,17 @@ from pydantic import Field
 from assets.io_manager import preview_markdown
 from assets.resources import StorageResource, resolve
 from curation.profile import (
+    LENGTH_COUNTS,
+    TURN_COUNTS,
     LengthProfile,
     ProfileConfig,
     conversation_turns,
+    length_counts,
     message_lengths,
-    summarize,
-    summarize_turns,
+    summarize_counts,
+    summarize_turn_counts,
     text_lengths,
+    turn_counts,
     write_profile,
 )
 from curation.storage import Part, PartSet, PartUpdate, read_manifest, write_parquet, write_parts
@@ -116,15 +120,18 @@ def length_profile(
     pretrain_corpus: pl.DataFrame,
 ) -> pl.DataFrame:
     """Characters, words and tokens per source and role (quantiles), turns per conversation,
-    and histograms shown right here in the UI. Each conversations part's message lengths and
-    turn counts are kept (one part per drop, for this tokenizer), so a refresh measures the
-    new drop only; the quantiles are then taken over every kept length, as a full run takes
-    them. Token counts of texts seen before are reused (``CachedTokenCounts``)."""
+    and histograms shown right here in the UI. Each conversations part's length counts
+    (messages per source, role, measure and value) and turn counts are kept (one part per
+    drop, for this tokenizer), so a refresh measures the new drop only; quantiles and
+    histograms are then taken from the summed counts, equal to a full run's over every
+    message. Token counts of texts seen before are reused (``CachedTokenCounts``)."""
     tokenizer = load_tokenizer(storage.path("project_tokenizer"))
     tokenizer_id = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
     state = storage.path("profile_state", "length_profile")
     counts = CachedTokenCounts(TokenCounter(tokenizer), state, tokenizer_id)
     kept = read_manifest(state / "parts")
+    if kept is not None and kept.members != PROFILE_MEMBERS:
+        kept = None  # kept in another layout: measure every part again
     reusable = {(p.name, p.tag) for p in kept.parts} if kept is not None else set()
     parts, new = [], {}
     for part in conversations.parts:
@@ -133,19 +140,20 @@ def length_profile(
         if (part.name, tag) not in reusable:
             frame = pl.read_parquet(conversations.path(part))
             new[part.name] = {
-                "lengths": message_lengths(frame, counts),
-                "turns": conversation_turns(frame),
+                "counts": length_counts(message_lengths(frame, counts)),
+                "turns": turn_counts(conversation_turns(frame)),
             }
-    table = write_parts(state / "parts", PartUpdate(parts, new, kept, ("lengths", "turns")))
-    measured = [table.read("lengths")] if table.parts else []
-    lengths = pl.concat([*measured, text_lengths(pretrain_corpus, counts)])
+    table = write_parts(state / "parts", PartUpdate(parts, new, kept, PROFILE_MEMBERS))
+    measured = [table.read("counts")] if table.parts else []
+    texts = length_counts(text_lengths(pretrain_corpus, counts))
+    all_counts = pl.concat([*measured, texts]).cast(LENGTH_COUNTS)
     quantiles = ProfileConfig().quantiles
+    turns = table.read("turns") if table.parts else TURN_COUNTS.to_frame()
     result = LengthProfile(
-        lengths=lengths,
-        stats=summarize(lengths, quantiles),
-        turns=summarize_turns(
-            table.read("turns") if table.parts else pl.DataFrame(schema=TURNS), quantiles
-        ),
+        lengths=pl.DataFrame(),
+        stats=summarize_counts(all_counts, quantiles),
+        turns=summarize_turn_counts(turns.cast(TURN_COUNTS), quantiles),
+        counts=all_counts,
     )
     if len(new) == len(parts):
         # Every part measured: keep the counts of exactly these texts. A refresh that measured
@@ -170,4 +178,4 @@ def length_profile(
     return result.stats
 
 
-TURNS = pl.Schema({"source": pl.String, "turns": pl.Int64})
+PROFILE_MEMBERS = ("counts", "turns")

@@ -38,6 +38,7 @@ class LengthProfile:
     lengths: pl.DataFrame  # one row per message: source, role, chars, words, tokens
     stats: pl.DataFrame  # one row per source, role and measure: count, mean, quantiles, max
     turns: pl.DataFrame  # one row per source: conversations, turns quantiles
+    counts: pl.DataFrame | None = None  # LENGTH_COUNTS, when built from counts (no lengths)
 
     def table(self, measure: str = "tokens") -> pl.DataFrame:
         return self.stats.filter(pl.col("measure") == measure).drop("measure")
@@ -157,35 +158,169 @@ def profile(
     )
 
 
+# --- counts: what stats and histograms need, additive over drops ----------------------------
+
+LENGTH_COUNTS = pl.Schema(
+    {
+        "source": pl.String,
+        "role": pl.String,
+        "measure": pl.String,
+        "value": pl.Int64,
+        "count": pl.Int64,
+    }
+)
+TURN_COUNTS = pl.Schema({"source": pl.String, "turns": pl.Int64, "count": pl.Int64})
+
+
+def length_counts(lengths: pl.DataFrame) -> pl.DataFrame:
+    """Messages per source, role, measure and length value. Counts of two sets of messages
+    add up to the counts of both, so a refresh keeps each drop's counts and adds them; they
+    hold every order statistic of the lengths (a few thousand distinct values per source
+    and role, not one row per message)."""
+    return (
+        lengths.unpivot(
+            index=["source", "role"], on=list(MEASURES), variable_name="measure", value_name="value"
+        )
+        .drop_nulls("value")
+        .group_by("source", "role", "measure", "value")
+        .agg(pl.len().alias("count"))
+        .select(LENGTH_COUNTS.names())
+        .cast(LENGTH_COUNTS)
+    )
+
+
+def turn_counts(turns: pl.DataFrame) -> pl.DataFrame:
+    """Conversations per source and number of messages (``conversation_turns`` counted)."""
+    return (
+        turns.group_by("source", "turns")
+        .agg(pl.len().alias("count"))
+        .select(TURN_COUNTS.names())
+        .cast(TURN_COUNTS)
+    )
+
+
+def _from_counts(
+    counts: pl.DataFrame, keys: list[str], quantiles: Sequence[float]
+) -> tuple[pl.LazyFrame, list[pl.Expr]]:
+    """Counts merged per group and value, sorted, with the aggregations ``summarize`` takes
+    over the expanded values: the lower quantile q is the value at sorted position
+    floor(q * (n - 1)), the first whose cumulative count passes that position."""
+    merged = (
+        counts.lazy()
+        .group_by(*keys, "value")
+        .agg(pl.col("count").sum())
+        .sort(*keys, "value")
+        .with_columns(
+            cum=pl.col("count").cum_sum().over(keys),
+            n=pl.col("count").sum().over(keys),
+        )
+    )
+    position = (pl.col("n") - 1).cast(pl.Float64)
+    aggregations = [
+        pl.col("count").sum().cast(pl.UInt32).alias("count"),
+        ((pl.col("value") * pl.col("count")).sum() / pl.col("count").sum()).alias("mean"),
+        pl.col("value").min().alias("min"),
+        *(
+            pl.col("value")
+            .filter(pl.col("cum") > (position * q).floor())
+            .first()
+            .cast(pl.Float64)
+            .alias(f"p{round(q * 100)}")
+            for q in quantiles
+        ),
+        pl.col("value").max().alias("max"),
+    ]
+    return merged, aggregations
+
+
+def summarize_counts(counts: pl.DataFrame, quantiles: Sequence[float] = QUANTILES) -> pl.DataFrame:
+    """``summarize`` of the messages ``counts`` counts (same columns, same values)."""
+    keys = ["source", "role", "measure"]
+    merged, aggregations = _from_counts(counts, keys, quantiles)
+    return merged.group_by(keys).agg(aggregations).sort("measure", "role", "source").collect()
+
+
+def summarize_turn_counts(
+    counts: pl.DataFrame, quantiles: Sequence[float] = QUANTILES
+) -> pl.DataFrame:
+    """``summarize_turns`` of the conversations ``counts`` counts."""
+    merged, aggregations = _from_counts(counts.rename({"turns": "value"}), ["source"], quantiles)
+    by = {a.meta.output_name(): a for a in aggregations}
+    return (
+        merged.group_by("source")
+        .agg(
+            by["count"].alias("conversations"),
+            by["mean"].alias("mean_turns"),
+            *(by[f"p{round(q * 100)}"] for q in quantiles),
+            by["max"].alias("max_turns"),
+        )
+        .sort("source")
+        .collect()
+    )
+
+
+def _median(values: np.ndarray, counts: np.ndarray) -> float:  # noqa: F821
+    """``np.median`` of ``values`` repeated ``counts`` times (values sorted)."""
+    import numpy as np
+
+    n = int(counts.sum())
+    cum = np.cumsum(counts)
+    low = values[np.searchsorted(cum, (n - 1) // 2, side="right")]
+    high = values[np.searchsorted(cum, n // 2, side="right")]
+    return (float(low) + float(high)) / 2
+
+
 def plot_histograms(
     lengths: pl.DataFrame, out_dir: Path, bins: int = ProfileConfig.histogram_bins
 ) -> list[Path]:
+    """``plot_counts`` of the messages' lengths."""
+    measure = "tokens" if lengths["tokens"].null_count() < lengths.height else "words"
+    return plot_counts(length_counts(lengths), out_dir, bins, measure)
+
+
+def plot_counts(
+    counts: pl.DataFrame,
+    out_dir: Path,
+    bins: int = ProfileConfig.histogram_bins,
+    measure: str | None = None,
+) -> list[Path]:
     """One PNG per role: the distribution of lengths for every source, on log-spaced bins
-    (lengths span four orders of magnitude across sources; linear bins hide the short ones)."""
+    (lengths span four orders of magnitude across sources; linear bins hide the short ones),
+    drawn from ``length_counts`` (so a refresh draws from counts, never from every message).
+    ``measure``: tokens when any message was tokenized, else words."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
     import numpy as np
 
-    measure = "tokens" if lengths["tokens"].null_count() < lengths.height else "words"
+    if measure is None:
+        measure = "tokens" if (counts["measure"] == "tokens").any() else "words"
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for role in sorted(lengths["role"].unique().to_list()):
-        of_role = lengths.filter(pl.col("role") == role)
-        top = max(int(of_role[measure].max() or 1), 2)
+    merged = (
+        counts.filter(pl.col("measure") == measure)
+        .group_by("role", "source", "value")
+        .agg(pl.col("count").sum())
+        .sort("role", "source", "value")
+    )
+    for role in sorted(merged["role"].unique().to_list()):
+        of_role = merged.filter(pl.col("role") == role)
+        top = max(int(of_role["value"].max() or 1), 2)
         edges = np.unique(np.geomspace(1, top + 1, bins + 1).round())
         figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
         for (source,), group in sorted(of_role.group_by("source"), key=lambda kv: kv[0]):
-            values = group[measure].drop_nulls().to_numpy()
+            values = group["value"].to_numpy()
+            weights = group["count"].to_numpy()
+            n = int(weights.sum())
             # Share of messages per bin, not density: with log-spaced bins a density plot makes
             # the wide bins of long messages look empty. Counted here, drawn as one step line.
-            counts, _ = np.histogram(np.maximum(values, 1), bins=edges)
+            hist, _ = np.histogram(np.maximum(values, 1), bins=edges, weights=weights)
             axis.stairs(
-                counts / max(len(values), 1),
+                hist / max(n, 1),
                 edges,
                 linewidth=1.6,
-                label=f"{source} (n={len(values)}, median={int(np.median(values))})",
+                label=f"{source} (n={n}, median={int(_median(values, weights))})",
             )
         axis.set_xscale("log")
         axis.set_xlabel(f"{measure} per {role} message (log scale)")
@@ -216,6 +351,10 @@ def write_profile(
         csv = out_dir / f"{name}.csv"
         table.write_csv(csv)
         written[f"{name}_csv"] = csv
-    for path in plot_histograms(result.lengths, out_dir, bins):
+    if result.counts is not None:
+        plots = plot_counts(result.counts, out_dir, bins)
+    else:
+        plots = plot_histograms(result.lengths, out_dir, bins)
+    for path in plots:
         written[path.stem] = path
     return written

@@ -81,3 +81,32 @@ def test_null_and_empty_content_do_not_crash(tmp_path):
     result = profile(table, None)
     assert result.stats.filter(measure="chars")["max"].to_list() == [0]
     assert plot_histograms(result.lengths, tmp_path)
+
+
+def test_counts_of_drops_add_up_to_the_stats_of_all_messages(conversations):
+    """Stats and turn stats from length counts kept per drop, summed, equal the ones taken
+    over every message at once (what a refresh relies on to profile only the new drop)."""
+    from polars.testing import assert_frame_equal
+
+    from curation.profile import (
+        conversation_turns,
+        length_counts,
+        message_lengths,
+        summarize,
+        summarize_counts,
+        summarize_turn_counts,
+        summarize_turns,
+        turn_counts,
+    )
+
+    texts = ["word yes hi there answer more sure"] * 50
+    counter = TokenCounter(train_tokenizer(texts, TokenizerConfig(vocab_size=300)))
+    halves = [conversations.head(31), conversations.slice(31)]
+    counts = pl.concat([length_counts(message_lengths(h, counter)) for h in halves])
+    everything = message_lengths(conversations, counter)
+    assert_frame_equal(summarize_counts(counts), summarize(everything))
+    turns = pl.concat([turn_counts(conversation_turns(h)) for h in halves])
+    expected_turns = summarize_turns(conversation_turns(conversations))
+    assert_frame_equal(summarize_turn_counts(turns), expected_turns)
+    # Every message counted once per measure.
+    assert counts.filter(pl.col("measure") == "chars")["count"].sum() == everything.height
