@@ -764,13 +764,13 @@ class PartState:
     survivors), and per band the alive survivors' band keys sorted (``band_keys``) with their
     survivor columns (``band_cols``)."""
 
-    rows: pl.DataFrame
-    findings: pl.DataFrame
+    rows: pl.DataFrame | pl.LazyFrame  # lazy when loaded: read only if needed
+    findings: pl.DataFrame | pl.LazyFrame
     dedup: pl.DataFrame
     signatures: np.ndarray
     band_keys: np.ndarray
     band_cols: np.ndarray
-    pairs: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PAIRS))
+    pairs: pl.DataFrame | pl.LazyFrame = field(default_factory=lambda: pl.DataFrame(schema=PAIRS))
 
 
 @dataclass
@@ -880,16 +880,20 @@ def joined_state(fingerprint_: str, parts: Sequence[PartState]) -> CurationState
     sigs = [p.signatures for p in parts if p.signatures.shape[1]]
     return CurationState(
         fingerprint=fingerprint_,
-        rows=pl.concat([p.rows for p in parts]) if parts else pl.DataFrame(schema=ROWS),
-        findings=pl.concat([p.findings for p in parts])
+        rows=pl.concat([_eager(p.rows) for p in parts]) if parts else pl.DataFrame(schema=ROWS),
+        findings=pl.concat([_eager(p.findings) for p in parts])
         if parts
         else pl.DataFrame(schema=CACHED_FINDINGS),
         dedup=pl.concat([p.dedup.select(DEDUP.names()) for p in parts])
         if parts
         else pl.DataFrame(schema=DEDUP),
         signatures=np.concatenate(sigs, axis=1) if sigs else np.zeros((num_perm, 0), np.uint32),
-        pairs=pl.concat([p.pairs for p in parts]) if parts else pl.DataFrame(schema=PAIRS),
+        pairs=pl.concat([_eager(p.pairs) for p in parts]) if parts else pl.DataFrame(schema=PAIRS),
     )
+
+
+def _eager(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
 
 
 def curate_append(
@@ -958,7 +962,7 @@ class _PartTexts:
         wanted = ids.unique().implode()
         columns = ["id", "source", "lang", "meta", "messages"]
         new = self.conv.filter(pl.col("id").is_in(wanted)).select(columns)
-        after = [self.rows.select("row_id", "messages_after")]
+        after = [self.rows.lazy().select("row_id", "messages_after")]
         frames = [new]
         if new.height < ids.n_unique():
             frames.append(
@@ -966,12 +970,13 @@ class _PartTexts:
                 .select(columns)
                 .collect()
             )
-            after += [s.rows.select("row_id", "messages_after") for s in self.earlier.states]
+            after += [s.rows.lazy().select("row_id", "messages_after") for s in self.earlier.states]
         found = pl.concat(frames)
         rewritten = (
             pl.concat(after)
             .filter(pl.col("row_id").is_in(wanted) & pl.col("messages_after").is_not_null())
             .rename({"row_id": "id"})
+            .collect()
         )
         return (
             found.join(rewritten, on="id", how="left")
@@ -1063,7 +1068,7 @@ class _AppendDedup:
         among new rows, of the first with its key. Texts are compared before any verdict."""
         filled = keyed.filter("filled")
         old_first = (
-            self.old.filter("filled")
+            self.old.filter(pl.col("filled") & pl.col("key").is_in(filled["key"].implode()))
             .group_by("key")
             .agg(pl.col("row_id").sort_by("node").first().alias("old_kept"))
         )
@@ -1433,7 +1438,10 @@ def save_part_state(state: PartState, folder: Path) -> str:
 def load_part_state(folder: Path) -> PartState:
     """A part's state; the signature and band arrays are memory-mapped (a refresh touches
     the few columns a candidate pair needs)."""
-    frames = {n: pl.read_parquet(folder / f"{n}.parquet") for n in PART_FRAMES}
+    # Only the duplicate pass's table is read now; rows, findings and pairs are scanned when
+    # a verification or a run over every row needs them.
+    frames: dict[str, Any] = {n: pl.scan_parquet(folder / f"{n}.parquet") for n in PART_FRAMES}
+    frames["dedup"] = pl.read_parquet(folder / "dedup.parquet")
     arrays = {
         n: np.load(folder / f"{n}.npy", mmap_mode="r")
         for n in ("signatures", "band_keys", "band_cols")
