@@ -73,18 +73,34 @@ class CachedTokenCounts:
     def __init__(self, count: Callable[[list[str]], list[int]], folder: Path, tokenizer_id: str):
         self.count, self.folder = count, folder
         self.path = folder / f"token_counts.{tokenizer_id[:16]}.parquet"
-        self.cache = pl.DataFrame(schema=TOKEN_COUNTS)
-        if self.path.exists():
-            # An unreadable file only means counting everything again.
-            with contextlib.suppress(OSError, pl.exceptions.PolarsError):
-                self.cache = pl.read_parquet(self.path).select(TOKEN_COUNTS.names())
         self.used: list[pl.DataFrame] = []
         self.counted = 0
+
+    @property
+    def cache(self) -> pl.DataFrame:
+        """Every kept count (read whole only by ``save`` when nothing was looked up)."""
+        return self._lookup(None)
+
+    def _lookup(self, keys: pl.DataFrame | None) -> pl.DataFrame:
+        """The kept counts of ``keys`` (all of them for None). The file is scanned and joined
+        with the keys, so a refresh that asks for a few thousand texts does not load a cache
+        of millions."""
+        empty = pl.DataFrame(schema=TOKEN_COUNTS)
+        if not self.path.exists():
+            return empty
+        # An unreadable file only means counting everything again.
+        with contextlib.suppress(OSError, pl.exceptions.PolarsError):
+            scan = pl.scan_parquet(self.path).select(TOKEN_COUNTS.names())
+            if keys is not None:
+                scan = scan.join(keys.unique().lazy(), on=["h1", "h2"], how="semi")
+            return scan.collect()
+        return empty
 
     def __call__(self, texts: list[str]) -> list[int]:
         series = pl.Series("text", texts, dtype=pl.String)
         keys = pl.DataFrame({"h1": series.hash(11), "h2": series.hash(23)})
-        joined = keys.join(self.cache, on=["h1", "h2"], how="left", maintain_order="left")
+        known = self._lookup(keys)
+        joined = keys.join(known, on=["h1", "h2"], how="left", maintain_order="left")
         missing = joined["tokens"].is_null()
         if missing.any():
             todo = series.filter(missing)
