@@ -431,17 +431,61 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     os.replace(tmp, path)
 
 
-def write_samples(out_dir: Path, n: int = 400, seed: int = 0) -> dict[str, Path]:
-    """Write ``synthetic_chat.jsonl``, ``synthetic_flan.jsonl`` and
-    ``synthetic_ultrafeedback.jsonl``, ``n`` tasks each; returns format name → path.
+# The evaluation stages grade models on ``generate_tasks(n, HELDOUT_SEED)`` (200 tasks in the
+# demo). Small task spaces (121 products, ~130 words to reverse) make a training prompt repeat a
+# held-out one by chance, so the sample files leave out every prompt of the first
+# ``HELDOUT_TASKS`` held-out tasks: a score on them never rewards memorising a training row.
+HELDOUT_SEED = 1234
+HELDOUT_TASKS = 200
+
+
+def heldout_prompts(n: int = HELDOUT_TASKS, seed: int = HELDOUT_SEED) -> frozenset[str]:
+    """Prompts of the held-out evaluation tasks, which training data must not contain."""
+    return frozenset(task.prompt for task in generate_tasks(n, seed))
+
+
+def training_tasks(n: int, seed: int = 0) -> list[SyntheticTask]:
+    """The first ``n`` tasks of the seeded stream whose prompt is not a held-out one; ids keep
+    their place in the stream, so a skipped task leaves a gap rather than renumbering."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if seed == HELDOUT_SEED:
+        raise ValueError(f"seed {seed} is the held-out evaluation seed; pick another")
+    excluded = heldout_prompts()
+    rng = random.Random(seed)
+    tasks: list[SyntheticTask] = []
+    i = 0
+    while len(tasks) < n:
+        kind = KINDS[i % len(KINDS)]
+        prompt, answer, distractors = _GENERATORS[kind](kind, rng)
+        if prompt not in excluded:
+            tasks.append(
+                SyntheticTask(f"synthetic-{seed}-{i:05d}", kind, prompt, answer, distractors)
+            )
+        i += 1
+    return tasks
+
+
+def write_samples(
+    out_dir: Path, n: int = 400, seed: int = 0, chat_n: int | None = None
+) -> dict[str, Path]:
+    """Write ``synthetic_chat.jsonl`` (``chat_n`` tasks, ``n`` when unset),
+    ``synthetic_flan.jsonl`` and ``synthetic_ultrafeedback.jsonl`` (``n`` tasks each); returns
+    format name → path. No prompt of the held-out evaluation tasks is written (see
+    ``training_tasks``).
 
     Each format gets its own slice of one seeded stream: the same task in two formats would be an
     exact cross-source duplicate, and deduplication would rightly remove most of the demo data.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stream = generate_tasks(3 * n, seed)
-    by_format = {"chat": stream[:n], "flan": stream[n : 2 * n], "ultrafeedback": stream[2 * n :]}
+    chat_n = n if chat_n is None else chat_n
+    stream = training_tasks(chat_n + 2 * n, seed)
+    by_format = {
+        "chat": stream[:chat_n],
+        "flan": stream[chat_n : chat_n + n],
+        "ultrafeedback": stream[chat_n + n :],
+    }
     paths = {
         "chat": out_dir / "synthetic_chat.jsonl",
         "flan": out_dir / "synthetic_flan.jsonl",

@@ -21,7 +21,7 @@ SOURCES = [
     ("ultrafeedback", ["ultrafeedback.jsonl", "synthetic_ultrafeedback.jsonl"]),
     ("jsonl", ["synthetic_chat.jsonl"]),
 ]
-GOLDEN_CURATED_SFT = "190d7eaa2247a9724b25e884815d02fa0ca74a739f9e9fa07769756c2cf74bda"
+GOLDEN_CURATED_SFT = "bdda382f1848386c33c195255aedd2f86d2353cfdff87b04c3b123afcc7ab000"
 
 
 def curated_sft() -> pl.DataFrame:

@@ -15,10 +15,12 @@ from curation.synthetic import (
     SyntheticTask,
     check_answer,
     generate_tasks,
+    heldout_prompts,
     normalise_answer,
     to_chat_rows,
     to_flan_rows,
     to_preference_rows,
+    training_tasks,
     write_samples,
 )
 
@@ -156,14 +158,14 @@ def test_preference_rows_rank_the_one_right_completion_highest() -> None:
 
 
 def test_write_samples_writes_three_files(tmp_path: Path) -> None:
-    paths = write_samples(tmp_path / "out", n=30, seed=9)
+    paths = write_samples(tmp_path / "out", n=30, seed=9, chat_n=50)
     assert sorted(p.name for p in paths.values()) == [
         "synthetic_chat.jsonl",
         "synthetic_flan.jsonl",
         "synthetic_ultrafeedback.jsonl",
     ]
-    for path in paths.values():
-        assert len(path.read_text(encoding="utf-8").splitlines()) == 30
+    for name, path in paths.items():
+        assert len(path.read_text(encoding="utf-8").splitlines()) == (50 if name == "chat" else 30)
 
 
 # --- the embedded sample files ------------------------------------------------------------------
@@ -184,7 +186,8 @@ def test_make_samples_reproduces_the_committed_files_byte_for_byte(tmp_path: Pat
 
 def test_samples_are_small_utf8_jsonl() -> None:
     total = sum(p.stat().st_size for p in SAMPLES.iterdir())
-    assert total < 3 * 1024 * 1024
+    # 8,000 synthetic chat rows (1.6 MiB) are most of it: the demo's SFT set needs them.
+    assert total < 5 * 1024 * 1024
     for path in SAMPLES.glob("*.jsonl"):
         data = path.read_bytes()
         assert data.endswith(b"\n") and b"\r" not in data, path.name
@@ -325,10 +328,37 @@ def test_pretrain_corpus_size_and_shape() -> None:
 
 def test_synthetic_samples_match_the_generator() -> None:
     chat = read_jsonl("synthetic_chat.jsonl")
-    n = len(chat)
-    stream = generate_tasks(3 * n, seed=0)  # one stream, one slice per format
-    assert chat == to_chat_rows(stream[:n])
-    assert read_jsonl("synthetic_flan.jsonl") == to_flan_rows(stream[n : 2 * n])
+    flan = read_jsonl("synthetic_flan.jsonl")
+    n_chat, n = len(chat), len(flan)
+    assert n_chat > n  # the SFT set's tasks come from the chat file
+    stream = training_tasks(n_chat + 2 * n, seed=0)  # one stream, one slice per format
+    assert chat == to_chat_rows(stream[:n_chat])
+    assert flan == to_flan_rows(stream[n_chat : n_chat + n])
+
+
+def test_no_sample_file_holds_a_heldout_prompt() -> None:
+    """The evaluation tasks (seed 1234) stay out of every training file, even where a small
+    task space makes the same prompt come up in both streams."""
+    heldout = heldout_prompts()
+    assert len(heldout) > 150
+    prompts = [row["messages"][0]["content"] for row in read_jsonl("synthetic_chat.jsonl")]
+    prompts += [row["inputs"] for row in read_jsonl("synthetic_flan.jsonl")]
+    prompts += [row["instruction"] for row in read_jsonl("synthetic_ultrafeedback.jsonl")]
+    assert len(prompts) > 8000
+    assert not heldout & set(prompts)
+    # The unfiltered stream does collide: the filter is what keeps them apart.
+    assert heldout & {task.prompt for task in generate_tasks(len(prompts), seed=0)}
+
+
+def test_training_tasks_skip_heldout_prompts_and_keep_stream_ids() -> None:
+    tasks = training_tasks(300, seed=0)
+    stream = generate_tasks(400, seed=0)
+    heldout = heldout_prompts()
+    skipped = [t for t in stream[: int(tasks[-1].id.rsplit("-", 1)[1]) + 1] if t.prompt in heldout]
+    assert skipped  # some of the first 300 came up in the held-out set
+    assert tasks == [t for t in stream if t.prompt not in heldout][:300]
+    with pytest.raises(ValueError, match="held-out evaluation seed"):
+        training_tasks(5, seed=1234)
 
 
 def test_readme_ids_exist_in_the_oasst_files() -> None:

@@ -38,7 +38,8 @@ def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("training")
     texts = read_text_corpus([SAMPLES / "pretrain.jsonl"]).texts.head(600)
     export("pretrain", pretrain_rows(texts), root / "data", ExportConfig(eval_fraction=0.05))
-    chats = ingest("jsonl", [SAMPLES / "synthetic_chat.jsonl"]).conversations
+    # The first 400 tasks (the file's size before it grew) keep tokenizing and loading quick.
+    chats = ingest("jsonl", [SAMPLES / "synthetic_chat.jsonl"]).conversations.head(400)
     export("sft", sft_rows(chats), root / "data", ExportConfig(eval_fraction=0.1))
     tokenizer = train_tokenizer(
         corpus_texts(SAMPLES / "pretrain.jsonl"), TokenizerConfig(vocab_size=512)

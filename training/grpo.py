@@ -29,6 +29,7 @@ from training.common import (
 )
 from training.reporting import Reporter, read_metrics
 from training.rewards import (
+    ANSWER_KEY_TASKS,
     CheckableAnswerReward,
     RewardModelScorer,
     attach_answers,
@@ -51,7 +52,7 @@ class GroupRLConfig(RunConfig):
         reward_model: a reward checkpoint, needed when ``reward_weights`` has ``reward_model``.
         reward_weights: weight per reward function (``reward_model``, ``checkable_answer``).
         answer_key_tasks / answer_key_seed: ``generate_tasks(n, seed)`` whose prompts the data
-            holds without answers (the embedded data: 1200 tasks, seed 0).
+            holds without answers (the embedded data: seed 0, see ``ANSWER_KEY_TASKS``).
         only_answerable: with the checkable reward alone, train only on prompts whose answer is
             known (the others would give no signal).
         num_generations: completions per prompt (the group).
@@ -64,7 +65,7 @@ class GroupRLConfig(RunConfig):
     init_from: str = ""
     reward_model: str | None = None
     reward_weights: dict[str, float] = field(default_factory=lambda: {"checkable_answer": 1.0})
-    answer_key_tasks: int = 1200
+    answer_key_tasks: int = ANSWER_KEY_TASKS
     answer_key_seed: int = 0
     only_answerable: bool = True
     num_generations: int = 4

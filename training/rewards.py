@@ -196,6 +196,11 @@ class CheckableAnswerReward:
         return rewards
 
 
+# Enough of seed 0's stream to cover every synthetic task of the embedded samples (8,800 tasks,
+# some held-out prompts skipped; see ``data/make_samples.py``).
+ANSWER_KEY_TASKS = 12000
+
+
 def synthetic_answer_key(count: int, seed: int) -> dict[str, SyntheticTask]:
     """Prompt text → task for ``generate_tasks(count, seed)``: the embedded data's synthetic
     prompts reach the prompt dataset without their answers, and this recovers them."""
