@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from curation.datasets import ExportConfig, export, preference_rows
+from curation.synthetic import SyntheticTask
 from training.checkpoint import publish, read_lineage, verify
 from training.common import load_training_tokenizer
 from training.dpo import DPOStageConfig
@@ -28,6 +29,7 @@ from training.reward import (
     RewardStageConfig,
     build_reward_model,
     group_pairs,
+    load_preferences,
 )
 from training.reward import main as reward
 from training.tokenizer import TokenizerConfig, to_transformers, train_tokenizer
@@ -311,3 +313,46 @@ def test_a_reference_with_another_tokenizer_is_refused_before_training(workspace
     with pytest.raises(ValueError, match=r"other: its tokenizer differs from the policy's"):
         dpo(config)
     assert not (workspace / "mismatch" / "runs").exists()
+
+
+def test_checkable_pairs_keep_right_over_wrong_whatever_the_margin(tmp_path):
+    """With an answer key, a synthetic prompt's pair survives exactly when it puts the right
+    answer first (a judge's rank gap of 1 is enough); other prompts still face the margin."""
+    key = {"What is 2 + 3?": SyntheticTask("t", "add", "What is 2 + 3?", "5")}
+    prompt = [{"role": "user", "content": "What is 2 + 3?"}]
+    other = [{"role": "user", "content": "Tell me a story."}]
+
+    def pair(pair_id, prompt, chosen, rejected, margin):
+        return {
+            "id": pair_id,
+            "source": "synthetic",
+            "origin": "ai",
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "margin": margin,
+        }
+
+    frame = pl.DataFrame(
+        [
+            pair("right-wrong", prompt, "5", "6", 1.0),  # sampled answers ranked by a judge
+            pair("wrong-wrong", prompt, "6", "7", 1.0),
+            pair("wrong-right", prompt, "4", "The answer is 5.", 6.0),  # a judge's mistake
+            pair("story-close", other, "Once upon a time.", "No.", 1.0),
+            pair("story-clear", other, "Once upon a time, a fox.", "No.", 5.0),
+        ]
+    )
+    export("pairs", preference_rows(frame), tmp_path, ExportConfig(eval_fraction=0.0))
+    folder = tmp_path / "pairs"
+
+    splits, dropped = load_preferences(folder, min_pair_margin=4.0, answer_key=key)
+    kept = {row["chosen"][0]["content"] for row in splits["train"]}
+    assert kept == {"5", "Once upon a time, a fox."}
+    assert dropped["not_right_vs_wrong"] == {"train": 2}
+    assert dropped["below_min_pair_margin"] == {"train": 1}
+
+    # Without the key only the margin decides: the judge's mistake passes, the right answer at
+    # a rank gap of 1 does not.
+    splits, _ = load_preferences(folder, min_pair_margin=4.0)
+    kept = {row["chosen"][0]["content"] for row in splits["train"]}
+    assert kept == {"4", "Once upon a time, a fox."}

@@ -43,6 +43,7 @@ from training.reward import (
     load_preferences,
     tokenizer_digest,
 )
+from training.rewards import ANSWER_KEY_TASKS, synthetic_answer_key
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
@@ -63,6 +64,12 @@ class DPOStageConfig(RunConfig):
         loss_weights: one weight per loss type (all 1 when empty).
         min_pair_margin: drop (and count) train pairs whose recorded ``pair_margin`` is below
             this (near-ties); pairs with no recorded margin are kept.
+        checkable_pairs: for prompts with a checkable answer (the synthetic tasks), keep a pair
+            exactly when its chosen answer is right and its rejected one wrong, whatever its
+            margin (``min_pair_margin`` then applies to the other prompts only). This is what
+            lets sampled answers ranked by a judge (ranks 1 apart) teach DPO.
+        answer_key_tasks / answer_key_seed: ``generate_tasks(n, seed)`` whose prompts the data
+            may contain (the embedded samples' stream).
         precompute_ref_log_probs: score every pair with the reference once, before training.
         precompute_ref_batch_size: batch size of that pass (the train batch size when empty).
         truncation_mode: which end of a pair longer than ``max_length`` TRL keeps.
@@ -77,6 +84,9 @@ class DPOStageConfig(RunConfig):
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
     loss_weights: list[float] | None = None
     min_pair_margin: float | None = None
+    checkable_pairs: bool = False
+    answer_key_tasks: int = ANSWER_KEY_TASKS
+    answer_key_seed: int = 0
     precompute_ref_log_probs: bool = False
     precompute_ref_batch_size: int | None = None
     truncation_mode: Literal["keep_start", "keep_end"] = "keep_start"
@@ -133,7 +143,12 @@ def build_trainer(
                 f"reference {reference_path}: its tokenizer differs from the policy's ({parent}); "
                 "log-probability ratios need the same tokens"
             )
-    splits, dropped = load_preferences(config.data, config.min_pair_margin)
+    key = (
+        synthetic_answer_key(config.answer_key_tasks, config.answer_key_seed)
+        if config.checkable_pairs
+        else None
+    )
+    splits, dropped = load_preferences(config.data, config.min_pair_margin, key)
     train = splits["train"]
     truncated = too_long_pairs(train, tokenizer, config.max_length)
     test = splits["test"] if "test" in splits and len(splits["test"]) else None

@@ -23,6 +23,7 @@ import hashlib
 import json
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from trl import RewardConfig, RewardTrainer
 
+from curation.synthetic import SyntheticTask, check_answer
 from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
@@ -44,6 +46,12 @@ from training.common import (
 )
 from training.models import ModelConfig, count_parameters, llama_config
 from training.reporting import Reporter
+from training.rewards import (
+    ANSWER_KEY_TASKS,
+    completion_text,
+    prompt_key,
+    synthetic_answer_key,
+)
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -68,6 +76,12 @@ class RewardStageConfig(RunConfig):
         clear_pair_margin: also report held-out accuracy on the pairs whose recorded margin is
             at least this (``heldout_accuracy_clear``): the pairs with a known winner (in the
             demo, a right against a wrong synthetic answer; two wrong answers differ by 1).
+            Held-out right-vs-wrong pairs of checkable prompts are always reported as well
+            (``heldout_accuracy_checkable``), found by the answer key rather than a margin.
+        checkable_pairs: train, for prompts with a checkable answer, on right-vs-wrong pairs
+            only, whatever their margin (see ``load_preferences``).
+        answer_key_tasks / answer_key_seed: ``generate_tasks(n, seed)`` whose prompts the data
+            may contain (the embedded samples' stream).
         warmup_steps: linear warmup, then cosine decay.
         eval_batch_size: sequences per forward pass when scoring the held-out pairs.
     """
@@ -81,6 +95,9 @@ class RewardStageConfig(RunConfig):
     center_rewards_coefficient: float | None = None
     min_pair_margin: float | None = None
     clear_pair_margin: float | None = None
+    checkable_pairs: bool = False
+    answer_key_tasks: int = ANSWER_KEY_TASKS
+    answer_key_seed: int = 0
     warmup_steps: int = 2
     learning_rate: float = 1e-4
     eval_batch_size: int = 32
@@ -92,14 +109,31 @@ class RewardStageConfig(RunConfig):
             raise ValueError("init_from or tokenizer is required")
 
 
+def right_vs_wrong(row: Mapping[str, Any], answer_key: Mapping[str, SyntheticTask]) -> bool | None:
+    """For a pair whose prompt has a checkable answer: whether the chosen answer is right and
+    the rejected one wrong. None when the key does not know the prompt."""
+    task = answer_key.get(prompt_key(row["prompt"]))
+    if task is None:
+        return None
+    chosen, rejected = completion_text(row["chosen"]), completion_text(row["rejected"])
+    return check_answer(task, chosen) and not check_answer(task, rejected)
+
+
 def load_preferences(
-    path: str | Path, min_pair_margin: float | None = None
+    path: str | Path,
+    min_pair_margin: float | None = None,
+    answer_key: Mapping[str, SyntheticTask] | None = None,
 ) -> tuple[Any, dict[str, dict[str, int]]]:
     """The train/test splits of a preference folder, in memory (later maps must not write cache
     files into the dataset folder), without the pairs that teach nothing: chosen equal to
     rejected (both splits), and, when ``min_pair_margin`` is set, train pairs whose recorded
-    margin is below it (pairs with no recorded margin are kept). Returns the splits and, per
-    reason and split, how many rows were dropped."""
+    margin is below it (pairs with no recorded margin are kept).
+
+    With an ``answer_key``, a train pair whose prompt has a checkable answer is kept exactly when
+    it puts a right answer over a wrong one, whatever its margin: the answer decides, where a
+    margin only approximates it (a judge's ranks of sampled answers differ by 1 between a right
+    and a wrong answer, as between two wrong ones). Returns the splits and, per reason and
+    split, how many rows were dropped."""
     import datasets
 
     datasets.disable_progress_bars()  # logs, not terminals, read this output
@@ -115,12 +149,25 @@ def load_preferences(
             lambda row: row["chosen"] != row["rejected"], keep_in_memory=True
         ).flatten_indices(keep_in_memory=True)
         dropped["chosen_equals_rejected"][name] = len(split) - len(kept[name])
+    key = answer_key or {}
+    if key:
+        before = len(kept["train"])
+        kept["train"] = (
+            kept["train"]
+            .filter(lambda row: right_vs_wrong(row, key) is not False, keep_in_memory=True)
+            .flatten_indices(keep_in_memory=True)
+        )
+        dropped["not_right_vs_wrong"] = {"train": before - len(kept["train"])}
     if min_pair_margin is not None and "pair_margin" in kept["train"].column_names:
         before = len(kept["train"])
         kept["train"] = (
             kept["train"]
             .filter(
-                lambda row: row["pair_margin"] is None or row["pair_margin"] >= min_pair_margin,
+                lambda row: (
+                    row["pair_margin"] is None
+                    or row["pair_margin"] >= min_pair_margin
+                    or prompt_key(row["prompt"]) in key
+                ),
                 keep_in_memory=True,
             )
             .flatten_indices(keep_in_memory=True)
@@ -171,10 +218,15 @@ def encode_pair(tokenizer: Any, row: dict[str, Any]) -> tuple[list[int], list[in
 
 
 def tokenize_pairs(
-    split: Any, tokenizer: Any, max_length: int, use_margin: bool
+    split: Any,
+    tokenizer: Any,
+    max_length: int,
+    use_margin: bool,
+    answer_key: Mapping[str, SyntheticTask] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """One record per pair that fits ``max_length`` (chosen_ids, rejected_ids, margin, origin,
-    prompt key) and the number of pairs dropped for being longer."""
+    prompt key, and with an ``answer_key`` whether it is a right-vs-wrong pair of a checkable
+    prompt) and the number of pairs dropped for being longer."""
     records, too_long = [], 0
     for row in split:
         chosen, rejected = encode_pair(tokenizer, row)
@@ -190,6 +242,7 @@ def tokenize_pairs(
                 "recorded_margin": recorded,
                 "origin": row.get("origin") or "unknown",
                 "prompt_key": json.dumps(row["prompt"], sort_keys=True),
+                "checkable": bool(answer_key) and right_vs_wrong(row, answer_key) is True,
             }
         )
     return records, too_long
@@ -340,7 +393,8 @@ def pair_accuracy(
 ) -> dict[str, float]:
     """Held-out accuracy (share of pairs with r(chosen) > r(rejected)) and mean margin
     r(chosen) - r(rejected), as flat metric keys: overall, per origin (``_human``, ``_ai``) and,
-    with ``clear_margin``, on the pairs whose recorded margin is at least that (``_clear``)."""
+    with ``clear_margin``, on the pairs whose recorded margin is at least that (``_clear``),
+    and on the right-vs-wrong pairs of checkable prompts when the records know (``_checkable``)."""
     if not records:
         return {"heldout_pairs": 0}
     sequences = [r["chosen_ids"] for r in records] + [r["rejected_ids"] for r in records]
@@ -353,6 +407,8 @@ def pair_accuracy(
         recorded = record.get("recorded_margin")
         if clear_margin is not None and recorded is not None and recorded >= clear_margin:
             by_origin["clear"].append(good - bad)
+        if record.get("checkable"):
+            by_origin["checkable"].append(good - bad)
     metrics: dict[str, float] = {}
     for origin, margins in sorted(by_origin.items()):
         suffix = "" if origin == "all" else f"_{origin}"
@@ -371,7 +427,10 @@ def main(config: RewardStageConfig) -> Path:
     reporter = Reporter(out / "metrics.jsonl")
     parent = str(verify(config.init_from)) if config.init_from else None
     tokenizer = load_training_tokenizer(parent or config.tokenizer)
-    splits, dropped = load_preferences(config.data, config.min_pair_margin)
+    key = synthetic_answer_key(config.answer_key_tasks, config.answer_key_seed)
+    splits, dropped = load_preferences(
+        config.data, config.min_pair_margin, key if config.checkable_pairs else None
+    )
     train_records, too_long = tokenize_pairs(
         splits["train"], tokenizer, config.max_length, config.use_pair_margin
     )
@@ -380,7 +439,7 @@ def main(config: RewardStageConfig) -> Path:
             f"{config.data}: every train pair is longer than max_length={config.max_length} tokens"
         )
     test_records, test_too_long = (
-        tokenize_pairs(splits["test"], tokenizer, config.max_length, False)
+        tokenize_pairs(splits["test"], tokenizer, config.max_length, False, key)
         if "test" in splits
         else ([], 0)
     )
