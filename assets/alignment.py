@@ -151,6 +151,45 @@ def win_rate(judge, tasks, policy: list[str], reference: list[str]) -> float:  #
     return score / max(len(requests), 1)
 
 
+def mcnemar_p(gained: int, lost: int) -> float:
+    """Exact two-sided McNemar (sign) test on the tasks where two policies disagree: the chance,
+    if either were as likely to win each such task, of a split at least this uneven. On 200
+    tasks a gain of 1 is noise; this says how far beyond noise a gain is."""
+    from math import comb
+
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, k) for k in range(min(gained, lost) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_with_reference(
+    tasks: list, answers: list[str], reference: list[str]
+) -> dict[str, float | int]:  # noqa: ANN001
+    """Tasks the policy answers right where the reference (SFT) is wrong, the reverse, and
+    McNemar's p for that split."""
+    right = [check_answer(t, a) for t, a in zip(tasks, answers, strict=True)]
+    base = [check_answer(t, a) for t, a in zip(tasks, reference, strict=True)]
+    gained = sum(r and not b for r, b in zip(right, base, strict=True))
+    lost = sum(b and not r for r, b in zip(right, base, strict=True))
+    return {"gained_vs_sft": gained, "lost_vs_sft": lost, "p_vs_sft": mcnemar_p(gained, lost)}
+
+
+def exact_match_by_kind(tasks: list, answers_by_policy: dict[str, list[str]]) -> pl.DataFrame:
+    """Right answers per task kind (rows) and policy (columns), as "right/total"."""
+    kinds = list(dict.fromkeys(t.kind for t in tasks))
+    rows = []
+    for kind in kinds:
+        row: dict[str, str] = {"kind": kind}
+        indices = [i for i, t in enumerate(tasks) if t.kind == kind]
+        for name, answers in answers_by_policy.items():
+            right = sum(check_answer(tasks[i], answers[i]) for i in indices)
+            row[name] = f"{right}/{len(indices)}"
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
 def bar_plots(table: pl.DataFrame) -> str:
     import matplotlib
 
@@ -236,12 +275,14 @@ def alignment_report(
     built = judge.build(storage.path("feedback", "judge_cache.sqlite"))
     sft_answers = outputs("sft")
     rows = []
+    answers_by_policy = {}
     for name, found in measured.items():
-        answers = outputs(name)
+        answers = answers_by_policy[name] = outputs(name)
         rows.append(
             {
                 "policy": name,
                 "exact_match": sum(map(check_answer, tasks, answers)) / len(tasks),
+                **paired_with_reference(tasks, answers, sft_answers),
                 "win_rate_vs_sft": win_rate(built, tasks, answers, sft_answers),
                 "reward_model_score": found.get("reward_model_score"),
                 "kl_to_sft": found["kl_to_reference"],
@@ -251,17 +292,21 @@ def alignment_report(
         )
     table = pl.DataFrame(rows)
     write_parquet(table, folder / "report.parquet")
+    by_kind = exact_match_by_kind(tasks, answers_by_policy)
     reward_lineage = read_lineage(checkpoint_path(storage, "reward"))
     markdown = (
         "# Alignment report\n\n"
         f"Held-out synthetic tasks: {len(tasks)} (seed {config.seed}); judge: {built.name}; "
-        f"reference: SFT.\n\n{preview_markdown(table, len(rows))}\n\n"
+        f"reference: SFT. gained/lost: tasks right where SFT is wrong and the reverse; p: "
+        f"exact McNemar test of that split.\n\n{preview_markdown(table, len(rows))}\n\n"
+        f"Exact match by task kind:\n\n{preview_markdown(by_kind, by_kind.height)}\n\n"
         f"Reward model held-out metrics: {json.dumps(reward_lineage.get('metrics', {}))}\n"
     )
     (storage.path("checkpoints") / "alignment_report.md").write_text(markdown, encoding="utf-8")
     return dg.MaterializeResult(
         metadata={
             "by_policy": dg.MetadataValue.md(preview_markdown(table, len(rows))),
+            "by_kind": dg.MetadataValue.md(preview_markdown(by_kind, by_kind.height)),
             "plots": dg.MetadataValue.md(bar_plots(table)),
             "report": dg.MetadataValue.path(
                 str(storage.path("checkpoints", "alignment_report.md"))

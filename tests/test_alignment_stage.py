@@ -57,3 +57,21 @@ def test_kl_and_moved_tensors_tell_a_copy_from_a_trained_policy(checkpoints):
         lines = (root / "out" / f"generations_{name}.jsonl").read_text().splitlines()
         assert [json.loads(x)["id"] for x in lines] == [f"p{i}" for i in range(6)]
     assert json.loads((root / "out" / "alignment.json").read_text()) == report
+
+
+def test_paired_comparison_counts_gains_and_losses_and_tests_them():
+    from assets.alignment import exact_match_by_kind, mcnemar_p, paired_with_reference
+    from curation.synthetic import generate_tasks
+
+    tasks = generate_tasks(20, seed=7)
+    sft = [t.answer if i < 5 else "no" for i, t in enumerate(tasks)]  # right on tasks 0-4
+    policy = [t.answer if 3 <= i < 15 else "no" for i, t in enumerate(tasks)]  # right on 3-14
+    paired = paired_with_reference(tasks, policy, sft)
+    assert (paired["gained_vs_sft"], paired["lost_vs_sft"]) == (10, 3)
+    # 10 against 3: P(X <= 3 | n=13, 1/2) = 378/8192, two-sided 0.0923.
+    assert paired["p_vs_sft"] == pytest.approx(2 * 378 / 8192)
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(5, 5) == 1.0
+    assert mcnemar_p(12, 0) < 0.001
+    by_kind = exact_match_by_kind(tasks, {"sft": sft, "policy": policy})
+    assert by_kind["kind"].to_list()[:2] == ["add", "sub"]
+    assert by_kind.filter(by_kind["kind"] == "add").row(0) == ("add", "1/2", "1/2")
