@@ -90,19 +90,18 @@ def pack(dataset: Any, tokenizer: Any, block: int) -> tuple[Any, dict[str, int]]
     def group(batch: dict[str, list]) -> dict[str, list]:
         stream = [token for row in batch["ids"] for token in row]
         usable = len(stream) // block * block
-        blocks = [stream[i : i + block] for i in range(0, usable, block)]
-        return {
-            "input_ids": blocks,
-            "dropped_tail": [len(stream) - usable] + [0] * (len(blocks) - 1),
-        }
+        return {"input_ids": [stream[i : i + block] for i in range(0, usable, block)]}
 
+    # A batch too short for one block yields no rows, so the tails are counted from totals
+    # rather than carried on rows that may not exist.
+    total = sum(len(row) for row in tokenized["ids"])
     packed = tokenized.map(group, batched=True, batch_size=1000, remove_columns=["ids"])
     stats = {
         "blocks": len(packed),
         "tokens": len(packed) * block,
-        "tail_tokens_dropped": int(sum(packed["dropped_tail"])) if len(packed) else 0,
+        "tail_tokens_dropped": total - len(packed) * block,
     }
-    return packed.remove_columns(["dropped_tail"]), stats
+    return packed, stats
 
 
 def main(config: CausalLMConfig) -> Path:
