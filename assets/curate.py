@@ -377,18 +377,26 @@ def _split_by_part(result: CurationResult, table: PartSet) -> dict[str, Curation
 class DatasetConfig(dg.Config):
     eval_fraction: float = Field(default=0.05, description="Share of rows in the test split.")
     by_parts: bool = Field(
-        default=False,
+        default=True,
         description="Write one train/test Parquet pair per drop (parts/ and a manifest; a "
         "refresh writes the new drop's pair only) instead of whole train/test files and a "
-        "save_to_disk copy. Training reads either.",
+        "save_to_disk copy. Training (load_splits) and `postforge trace` read either.",
     )
 
 
 def _export(
     name: str, rows: pl.DataFrame, storage: StorageResource, config: DatasetConfig, card: dict
 ) -> dg.MaterializeResult:
-    summary = export(name, rows, storage.path("datasets"), ExportConfig(config.eval_fraction), card)
-    return _export_result(summary)
+    """A dataset built from every row at once (a mix, a cut, an unparted input): by parts it is
+    one part, tagged by a digest of its rows, so an unchanged set is not written again and
+    every dataset has the same layout for its readers."""
+    out, export_config = storage.path("datasets"), ExportConfig(config.eval_fraction)
+    if not config.by_parts:
+        return _export_result(export(name, rows, out, export_config, card))
+    digest = hashlib.sha256(rows.hash_rows(seed=0).to_numpy().tobytes())
+    digest.update(str(rows.schema).encode())
+    part = Part("all", f"rows {rows.height} sha256 {digest.hexdigest()[:16]}")
+    return _export_result(export_parts(name, [(part, lambda: rows)], out, export_config, card))
 
 
 def _export_result(summary: dict) -> dg.MaterializeResult:

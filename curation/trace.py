@@ -25,6 +25,7 @@ import polars as pl
 
 from curation.curate import STATES
 from curation.schema import LEDGER, REJECTED, stable_id
+from curation.storage import MANIFEST, read_manifest
 
 LINEAGE = "lineage.json"
 RAW_PREFIX = "raw_"
@@ -49,19 +50,27 @@ class TraceError(ValueError):
 
 
 def _members(folder: Path, member: str) -> list[Path]:
-    """``folder/member.parquet``, or the same member in each partition sub-folder."""
+    """``folder/member.parquet``; or, for a table stored as parts, the member in each part its
+    manifest names (never a part being written); or the member in each partition sub-folder."""
     direct = folder / f"{member}.parquet"
     if direct.is_file():
         return [direct]
+    table = read_manifest(folder)
+    if table is not None:
+        return table.paths(member) if member in table.members else []
     return sorted(p for p in folder.glob(f"*/{member}.parquet") if p.is_file())
 
 
 def _asset_files(outputs: Path, name: str) -> list[Path]:
-    """A frame asset: ``name.parquet`` or, when partitioned, ``name/<partition>.parquet``."""
+    """A frame asset: ``name.parquet``; or the parts its manifest names in ``name/``; or, when
+    partitioned, ``name/<partition>.parquet``."""
     single = outputs / f"{name}.parquet"
     if single.is_file():
         return [single]
     folder = outputs / name
+    table = read_manifest(folder)
+    if table is not None and not table.members:
+        return table.paths()
     return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
 
 
@@ -246,14 +255,33 @@ def ids_sha256(ids: Iterable[Any]) -> str:
     return digest.hexdigest()
 
 
-def dataset_ids(folder: Path, split: str) -> list[str] | None:
-    """The ``id`` column of ``folder/<split>.parquet`` in file order, or None if absent."""
+DATASET_PARTS = "parts"  # curation.datasets.PARTS (an export by parts)
+
+
+def dataset_files(folder: Path, split: str) -> list[Path] | None:
+    """The files of one split of an exported dataset: ``folder/<split>.parquet``, or, for an
+    export by parts, that split's file in each part ``folder/parts/_manifest.json`` names (the
+    files training's load_splits reads); None if neither is there."""
     path = folder / f"{split}.parquet"
-    if not path.is_file():
+    if path.is_file():
+        return [path]
+    table = read_manifest(folder / DATASET_PARTS)
+    if table is None or split not in table.members:
         return None
-    if "id" not in pl.read_parquet_schema(path):
-        return []
-    return pl.read_parquet(path, columns=["id"])["id"].cast(pl.String).to_list()
+    return [p for p in table.paths(split) if p.is_file()]
+
+
+def dataset_ids(folder: Path, split: str) -> list[str] | None:
+    """The ``id`` column of one split (whole file or parts, in file order), or None if absent."""
+    paths = dataset_files(folder, split)
+    if paths is None:
+        return None
+    ids: list[str] = []
+    for path in paths:
+        if "id" not in pl.read_parquet_schema(path):
+            return []
+        ids += pl.read_parquet(path, columns=["id"])["id"].cast(pl.String).to_list()
+    return ids
 
 
 def hf_dataset_ids(folder: Path, split: str) -> list[str] | None:
@@ -382,7 +410,7 @@ def _dataset_report(entry: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
         return report
     train = dataset_ids(folder, "train")
     if train is None:
-        report["problems"].append(f"{folder}: no train.parquet")
+        report["problems"].append(f"{folder}: no train.parquet and no parts/{MANIFEST}")
         return report
     test = dataset_ids(folder, "test") or []
     report["rows"] = {"train": len(train), "test": len(test), "train_unique": len(set(train))}

@@ -17,6 +17,7 @@ import pytest
 from assets.ingest import RAW_SOURCES
 from assets.io_manager import PolarsParquetIOManager
 from assets.resources import StorageResource
+from curation.storage import read_manifest
 from curation.trace import (
     TraceError,
     checkpoint_records,
@@ -126,12 +127,25 @@ def sft_checkpoint(out: Path) -> Path:
     return out / "checkpoints" / "sft" / "checkpoint"
 
 
+def read_table(
+    out: Path, name: str, member: str | None = None, columns: list[str] | None = None
+) -> pl.DataFrame:
+    """An asset's rows: its whole file, or the parts its manifest names."""
+    whole = out / f"{name}.parquet"
+    if whole.is_file():
+        return pl.read_parquet(whole, columns=columns)
+    table = read_manifest(out / name)
+    assert table is not None and table.parts, f"{out / name}: no manifest"
+    frame = table.scan(member)
+    return (frame.select(columns) if columns else frame).collect()
+
+
 def provenance(out: Path) -> pl.DataFrame:
     return (
         pl.concat(
             [
-                pl.read_parquet(out / "conversations.parquet", columns=["id", "provenance"]),
-                pl.read_parquet(out / "pretrain_corpus.parquet", columns=["id", "provenance"]),
+                read_table(out, "conversations", columns=["id", "provenance"]),
+                read_table(out, "pretrain_corpus", columns=["id", "provenance"]),
             ]
         )
         .with_columns(file=pl.col("provenance").struct.field("file"))
@@ -139,8 +153,18 @@ def provenance(out: Path) -> pl.DataFrame:
     )
 
 
+def train_files(out: Path, dataset: str) -> list[Path]:
+    """A dataset's train split: the whole export's file, or each part's (exports by parts)."""
+    folder = out / "datasets" / dataset
+    if (folder / "train.parquet").is_file():
+        return [folder / "train.parquet"]
+    table = read_manifest(folder / "parts")
+    assert table is not None, f"{folder}: neither train.parquet nor parts/"
+    return table.paths("train")
+
+
 def train_ids(out: Path, dataset: str) -> pl.DataFrame:
-    return pl.read_parquet(out / "datasets" / dataset / "train.parquet", columns=["id"])
+    return pl.concat([pl.read_parquet(f, columns=["id"]) for f in train_files(out, dataset)])
 
 
 def test_checkpoint_trace_follows_the_parent_chain_to_datasets_files_and_counts(outputs):
@@ -155,10 +179,9 @@ def test_checkpoint_trace_follows_the_parent_chain_to_datasets_files_and_counts(
         assert dataset["dataset"] == asset
         assert dataset["data"] == str(outputs / "datasets" / folder)
         assert dataset["rows"]["train"] == ids.height
-        assert {form: c["ok"] for form, c in dataset["hash_check"].items()} == {
-            "parquet": True,
-            "hf": True,
-        }
+        # sft_dataset exports by parts (no save_to_disk copy); the mixtures export whole.
+        forms = {"parquet": True} if folder == "sft" else {"parquet": True, "hf": True}
+        assert {form: c["ok"] for form, c in dataset["hash_check"].items()} == forms
         expected = dict(ids.join(provenance(outputs), on="id").group_by("file").len().iter_rows())
         assert {r["file"]: r["rows"] for r in dataset["raw_files"]} == expected
         assert sum(r["uses"] for r in dataset["raw_files"]) == ids.height
@@ -166,7 +189,7 @@ def test_checkpoint_trace_follows_the_parent_chain_to_datasets_files_and_counts(
     assert {r["asset"] for r in sft["raw_files"]} == set(RAW_SOURCES)
     assert {r["kind"] for r in sft["raw_files"]} == {"conversation"}
     # The drops counted are the curation ledger's, from the files this dataset drew on.
-    states = pl.read_parquet(outputs / "curation_ledger" / "states.parquet")
+    states = read_table(outputs, "curation_ledger", "states")
     dropped = (
         states.filter(pl.col("state") == "dropped")
         .join(provenance(outputs), left_on="row_id", right_on="id")
@@ -198,7 +221,9 @@ def test_cli_prints_the_checkpoint_table_and_json(outputs, capsys):
     text = capsys.readouterr().out
     assert "lineage    ok" in text
     assert "dataset sft_dataset" in text and "dataset pretrain_mixture" in text
-    assert "row ids parquet ok, hf ok" in text
+    assert "row ids parquet ok, hf ok" in text  # the mixtures, exported whole
+    sft_line = next(line for line in text.splitlines() if "dataset sft_dataset" in line)
+    assert sft_line.endswith("row ids parquet ok")  # exported by parts
     assert "synthetic_chat.jsonl" in text
     # A stage folder works as well as its checkpoint/ folder.
     assert (
@@ -210,9 +235,7 @@ def test_cli_prints_the_checkpoint_table_and_json(outputs, capsys):
 
 
 def test_a_kept_row_is_followed_into_its_datasets_and_checkpoints(outputs):
-    conversations = pl.read_parquet(
-        outputs / "conversations.parquet", columns=["id", "source_id", "provenance"]
-    )
+    conversations = read_table(outputs, "conversations", columns=["id", "source_id", "provenance"])
     row = conversations.join(train_ids(outputs, "sft"), on="id").row(0, named=True)
     report = trace_row(row["source_id"], outputs)
     (read,) = [r for r in report["read"] if r["kind"] == "conversation"]
@@ -237,7 +260,7 @@ def test_a_pretraining_row_reaches_later_stages_through_their_parents(outputs):
     used = train_ids(outputs, "pretrain_mixture").join(
         train_ids(outputs, "decay_mixture"), on="id", how="anti"
     )
-    corpus = pl.read_parquet(outputs / "pretrain_corpus.parquet", columns=["id", "source_id"])
+    corpus = read_table(outputs, "pretrain_corpus", columns=["id", "source_id"])
     source_id = corpus.join(used, on="id")["source_id"][0]
     checkpoints = {c["stage"]: c for c in trace_row(source_id, outputs)["checkpoints"]}
     assert checkpoints["pretrain"]["via"] == "dataset"
@@ -247,9 +270,9 @@ def test_a_pretraining_row_reaches_later_stages_through_their_parents(outputs):
 
 
 def test_a_dropped_row_shows_the_ledger_reason_and_no_dataset(outputs):
-    states = pl.read_parquet(outputs / "curation_ledger" / "states.parquet")
+    states = read_table(outputs, "curation_ledger", "states")
     dropped = states.filter(pl.col("state") == "dropped").row(0, named=True)
-    conversations = pl.read_parquet(outputs / "conversations.parquet", columns=["id", "source_id"])
+    conversations = read_table(outputs, "conversations", columns=["id", "source_id"])
     source_id = conversations.filter(pl.col("id") == dropped["row_id"])["source_id"][0]
     report = trace_row(source_id, outputs)
     verdicts = [(v["stage"], v["rule"], v["verdict"], v["reason"]) for v in report["verdicts"]]
@@ -266,7 +289,7 @@ def test_rows_rejected_or_excluded_at_ingest_are_found(outputs):
     (rejected,) = unreadable["ingest_rejects"]["unreadable"]
     assert rejected["file"].endswith("trace_flan.jsonl") and rejected["line"] == 3
     assert rejected["asset"] == "raw_flan"
-    ledger = pl.read_parquet(outputs / "ingest_rejects" / "ledger.parquet")
+    ledger = read_table(outputs, "ingest_rejects", "ledger")
     deleted = ledger.filter(pl.col("rule") == "ingest.deleted")["row_id"][0]
     excluded = trace_row(deleted, outputs)
     assert [(e["rule"], e["asset"]) for e in excluded["ingest_rejects"]["excluded"]] == [
@@ -296,20 +319,20 @@ def test_a_tampered_dataset_and_a_lost_parent_break_the_chain(outputs, tmp_path,
     # A copy: lineage still names the original paths, which the trace re-anchors in the copy.
     copy = tmp_path / "outputs"
     shutil.copytree(outputs, copy)
-    train = copy / "datasets" / "sft" / "train.parquet"
+    train = train_files(copy, "sft")[0]
     frame = pl.read_parquet(train)
+    assert frame.height > 0
     frame.with_columns(
         id=pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("f" * 16)).otherwise("id")
     ).write_parquet(train)
     report = trace_checkpoint(sft_checkpoint(copy), copy)
     sft = report["stages"][0]["datasets"][0]
     assert sft["data"] == str(copy / "datasets" / "sft")
-    assert sft["hash_check"]["parquet"]["ok"] is False
-    assert sft["hash_check"]["hf"]["ok"] is True
+    assert {form: c["ok"] for form, c in sft["hash_check"].items()} == {"parquet": False}
     assert not report["ok"]
     assert any("row-id hash mismatch" in p for p in report["stages"][0]["problems"])
     assert sft["unresolved_ids"] == 1
-    assert "row ids parquet MISMATCH, hf ok" in format_checkpoint_trace(report)
+    assert "row ids parquet MISMATCH\n" in format_checkpoint_trace(report)
     assert report["stages"][1]["problems"] == []  # midtrain's data is untouched
     lineage_file = sft_checkpoint(copy) / "lineage.json"
     lineage = json.loads(lineage_file.read_text())
