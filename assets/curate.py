@@ -11,6 +11,7 @@ from pydantic import Field
 
 from assets.io_manager import preview_markdown, previous_table
 from assets.resources import StorageResource
+from curation.append import curate_parts
 from curation.curate import FILTERS, STATES, CurationResult, build_filters, filter_class
 from curation.datasets import (
     ExportConfig,
@@ -22,7 +23,7 @@ from curation.datasets import (
     sft_rows,
 )
 from curation.feedback.pairs import MixConfig, mix_preferences
-from curation.incremental import curate_parts, fingerprint
+from curation.incremental import fingerprint
 from curation.preferences import curate_preferences
 from curation.schema import LEDGER
 from curation.storage import Part, PartSet, PartUpdate
@@ -208,7 +209,7 @@ def curated_conversations(
     """Conversations after the reference, safety, PII, options, quality, length and duplicate
     filters; the ledger has every rule that fired and each row's final state.
 
-    One part per conversations part (curation.incremental.curate_parts): a new drop is
+    One part per conversations part (curation.append.curate_parts): a new drop is
     curated alone against what earlier parts kept (``append``), unless a full run would change
     an earlier part's verdicts; then every row runs, reusing unchanged rows' filter results
     (``incremental``), or all of them (``full``: another config, filter code or tokenizer).

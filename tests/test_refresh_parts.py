@@ -10,8 +10,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from assets.resources import SAMPLES
+from curation.append import PARTS_MANIFEST, curate_parts, read_parts_manifest
 from curation.curate import CurationResult, build_filters, curate
-from curation.incremental import PARTS_MANIFEST, curate_parts, read_parts_manifest
 from curation.ingest import IngestResult, ingest
 from curation.storage import MANIFEST, Part, PartUpdate, read_manifest, write_parts
 from curation.tokens import TokenCounter
