@@ -8,11 +8,12 @@ Both runs go through Dagster on a throwaway sqlite instance, the way the schedul
 feedback). Per step: seconds inside the step and rows out. The combined tables, curation, the
 ledger and the length profile keep one part per drop (curation.storage), so a refresh writes the
 new drop's parts only: ``curated_conversations`` curates the drop alone against what earlier
-parts kept (mode ``append``; its metadata: mode, rows filtered, seconds per phase), and with
-``--export-parts`` the SFT and prompt datasets are exported by parts too (``DatasetConfig.
-by_parts``; off by default because ``postforge trace`` reads a dataset's ``train.parquet``).
-Each step also pays Dagster's own cost: ``step_floor`` times a step that does nothing on the
-same instance, and the record has the refresh's seconds above that floor.
+parts kept (mode ``append``; its metadata: mode, rows filtered, seconds per phase), and the
+datasets are exported by parts (``DatasetConfig.by_parts``, the default; ``--export-whole``
+writes the SFT and prompt sets as whole files and a save_to_disk copy, as before). The curated
+set's four checks run inside the ``curated_conversations`` step (check specs), so they are not
+steps of their own. Each step also pays Dagster's own cost: ``step_floor`` times a step that
+does nothing on the same instance, and the record has the refresh's seconds above that floor.
 
 AI feedback is not in these Dagster runs: its candidates come from an SFT checkpoint (a training
 run). Its cost is the judge's requests, measured beside them with the judge client ``ai_rankings``
@@ -76,8 +77,8 @@ def run(assets, selection, drop: str, instance, resources, drops_root: Path, par
     import dagster as dg
 
     ops = {"raw_drops": {"config": {"root": str(drops_root)}}}
-    if parts:
-        ops |= {name: {"config": {"by_parts": True}} for name in ("sft_dataset", "prompt_dataset")}
+    if not parts:
+        ops |= {name: {"config": {"by_parts": False}} for name in ("sft_dataset", "prompt_dataset")}
     started = time.perf_counter()
     result = dg.materialize(
         assets,
@@ -174,10 +175,11 @@ def main() -> None:
     parser.add_argument("--new-fraction", type=float, default=0.01)
     parser.add_argument("--work", type=Path, default=HERE / "out" / "refresh")
     parser.add_argument("--judge-prompts", type=int, default=2000)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON lines appended to")
     parser.add_argument(
-        "--export-parts",
+        "--export-whole",
         action="store_true",
-        help="sft_dataset and prompt_dataset export by parts (DatasetConfig.by_parts)",
+        help="sft_dataset and prompt_dataset export whole files (DatasetConfig.by_parts=False)",
     )
     args = parser.parse_args()
 
@@ -212,22 +214,29 @@ def main() -> None:
     with dg.instance_for_test(temp_dir=str(work / "home")) as instance:
         instance.add_dynamic_partitions(DROPS.name, ["base"])
         every = dg.AssetSelection.groups(*GROUPS)
-        full = run(assets, every, "base", instance, resources, drops_root, args.export_parts)
+        parts = not args.export_whole
+        full = run(assets, every, "base", instance, resources, drops_root, parts)
         instance.add_dynamic_partitions(DROPS.name, ["new"])
-        refresh = run(assets, downstream, "new", instance, resources, drops_root, args.export_parts)
+        refresh = run(assets, downstream, "new", instance, resources, drops_root, parts)
         floor = step_floor(instance)
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "assets", "curation", "bench/refresh.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     record = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"vm {platform.machine()}, {os.cpu_count()} cores",
         "load_average_at_end": os.getloadavg(),
-        "commit": commit,
+        "commit": commit + ("+uncommitted" if dirty else ""),
         "rows": args.rows,
         "new_rows": new_rows,
-        "export_by_parts": args.export_parts,
+        "export_by_parts": not args.export_whole,
         "full": full,
         "refresh": refresh,
         "dagster_step_floor_s": floor,
@@ -258,8 +267,8 @@ def main() -> None:
             args.judge_prompts, args.new_fraction, work / "judge_cache.sqlite"
         ),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as handle:
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with args.results.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
     print(json.dumps(record, indent=1))
 

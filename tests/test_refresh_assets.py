@@ -134,14 +134,45 @@ def test_the_refresh_writes_the_new_drops_parts_only(refreshed):
 
 
 def test_every_check_passes_on_parts(refreshed):
-    _, second, _, _, _, _ = refreshed
-    checks = {e.check_name: e.passed for e in second.get_asset_check_evaluations()}
+    _, second, _, out, _, _ = refreshed
+    evaluations = second.get_asset_check_evaluations()
+    checks = {e.check_name: e.passed for e in evaluations}
     assert checks == {
         "rows_are_conserved": True,
         "curated_schema_and_size": True,
         "no_exact_duplicates_left": True,
         "residual_flags": True,
     }
+    # The checks judged the tables the step had just stored (every part, d2's included).
+    (conserved,) = [e for e in evaluations if e.check_name == "rows_are_conserved"]
+    meta = {k: v.value for k, v in conserved.metadata.items()}
+    curated = read_manifest(out / "curated_conversations")
+    assert meta["parts"] == 3 and meta["curated"] == curated.rows
+    assert meta["in"] == read_manifest(out / "conversations").rows
+
+
+def test_a_refresh_runs_eight_steps(refreshed):
+    """The curated set's checks run inside curated_conversations' step, and the three combined
+    tables are one step: each step costs Dagster's floor whatever it does."""
+    _, second, _, _, _, _ = refreshed
+    steps = sorted(e.step_key for e in second.all_events if e.event_type_value == "STEP_SUCCESS")
+    assert steps == [
+        "combined_tables",
+        "curated_conversations",
+        "curated_preferences",
+        "length_profile",
+        "preference_dataset",
+        "prompt_dataset",
+        "raw_drops",
+        "sft_dataset",
+    ]
+    materialized = {e.asset_key.to_user_string() for e in second.get_asset_materialization_events()}
+    assert {
+        "conversations",
+        "preferences_human",
+        "ingest_rejects",
+        "curation_ledger",
+    } <= materialized
 
 
 def test_the_stored_outputs_and_profile_equal_one_full_run(refreshed):
