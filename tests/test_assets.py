@@ -196,10 +196,10 @@ def test_ai_feedback_ranks_candidates_and_feeds_the_preference_dataset(demo):
     assert quality.metadata["answer_pairwise_accuracy"].value > 0.9
     mix = materialization(result, "preference_dataset").metadata["mix"].value
     assert mix["available"]["ai"] >= pairs.height
-    exported = pl.concat(
-        pl.read_parquet(out / "datasets" / "preference" / f"{split}.parquet")
-        for split in ("train", "test")
-    )
+    # Exported by parts (the default): one train/test pair per part behind a manifest.
+    exported_parts = read_manifest(out / "datasets" / "preference" / "parts")
+    assert exported_parts is not None
+    exported = pl.concat([exported_parts.read("train"), exported_parts.read("test")])
     assert set(pairs["id"]) <= set(exported["id"])  # no share configured: every pair is kept
 
 
