@@ -638,13 +638,21 @@ def no_exact_duplicates_left(
 ) -> dg.AssetCheckResult:
     """After dedup, no two kept conversations have the same normalised text. Each part's kept
     rows have a hash of that text beside the ledger (``keys``); rows whose hashes meet are
-    compared as text."""
-    keys = None
+    compared as text. Only the hash column is read for every row (8 bytes a row); row ids
+    only for hashes that meet."""
+    suspects = None
     if curation_ledger.parts and "keys" in curation_ledger.members:
-        keys = curation_ledger.scan("keys").collect()
-    if keys is None or keys.height != curated_conversations.rows:
+        hashes = curation_ledger.scan("keys").select("key").collect()["key"]
+        if hashes.len() == curated_conversations.rows:
+            met = hashes.filter(hashes.is_duplicated()).unique()
+            suspects = (
+                curation_ledger.scan("keys").filter(pl.col("key").is_in(met.implode())).collect()
+                if met.len()
+                else pl.DataFrame(schema={"row_id": pl.String, "key": pl.UInt64})
+            )
+    if suspects is None:
         keys = _check_keys(curated_conversations.read())
-    suspects = keys.filter(pl.col("key").is_duplicated())
+        suspects = keys.filter(pl.col("key").is_duplicated())
     duplicates = 0
     if suspects.height:
         texts = (

@@ -211,23 +211,45 @@ def _drop_part(drop: str) -> str:
     return f"drop={drop}"
 
 
-def _embedded_sources(
-    instance: dg.DagsterInstance, keys: list[dg.AssetKey]
-) -> tuple[str, dict[str, str]]:
+class _Lookups:
+    """What the combined tables read from the instance (the drops' and the embedded sources'
+    latest materializations), looked up once per step for all three tables."""
+
+    def __init__(self, instance: dg.DagsterInstance):
+        self.instance = instance
+        self._sources: dict[dg.AssetKey, tuple[str, str]] = {}
+        self._drops: dict[str, tuple[str, str]] | None = None
+
+    def drops(self) -> dict[str, tuple[str, str]]:
+        if self._drops is None:
+            self._drops = drop_records(self.instance, raw_drops.key)
+        return self._drops
+
+    def source(self, key: dg.AssetKey) -> tuple[str, str]:
+        """(its content's version, where it is stored)."""
+        if key not in self._sources:
+            records = self.instance.fetch_materializations(key, limit=1).records
+            materialization = records[0].asset_materialization if records else None
+            if materialization is None:
+                raise DropError(f"{key.to_user_string()}: not materialized yet")
+            metadata = materialization.metadata
+            entry = metadata.get(CONTENT_HASH)
+            version = (
+                entry.value if entry is not None else f"materialization {records[0].storage_id}"
+            )
+            self._sources[key] = (str(version), str(metadata["path"].value))
+        return self._sources[key]
+
+
+def _embedded_sources(lookups: _Lookups, keys: list[dg.AssetKey]) -> tuple[str, dict[str, str]]:
     """(a tag of the embedded sources' current content, raw asset → where it is stored), from
     their latest materializations' metadata: no rows are read."""
     digest = hashlib.sha256()
     paths = {}
     for key in keys:
-        records = instance.fetch_materializations(key, limit=1).records
-        materialization = records[0].asset_materialization if records else None
-        if materialization is None:
-            raise DropError(f"{key.to_user_string()}: not materialized yet")
-        metadata = materialization.metadata
-        entry = metadata.get(CONTENT_HASH)
-        version = entry.value if entry is not None else f"materialization {records[0].storage_id}"
+        version, path = lookups.source(key)
         digest.update(f"{key.to_user_string()}={version};".encode())
-        paths[key.to_user_string()] = str(metadata["path"].value)
+        paths[key.to_user_string()] = path
     return "sources " + digest.hexdigest()[:16], paths
 
 
@@ -238,6 +260,7 @@ def _combine(
     members: tuple[str, ...],
     stats: Callable[[dict[str, pl.DataFrame]], dict[str, dict[str, int]]],
     replace: bool,
+    lookups: _Lookups,
 ) -> PartUpdate:
     """``key``'s table (the op's output of that name): the embedded sources' tables as one
     part, then one part per ingested drop in registration order; a row a later drop delivers
@@ -245,8 +268,8 @@ def _combine(
     new drop writes that drop's part only (and reads only the ``id`` column of the others, to
     find replaced rows); any other change (a drop ingested again, the embedded sources
     changed, rows replaced) builds every part."""
-    embedded_tag, embedded_paths = _embedded_sources(context.instance, sources)
-    drops = drop_records(context.instance, raw_drops.key)
+    embedded_tag, embedded_paths = _embedded_sources(lookups, sources)
+    drops = lookups.drops()
     wanted = [(EMBEDDED, embedded_tag)]
     wanted += [(_drop_part(d), tag) for d, (tag, _) in drops.items()]
     paths = {_drop_part(d): path for d, (_, path) in drops.items()}
@@ -415,15 +438,28 @@ def combined_tables(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
     Dagster's floor (0.16-0.18 s on the bench VM), a fifth of a refresh's in-step time at 100k
     rows."""
     selected = context.selected_output_names
+    lookups = _Lookups(context.instance)
     if "conversations" in selected:
         update = _combine(
-            context, dg.AssetKey("conversations"), RAW_KEYS, ("conversations",), _by_source, True
+            context,
+            dg.AssetKey("conversations"),
+            RAW_KEYS,
+            ("conversations",),
+            _by_source,
+            True,
+            lookups,
         )
         metadata = {"by_source": _summed(update, "by_source")}
         yield dg.Output(update, "conversations", metadata=metadata)
     if "preferences_human" in selected:
         update = _combine(
-            context, dg.AssetKey("preferences_human"), RAW_KEYS, ("preferences",), _by_source, True
+            context,
+            dg.AssetKey("preferences_human"),
+            RAW_KEYS,
+            ("preferences",),
+            _by_source,
+            True,
+            lookups,
         )
         metadata = {"by_source": _summed(update, "by_source")}
         yield dg.Output(update, "preferences_human", metadata=metadata)
@@ -435,6 +471,7 @@ def combined_tables(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
             ("rejected", "ledger"),
             _reject_stats,
             False,
+            lookups,
         )
         metadata = {
             "rejected_reasons": _summed(update, "rejected_reasons"),

@@ -161,7 +161,7 @@ def length_profile(
             }
     table = write_parts(state / "parts", PartUpdate(parts, new, kept, PROFILE_MEMBERS))
     measured = [table.read("counts")] if table.parts else []
-    texts = length_counts(text_lengths(pretrain_corpus, counts))
+    texts = _text_counts(pretrain_corpus, counts, state, tokenizer_id, every=len(new) == len(parts))
     all_counts = pl.concat([*measured, texts]).cast(LENGTH_COUNTS)
     quantiles = ProfileConfig().quantiles
     turns = table.read("turns") if table.parts else TURN_COUNTS.to_frame()
@@ -195,3 +195,25 @@ def length_profile(
 
 
 PROFILE_MEMBERS = ("counts", "turns")
+
+
+def _text_counts(
+    corpus: pl.DataFrame, counts: CachedTokenCounts, state: Path, tokenizer_id: str, every: bool
+) -> pl.DataFrame:
+    """The pretraining corpus' length counts, kept beside the parts under a digest of its
+    texts and the tokenizer: a refresh whose corpus is unchanged reads them back instead of
+    looking every document up in the token-count cache (a scan of the whole cache, which
+    holds every message seen). A run that measures every part counts them through the cache,
+    so the cache it saves keeps them."""
+    digest = hashlib.sha256(tokenizer_id.encode())
+    digest.update(corpus.select(pl.col("source"), pl.col("text")).hash_rows(seed=0).to_numpy())
+    path = state / f"text_counts.{digest.hexdigest()[:16]}.parquet"
+    if not every and path.exists():
+        with contextlib.suppress(OSError, pl.exceptions.PolarsError):
+            return pl.read_parquet(path)
+    texts = length_counts(text_lengths(corpus, counts))
+    write_parquet(texts, path)
+    for other in state.glob("text_counts.*.parquet"):
+        if other != path:
+            other.unlink(missing_ok=True)
+    return texts

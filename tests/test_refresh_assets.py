@@ -11,14 +11,20 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from assets.curate import CurationConfig, filter_mapping
+from assets.curate import (
+    CurationConfig,
+    _check_keys,
+    filter_mapping,
+    no_exact_duplicates_left,
+    rows_are_conserved,
+)
 from assets.ingest import raw_drops
 from assets.io_manager import PolarsParquetIOManager
 from assets.partitions import DROPS
 from assets.resources import StorageResource
 from curation.curate import build_filters, curate
 from curation.profile import profile
-from curation.storage import read_manifest
+from curation.storage import Part, PartUpdate, read_manifest, write_parts
 from curation.tokens import TokenCounter
 from pipelines.definitions import all_assets, all_checks, defs
 from training.tokenizer import load_tokenizer
@@ -121,6 +127,9 @@ def test_the_refresh_writes_the_new_drops_parts_only(refreshed):
     # The profile measured the drop's 8 conversations (16 messages) and nothing else.
     profile = metadata(second, "length_profile")
     assert profile["parts_measured"] == ["drop=d2"] and profile["texts_tokenized"] <= 16
+    # The pretraining corpus' counts were read back (one file, named by its texts' digest).
+    state = out / "profile_state" / "length_profile"
+    assert len(list(state.glob("text_counts.*.parquet"))) == 1
     for name in CURATION:
         after = after_second[name]
         # Every file of the first run is still there, untouched; the new ones are d2's.
@@ -219,3 +228,38 @@ def test_a_drop_replacing_an_earlier_row_rebuilds_parts_and_says_why(refreshed):
     rows = table.read().filter(pl.col("source_id") == "d1-7")
     assert rows.height == 1 and "second edition" in rows["messages"][0][1]["content"]
     assert table.by_name()["drop=d1"].tag.split("|")[1].startswith("minus 1 ")
+
+
+def stored(folder: Path, frames: dict, members: tuple[str, ...] = ()):
+    """A table of one part per entry of ``frames``, written as the IO manager writes one."""
+    parts = [Part(name, "t", rows=_height(f)) for name, f in frames.items()]
+    return write_parts(folder, PartUpdate(parts, frames, None, members))
+
+
+def _height(frames) -> int:
+    return frames.height if isinstance(frames, pl.DataFrame) else frames["keys"].height
+
+
+def test_the_checks_in_the_step_fail_on_a_duplicate_left_and_unconserved_rows(tmp_path):
+    rows = [
+        {"id": "a", "messages": [{"role": "user", "content": "Same words."}]},
+        {"id": "b", "messages": [{"role": "user", "content": "Other words."}]},
+        {"id": "c", "messages": [{"role": "user", "content": "same   words."}]},
+    ]
+    frame = pl.DataFrame(rows)
+    parts = {"p1": frame[:2], "p2": frame[2:]}
+    curated = stored(tmp_path / "curated", parts)
+    ledger = stored(
+        tmp_path / "ledger", {k: {"keys": _check_keys(f)} for k, f in parts.items()}, ("keys",)
+    )
+    left = no_exact_duplicates_left(curated, ledger)
+    assert not left.passed and left.metadata["duplicates"].value == 1
+    clean = stored(tmp_path / "clean", {"p1": frame[:2]})
+    clean_keys = stored(
+        tmp_path / "clean_keys", {"p1": {"keys": _check_keys(frame[:2])}}, ("keys",)
+    )
+    assert no_exact_duplicates_left(clean, clean_keys).passed
+    # A part whose stored counts do not add up fails the (blocking) conservation check.
+    conversations = stored(tmp_path / "conversations", {"p1": frame[:2]})
+    conserved = rows_are_conserved(clean, clean_keys, conversations)
+    assert not conserved.passed and conserved.metadata["parts_not_conserved"].value == ["p1"]
