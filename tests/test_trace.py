@@ -342,3 +342,31 @@ def test_a_tampered_dataset_and_a_lost_parent_break_the_chain(outputs, tmp_path,
     broken = json.loads(capsys.readouterr().out)
     assert [s["stage"] for s in broken["stages"]] == ["sft", None]
     assert broken["stages"][1]["problems"] == [f"parent checkpoint {gone} not found"]
+
+
+def test_dataset_ids_read_the_parts_a_manifest_names_and_nothing_else(tmp_path):
+    from curation.datasets import PARTS, ExportConfig, export_parts, sft_rows
+    from curation.storage import Part
+    from curation.trace import dataset_ids
+
+    def rows(prefix: str, n: int) -> pl.DataFrame:
+        messages = [
+            [{"role": "user", "content": f"{prefix} {i}"}, {"role": "assistant", "content": "ok"}]
+            for i in range(n)
+        ]
+        ids = [f"{prefix}-{i}" for i in range(n)]
+        return sft_rows(pl.DataFrame({"id": ids, "source": "s", "messages": messages}))
+
+    drops = {"a": rows("a", 20), "b": rows("b", 10)}
+    parts = [(Part(name, "t"), lambda f=frame: f) for name, frame in drops.items()]
+    export_parts("sft", parts, tmp_path, ExportConfig(eval_fraction=0.3))
+    folder = tmp_path / "sft"
+    train, test = dataset_ids(folder, "train"), dataset_ids(folder, "test")
+    assert sorted(train + test) == sorted(pl.concat(drops.values())["id"].to_list())
+    assert train and test and not set(train) & set(test)
+    # A part file no manifest names (a write in progress, a stray copy) is not read.
+    stray = folder / PARTS / "stray"
+    stray.mkdir()
+    drops["a"].write_parquet(stray / "train.parquet")
+    assert dataset_ids(folder, "train") == train
+    assert dataset_ids(tmp_path / "none", "train") is None
