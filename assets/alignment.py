@@ -145,10 +145,15 @@ def training_prompts(storage: StorageResource) -> set[str]:
     both splits): a report task with one of these prompts is not held out."""
     prompts: set[str] = set()
     for name, column in (("sft", "messages"), ("preference", "prompt"), ("prompt", "prompt")):
-        for split in ("train", "test"):
-            path = storage.path("datasets", name, f"{split}.parquet")
-            if not path.exists():
-                continue
+        folder = storage.path("datasets", name)
+        # train/test Parquet at the top or in per-partition folders (parts/<key>/train.parquet)
+        files = sorted(folder.glob("**/train.parquet")) + sorted(folder.glob("**/test.parquet"))
+        files = [f for f in files if "hf" not in f.relative_to(folder).parts]
+        if not files:
+            raise FileNotFoundError(
+                f"{folder}: no train.parquet; cannot tell which report tasks were trained on"
+            )
+        for path in files:
             for messages in pl.read_parquet(path, columns=[column])[column].to_list():
                 prompts.update(m["content"].strip() for m in messages if m["role"] == "user")
     return prompts
