@@ -93,7 +93,7 @@ class PartState:
 
     rows: pl.DataFrame | pl.LazyFrame  # lazy when loaded: read only if needed
     findings: pl.DataFrame | pl.LazyFrame
-    dedup: pl.DataFrame
+    dedup: pl.DataFrame | pl.LazyFrame  # lazy when loaded: a refresh reads the keys it meets
     signatures: np.ndarray
     band_keys: np.ndarray
     band_cols: np.ndarray
@@ -211,7 +211,7 @@ def joined_state(fingerprint_: str, parts: Sequence[PartState]) -> CurationState
         findings=pl.concat([_eager(p.findings) for p in parts])
         if parts
         else pl.DataFrame(schema=CACHED_FINDINGS),
-        dedup=pl.concat([p.dedup.select(DEDUP.names()) for p in parts])
+        dedup=pl.concat([_eager(p.dedup.select(DEDUP.names())) for p in parts])
         if parts
         else pl.DataFrame(schema=DEDUP),
         signatures=np.concatenate(sigs, axis=1) if sigs else np.zeros((num_perm, 0), np.uint32),
@@ -323,14 +323,42 @@ class _AppendDedup:
         self, dedup: DedupFilter, batch: Batch, earlier: Earlier, texts: _PartTexts
     ) -> None:
         self.dedup, self.batch, self.earlier, self.texts = dedup, batch, earlier, texts
-        sizes = [s.dedup.height for s in earlier.states]
+        # A stored part's height is in its Parquet footer (no column is read).
+        sizes = [_eager(s.dedup.select(pl.len())).item() for s in earlier.states]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.old_n = int(self.offsets[-1])
-        self.old = (
-            pl.concat([s.dedup for s in earlier.states]).with_row_index("node")
-            if earlier.states
-            else pl.DataFrame(schema=PART_DEDUP).with_row_index("node")
-        )
+
+    def _old(self, wanted: pl.Expr, columns: Sequence[str]) -> pl.DataFrame:
+        """The earlier survivors that meet ``wanted`` (over PART_DEDUP columns and ``node``),
+        with their global node numbers. Each part is scanned for the columns asked only, so a
+        refresh reads keys (or ids) of earlier parts, not their whole duplicate tables."""
+        frames = [
+            s.dedup.lazy()
+            .select(columns)
+            .with_row_index("node", offset=int(self.offsets[k]))
+            .filter(wanted)
+            for k, s in enumerate(self.earlier.states)
+        ]
+        empty = pl.DataFrame(schema=PART_DEDUP).lazy().select(columns).with_row_index("node")
+        return pl.concat(frames or [empty]).collect()
+
+    def _old_nodes(self, nodes: np.ndarray, columns: Sequence[str]) -> pl.DataFrame:
+        """Earlier survivors by global node number, scanning only the parts that hold them."""
+        part = np.searchsorted(self.offsets, nodes, side="right") - 1
+        frames = []
+        for k in np.unique(part).tolist():
+            local = pl.Series(nodes[part == k] - self.offsets[k], dtype=pl.UInt32).implode()
+            frames.append(
+                self.earlier.states[k]
+                .dedup.lazy()
+                .select(columns)
+                .with_row_index("at")
+                .filter(pl.col("at").is_in(local))
+                .select((pl.col("at") + int(self.offsets[k])).alias("node"), *columns)
+            )
+        if not frames:
+            return pl.DataFrame(schema=PART_DEDUP).select(columns).with_row_index("node")
+        return pl.concat(frames).collect()
 
     def run(self) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray] | str:
         dedup = self.dedup
@@ -395,7 +423,10 @@ class _AppendDedup:
         among new rows, of the first with its key. Texts are compared before any verdict."""
         filled = keyed.filter("filled")
         old_first = (
-            self.old.filter(pl.col("filled") & pl.col("key").is_in(filled["key"].implode()))
+            self._old(
+                pl.col("filled") & pl.col("key").is_in(filled["key"].implode()),
+                ["row_id", "key", "filled"],
+            )
             .group_by("key")
             .agg(pl.col("row_id").sort_by("node").first().alias("old_kept"))
         )
@@ -608,7 +639,7 @@ class _AppendDedup:
         # Earlier rows stand for their cluster's kept row; a near duplicate among them whose
         # reason may name another link makes the run fall back.
         touched = np.unique(np.concatenate([i, j])[np.concatenate([i, j]) < self.old_n])
-        info = self.old.filter(pl.col("node").is_in(pl.Series(touched, dtype=pl.UInt32).implode()))
+        info = self._old_nodes(touched, ["row_id", "root", "near_score", "link_score"])
         # An earlier near duplicate under the threshold names its closest direct link: a new
         # edge closer than that link would change its reason.
         best_new = (
@@ -633,9 +664,7 @@ class _AppendDedup:
         roots = info.filter(pl.col("root").is_not_null())
         root_node = dict(zip(touched.tolist(), touched.tolist(), strict=True))
         if roots.height:
-            by_id = self.old.filter(pl.col("row_id").is_in(roots["root"].implode())).select(
-                "row_id", "node"
-            )
+            by_id = self._old(pl.col("row_id").is_in(roots["root"].implode()), ["row_id"])
             node_of = dict(zip(by_id["row_id"].to_list(), by_id["node"].to_list(), strict=True))
             for node, root in zip(roots["node"].to_list(), roots["root"].to_list(), strict=True):
                 if root not in node_of:
@@ -698,7 +727,7 @@ class _AppendDedup:
         out: dict[int, str] = {}
         old = nodes[nodes < self.old_n]
         if old.size:
-            found = self.old.filter(pl.col("node").is_in(pl.Series(old, dtype=pl.UInt32).implode()))
+            found = self._old_nodes(old, ["row_id"])
             out.update(zip(found["node"].to_list(), found["row_id"].to_list(), strict=True))
         for node in nodes[nodes >= self.old_n].tolist():
             out[node] = self.rows["row_id"][node - self.old_n]
@@ -765,10 +794,9 @@ def save_part_state(state: PartState, folder: Path) -> str:
 def load_part_state(folder: Path) -> PartState:
     """A part's state; the signature and band arrays are memory-mapped (a refresh touches
     the few columns a candidate pair needs)."""
-    # Only the duplicate pass's table is read now; rows, findings and pairs are scanned when
-    # a verification or a run over every row needs them.
+    # Nothing is read now: the duplicate pass scans the keys and ids it meets, and rows,
+    # findings and pairs are scanned when a verification or a run over every row needs them.
     frames: dict[str, Any] = {n: pl.scan_parquet(folder / f"{n}.parquet") for n in PART_FRAMES}
-    frames["dedup"] = pl.read_parquet(folder / "dedup.parquet")
     arrays = {
         n: np.load(folder / f"{n}.npy", mmap_mode="r")
         for n in ("signatures", "band_keys", "band_cols")

@@ -11,7 +11,7 @@ import pytest
 
 from assets import ingest
 from assets.io_manager import PolarsParquetIOManager
-from assets.partitions import DROPS, drop_files, find_drops
+from assets.partitions import DROPS, drop_files, drop_records, find_drops
 from curation.storage import read_manifest
 from pipelines import automation
 from pipelines.automation import OperationsSettings, SettingsError
@@ -153,6 +153,29 @@ def test_drops_ingest_alone_a_bad_drop_fails_alone_and_the_combine_reads_the_res
     assert meta["replaced_by_later_drop"].value == 1
     preferences = read_manifest(out / "preferences_human").read()
     assert preferences.filter(pl.col("source") == "hh").height >= 2
+
+
+def test_drop_records_name_each_drops_latest_materialization_and_skip_a_failed_drop(
+    instance, drops, tmp_path
+):
+    # Looked up for every drop at once: the records must still be per drop and the latest.
+    out = tmp_path / "out"
+    assert drop_records(instance, ingest.raw_drops.key) == {}
+    ingest_drop(instance, drops, out, "2026-11-02")
+    ingest_drop(instance, drops, out, "bad")
+    ingest_drop(instance, drops, out, "2026-11-01")
+    again = ingest_drop(instance, drops, out, "2026-11-02")
+    records = drop_records(instance, ingest.raw_drops.key)
+    # Registration order (the failed drop has no materialization, so no record).
+    assert list(records) == ["2026-11-02", "2026-11-01"]
+    latest = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=ingest.raw_drops.key, asset_partitions=["2026-11-02"]),
+        limit=2,
+    ).records
+    assert len(latest) == 2 and again.success
+    assert records["2026-11-02"][0] == f"materialization {latest[0].storage_id}"
+    assert records["2026-11-02"][0] != f"materialization {latest[1].storage_id}"
+    assert records["2026-11-01"][1] == str(out / "raw_drops" / "2026-11-01")
 
 
 def test_automation_refreshes_curation_on_a_new_drop_and_never_trains(instance, drops, tmp_path):
