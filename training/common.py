@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import importlib.util
 import json
 import math
 import shutil
@@ -47,6 +48,9 @@ class RunConfig:
             on a GPU instead of one per parameter.
         torch_compile: compile the model with ``torch.compile`` (GPU; the first steps pay for
             compilation).
+        use_liger_kernel: Liger's Triton kernels (RMSNorm, SwiGLU, RoPE and, above all, the
+            fused linear cross-entropy that never materialises the vocabulary-sized logits);
+            needs a GPU and the ``liger-kernel`` package.
         use_cpu: force the CPU even when a GPU is present.
         torch_threads: CPU threads for torch (unset: torch's default). On a small shared CPU
             one thread is often faster for tiny models, whose ops are too small to split.
@@ -68,6 +72,7 @@ class RunConfig:
     gradient_checkpointing: bool = False
     optim: str = "adamw_torch_fused"
     torch_compile: bool = False
+    use_liger_kernel: bool = False
     use_cpu: bool = False
     torch_threads: int | None = None
     resume: bool = True
@@ -182,6 +187,12 @@ def training_arguments(
     (TRL's SFTConfig, DPOConfig...) and ``overrides`` its stage-specific settings."""
     from transformers import TrainingArguments
 
+    if config.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+        # transformers would only notice when the trainer is built, after the model is loaded
+        raise ValueError(
+            "use_liger_kernel: true needs the liger-kernel package (pip install liger-kernel) "
+            "and a GPU; it is not installed here"
+        )
     values = dict(
         output_dir=str(runs),
         max_steps=config.max_steps,
@@ -197,6 +208,7 @@ def training_arguments(
         gradient_checkpointing=config.gradient_checkpointing,
         optim=config.optim,
         torch_compile=config.torch_compile,
+        use_liger_kernel=config.use_liger_kernel,
         use_cpu=config.use_cpu,
         report_to=[],
         # transformers logs a NaN/inf loss as 0.0 by default, which would hide it from the
