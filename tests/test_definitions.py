@@ -51,3 +51,11 @@ def test_instance_config_queues_runs_and_limits_pools(tmp_path):
             os.environ.pop("DAGSTER_HOME")
         else:
             os.environ["DAGSTER_HOME"] = old
+
+
+def test_every_job_runs_its_steps_in_one_process():
+    # What the UI's Materialize button, the schedule and the sensor launch: a process per step
+    # would re-import the project for each of a refresh's steps.
+    jobs = [defs.resolve_implicit_global_asset_job_def()]
+    jobs += [defs.resolve_job_def(name) for name in ("demo", "refresh", "ingest_drop", "train")]
+    assert {job.executor_def.name for job in jobs} == {"in_process"}

@@ -22,11 +22,32 @@ Pointing the LLM judge at an endpoint (the key comes from the environment, never
 Pure: no dagster import; the Dagster resource in ``assets/`` wraps these.
 """
 
-from curation.judge.client import CallFailed, JudgeEndpointError, OpenAIJudge
-from curation.judge.config import JudgeConfig
-from curation.judge.offline import OfflineJudge
-from curation.judge.panel import JudgePanel, cohens_kappa
-from curation.judge.types import RankRequest, RankResult
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Where each public name lives. Loaded on first use: ``client`` imports openai, half a second
+# that every process loading the Dagster definitions (each run, each UI reload) would pay
+# although only the judge steps call it.
+_HOMES = {
+    "CallFailed": "client",
+    "JudgeEndpointError": "client",
+    "OpenAIJudge": "client",
+    "JudgeConfig": "config",
+    "OfflineJudge": "offline",
+    "JudgePanel": "panel",
+    "cohens_kappa": "panel",
+    "RankRequest": "types",
+    "RankResult": "types",
+}
+
+if TYPE_CHECKING:
+    from curation.judge.client import CallFailed, JudgeEndpointError, OpenAIJudge
+    from curation.judge.config import JudgeConfig
+    from curation.judge.offline import OfflineJudge
+    from curation.judge.panel import JudgePanel, cohens_kappa
+    from curation.judge.types import RankRequest, RankResult
 
 __all__ = [
     "CallFailed",
@@ -39,3 +60,9 @@ __all__ = [
     "RankResult",
     "cohens_kappa",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
