@@ -3,7 +3,7 @@
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import dagster as dg
@@ -199,8 +199,18 @@ def _summed_stats(parts: list[Part]) -> dict[str, Any]:
 # under the asset they guard) evaluated at the end of its own step, on the tables it has just
 # stored: as separate steps each cost Dagster's per-step floor (0.16-0.18 s on the bench VM),
 # four of a refresh's fourteen steps; their own work reads manifests and one hash column.
+#
+# A failed ``rows_are_conserved`` (blocking, ERROR severity) makes Dagster fail the step once
+# the body has finished (DagsterAssetCheckFailedError, raised in execute_step after every event
+# is out): both tables are already stored and recorded, every check result is reported, and no
+# asset downstream of the step runs in that run.
+#
+# The multi-asset is subsettable for one reason: a run of its checks alone (the UI's "Execute"
+# on a check, a check-only selection) evaluates them on the stored tables without curating
+# again. The two tables are still written together: a run that selects one of them fails.
 
 CURATED = dg.AssetKey("curated_conversations")
+CURATION_KEYS = frozenset({CURATED, dg.AssetKey("curation_ledger")})
 CURATED_CHECKS = [
     dg.AssetCheckSpec(
         "rows_are_conserved",
@@ -229,12 +239,15 @@ CURATED_CHECKS = [
 
 @dg.multi_asset(
     group_name=GROUP,
+    # Not required: a run of the checks alone yields neither table (Dagster expects every
+    # required output of the op, selected or not).
     outs={
-        "curated_conversations": dg.AssetOut(kinds={"polars"}),
-        "curation_ledger": dg.AssetOut(kinds={"polars"}),
+        "curated_conversations": dg.AssetOut(kinds={"polars"}, is_required=False),
+        "curation_ledger": dg.AssetOut(kinds={"polars"}, is_required=False),
     },
     deps=["project_tokenizer"],
     check_specs=CURATED_CHECKS,
+    can_subset=True,
 )
 def curated_conversations(
     context: dg.AssetExecutionContext,
@@ -249,7 +262,24 @@ def curated_conversations(
     curated alone against what earlier parts kept (``append``), unless a full run would change
     an earlier part's verdicts; then every row runs, reusing unchanged rows' filter results
     (``incremental``), or all of them (``full``: another config, filter code or tokenizer).
-    Metadata says which and why; the frames are the full run's either way."""
+    Metadata says which and why; the frames are the full run's either way.
+
+    Selected without either table (its checks alone), it curates nothing: the selected checks
+    read the tables stored last. Selected with one table only, it fails: the ledger explains
+    the curated set, so they are written together."""
+    checks = {key.name for key in context.selected_asset_check_keys}
+    selected = set(context.selected_asset_keys) & CURATION_KEYS
+    if not selected:
+        curated, ledger = _stored_curation(context.instance)
+        yield from curated_checks(curated, ledger, conversations, checks)
+        return
+    if selected != CURATION_KEYS:
+        raise dg.Failure(
+            description="curated_conversations and curation_ledger are written together by "
+            f"one curation; this run selects only {sorted(k.to_user_string() for k in selected)}."
+            " Select both (or only their checks).",
+            allow_retries=False,
+        )
     tokenizer = load_tokenizer(storage.path("project_tokenizer"))
     filters = build_filters(filter_mapping(config), TokenCounter(tokenizer))
     tokenizer_id = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
@@ -317,8 +347,22 @@ def curated_conversations(
         if table is None or [p.name for p in table.parts] != names:
             raise RuntimeError(f"{key}: the stored table is not the one this step wrote")
     yield from curated_checks(
-        stored["curated_conversations"], stored["curation_ledger"], conversations
+        stored["curated_conversations"], stored["curation_ledger"], conversations, checks
     )
+
+
+def _stored_curation(instance: dg.DagsterInstance) -> tuple[PartSet, PartSet]:
+    """The curated set and ledger the last curation stored, for a run of the checks alone."""
+    curated = previous_table(instance, CURATED)
+    ledger = previous_table(instance, dg.AssetKey("curation_ledger"))
+    if curated is None or ledger is None:
+        raise dg.Failure(
+            description="curated_conversations' checks read the stored curated set and ledger, "
+            "and they have no readable materialization yet: materialize curated_conversations "
+            "and curation_ledger first.",
+            allow_retries=False,
+        )
+    return curated, ledger
 
 
 @dg.multi_asset(
@@ -568,13 +612,23 @@ def pretrain_dataset(
 
 
 def curated_checks(
-    curated: PartSet, ledger: PartSet, conversations: PartSet
+    curated: PartSet,
+    ledger: PartSet,
+    conversations: PartSet,
+    names: Collection[str] | None = None,
 ) -> Iterator[dg.AssetCheckResult]:
-    """Every check of ``CURATED_CHECKS`` on the stored tables, named as its spec."""
-    yield rows_are_conserved(curated, ledger, conversations)
-    yield curated_schema_and_size(curated, conversations)
-    yield no_exact_duplicates_left(curated, ledger)
-    yield residual_flags(curated)
+    """The checks of ``CURATED_CHECKS`` named in ``names`` (every one when None) on the stored
+    tables, named as their specs. A run that subsets the checks gets results for its selection
+    only, and the others cost nothing."""
+    evaluations: dict[str, Callable[[], dg.AssetCheckResult]] = {
+        "rows_are_conserved": lambda: rows_are_conserved(curated, ledger, conversations),
+        "curated_schema_and_size": lambda: curated_schema_and_size(curated, conversations),
+        "no_exact_duplicates_left": lambda: no_exact_duplicates_left(curated, ledger),
+        "residual_flags": lambda: residual_flags(curated),
+    }
+    for spec in CURATED_CHECKS:
+        if names is None or spec.name in names:
+            yield evaluations[spec.name]()
 
 
 def rows_are_conserved(
@@ -606,6 +660,9 @@ def rows_are_conserved(
             **counts,
             "curated": curated_conversations.rows,
             "parts": len(names),
+            # False: the curated set, its ledger and the input name different parts (a check
+            # run alone after a new drop was combined but not yet curated, say).
+            "parts_aligned": aligned,
             "parts_not_conserved": bad,
         },
     )
