@@ -35,8 +35,6 @@ CHROMIUM = os.environ.get("POSTFORGE_CHROMIUM") or shutil.which("chromium")
 DOCS_SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 README_SHOTS = {"asset-graph.png", "length-profile-histogram.png"}
 RUN_TIMEOUT_MS = 120_000
-# What the launchpad adds to the scaffolded config; see ui_support for why in-process.
-IN_PROCESS_YAML = "execution: {config: {in_process: {}}}\n"
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
@@ -123,7 +121,7 @@ def test_curation_assets_materialize_from_the_ui(server, page, shots):
         graph_url = page.url
         shoot(page, shots, "01-asset-graph-before.png")
 
-        # Materialize all ▾ → Open launchpad: the scaffolded config plus the executor.
+        # Materialize all ▾ → Open launchpad: the scaffolded config, launched as it is.
         materialize_all.locator("xpath=following::button[1]").click()
         page.get_by_role("menuitem", name="Open launchpad").click()
         launchpad = page.get_by_role("dialog")
@@ -137,9 +135,7 @@ def test_curation_assets_materialize_from_the_ui(server, page, shots):
             missing = set(warning.locator("li").all_inner_texts())
             assert missing and all(graph[key].partitioned for key in missing), missing
             confirm.click()
-        editor.click()
-        page.keyboard.press("Control+Home")
-        page.keyboard.insert_text(IN_PROCESS_YAML)
+        expect(editor).to_be_visible()
         expect(launchpad.get_by_text("No errors")).to_be_visible()
         shoot(page, shots, "02-launchpad.png")
         launchpad.get_by_role("button", name="Materialize").last.click()

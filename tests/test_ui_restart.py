@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ui_support import (
-    IN_PROCESS,
     PROJECT_ROOT,
     ProcessInfo,
     asset_graph,
@@ -88,7 +87,7 @@ def test_run_finishes_and_shows_after_the_webserver_is_killed(tmp_path):
     pipe = tmp_path / "pipe" / PRETRAIN_SAMPLE.name
     pipe.parent.mkdir()
     os.mkfifo(pipe)
-    run_config = {**IN_PROCESS, "ops": {BLOCKED_STEP: {"config": {"paths": [str(pipe)]}}}}
+    run_config = {"ops": {BLOCKED_STEP: {"config": {"paths": [str(pipe)]}}}}
     home = tmp_path / "dagster_home"
     try:
         with dagster_dev(tmp_path, log_name="first.log") as first:
