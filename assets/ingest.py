@@ -17,6 +17,7 @@ from assets.partitions import (
     DROPS,
     DropError,
     drop_files,
+    DropRecord,
     drop_records,
     qualify_positional_ids,
     without_later_ids,
@@ -218,9 +219,9 @@ class _Lookups:
     def __init__(self, instance: dg.DagsterInstance):
         self.instance = instance
         self._sources: dict[dg.AssetKey, tuple[str, str]] = {}
-        self._drops: dict[str, tuple[str, str]] | None = None
+        self._drops: dict[str, DropRecord] | None = None
 
-    def drops(self) -> dict[str, tuple[str, str]]:
+    def drops(self) -> dict[str, DropRecord]:
         if self._drops is None:
             self._drops = drop_records(self.instance, raw_drops.key)
         return self._drops
@@ -261,18 +262,24 @@ def _combine(
     stats: Callable[[dict[str, pl.DataFrame]], dict[str, dict[str, int]]],
     replace: bool,
     lookups: _Lookups,
+    count: str | None = None,
 ) -> PartUpdate:
     """``key``'s table (the op's output of that name): the embedded sources' tables as one
     part, then one part per ingested drop in registration order; a row a later drop delivers
     again (same ``id``; when ``replace``) is replaced by the later version. A refresh after a
     new drop writes that drop's part only (and reads only the ``id`` column of the others, to
     find replaced rows); any other change (a drop ingested again, the embedded sources
-    changed, rows replaced) builds every part."""
+    changed, rows replaced) builds every part. A drop whose ingest reported no rows under
+    ``count`` adds no part: a drop of chats leaves the comparison table as it was."""
     embedded_tag, embedded_paths = _embedded_sources(lookups, sources)
-    drops = lookups.drops()
+    drops = {
+        d: record
+        for d, record in lookups.drops().items()
+        if count is None or record.counts.get(count, 1) > 0
+    }
     wanted = [(EMBEDDED, embedded_tag)]
-    wanted += [(_drop_part(d), tag) for d, (tag, _) in drops.items()]
-    paths = {_drop_part(d): path for d, (_, path) in drops.items()}
+    wanted += [(_drop_part(d), record.tag) for d, record in drops.items()]
+    paths = {_drop_part(d): record.path for d, record in drops.items()}
 
     def load(name: str) -> dict[str, pl.DataFrame]:
         if name == EMBEDDED:
@@ -436,9 +443,14 @@ def combined_tables(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
     assets are dependencies, not inputs: their content digests and stored paths come from the
     instance, and only a new drop's files are read. One step instead of three: each step costs
     Dagster's floor (0.16-0.18 s on the bench VM), a fifth of a refresh's in-step time at 100k
-    rows."""
+    rows.
+
+    In a drop's run (a refresh), a table the drop adds no rows to is not written again and
+    not yielded: what depends on it is skipped (a drop of chats does not re-run the preference
+    branch, two steps of a refresh's eight)."""
     selected = context.selected_output_names
     lookups = _Lookups(context.instance)
+    drop_run = "dagster/partition" in context.run.tags
     if "conversations" in selected:
         update = _combine(
             context,
@@ -448,9 +460,11 @@ def combined_tables(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
             _by_source,
             True,
             lookups,
+            count="conversations",
         )
-        metadata = {"by_source": _summed(update, "by_source")}
-        yield dg.Output(update, "conversations", metadata=metadata)
+        if not (drop_run and _unchanged(update)):
+            metadata = {"by_source": _summed(update, "by_source")}
+            yield dg.Output(update, "conversations", metadata=metadata)
     if "preferences_human" in selected:
         update = _combine(
             context,
@@ -460,9 +474,11 @@ def combined_tables(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
             _by_source,
             True,
             lookups,
+            count="preferences",
         )
-        metadata = {"by_source": _summed(update, "by_source")}
-        yield dg.Output(update, "preferences_human", metadata=metadata)
+        if not (drop_run and _unchanged(update)):
+            metadata = {"by_source": _summed(update, "by_source")}
+            yield dg.Output(update, "preferences_human", metadata=metadata)
     if "ingest_rejects" in selected:
         update = _combine(
             context,
@@ -478,6 +494,12 @@ def combined_tables(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
             "excluded_rules": _summed(update, "excluded_rules"),
         }
         yield dg.Output(update, "ingest_rejects", metadata=metadata)
+
+
+def _unchanged(update: PartUpdate) -> bool:
+    """Nothing written: the stored parts stand as they are."""
+    base = update.base
+    return not update.new and base is not None and update.parts == base.parts
 
 
 def _summed(update: PartUpdate, stat: str) -> dict[str, int]:

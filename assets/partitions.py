@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 from pathlib import Path
 
 import dagster as dg
@@ -176,10 +177,19 @@ def qualify_positional_ids(frame: pl.DataFrame, drop: str) -> pl.DataFrame:
     )
 
 
-def drop_records(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, tuple[str, str]]:
-    """Drop → (a tag of its latest materialization of ``key``, where it was stored), for every
-    drop materialized so far, in registration order: a few queries whatever the drop count (the
-    latest event per drop, then those events), no rows read."""
+class DropRecord(NamedTuple):
+    """A drop's latest materialization: a tag naming it, where it was stored, and the row
+    counts it reported (``conversations``, ``preferences``, ...; empty when it reported none)."""
+
+    tag: str
+    path: str
+    counts: dict[str, int]
+
+
+def drop_records(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, DropRecord]:
+    """Drop → its ``DropRecord``, for every drop materialized so far, in registration order: a
+    few queries whatever the drop count (the latest event per drop, then those events), no rows
+    read."""
     drops = materialized_drops(instance, key)
     if not drops:
         return {}
@@ -196,9 +206,17 @@ def drop_records(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, tu
         record = by_id.get(latest.get(drop, -1))
         if record is None or record.asset_materialization is None:
             continue
-        entry = record.asset_materialization.metadata.get("path")
+        metadata = record.asset_materialization.metadata
+        entry = metadata.get("path")
         if entry is not None:
-            records[drop] = (f"materialization {record.storage_id}", str(entry.value))
+            counts = {
+                name: int(value.value)
+                for name, value in metadata.items()
+                if isinstance(value, dg.IntMetadataValue) and value.value is not None
+            }
+            records[drop] = DropRecord(
+                f"materialization {record.storage_id}", str(entry.value), counts
+            )
     return records
 
 

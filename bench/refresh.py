@@ -12,8 +12,11 @@ parts kept (mode ``append``; its metadata: mode, rows filtered, seconds per phas
 datasets are exported by parts (``DatasetConfig.by_parts``, the default; ``--export-whole``
 writes the SFT and prompt sets as whole files and a save_to_disk copy, as before). The curated
 set's four checks run inside the ``curated_conversations`` step (check specs), so they are not
-steps of their own. Each step also pays Dagster's own cost: ``step_floor`` times a step that
-does nothing on the same instance, and the record has the refresh's seconds above that floor.
+steps of their own; a drop without comparisons skips the preference branch (its two steps). Each
+step also pays Dagster's own cost: ``step_floor`` times a step that does nothing on the same
+instance, and the record has the refresh's seconds above that floor. A third drop of one row
+measures what a refresh costs whatever its size, and ``run_process_start_s`` what the run
+launcher's fresh process pays to load the definitions before any run (full or refresh) starts.
 
 AI feedback is not in these Dagster runs: its candidates come from an SFT checkpoint (a training
 run). Its cost is the judge's requests, measured beside them with the judge client ``ai_rankings``
@@ -139,6 +142,19 @@ def step_floor(instance) -> float:  # noqa: ANN001
     return round(statistics.median(seconds), 3)
 
 
+def process_start() -> float:
+    """Seconds a fresh Python takes to load the project's definitions (median of three): what
+    the run launcher's process pays before a run's first step."""
+    import statistics
+
+    seconds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import pipelines.definitions"], cwd=ROOT, check=True)
+        seconds.append(time.perf_counter() - started)
+    return round(statistics.median(seconds), 2)
+
+
 def judge_requests(prompts: int, new_fraction: float, cache: Path) -> dict:
     """Requests sent for ``prompts`` candidate sets cold, then for them plus the new ones."""
     from judge_throughput import batch, measure
@@ -197,7 +213,7 @@ def main() -> None:
     work = args.work / stamp
     drops_root = work / "drops"
     new_rows = max(1, round(args.rows * args.new_fraction))
-    for drop, rows, seed in (("base", args.rows, 0), ("new", new_rows, 1)):
+    for drop, rows, seed in (("base", args.rows, 0), ("new", new_rows, 1), ("one", 1, 2)):
         (drops_root / drop).mkdir(parents=True)
         generate(drops_root / drop / "flan.jsonl", rows, seed=seed)
     outputs = work / "outputs"
@@ -218,7 +234,11 @@ def main() -> None:
         full = run(assets, every, "base", instance, resources, drops_root, parts)
         instance.add_dynamic_partitions(DROPS.name, ["new"])
         refresh = run(assets, downstream, "new", instance, resources, drops_root, parts)
+        # A drop of one row: what a refresh costs whatever the drop's size.
+        instance.add_dynamic_partitions(DROPS.name, ["one"])
+        one_row = run(assets, downstream, "one", instance, resources, drops_root, parts)
         floor = step_floor(instance)
+    launch = process_start()
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -239,6 +259,13 @@ def main() -> None:
         "export_by_parts": not args.export_whole,
         "full": full,
         "refresh": refresh,
+        "one_row_refresh": {k: one_row[k] for k in ("wall_s", "in_steps_s", "steps_s")},
+        # A run the daemon launches starts a process that loads the definitions first; a full
+        # run pays it as well. Measured apart: the runs above are in this process.
+        "run_process_start_s": launch,
+        "refresh_over_full_with_process_start": round(
+            (refresh["wall_s"] + launch) / (full["wall_s"] + launch), 3
+        ),
         "dagster_step_floor_s": floor,
         "refresh_steps": len(refresh["steps_s"]),
         # The refresh's in-step seconds less what its steps would cost doing nothing.

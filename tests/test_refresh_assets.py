@@ -51,6 +51,14 @@ def chat(prefix: str, count: int, extra: list[dict] | None = None) -> list[dict]
     return rows + (extra or [])
 
 
+def hh_pair(topic: str) -> dict:
+    question = f"\n\nHuman: How do I look after a {topic}?"
+    return {
+        "chosen": f"{question}\n\nAssistant: Water it weekly and give it light.",
+        "rejected": f"{question}\n\nAssistant: No idea.",
+    }
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -123,7 +131,10 @@ def test_the_refresh_writes_the_new_drops_parts_only(refreshed):
     assert curated["parts_written"] == ["drop=d2"]
     # Only the drop's 8 rows went through the filters and got dedup signatures.
     assert curated["rows_filtered"] == 8 and curated["rows_signed"] <= 8
-    assert metadata(second, "curated_preferences")["mode"] == "kept; new parts have no pairs"
+    # d2 has no comparisons: the comparison table is not written again, and the preference
+    # branch (curated_preferences, preference_dataset) does not run.
+    materialized = {e.asset_key.to_user_string() for e in second.get_asset_materialization_events()}
+    assert not materialized & {"preferences_human", "curated_preferences", "preference_dataset"}
     # The profile measured the drop's 8 conversations (16 messages) and nothing else.
     profile = metadata(second, "length_profile")
     assert profile["parts_measured"] == ["drop=d2"] and profile["texts_tokenized"] <= 16
@@ -135,11 +146,12 @@ def test_the_refresh_writes_the_new_drops_parts_only(refreshed):
         # Every file of the first run is still there, untouched; the new ones are d2's.
         assert {k: after[k] for k in before[name]} == before[name]
         assert all(k.startswith("drop_d2-") for k in set(after) - set(before[name]))
-        assert [p.name for p in read_manifest(out / name).parts][:3] == [
-            "sources",
-            "drop=d1",
-            "drop=d2",
-        ]
+        if name != "curated_preferences":  # no drop before d4 has comparisons
+            assert [p.name for p in read_manifest(out / name).parts][:3] == [
+                "sources",
+                "drop=d1",
+                "drop=d2",
+            ]
 
 
 def test_every_check_passes_on_parts(refreshed):
@@ -160,28 +172,44 @@ def test_every_check_passes_on_parts(refreshed):
     assert meta["in"] == read_manifest(out / "conversations").rows
 
 
-def test_a_refresh_runs_eight_steps(refreshed):
-    """The curated set's checks run inside curated_conversations' step, and the three combined
-    tables are one step: each step costs Dagster's floor whatever it does."""
+def test_a_refresh_of_chats_runs_six_steps(refreshed):
+    """The curated set's checks run inside curated_conversations' step, the three combined
+    tables are one step, and a drop without comparisons skips the preference branch: each step
+    costs Dagster's floor whatever it does."""
     _, second, _, _, _, _ = refreshed
     steps = sorted(e.step_key for e in second.all_events if e.event_type_value == "STEP_SUCCESS")
     assert steps == [
         "combined_tables",
         "curated_conversations",
-        "curated_preferences",
         "length_profile",
-        "preference_dataset",
         "prompt_dataset",
         "raw_drops",
         "sft_dataset",
     ]
     materialized = {e.asset_key.to_user_string() for e in second.get_asset_materialization_events()}
-    assert {
-        "conversations",
-        "preferences_human",
-        "ingest_rejects",
-        "curation_ledger",
-    } <= materialized
+    assert {"conversations", "ingest_rejects", "curation_ledger"} <= materialized
+    skipped = {e.step_key for e in second.all_events if e.event_type_value == "STEP_SKIPPED"}
+    assert skipped == {"curated_preferences", "preference_dataset"}
+
+
+def test_a_drop_of_comparisons_appends_after_drops_without_any(tmp_path):
+    drops, out, home = tmp_path / "drops", tmp_path / "out", tmp_path / "home"
+    write_jsonl(drops / "d1" / "chat.jsonl", chat("d1", 4))
+    write_jsonl(drops / "d2" / "hh.jsonl", [hh_pair("fern"), hh_pair("cactus")])
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        assert run(instance, drops, out, "d1", dg.AssetSelection.groups(*GROUPS)).success
+        downstream = dg.AssetSelection.assets(raw_drops.key).downstream()
+        second = run(instance, drops, out, "d2", downstream & dg.AssetSelection.groups(*GROUPS))
+    assert second.success
+    # d1 (chats only) added no part to the comparisons: d2's is appended after the sources'.
+    preferences = metadata(second, "preferences_human")
+    assert preferences["combine"] == "append" and preferences["parts_written"] == ["drop=d2"]
+    table = read_manifest(out / "preferences_human")
+    assert [p.name for p in table.parts] == ["sources", "drop=d2"]
+    assert table.by_name()["drop=d2"].rows == 2
+    materialized = {e.asset_key.to_user_string() for e in second.get_asset_materialization_events()}
+    assert {"curated_preferences", "preference_dataset"} <= materialized
 
 
 def test_the_stored_outputs_and_profile_equal_one_full_run(refreshed):
