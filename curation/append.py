@@ -140,6 +140,19 @@ def _band_keys(dedup: DedupFilter, signatures: np.ndarray, cols: np.ndarray) -> 
     return keys
 
 
+def _same_values(values: np.ndarray, alive: np.ndarray, members: np.ndarray) -> list[np.ndarray]:
+    """``members`` (positions in ``alive``, ascending) split by their band values (columns of
+    ``values``), each group ascending: rows whose 32-bit keys collide are different buckets."""
+    if members.size == 1:
+        return [members]
+    columns = values[:, alive[members]]
+    if (columns == columns[:, :1]).all():
+        return [members]
+    _, group = np.unique(columns.T, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    return [members[group == g] for g in np.unique(group)]
+
+
 def split_state(
     state: CurationState,
     result: CurationResult,
@@ -504,37 +517,44 @@ class _AppendDedup:
         pi: list[np.ndarray] = []
         pj: list[np.ndarray] = []
         for b in range(bands):
-            tuples = self.sig[b * width : (b + 1) * width][:, alive].T
-            _, group, counts = np.unique(tuples, axis=0, return_inverse=True, return_counts=True)
-            group = group.reshape(-1)
-            matched = np.zeros(alive.size, dtype=bool)
+            # New rows grouped by their 32-bit band key (one argsort; a key shared by different
+            # band values is split below). Sorted keys also make the lookups in each earlier
+            # part's sorted keys walk forward through memory.
+            order = np.argsort(new_keys[b], kind="stable")
+            sorted_keys = new_keys[b][order]
+            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+            ends = np.r_[starts[1:], sorted_keys.size]
+            unique_keys = sorted_keys[starts]
+            matched = np.zeros(unique_keys.size, dtype=bool)
             for state in self.earlier.states:
                 if state.band_keys.size:
                     keys = state.band_keys[b]
-                    lo = np.searchsorted(keys, new_keys[b], "left")
-                    hi = np.searchsorted(keys, new_keys[b], "right")
-                    matched |= hi > lo
-            interesting = np.unique(group[matched | (counts[group] > 1)])
-            for g in interesting.tolist():
-                members = np.flatnonzero(group == g)
-                olds = self._old_members(b, int(new_keys[b, members[0]]), tuples[members[0]])
-                new_members = new_nodes[members]
-                everyone = np.concatenate([olds, new_members])
-                if everyone.size < 2:
-                    continue
-                if everyone.size <= SMALL_BUCKET:
-                    for m in range(max(olds.size, 1), everyone.size):
-                        pi.append(everyone[:m])
-                        pj.append(np.full(m, everyone[m]))
-                    continue
-                if 2 <= olds.size <= SMALL_BUCKET and self._loses_an_edge(b, olds):
-                    return (
-                        "an LSH bucket of earlier rows grew past band_pairs' small-bucket size "
-                        "and a pair it no longer proposes was similar"
+                    at = np.minimum(np.searchsorted(keys, unique_keys, "left"), keys.size - 1)
+                    matched |= keys[at] == unique_keys
+            values = self.sig[b * width : (b + 1) * width]
+            for g in np.flatnonzero(matched | (ends - starts > 1)).tolist():
+                same_key = order[starts[g] : ends[g]]  # ascending: the sort is stable
+                for members in _same_values(values, alive, same_key):
+                    olds = self._old_members(
+                        b, int(sorted_keys[starts[g]]), values[:, alive[members[0]]]
                     )
-                m = np.arange(max(olds.size, 1), everyone.size)
-                pi += [np.full(m.size, everyone[0]), everyone[m - 1]]
-                pj += [everyone[m], everyone[m]]
+                    new_members = new_nodes[members]
+                    everyone = np.concatenate([olds, new_members])
+                    if everyone.size < 2:
+                        continue
+                    if everyone.size <= SMALL_BUCKET:
+                        for m in range(max(olds.size, 1), everyone.size):
+                            pi.append(everyone[:m])
+                            pj.append(np.full(m, everyone[m]))
+                        continue
+                    if 2 <= olds.size <= SMALL_BUCKET and self._loses_an_edge(b, olds):
+                        return (
+                            "an LSH bucket of earlier rows grew past band_pairs' small-bucket "
+                            "size and a pair it no longer proposes was similar"
+                        )
+                    m = np.arange(max(olds.size, 1), everyone.size)
+                    pi += [np.full(m.size, everyone[0]), everyone[m - 1]]
+                    pj += [everyone[m], everyone[m]]
         if not pi:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         i, j = np.concatenate(pi), np.concatenate(pj)
