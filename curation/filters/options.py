@@ -52,7 +52,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from hashlib import blake2b
 from typing import ClassVar, NamedTuple
 
@@ -362,7 +362,6 @@ OPTIONS_PATTERN = (
     rf"|{_PREAMBLE}(?s:.)*?{_LATER_ITEM}|{_NUMBERED})"
     rf"|{_CAP_LEAD}{_CAP_WORDS}{_COMMA_TAIL}|{LETTERED}|{_NIV2}|{ODD}"
 )
-OPTIONS_RE = re.compile(OPTIONS_PATTERN)
 
 # An answer that names an option by label: "B", "(B)", "b)", "[b]", "B.", "2", "1).", "(II)",
 # "(A) higher", "B. Jupiter", or a chain of thought ending "So the answer is (C)." Only a superset
@@ -426,36 +425,75 @@ WHITESPACE = " \t\r\n\f\v\u00a0\u200b\u3000"
 KEPT_REASON = "kept as part of keep_fraction"
 REASON_CHARS = 300
 
-_STRIP_RE = [(re.compile(p), r) for p, r in STRIP]
+# Python's compiled patterns are built on first use, not at import: every process that loads the
+# Dagster definitions (each launched run, each code-location reload, each test process) imports
+# this module, and compiling them there cost ~0.12 s, while only the row-by-row helpers below need
+# them (polars takes the pattern strings). ``OPTIONS_RE`` stays importable through ``__getattr__``.
+
+
+@cache
+def _options_re() -> re.Pattern[str]:
+    return re.compile(OPTIONS_PATTERN)
+
+
+@cache
+def _strip_res() -> tuple[tuple[re.Pattern[str], str], ...]:
+    return tuple((re.compile(p), r) for p, r in STRIP)
+
+
+@cache
+def _blocks_re() -> re.Pattern[str]:
+    return re.compile(BLOCKS)
+
+
+def __getattr__(name: str) -> re.Pattern[str]:
+    if name == "OPTIONS_RE":
+        return _options_re()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Python-only helpers for the letter step (polars never runs these).
-_BLOCKS_RE = re.compile(BLOCKS)
 _PY_LABEL = rf"(?:{_ROMAN}|[A-Ha-h1-9])"
-# Each marker style as (name, regex with the label as group 1), most specific first.
-_PY_STYLES = [
-    re.compile(p)
-    for p in (
-        rf"\(({_PY_LABEL})\)\.",
-        rf"\(({_PY_LABEL})\)",
-        rf"\[({_PY_LABEL})\]\.",
-        rf"\[({_PY_LABEL})\]",
-        r"\[([-+*])\]",
-        rf"({_PY_LABEL})\)\.",
-        rf"({_PY_LABEL})\)",
-        rf"({_ROMAN}|[A-Ha-h])\.",
-        r"([1-9])[.:]",
-        r"([-*•+])",
+
+
+class _LetterPatterns(NamedTuple):
+    styles: tuple[re.Pattern[str], ...]  # each marker style, label as group 1, most specific first
+    bare_label: re.Pattern[str]
+    label_text: re.Pattern[str]
+    open_label_text: re.Pattern[str]
+    answer_is: re.Pattern[str]
+    comma_split: re.Pattern[str]
+
+
+@cache
+def _letter() -> _LetterPatterns:
+    return _LetterPatterns(
+        styles=tuple(
+            re.compile(p)
+            for p in (
+                rf"\(({_PY_LABEL})\)\.",
+                rf"\(({_PY_LABEL})\)",
+                rf"\[({_PY_LABEL})\]\.",
+                rf"\[({_PY_LABEL})\]",
+                r"\[([-+*])\]",
+                rf"({_PY_LABEL})\)\.",
+                rf"({_PY_LABEL})\)",
+                rf"({_ROMAN}|[A-Ha-h])\.",
+                r"([1-9])[.:]",
+                r"([-*•+])",
+            )
+        ),
+        bare_label=re.compile(rf"[(\[]?({_PY_LABEL})(?:[)\]]\.?|\.)?"),
+        label_text=re.compile(rf"[(\[]({_PY_LABEL})[)\]]\.?[ \t]+(.+)", re.S),
+        open_label_text=re.compile(rf"({_PY_LABEL})(?:\)\.?|\.)[ \t]+(.+)", re.S),
+        answer_is=re.compile(r"((?:[Aa]nswer is|ANSWER IS):?[ \t]*)\(([A-Ha-h])\)"),
+        comma_split=re.compile(r",?[ \t]+(?:or|and|ou|et|o|y|e|oder|und|of|en)[ \t]+|,"),
     )
-]
-_BARE_LABEL_RE = re.compile(rf"[(\[]?({_PY_LABEL})(?:[)\]]\.?|\.)?")
-_LABEL_TEXT_RE = re.compile(rf"[(\[]({_PY_LABEL})[)\]]\.?[ \t]+(.+)", re.S)
-_OPEN_LABEL_TEXT_RE = re.compile(rf"({_PY_LABEL})(?:\)\.?|\.)[ \t]+(.+)", re.S)
-_ANSWER_IS_RE = re.compile(r"((?:[Aa]nswer is|ANSWER IS):?[ \t]*)\(([A-Ha-h])\)")
-_COMMA_SPLIT_RE = re.compile(r",?[ \t]+(?:or|and|ou|et|o|y|e|oder|und|of|en)[ \t]+|,")
 
 
 def has_options(prompt: str) -> bool:
     """The same test as the vectorised filter, for one prompt."""
-    return OPTIONS_RE.search(prompt) is not None
+    return _options_re().search(prompt) is not None
 
 
 def _label(raw: str | None) -> str | None:
@@ -475,7 +513,7 @@ def options_in(block: str) -> tuple[tuple[str | None, str], ...]:
     text = block.strip(WHITESPACE)
 
     def style_at(s: str) -> re.Pattern[str] | None:
-        for style in _PY_STYLES:
+        for style in _letter().styles:
             m = style.match(s)
             if m and m.end() < len(s) and s[m.end()] in " \t":
                 return style
@@ -493,7 +531,7 @@ def options_in(block: str) -> tuple[tuple[str | None, str], ...]:
         text = (head[cut + 1 :] + "\n" + tail).strip(WHITESPACE)
         style = style_at(text)
     if style is None:  # a plain comma list after a strong header
-        parts = _COMMA_SPLIT_RE.split(text.split("\n", 1)[0].rstrip("."))
+        parts = _letter().comma_split.split(text.split("\n", 1)[0].rstrip("."))
         return tuple((None, p.strip(WHITESPACE)) for p in parts if p.strip(WHITESPACE))
     starts = re.compile(rf"(?:^|(?<=\s)){style.pattern}(?=[ \t])")
     marks = list(starts.finditer(text))
@@ -525,7 +563,7 @@ def resolve(prompt: str, answer: str | None, blocks: Sequence[str] | None = None
     ``BLOCKS`` matches in order, when the caller has them already (the filter gets them from
     polars; Python's ``re`` is slow on the long header alternation)."""
     if blocks is None:
-        blocks = _BLOCKS_RE.findall(prompt)
+        blocks = _blocks_re().findall(prompt)
     if not blocks:
         return Resolution(prompt, answer, None)
     spans, at = [], 0
@@ -534,6 +572,7 @@ def resolve(prompt: str, answer: str | None, blocks: Sequence[str] | None = None
         spans.append((begin, begin + len(block)))
         at = begin + len(block)
     parsed = [options_in(block) for block in blocks]
+    letter = _letter()
 
     # Worked examples: a reference after block i and before block i + 1 belongs to block i.
     pieces, start = [], 0
@@ -545,7 +584,7 @@ def resolve(prompt: str, answer: str | None, blocks: Sequence[str] | None = None
             text = _lookup(choices, ref.group(2).upper())
             return ref.group(0) if text is None else ref.group(1) + text
 
-        pieces.append(prompt[start:block_end] + _ANSWER_IS_RE.sub(fill, segment))
+        pieces.append(prompt[start:block_end] + letter.answer_is.sub(fill, segment))
         start = end
     new_prompt = "".join(pieces) + prompt[start:]
     if answer is None:
@@ -556,7 +595,7 @@ def resolve(prompt: str, answer: str | None, blocks: Sequence[str] | None = None
     texts = {text.casefold().rstrip(".") for _, text in choices}
     if stripped.casefold().rstrip(".") in texts:
         return Resolution(new_prompt, answer, None)
-    bare = _BARE_LABEL_RE.fullmatch(stripped)
+    bare = letter.bare_label.fullmatch(stripped)
     if bare:
         label = bare.group(1).upper()
         text = _lookup(choices, label)
@@ -565,11 +604,11 @@ def resolve(prompt: str, answer: str | None, blocks: Sequence[str] | None = None
         # A letter that names no option leaves an answer that means nothing; a number may be
         # the answer itself ("How many legs? ... 8"), and a Roman "I" or "V" a word, so they stay.
         return Resolution(new_prompt, answer, label if label in "ABCDEFGH" else None)
-    with_text = _LABEL_TEXT_RE.fullmatch(stripped)
+    with_text = letter.label_text.fullmatch(stripped)
     if with_text:  # "(A) higher", "[b]. blue"
         text = _lookup(choices, with_text.group(1).upper())
         return Resolution(new_prompt, text or with_text.group(2).strip(WHITESPACE), None)
-    with_text = _OPEN_LABEL_TEXT_RE.fullmatch(stripped)
+    with_text = letter.open_label_text.fullmatch(stripped)
     if with_text:  # "B. Jupiter", "b) blue": only when the text is that option's
         text = _lookup(choices, with_text.group(1).upper())
         said = with_text.group(2).strip(WHITESPACE).casefold().rstrip(".")
@@ -584,13 +623,13 @@ def resolve(prompt: str, answer: str | None, blocks: Sequence[str] | None = None
             return ref.group(0)
         return ref.group(1) + text
 
-    new_answer = _ANSWER_IS_RE.sub(fill_answer, answer)
+    new_answer = letter.answer_is.sub(fill_answer, answer)
     return Resolution(new_prompt, new_answer, unresolved[0] if unresolved else None)
 
 
 def strip_options(prompt: str) -> str:
     """The prompt without its options blocks, as the filter's rewrite does it."""
-    for pattern, repl in _STRIP_RE:
+    for pattern, repl in _strip_res():
         prompt = pattern.sub(repl, prompt)
     return prompt.strip(WHITESPACE)
 
