@@ -523,6 +523,12 @@ class RowByRow:
         self.prompt_letter_ref = re.compile(options.PROMPT_LETTER_REF)
         self.max_junk_share = quality.QualityFilter().max_junk_share
         self.seen: set[str] = set()  # exact-duplicate keys of the rows kept so far
+        # The filters compile their Python patterns on first use: here, before any timed row.
+        options.has_options("")
+        options.resolve("", None)
+        options.strip_options("")
+        references.detect("")
+        references.strip("")
 
     def __call__(self, row: pd.Series) -> list[tuple[str, str]]:
         turns = [(m["role"], m["content"]) for m in row["messages"]]

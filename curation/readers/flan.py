@@ -6,7 +6,6 @@ comprehensions, and the message lists, option detection, ids and meta are polars
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import msgspec
 import polars as pl
 
 from curation.filters.options import OPTIONS_PATTERN
+from curation.filters.options import has_options as has_options  # the flag, for one prompt
 from curation.ingest import IngestResult, ReadOptions
 from curation.readers.common import (
     meta_for_groups,
@@ -25,9 +25,9 @@ from curation.readers.common import (
 )
 from curation.records import read_records
 
-# The option detection lives with the options filter (one pattern for the reader's ``has_options``
-# meta flag and the filter's ``options.explicit`` rule, so the two never disagree).
-OPTIONS_RE = re.compile(OPTIONS_PATTERN)
+# The option detection (OPTIONS_PATTERN, has_options) lives with the options filter: one pattern
+# for the reader's ``has_options`` meta flag and the filter's ``options.explicit`` rule, so the
+# two never disagree. Its Python regex compiles on first use, not when this reader is imported.
 
 META_KEYS = ("task_source", "task_name", "template_type", "has_options")
 
@@ -40,11 +40,6 @@ class FlanRow(msgspec.Struct, gc=False):  # gc=False: a million structs, no GC t
     template_type: str | None = None
     lang: str | None = None
     id: str | int | None = None
-
-
-def has_options(prompt: str) -> bool:
-    """The same test as the vectorised column, for one prompt."""
-    return OPTIONS_RE.search(prompt) is not None
 
 
 def read_flan(paths: Sequence[Path], options: ReadOptions) -> IngestResult:
