@@ -622,7 +622,10 @@ class _AppendDedup:
             if not state.band_keys.size:
                 continue
             keys = state.band_keys[band]
-            lo, hi = np.searchsorted(keys, key, "left"), np.searchsorted(keys, key, "right")
+            # In the keys' own dtype: numpy casts the whole (memory-mapped) array to a Python
+            # int's int64 otherwise, 3-13 ms per lookup at 2M rows against 0.1-0.3 ms.
+            typed = keys.dtype.type(key)
+            lo, hi = np.searchsorted(keys, typed, "left"), np.searchsorted(keys, typed, "right")
             if hi == lo:
                 continue
             cols = np.asarray(state.band_cols[band][lo:hi])
