@@ -69,6 +69,17 @@ LEVERS: dict[str, tuple[int, dict]] = {
         {"packing": True, "attn": "flex_attention", "dtype": "bfloat16", "use_liger_kernel": True},
     ),
     "packed_flex_bf16_bs32": (32, {"packing": True, "attn": "flex_attention", "dtype": "bfloat16"}),
+    # Every lever at once: what a short lease should measure first after the known best.
+    "packed_flex_bf16_bs32_liger_compile": (
+        32,
+        {
+            "packing": True,
+            "attn": "flex_attention",
+            "dtype": "bfloat16",
+            "use_liger_kernel": True,
+            "torch_compile": True,
+        },
+    ),
 }
 
 
