@@ -16,8 +16,8 @@ from assets.partitions import (
     DEFAULT_DROPS_ROOT,
     DROPS,
     DropError,
-    drop_files,
     DropRecord,
+    drop_files,
     drop_records,
     qualify_positional_ids,
     without_later_ids,
@@ -447,7 +447,7 @@ def combined_tables(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
 
     In a drop's run (a refresh), a table the drop adds no rows to is not written again and
     not yielded: what depends on it is skipped (a drop of chats does not re-run the preference
-    branch, two steps of a refresh's eight)."""
+    branch's two steps)."""
     selected = context.selected_output_names
     lookups = _Lookups(context.instance)
     drop_run = "dagster/partition" in context.run.tags
