@@ -400,6 +400,9 @@ def _reject_stats(frames: dict[str, pl.DataFrame]) -> dict[str, dict[str, int]]:
     }
 
 
+# The tags Dagster puts on a partition's run and on the runs automation launches.
+PARTITION_TAG = "dagster/partition"
+AUTOMATION_TAG = "dagster/from_automation_condition"
 RAW_PRETRAIN = dg.AssetKey("raw_pretrain")
 COMBINED_DEPS = {
     "conversations": {*RAW_KEYS, raw_drops.key},
@@ -445,12 +448,14 @@ def combined_tables(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
     Dagster's floor (0.16-0.18 s on the bench VM), a fifth of a refresh's in-step time at 100k
     rows.
 
-    In a drop's run (a refresh), a table the drop adds no rows to is not written again and
-    not yielded: what depends on it is skipped (a drop of chats does not re-run the preference
-    branch's two steps)."""
+    In a run no person asked for table by table (a drop's run: the schedule, a backfill; or a
+    run automation launched after a drop's ingest), a table the drops left as stored is not
+    written again and not yielded: what depends on it is skipped (a drop of chats does not
+    re-run the preference branch's two steps). A person's materialization always writes."""
     selected = context.selected_output_names
     lookups = _Lookups(context.instance)
-    drop_run = "dagster/partition" in context.run.tags
+    tags = context.run.tags
+    unattended = PARTITION_TAG in tags or tags.get(AUTOMATION_TAG) == "true"
     if "conversations" in selected:
         update = _combine(
             context,
@@ -462,7 +467,7 @@ def combined_tables(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
             lookups,
             count="conversations",
         )
-        if not (drop_run and _unchanged(update)):
+        if not (unattended and _unchanged(update)):
             metadata = {"by_source": _summed(update, "by_source")}
             yield dg.Output(update, "conversations", metadata=metadata)
     if "preferences_human" in selected:
@@ -476,7 +481,7 @@ def combined_tables(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
             lookups,
             count="preferences",
         )
-        if not (drop_run and _unchanged(update)):
+        if not (unattended and _unchanged(update)):
             metadata = {"by_source": _summed(update, "by_source")}
             yield dg.Output(update, "preferences_human", metadata=metadata)
     if "ingest_rejects" in selected:

@@ -208,6 +208,36 @@ def test_automation_refreshes_curation_on_a_new_drop_and_never_trains(instance, 
     assert "conversations" in {r.key.to_user_string() for r in last.results if r.true_subset.size}
 
 
+def test_a_run_automation_launches_skips_the_branch_of_a_table_no_drop_changed(
+    instance, drops, tmp_path
+):
+    out = tmp_path / "out"
+    automation_run = {"dagster/from_automation_condition": "true"}
+
+    def combine() -> set[str]:
+        result = dg.materialize(
+            INGEST_ASSETS,
+            selection=COMBINE,
+            instance=instance,
+            resources=resources(out),
+            tags=automation_run,
+        )
+        assert result.success
+        return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+
+    assert materialize_unpartitioned(instance, out, [*ROOTS, *COMBINE]).success
+    assert ingest_drop(instance, drops, out, "2026-11-01").success  # chats, FLAN and HH pairs
+    assert {"conversations", "preferences_human"} <= combine()
+    assert ingest_drop(instance, drops, out, "2026-11-02").success  # chats and FLAN only
+    written = combine()
+    assert "conversations" in written and "preferences_human" not in written
+    # A person's materialization writes every table it selects, changed or not.
+    again = materialize_unpartitioned(instance, out, COMBINE)
+    assert {"conversations", "preferences_human", "ingest_rejects"} <= {
+        e.asset_key.to_user_string() for e in again.get_asset_materialization_events()
+    }
+
+
 def settings_for(root: Path, **kw) -> OperationsSettings:
     return OperationsSettings(drops_root=str(root), **kw)
 
