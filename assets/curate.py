@@ -293,6 +293,7 @@ def curated_conversations(
         storage.path("curation_state", "curated_conversations_parts"),
         context=f"tokenizer {tokenizer_id}",
         stored=_stored_prefix(*previous.values()),
+        start_over=_failed_when_written(context.instance),
     )
     curated_parts, ledger_parts = [], []
     curated_new: dict[str, Any] = {}
@@ -349,6 +350,22 @@ def curated_conversations(
     yield from curated_checks(
         stored["curated_conversations"], stored["curation_ledger"], conversations, checks
     )
+
+
+def _failed_when_written(instance: dg.DagsterInstance) -> str | None:
+    """Why not to build on the stored curated set: its blocking check failed in the run that
+    wrote it. Dagster records the tables before the step fails on the check, and an append
+    keeps earlier parts as stored, so without this a bad part would stay for good."""
+    key = dg.AssetCheckKey(CURATED, "rows_are_conserved")
+    # The latest evaluation that finished: this run's own is already planned (not yet done).
+    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=5)
+    record = next((r for r in history if r.status.value in ("SUCCEEDED", "FAILED")), None)
+    written = instance.get_latest_materialization_event(CURATED)
+    if record is None or written is None or record.run_id != written.run_id:
+        return None
+    if record.status.value != "FAILED":
+        return None
+    return f"the stored curated set failed rows_are_conserved in run {written.run_id}"
 
 
 def _stored_curation(instance: dg.DagsterInstance) -> tuple[PartSet, PartSet]:

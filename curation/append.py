@@ -865,12 +865,16 @@ def curate_parts(
     state_dir: Path,
     context: str = "",
     stored: Sequence[tuple[str, str]] = (),
+    start_over: str | None = None,
 ) -> PartsRun:
     """Curate a table of conversation parts. Parts curated before (same name and tag, in the
     same order, under the same fingerprint, and still ``stored`` as outputs) are kept; parts
     after them are appended (``curate_append``). Anything else runs ``curate_incremental`` over
-    every row and writes every part. The state under ``state_dir`` follows the result."""
+    every row and writes every part. The state under ``state_dir`` follows the result.
+    ``start_over``: a reason to reuse nothing of the state (every row through every filter)."""
     print_ = fingerprint(filters, context)
+    if start_over is not None:
+        return _full_parts(table, filters, state_dir, context, print_, [], start_over)
     wanted = [(p.name, p.tag) for p in table.parts]
     manifest = read_parts_manifest(state_dir)
     reason = "no state from an earlier run"

@@ -117,6 +117,28 @@ def test_a_failing_blocking_check_fails_the_step_and_skips_the_sft_dataset(insta
     assert not (out / "datasets" / "sft").exists()
 
 
+def curation_metadata(result) -> dict:
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == CURATED]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_a_set_that_failed_its_blocking_check_is_curated_again_from_scratch(instance, out):
+    manifest = out / "conversations" / MANIFEST
+    good = manifest.read_text(encoding="utf-8")
+    miscount(out / "conversations", "rows")
+    assert not materialize(instance, out, CURATION).success
+    manifest.write_text(good, encoding="utf-8")  # the input is right again
+    # Nothing changed since the failed run, yet nothing of it is reused: every row again.
+    again = materialize(instance, out, CURATION)
+    assert again.success and checks(again) == dict.fromkeys(CHECK_NAMES, True)
+    meta = curation_metadata(again)
+    assert meta["mode"] == "full" and "failed rows_are_conserved" in meta["mode_reason"]
+    assert meta["rows_filtered"] == meta["rows_in"]
+    # A passing run is built on as usual: the next run keeps every part.
+    third = curation_metadata(materialize(instance, out, CURATION))
+    assert third["mode"] == "append" and third["rows_filtered"] == 0
+
+
 def test_checks_run_alone_read_the_stored_tables_without_curating(instance, out, monkeypatch):
     first = materialize(instance, out, CURATION)
     assert first.success and checks(first) == dict.fromkeys(CHECK_NAMES, True)
