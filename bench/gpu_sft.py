@@ -8,7 +8,8 @@ conversations, so each example is a one-word user turn and an assistant turn hol
 
 Each lever runs ``training.sft.build_trainer`` exactly as the stage does, so what is timed is the
 stage. Prints one ``RESULT`` JSON line per run and writes them to ``$OUT/gpu_sft.jsonl`` when OUT
-is set. ``SMOKE=1`` shrinks everything to check the script on a CPU.
+is set. ``SMOKE=1`` shrinks everything to check the script on a CPU (with SDPA: flex attention
+has no CPU backward).
 
     python bench/gpu_sft.py [LEVER ...]      # lever names below; default: all, in order
 """
@@ -69,6 +70,22 @@ LEVERS: dict[str, tuple[int, dict]] = {
         {"packing": True, "attn": "flex_attention", "dtype": "bfloat16", "use_liger_kernel": True},
     ),
     "packed_flex_bf16_bs32": (32, {"packing": True, "attn": "flex_attention", "dtype": "bfloat16"}),
+    # TRL's default loss (chunked_nll) dispatches ~5x the ops of nll (bench/sft_loss_ops.py)
+    "packed_flex_bf16_bs16_nll": (
+        16,
+        {"packing": True, "attn": "flex_attention", "dtype": "bfloat16", "loss_type": "nll"},
+    ),
+    # Needs no extra wheel: what a lease without liger-kernel can reach.
+    "packed_flex_bf16_bs16_nll_compile": (
+        16,
+        {
+            "packing": True,
+            "attn": "flex_attention",
+            "dtype": "bfloat16",
+            "loss_type": "nll",
+            "torch_compile": True,
+        },
+    ),
     # Every lever at once: what a short lease should measure first after the known best.
     "packed_flex_bf16_bs32_liger_compile": (
         32,
@@ -167,10 +184,12 @@ def run(name: str, data: Path, tokenizer: Path, out: Path) -> dict:
     batch, lever = LEVERS[name]
     lever = dict(lever)
     steps, warm = (3, 1) if SMOKE else (30, 6)
+    attn = lever.pop("attn", "sdpa")
     model = ModelConfig(
         preset=PRESET,
         max_position_embeddings=4096,
-        attn_implementation=lever.pop("attn", "sdpa"),
+        # flex attention has no backward on the CPU; the smoke run checks the rest of the path
+        attn_implementation=attn if CUDA else "sdpa",
         dtype=lever.pop("dtype", "float32"),
         tie_word_embeddings=False,
     )
@@ -229,6 +248,7 @@ SHOWN = {
     "fixed_shape",
     "torch_compile",
     "use_liger_kernel",
+    "loss_type",
     "optim",
 }
 

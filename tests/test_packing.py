@@ -8,26 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from assets.resources import SAMPLES
-from curation.datasets import ExportConfig, export, sft_rows
-from curation.ingest import ingest
 from training.models import ModelConfig
 from training.sft import SFTStageConfig, build_trainer
-from training.tokenizer import TokenizerConfig, corpus_texts, save_tokenizer, train_tokenizer
 
 BATCH, MAX_LENGTH = 4, 192
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("packing")
-    chats = ingest("jsonl", [SAMPLES / "synthetic_chat.jsonl"]).conversations.head(24)
-    export("sft", sft_rows(chats), root / "data", ExportConfig(eval_fraction=0.0))
-    tokenizer = train_tokenizer(
-        corpus_texts(SAMPLES / "pretrain.jsonl"), TokenizerConfig(vocab_size=512)
-    )
-    save_tokenizer(tokenizer, root / "tokenizer")
-    return root
+@pytest.fixture
+def workspace(sft_workspace: Path) -> Path:
+    return sft_workspace
 
 
 def trainer_for(workspace: Path, attn: str, packing: bool):

@@ -29,6 +29,8 @@ from training.common import (
 from training.models import ModelConfig, build_causal_lm, count_parameters
 from training.reporting import Reporter
 
+LOSS_TYPES = frozenset({"nll", "chunked_nll"})
+
 
 @dataclass(frozen=True)
 class SFTStageConfig(RunConfig):
@@ -46,6 +48,14 @@ class SFTStageConfig(RunConfig):
         fixed_shape: with packing, pad every flattened batch to ``batch * max_length`` tokens so
             compiled kernels (flex attention, ``torch_compile``) see one shape instead of
             recompiling for each batch.
+        loss_type: unset keeps TRL's choice: ``chunked_nll``, or ``nll`` with Liger.
+            ``chunked_nll`` projects only the labelled tokens, 256 at a time under activation
+            checkpointing: bounded memory for large vocabularies, but each chunk's projection
+            is computed twice and its loss dispatches 5x the ops (3,629 against 696 for a
+            16k-token batch, ``bench/sft_loss_ops.py``), each a kernel launch on a GPU. ``nll``
+            computes the batch's logits in one matmul and holds them: for a 32k vocabulary and
+            32k tokens, roughly 12 GiB more at the peak. ``use_liger_kernel`` fuses projection
+            and loss instead and needs ``nll``.
         warmup_steps: linear warmup, then cosine decay.
     """
 
@@ -56,6 +66,7 @@ class SFTStageConfig(RunConfig):
     assistant_only_loss: bool = True
     packing: bool = False
     fixed_shape: bool = True
+    loss_type: str | None = None
     warmup_steps: int = 2
     learning_rate: float = 5e-4
 
@@ -64,6 +75,10 @@ class SFTStageConfig(RunConfig):
             raise ValueError("data: the sft dataset folder is required")
         if not self.init_from and not self.tokenizer:
             raise ValueError("init_from or tokenizer is required")
+        if self.loss_type is not None and self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type: {self.loss_type!r} is not one of {sorted(LOSS_TYPES)}")
+        if self.use_liger_kernel and self.loss_type == "chunked_nll":
+            raise ValueError("loss_type: use_liger_kernel fuses its own loss; it needs 'nll'")
 
 
 def assistant_turns(dataset) -> int:  # noqa: ANN001
@@ -98,6 +113,7 @@ def build_trainer(
         warmup_steps=config.warmup_steps,
         max_length=config.max_length,
         assistant_only_loss=config.assistant_only_loss,
+        loss_type=config.loss_type,
         packing=config.packing,
         pad_to_multiple_of=config.per_device_train_batch_size * config.max_length
         if fixed
