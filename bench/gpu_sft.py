@@ -157,12 +157,22 @@ class Count:
 
 class Clock(TrainerCallback):
     """Times the steps after the warm-up ones (compilation and allocator growth excluded) and
-    zeroes ``counter``'s tokens when timing starts."""
+    zeroes ``counter``'s tokens when timing starts. Prints each warm-up step's end, so the log of
+    a run killed by its time limit shows how far it got (the first step includes compiling)."""
 
     def __init__(self, warm: int, counter: type[Count] = Count) -> None:
         self.warm, self.counter, self.t0, self.t1, self.steps = warm, counter, None, None, 0
+        self.begun, self.first_step_s = None, None
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.begun = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step <= self.warm:
+            sync()
+            elapsed = time.perf_counter() - self.begun
+            self.first_step_s = self.first_step_s or round(elapsed, 1)
+            print(f"step {state.global_step} ended {elapsed:.1f} s into training", flush=True)
         if state.global_step == self.warm:
             sync()
             self.t0 = time.perf_counter()
@@ -231,6 +241,7 @@ def run(name: str, data: Path, tokenizer: Path, out: Path) -> dict:
         "real_tokens": Count.tokens,
         "sec": round(seconds, 2),
         "train_wall_s": round(wall, 1),
+        "first_step_s": clock.first_step_s,
         "tokens_per_s": round(tokens_per_s),
         "mfu_989": round(6 * params * tokens_per_s / PEAK_FLOPS, 3),
         "peak_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 1) if CUDA else None,
