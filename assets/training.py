@@ -336,3 +336,37 @@ def training_evaluation(
             "path": dg.MetadataValue.path(str(folder / "summary.parquet")),
         }
     )
+
+
+# sft_checkpoint trains from midtrain_checkpoint (see its deps): the stage SFT must beat.
+SFT_START = "midtrain"
+
+
+@dg.asset_check(asset=training_evaluation)
+def sft_beats_its_start_on_exact_match(storage: StorageResource) -> dg.AssetCheckResult:
+    """Compares exact-match accuracy (greedy decoding, the evaluation's synthetic tasks) of the
+    sft stage with midtrain, the checkpoint SFT starts from: passes when sft is strictly higher.
+    A warning, not a block: recipes that train a few steps (recipes/test-cpu.yaml) score 0 on
+    both."""
+    path = storage.path("evaluation", "summary.parquet")
+    by_stage = {row["stage"]: row for row in pl.read_parquet(path).iter_rows(named=True)}
+    missing = [stage for stage in ("sft", SFT_START) if stage not in by_stage]
+    if missing:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{path} has no row for stage {', '.join(missing)}",
+            metadata={"path": dg.MetadataValue.path(str(path))},
+        )
+    sft, start = by_stage["sft"], by_stage[SFT_START]
+    return dg.AssetCheckResult(
+        passed=sft["exact_match"] > start["exact_match"],
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "exact_match_sft": sft["exact_match"],
+            f"exact_match_{SFT_START}": start["exact_match"],
+            "heldout_loss_sft": sft["heldout_loss"],
+            f"heldout_loss_{SFT_START}": start["heldout_loss"],
+            "path": dg.MetadataValue.path(str(path)),
+        },
+    )
