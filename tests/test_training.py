@@ -18,6 +18,7 @@ from curation.readers.text import read_text_corpus
 from training.causal_lm import CausalLMConfig
 from training.causal_lm import main as causal_lm
 from training.checkpoint import CheckpointError, read_lineage, verify
+from training.common import last_run_checkpoint
 from training.recipe import RecipeError, build, read_recipe
 from training.sft import SFTStageConfig
 from training.sft import main as sft
@@ -163,6 +164,36 @@ def test_an_interrupted_run_resumes_from_its_last_save(workspace):
     verify(workspace / "resumed" / "checkpoint")
 
 
+def test_a_save_cut_off_mid_write_is_skipped_and_the_run_resumes_from_the_one_before(
+    workspace, caplog
+):
+    config = pretrain_config(workspace, "cut-off", max_steps=8, save_steps=4)
+    first = causal_lm(config)
+    runs = workspace / "cut-off" / "runs"
+    # As a kill or a full disk leaves it: the weights and optimizer half written, and no
+    # trainer_state.json (transformers writes it last).
+    newest = runs / "checkpoint-8"
+    (newest / "trainer_state.json").unlink()
+    optimizer = newest / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    assert last_run_checkpoint(runs) == str(runs / "checkpoint-4")
+    assert "cut off before trainer_state.json" in caplog.text
+
+    shutil.rmtree(first)
+    (workspace / "cut-off" / "metrics.jsonl").unlink()
+    causal_lm(config)
+    steps = [
+        json.loads(x)["step"]
+        for x in (workspace / "cut-off" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert min(steps) > 4  # resumed from step 4, not from scratch, and finished
+    verify(workspace / "cut-off" / "checkpoint")
+    assert last_run_checkpoint(runs) == str(newest)  # written again, whole this time
+
+    (newest / "trainer_state.json").write_text('{"global_st')
+    assert last_run_checkpoint(runs) == str(runs / "checkpoint-4")  # truncated: no better
+
+
 def test_sft_trains_on_assistant_tokens_and_records_lineage(workspace, stable):
     config = SFTStageConfig(
         output_dir=str(workspace / "sft"),
@@ -278,6 +309,45 @@ def test_out_of_disk_while_publishing_names_the_place_and_keeps_the_old_checkpoi
     verify(stable)  # the published checkpoint is untouched and complete
     assert all(torch.equal(before[k], v) for k, v in weights(stable).items())
     assert not [p for p in stable.parent.iterdir() if p.name.startswith(".checkpoint.tmp")]
+
+
+def test_out_of_resources_as_the_libraries_really_report_it(tmp_path):
+    """torch's CPU allocator, torch.save on a full disk and safetensors raise neither
+    MemoryError nor OSError; each must still become one sentence naming the resource."""
+    import errno
+    import io
+
+    from safetensors import SafetensorError
+
+    from training.common import ResourceError, resource_errors
+
+    runs = tmp_path / "runs"
+    with (
+        pytest.raises(ResourceError, match=r"sft: out of host memory at step 3; last good"),
+        resource_errors("sft", runs, lambda: 3),
+    ):
+        torch.empty(2**50, dtype=torch.uint8)  # a real DefaultCPUAllocator failure
+
+    class FullDisk(io.BytesIO):
+        def write(self, data):
+            if self.tell() > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    with (
+        pytest.raises(ResourceError, match=r"pretrain: out of disk space writing under "),
+        resource_errors("pretrain", runs),
+    ):
+        torch.save({"weights": torch.zeros(100_000)}, FullDisk())  # "unexpected pos ..."
+    with (
+        pytest.raises(ResourceError, match=r"dpo: out of disk space .* \(Error while seri"),
+        resource_errors("dpo", runs),
+    ):
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+    with pytest.raises(RuntimeError, match="^shape mismatch$"), resource_errors("sft", runs):
+        raise RuntimeError("shape mismatch")  # anything else passes through untouched
 
 
 def test_out_of_memory_names_the_step_and_the_resume_point(tmp_path):

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import shutil
@@ -25,6 +26,7 @@ from transformers import TrainerCallback
 from training.reporting import Reporter
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -179,9 +181,30 @@ def lineage_record(
 
 
 def last_run_checkpoint(runs: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest save in ``runs/`` that was finished. transformers writes a save in place and
+    its ``trainer_state.json`` last, so a run killed (or out of disk) mid-save leaves a newer
+    folder without one; resuming from it would fail on every retry, so it is skipped, named."""
+    runs = Path(runs)
+    saves = [p for p in runs.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    for save in sorted(saves, key=lambda p: int(p.name[11:]), reverse=True):
+        problem = unfinished_save(save)
+        if problem is None:
+            return str(save)
+        logger.warning("not resuming from %s: %s", save, problem)
+    return None
 
-    return get_last_checkpoint(str(runs)) if runs.is_dir() else None
+
+def unfinished_save(save: Path) -> str | None:
+    """Why a trainer save cannot be resumed from, or None when it is complete."""
+    try:
+        json.loads((save / "trainer_state.json").read_text())["global_step"]
+    except FileNotFoundError:
+        return "the save was cut off before trainer_state.json was written"
+    except (ValueError, KeyError):
+        return "trainer_state.json is truncated or unreadable"
+    if not any(save.glob("*.safetensors")):
+        return "no weights (*.safetensors)"
+    return None
 
 
 def training_arguments(
@@ -259,13 +282,23 @@ class ResourceError(RuntimeError):
     """Out of memory or disk, with where it happened and what is safe to resume from."""
 
 
+# How a full disk surfaces from the writers a save goes through: OSError from Python, Rust's
+# io::Error from safetensors, a failed stream write from torch.save (which never says why).
+DISK_FULL_SIGNS = ("no space left", "os error 28", "storagefull", "disk quota exceeded")
+FAILED_WRITE_SIGNS = ("file write failed", "unexpected pos")
+# torch's CPU allocator raises a plain RuntimeError rather than MemoryError.
+HOST_MEMORY_SIGNS = ("defaultcpuallocator: can't allocate memory", "cannot allocate memory")
+
+
 @contextlib.contextmanager
 def resource_errors(stage: str, runs: Path, step: Callable[[], int] = lambda: -1):
     """Turn an out-of-memory or out-of-disk failure into one sentence that says which resource,
-    where, and which saved state is intact (checkpoints are published atomically, so a crash
-    never leaves a half-written one as the latest)."""
+    where, and which saved state is intact (checkpoints are published atomically, and a save
+    cut off in ``runs/`` is never resumed from, so a crash never leaves a broken latest)."""
     try:
         yield
+    except ResourceError:
+        raise
     except torch.OutOfMemoryError as error:
         device = "GPU" if torch.cuda.is_available() else "CPU"
         raise ResourceError(
@@ -273,16 +306,45 @@ def resource_errors(stage: str, runs: Path, step: Callable[[], int] = lambda: -1
             f"{last_run_checkpoint(runs) or 'scratch'} with a smaller batch or max_length "
             f"({str(error).splitlines()[0]})"
         ) from error
-    except MemoryError as error:
-        raise ResourceError(
-            f"{stage}: out of host memory at step {step()}; last good state: "
-            f"{last_run_checkpoint(runs) or 'none'}"
-        ) from error
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
+    except Exception as error:
+        kind = resource_kind(error)
+        if kind is None:
             raise
-        free = shutil.disk_usage(runs.parent if runs.parent.exists() else ".").free
+        last = last_run_checkpoint(runs) or "none"
+        if kind == "host memory":
+            raise ResourceError(
+                f"{stage}: out of host memory at step {step()}; last good state: {last}"
+            ) from error
+        where = runs.parent if runs.parent.exists() else Path(".")
+        free = shutil.disk_usage(where).free / 2**20
+        what = "out of disk space" if kind == "disk" else "a write failed (disk full?)"
         raise ResourceError(
-            f"{stage}: out of disk space writing under {runs.parent} ({free / 2**20:.0f} MiB "
-            f"free); last good state: {last_run_checkpoint(runs) or 'none'}"
+            f"{stage}: {what} writing under {runs.parent} ({free:.0f} MiB free); last good "
+            f"state: {last} ({first_line(error)})"
         ) from error
+
+
+def resource_kind(error: BaseException) -> str | None:
+    """``disk``, ``host memory``, ``write`` (a failed write that does not say why) or None.
+    The whole chain of causes is read first: torch.save reports a full disk as a stream
+    position mismatch, with the OSError that says why only in its context."""
+    chain = []
+    while error is not None and len(chain) < 16:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for link in chain:
+        message = str(link).lower()
+        if isinstance(link, MemoryError) or any(s in message for s in HOST_MEMORY_SIGNS):
+            return "host memory"
+        if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "disk"
+        if any(sign in message for sign in DISK_FULL_SIGNS):
+            return "disk"
+    if any(sign in str(link).lower() for link in chain for sign in FAILED_WRITE_SIGNS):
+        return "write"
+    return None
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
