@@ -72,13 +72,18 @@ def _order_key(seed: int, *parts: pl.Expr) -> pl.Expr:
     return pl.concat_str(list(parts), separator="\x1f").map_batches(digest, return_dtype=pl.UInt64)
 
 
-def take_tokens(rows: pl.DataFrame, target: int, seed: int) -> tuple[pl.DataFrame, int]:
-    """Rows of one source (id, text, tokens) repeated and cut to exactly ``target`` tokens."""
+def take_tokens(
+    rows: pl.DataFrame, target: int, seed: int, source: str
+) -> tuple[pl.DataFrame, int]:
+    """Rows of ``source`` (id, text, tokens) repeated and cut to exactly ``target`` tokens."""
     available = int(rows["tokens"].sum())
     if target == 0:
         return pl.DataFrame(schema=MIXTURE).drop("source"), 0
     if available == 0:
-        raise ValueError("a source with a positive share has no tokens")
+        raise ValueError(
+            f"source {source!r} has a positive share ({target} tokens wanted) but no tokens "
+            f"({rows.height} rows)"
+        )
     epochs = -(-target // available)  # ceil
     shuffled = rows.with_columns(order=_order_key(seed, pl.col("id"))).sort("order").drop("order")
     stream = pl.concat(
@@ -99,7 +104,7 @@ def mix(sources: Mapping[str, pl.DataFrame], config: MixConfig) -> Mixture:
     parts, report = [], []
     for name, target in targets.items():
         taken, epochs = take_tokens(
-            sources[name].select("id", "text", "tokens"), target, config.seed
+            sources[name].select("id", "text", "tokens"), target, config.seed, name
         )
         parts.append(taken.with_columns(source=pl.lit(name)))
         report.append(

@@ -1,0 +1,114 @@
+"""``python -m training <stage> --config recipe.yaml --set KEY=VALUE``: bad input is one line on
+stderr naming the file and key, exit 2, before any work; good overrides reach the stage's config."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import training.__main__ as cli
+from curation.mixing import MixConfig, mix
+from training.recipe import RecipeError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def recipe(tmp_path) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "sft:\n"
+        "  data: data/sft\n"
+        "  tokenizer: tok\n"
+        "  max_steps: 50\n"
+        "  model: {preset: tiny, max_position_embeddings: 256}\n"
+    )
+    return path
+
+
+def test_a_value_of_the_wrong_type_is_one_line_naming_file_and_key(recipe):
+    done = run_cli("sft", "--config", str(recipe), "--set", "max_steps=ten")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: {recipe}: sft.max_steps: expected int, got str 'ten'"
+    ]
+
+
+def test_a_stage_section_that_is_not_a_mapping_names_section_and_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("sft: [1, 2]\n")
+    done = run_cli("sft", "--config", str(path), "--set", "max_steps=1")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: {path}: sft: expected a mapping of settings, got list"
+    ]
+
+
+def test_overrides_reach_the_config_that_the_stage_runs(recipe, monkeypatch):
+    ran = []
+    real_stage = cli.stage
+    monkeypatch.setattr(cli, "stage", lambda name: (real_stage(name)[0], ran.append))
+    argv = ["sft", "--config", str(recipe), "--set", "model.preset=small", "--set", "max_steps=1"]
+    assert cli.main(argv) == 0
+    (config,) = ran
+    assert config.model.preset == "small"
+    assert config.max_steps == 1
+    # a dotted key sets one setting inside the section and keeps the recipe's others
+    assert config.model.max_position_embeddings == 256
+    assert config.data == "data/sft"
+
+
+def test_values_are_json_when_they_parse_and_strings_otherwise(recipe):
+    config = cli.load_config(
+        "sft",
+        str(recipe),
+        ["output_dir=foo/bar", "learning_rate=1e-3", "packing=true", "init_from=null"],
+    )
+    assert config.output_dir == "foo/bar"
+    assert config.learning_rate == 1e-3
+    assert config.packing is True
+    assert config.init_from is None
+    assert "max_steps: 50" in recipe.read_text()  # the recipe file itself is never rewritten
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("lerning_rate=0.1", r"r.yaml: sft.lerning_rate: unknown key"),
+        ("model.preset_name=small", r"r.yaml: sft.model.preset_name: unknown key"),
+        ("max_steps.x=1", r"r.yaml: sft.max_steps: is int 50, not a mapping"),
+        ("max_steps", r"--set 'max_steps': expected KEY=VALUE"),
+        ("model.=small", r"--set 'model.=small': expected KEY=VALUE"),
+        ("model.preset=huge", r"r.yaml: sft.model: unknown preset 'huge'"),
+    ],
+)
+def test_bad_overrides_are_named(recipe, capsys, item, message):
+    with pytest.raises(RecipeError, match=message):
+        cli.load_config("sft", str(recipe), [item])
+    assert cli.main(["sft", "--config", str(recipe), "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_a_source_with_a_share_but_no_tokens_is_named():
+    full = pl.DataFrame({"id": ["a"], "text": ["x y"], "tokens": [2]})
+    empty = full.clear()
+    config = MixConfig(proportions={"pretrain": 0.5, "instruction": 0.5}, total_tokens=10)
+    with pytest.raises(ValueError, match=r"source 'instruction' has a positive share .* \(0 rows"):
+        mix({"pretrain": full, "instruction": empty}, config)
