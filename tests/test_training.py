@@ -194,6 +194,33 @@ def test_a_save_cut_off_mid_write_is_skipped_and_the_run_resumes_from_the_one_be
     assert last_run_checkpoint(runs) == str(runs / "checkpoint-4")  # truncated: no better
 
 
+def test_a_finished_stage_trains_again_only_for_another_recipe(workspace):
+    config = pretrain_config(workspace, "again", max_steps=4, save_steps=2)
+    first = causal_lm(config)
+    runs, lineage = workspace / "again" / "runs", read_lineage(first)
+    trained = losses(workspace / "again")
+
+    # The same recipe, data and parent: the published checkpoint is the answer, untouched
+    # (resuming would train a step past max_steps and rewrite it).
+    assert causal_lm(config) == first
+    assert read_lineage(first) == lineage
+    assert losses(workspace / "again") == trained
+    assert sorted(p.name for p in runs.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    # Another learning rate: the old saves must not be continued under the new lineage.
+    changed = pretrain_config(workspace, "again", max_steps=4, save_steps=2, learning_rate=1e-3)
+    metrics_file = workspace / "again" / "metrics.jsonl"
+    earlier = len(metrics_file.read_text().splitlines())
+    causal_lm(changed)
+    assert (workspace / "again" / "runs.superseded" / "checkpoint-4").is_dir()
+    relineage = read_lineage(first)
+    assert relineage["recipe"]["learning_rate"] == 1e-3
+    assert relineage["fingerprint"] != lineage["fingerprint"]
+    records = [json.loads(x) for x in metrics_file.read_text().splitlines()[earlier:]]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps[0] <= config.logging_steps  # trained from step 1, not resumed at 4
+
+
 def test_sft_trains_on_assistant_tokens_and_records_lineage(workspace, stable):
     config = SFTStageConfig(
         output_dir=str(workspace / "sft"),

@@ -20,12 +20,15 @@ from training.checkpoint import load_optimizer_state, publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
+    already_published,
+    claim_runs,
     ids_digest,
     last_run_checkpoint,
     lineage_record,
     load_splits,
     load_training_tokenizer,
     resource_errors,
+    run_fingerprint,
     training_arguments,
 )
 from training.models import ModelConfig, build_causal_lm, count_parameters
@@ -113,6 +116,9 @@ def main(config: CausalLMConfig) -> Path:
     parent = str(verify(config.init_from)) if config.init_from else None
     tokenizer = load_training_tokenizer(parent or config.tokenizer)
     splits = load_splits(config.data)
+    fingerprint = run_fingerprint(config, ids_digest(splits["train"]), parent)
+    if published := already_published(config, fingerprint, reporter, config.stage):
+        return published
     train, train_stats = pack(splits["train"], tokenizer, config.max_length)
     if len(train) == 0:
         raise ValueError(
@@ -142,6 +148,7 @@ def main(config: CausalLMConfig) -> Path:
         callbacks=[metrics],
         optimizer_state=load_optimizer_state(parent) if parent and config.load_optimizer else None,
     )
+    claim_runs(out / "runs", fingerprint, reporter.log)
     resume = last_run_checkpoint(out / "runs") if config.resume else None
     reporter.log(
         f"{config.stage}: {count_parameters(model) / 1e6:.2f}M parameters, {len(train)} blocks of "

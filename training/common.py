@@ -160,6 +160,74 @@ def code_version() -> str:
     return commit or "unknown"
 
 
+# Settings that change how a run is carried out, not what it trains.
+OPERATIONAL_KEYS = frozenset(
+    {"output_dir", "resume", "save_steps", "logging_steps", "torch_threads"}
+)
+SUPERSEDED = "runs.superseded"
+
+
+def run_fingerprint(config: Any, data_digest: str, parent: str | None) -> str:
+    """What a run trains: its recipe, the rows it reads and the parent it starts from (by the
+    parent's lineage, so a retrained parent at the same path counts as a new one)."""
+    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL_KEYS}
+    parent_lineage = Path(parent, "lineage.json") if parent else None
+    parent_stamp = (
+        hashlib.sha256(parent_lineage.read_bytes()).hexdigest()
+        if parent_lineage and parent_lineage.exists()
+        else parent
+    )
+    payload = json.dumps([recipe, data_digest, parent_stamp], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def published_for(checkpoint: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The lineage of ``checkpoint`` when it was published by a run of exactly this recipe,
+    data and parent: re-materialising it again has nothing to train."""
+    try:
+        lineage = json.loads((checkpoint / "lineage.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return lineage if lineage.get("fingerprint") == fingerprint else None
+
+
+def claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None]) -> None:
+    """Make ``runs/`` this run's: saves left by a run of another recipe, data or parent must
+    not be resumed from (they would continue the old run under the new lineage), so they move
+    to ``runs.superseded/`` (one generation kept) and this run starts over."""
+    stamp = runs / "fingerprint.txt"
+    if runs.is_dir() and any(runs.iterdir()):
+        previous = stamp.read_text().strip() if stamp.exists() else "unrecorded"
+        if previous != fingerprint:
+            aside = runs.with_name(SUPERSEDED)
+            shutil.rmtree(aside, ignore_errors=True)
+            runs.rename(aside)
+            log(
+                f"{runs}: its saves are of another recipe, data or parent ({previous}, now "
+                f"{fingerprint}); moved to {aside}, starting over"
+            )
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint + "\n")
+
+
+def already_published(
+    config: RunConfig, fingerprint: str, reporter: Reporter, stage: str
+) -> Path | None:
+    """The stage's published checkpoint when a run of this very recipe, data and parent made
+    it (reported as this run's result), else None. ``resume: false`` always trains again."""
+    checkpoint = Path(config.output_dir) / "checkpoint"
+    lineage = published_for(checkpoint, fingerprint) if config.resume else None
+    if lineage is None:
+        return None
+    reporter.log(
+        f"{stage}: {checkpoint} was trained from this recipe, data and parent "
+        f"({lineage['finished_at']}); nothing to train"
+    )
+    reporter.done({"checkpoint": str(checkpoint), **lineage["metrics"]})
+    reporter.close()
+    return checkpoint
+
+
 def lineage_record(
     stage: str,
     config: Any,
@@ -170,6 +238,7 @@ def lineage_record(
 ) -> dict[str, Any]:
     return {
         "stage": stage,
+        "fingerprint": run_fingerprint(config, inputs.get("row_ids_sha256", ""), parent),
         "recipe": dataclasses.asdict(config),
         "inputs": dict(inputs),
         "parent_checkpoint": parent,

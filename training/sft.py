@@ -18,12 +18,15 @@ from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
+    already_published,
+    claim_runs,
     ids_digest,
     last_run_checkpoint,
     lineage_record,
     load_splits,
     load_training_tokenizer,
     resource_errors,
+    run_fingerprint,
     training_arguments,
 )
 from training.models import ModelConfig, build_causal_lm, count_parameters
@@ -144,8 +147,12 @@ def main(config: SFTStageConfig) -> Path:
     parent = str(verify(config.init_from)) if config.init_from else None
     metrics = MetricsCallback(reporter)
     trainer, counts = build_trainer(config, [metrics])
+    fingerprint = run_fingerprint(config, counts["row_ids_sha256"], parent)
+    if published := already_published(config, fingerprint, reporter, "sft"):
+        return published
     model, tokenizer = trainer.model, trainer.processing_class
     too_long = counts["truncated"]
+    claim_runs(out / "runs", fingerprint, reporter.log)
     resume = last_run_checkpoint(out / "runs") if config.resume else None
     reporter.log(
         f"sft: {count_parameters(model) / 1e6:.2f}M parameters, "
