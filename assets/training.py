@@ -200,12 +200,14 @@ def run_stage(
     lineage = read_lineage(checkpoint)
     metrics = read_metrics(output_dir / "metrics.jsonl")
     speeds = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m]
+    utilization = [m["mfu"] for m in metrics if "mfu" in m]  # recorded on a known GPU only
     return dg.MaterializeResult(
         metadata={
             **(result.metadata or {}),
             "checkpoint": dg.MetadataValue.path(str(checkpoint)),
             "loss_curve": dg.MetadataValue.md(loss_plot(metrics, f"{stage} loss")),
             "tokens_per_s": speeds[-1] if speeds else None,
+            **({"mfu": utilization[-1]} if utilization else {}),
             "lineage": dg.MetadataValue.json(lineage),
             "recipe": recipe_path,
         }

@@ -387,3 +387,29 @@ def test_out_of_memory_names_the_step_and_the_resume_point(tmp_path):
         resource_errors("sft", tmp_path / "runs", lambda: 7),
     ):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+
+def test_mfu_is_recorded_against_the_gpu_peak_and_never_guessed(tmp_path):
+    from types import SimpleNamespace
+
+    from training.common import MetricsCallback, peak_flops
+    from training.reporting import Reporter, read_metrics
+
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12  # the baseline's figure
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA L40S") == 362e12
+    assert peak_flops("Tesla T4") is None and peak_flops("cpu") is None
+
+    reporter = Reporter(tmp_path / "metrics.jsonl")
+    callback = MetricsCallback(reporter)
+    args, control = SimpleNamespace(use_cpu=True), SimpleNamespace()
+    model = torch.nn.Linear(10, 10)
+    callback.on_train_begin(args, None, control, model=model)
+    assert callback.peak is None  # the CPU: no MFU rather than a made-up one
+    state = SimpleNamespace(global_step=1, num_input_tokens_seen=1000)
+    callback.on_log(args, state, control, logs={"loss": 1.0})
+    callback.parameters, callback.peak = 110, 1e9  # as on_train_begin sets them on a GPU
+    callback.on_log(args, state, control, logs={"loss": 0.5})
+    cpu, gpu = read_metrics(tmp_path / "metrics.jsonl")
+    assert "mfu" not in cpu
+    assert gpu["mfu"] == pytest.approx(6 * 110 * gpu["tokens_per_s"] / 1e9)

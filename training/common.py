@@ -322,14 +322,44 @@ def training_arguments(
     return (args_class or TrainingArguments)(**values)
 
 
+# Dense bf16 peak FLOP/s by GPU name, most specific first (an "H100 PCIe" is also an "H100").
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+)
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The GPU's dense bf16 peak, or None for a device we have no figure for (and the CPU)."""
+    return next((peak for name, peak in PEAK_BF16_FLOPS if name in device_name), None)
+
+
+def model_flops_utilization(parameters: int, tokens_per_s: float, peak: float) -> float:
+    """MFU as the plain-TRL baseline counts it: 6 FLOPs per parameter per token (forward and
+    backward), attention's own FLOPs left out, over the device's peak."""
+    return 6 * parameters * tokens_per_s / peak
+
+
 class MetricsCallback(TrainerCallback):
-    """Loss curve and tokens/s into metrics.jsonl; stops the run at a non-finite loss, so the
-    last good checkpoint stays the latest and the stage can say which step went wrong."""
+    """Loss curve, tokens/s and (on a GPU we know the peak of) MFU into metrics.jsonl; stops
+    the run at a non-finite loss, so the last good checkpoint stays the latest and the stage
+    can say which step went wrong."""
 
     def __init__(self, reporter: Reporter) -> None:
         self.reporter = reporter
         self.started = time.perf_counter()
         self.nan_step: int | None = None
+        self.parameters, self.peak = 0, None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        if model is not None and torch.cuda.is_available() and not args.use_cpu:
+            self.parameters = sum(p.numel() for p in model.parameters())
+            self.peak = peak_flops(torch.cuda.get_device_name(0))
+        return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         logs = dict(logs or {})
@@ -343,6 +373,10 @@ class MetricsCallback(TrainerCallback):
         record = {"step": state.global_step, **logs, "tokens_seen": tokens}
         if seconds > 0 and tokens:
             record["tokens_per_s"] = tokens / seconds
+            if self.peak:
+                record["mfu"] = model_flops_utilization(
+                    self.parameters, record["tokens_per_s"], self.peak
+                )
         self.reporter.metrics(record)
         return control
 
