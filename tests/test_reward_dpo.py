@@ -356,3 +356,25 @@ def test_checkable_pairs_keep_right_over_wrong_whatever_the_margin(tmp_path):
     splits, _ = load_preferences(folder, min_pair_margin=4.0)
     kept = {row["chosen"][0]["content"] for row in splits["train"]}
     assert kept == {"4", "Once upon a time, a fox."}
+
+
+def test_dpo_trains_again_only_when_its_reference_or_recipe_changed(workspace):
+    import shutil
+
+    reference = workspace / "reference-again"
+    shutil.copytree(workspace / "sft", reference)
+    config = dpo_config(workspace, "dpo_again", max_steps=2, save_steps=1, reference=str(reference))
+    first = dpo(config)
+    metrics_file = workspace / "dpo_again" / "metrics.jsonl"
+    trained = metrics_file.read_text()
+    assert dpo(config) == first and metrics_file.read_text() == trained  # nothing to train
+
+    # The same path, a republished reference: the old saves must not be continued.
+    lineage = json.loads((reference / "lineage.json").read_text())
+    (reference / "lineage.json").write_text(json.dumps({**lineage, "note": "republished"}))
+    dpo(config)
+    assert len(metrics_file.read_text()) > len(trained)
+    assert (workspace / "dpo_again" / "runs.superseded" / "checkpoint-2").is_dir()
+    retrained, fingerprint = metrics_file.read_text(), read_lineage(first)["fingerprint"]
+    assert dpo(config) == first and metrics_file.read_text() == retrained
+    assert read_lineage(first)["fingerprint"] == fingerprint

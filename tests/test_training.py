@@ -413,3 +413,16 @@ def test_mfu_is_recorded_against_the_gpu_peak_and_never_guessed(tmp_path):
     cpu, gpu = read_metrics(tmp_path / "metrics.jsonl")
     assert "mfu" not in cpu
     assert gpu["mfu"] == pytest.approx(6 * 110 * gpu["tokens_per_s"] / 1e9)
+
+
+def test_a_run_fingerprint_covers_what_is_trained_not_how_it_is_carried_out(workspace, stable):
+    from training.common import run_fingerprint
+
+    config = pretrain_config(workspace, "fingerprint")
+    same = run_fingerprint(config, "rows", [str(stable)])
+    # where it runs, how often it saves and logs, and whether it may resume: not what it trains
+    moved = pretrain_config(workspace, "elsewhere", save_steps=3, logging_steps=1, resume=False)
+    assert run_fingerprint(moved, "rows", [str(stable)]) == same
+    assert run_fingerprint(pretrain_config(workspace, "f", seed=1), "rows", [str(stable)]) != same
+    assert run_fingerprint(config, "other rows", [str(stable)]) != same
+    assert run_fingerprint(config, "rows", [None]) != same

@@ -116,7 +116,7 @@ def main(config: CausalLMConfig) -> Path:
     parent = str(verify(config.init_from)) if config.init_from else None
     tokenizer = load_training_tokenizer(parent or config.tokenizer)
     splits = load_splits(config.data)
-    fingerprint = run_fingerprint(config, ids_digest(splits["train"]), parent)
+    fingerprint = run_fingerprint(config, ids_digest(splits["train"]), [parent])
     if published := already_published(config, fingerprint, reporter, config.stage):
         return published
     train, train_stats = pack(splits["train"], tokenizer, config.max_length)
@@ -175,6 +175,7 @@ def main(config: CausalLMConfig) -> Path:
         parent,
         final,
         started,
+        fingerprint,
     )
     with resource_errors(config.stage, out / "runs"):
         checkpoint = publish(

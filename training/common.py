@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,17 +167,20 @@ OPERATIONAL_KEYS = frozenset(
 SUPERSEDED = "runs.superseded"
 
 
-def run_fingerprint(config: Any, data_digest: str, parent: str | None) -> str:
-    """What a run trains: its recipe, the rows it reads and the parent it starts from (by the
-    parent's lineage, so a retrained parent at the same path counts as a new one)."""
+def run_fingerprint(config: Any, data_digest: str, checkpoints: Sequence[str | None] = ()) -> str:
+    """What a run trains: its recipe, the rows it reads and the checkpoints it starts from or
+    scores with (parent, reference, reward model), each by its lineage, so one retrained at
+    the same path counts as a new one."""
     recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL_KEYS}
-    parent_lineage = Path(parent, "lineage.json") if parent else None
-    parent_stamp = (
-        hashlib.sha256(parent_lineage.read_bytes()).hexdigest()
-        if parent_lineage and parent_lineage.exists()
-        else parent
-    )
-    payload = json.dumps([recipe, data_digest, parent_stamp], sort_keys=True, default=str)
+    stamps = []
+    for checkpoint in checkpoints:
+        lineage = Path(checkpoint, "lineage.json") if checkpoint else None
+        stamps.append(
+            hashlib.sha256(lineage.read_bytes()).hexdigest()
+            if lineage and lineage.exists()
+            else checkpoint
+        )
+    payload = json.dumps([recipe, data_digest, stamps], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -235,10 +238,11 @@ def lineage_record(
     parent: str | None,
     metrics: Mapping[str, Any],
     started: float,
+    fingerprint: str,
 ) -> dict[str, Any]:
     return {
         "stage": stage,
-        "fingerprint": run_fingerprint(config, inputs.get("row_ids_sha256", ""), parent),
+        "fingerprint": fingerprint,
         "recipe": dataclasses.asdict(config),
         "inputs": dict(inputs),
         "parent_checkpoint": parent,

@@ -26,12 +26,15 @@ from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
+    already_published,
+    claim_runs,
     ids_digest,
     last_run_checkpoint,
     lineage_record,
     load_splits,
     load_training_tokenizer,
     resource_errors,
+    run_fingerprint,
     training_arguments,
 )
 from training.models import ModelConfig, build_causal_lm, count_parameters
@@ -216,6 +219,11 @@ def main(config: DPOStageConfig) -> Path:
         built["dropped"],
         built["truncated"],
     )
+    data_digest = ids_digest(load_splits(config.data)["train"])
+    fingerprint = run_fingerprint(config, data_digest, [parent, reference_path])
+    if published := already_published(config, fingerprint, reporter, "dpo"):
+        return published
+    claim_runs(out / "runs", fingerprint, reporter.log)
     resume = last_run_checkpoint(out / "runs") if config.resume else None
     reporter.log(f"dpo: resume from {resume or 'scratch'}")
     with resource_errors("dpo", out / "runs", lambda: trainer.state.global_step):
@@ -245,7 +253,7 @@ def main(config: DPOStageConfig) -> Path:
             "data": config.data,
             # the dataset's train split as published (a trace re-hashes it), then the pairs
             # actually used after dropping
-            "row_ids_sha256": ids_digest(load_splits(config.data)["train"]),
+            "row_ids_sha256": data_digest,
             "row_ids_used_sha256": ids_digest(train),
             "rows_used": len(train),
             "reference_checkpoint": reference_path,
@@ -254,6 +262,7 @@ def main(config: DPOStageConfig) -> Path:
         parent,
         final,
         started,
+        fingerprint,
     )
     with resource_errors("dpo", out / "runs"):
         checkpoint = publish(trainer.model, tokenizer, out / "checkpoint", lineage)

@@ -19,12 +19,15 @@ from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
+    already_published,
+    claim_runs,
     ids_digest,
     last_run_checkpoint,
     lineage_record,
     load_splits,
     load_training_tokenizer,
     resource_errors,
+    run_fingerprint,
     training_arguments,
 )
 from training.reporting import Reporter, read_metrics
@@ -197,6 +200,11 @@ def run_group_stage(
         processing_class=tokenizer,
         callbacks=[metrics],
     )
+    data_digest = ids_digest(load_splits(config.data)["train"])
+    fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
+    if published := already_published(config, fingerprint, reporter, stage):
+        return published
+    claim_runs(runs, fingerprint, reporter.log)
     resume = last_run_checkpoint(runs) if config.resume else None
     reporter.log(
         f"{stage}: {stats['prompts']} prompts ({stats}), {config.num_generations} completions "
@@ -220,13 +228,14 @@ def run_group_stage(
             "reward_model": config.reward_model,
             "reward_weights": dict(config.reward_weights),
             # the prompt split as published (a trace re-hashes it), then the prompts used
-            "row_ids_sha256": ids_digest(load_splits(config.data)["train"]),
+            "row_ids_sha256": data_digest,
             "row_ids_used_sha256": ids_digest(train),
             "rows_used": len(train),
         },
         parent,
         final,
         started,
+        fingerprint,
     )
     with resource_errors(stage, runs):
         checkpoint = publish(trainer.model, tokenizer, out / "checkpoint", lineage)

@@ -34,12 +34,14 @@ from transformers import TrainerCallback
 from training.checkpoint import publish, verify
 from training.common import (
     RunConfig,
+    already_published,
     ids_digest,
     last_run_checkpoint,
     lineage_record,
     load_splits,
     load_training_tokenizer,
     resource_errors,
+    run_fingerprint,
     training_arguments,
 )
 from training.models import ModelConfig, build_causal_lm, count_parameters
@@ -374,6 +376,12 @@ def main(config: PPOStageConfig) -> Path:
             raise ValueError(f"{config.ptx_data}: too little text for one PPO-ptx batch")
 
     reporter = Reporter(out / "metrics.jsonl")
+    data_digest = ids_digest(train)
+    if config.ptx_coef > 0:
+        data_digest += " " + ids_digest(load_splits(config.ptx_data)["train"])
+    fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
+    if published := already_published(config, fingerprint, reporter, "ppo"):
+        return published
     tokenizer.padding_side = "left"  # generation continues the prompt's last token
     policy = build_causal_lm(ModelConfig(), tokenizer, path=parent)
     reference = build_causal_lm(ModelConfig(), tokenizer, path=parent).eval().requires_grad_(False)
@@ -428,6 +436,7 @@ def main(config: PPOStageConfig) -> Path:
         parent,
         final,
         started,
+        fingerprint,
     )
     tokenizer.padding_side = "right"
     with resource_errors("ppo", runs):

@@ -36,12 +36,15 @@ from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
+    already_published,
+    claim_runs,
     ids_digest,
     last_run_checkpoint,
     lineage_record,
     load_splits,
     load_training_tokenizer,
     resource_errors,
+    run_fingerprint,
     training_arguments,
 )
 from training.models import ModelConfig, count_parameters, llama_config
@@ -472,6 +475,10 @@ def main(config: RewardStageConfig) -> Path:
         processing_class=tokenizer,
         callbacks=[metrics],
     )
+    fingerprint = run_fingerprint(config, ids_digest(splits["train"]), [parent])
+    if published := already_published(config, fingerprint, reporter, "reward"):
+        return published
+    claim_runs(out / "runs", fingerprint, reporter.log)
     resume = last_run_checkpoint(out / "runs") if config.resume else None
     grouping = f"grouped into {len(train)} prompts" if config.group_by_prompt else "ungrouped"
     reporter.log(
@@ -518,6 +525,7 @@ def main(config: RewardStageConfig) -> Path:
         parent,
         final,
         started,
+        fingerprint,
     )
     with resource_errors("reward", out / "runs"):
         checkpoint = publish(trainer.model, tokenizer, out / "checkpoint", lineage)

@@ -147,7 +147,7 @@ def main(config: SFTStageConfig) -> Path:
     parent = str(verify(config.init_from)) if config.init_from else None
     metrics = MetricsCallback(reporter)
     trainer, counts = build_trainer(config, [metrics])
-    fingerprint = run_fingerprint(config, counts["row_ids_sha256"], parent)
+    fingerprint = run_fingerprint(config, counts["row_ids_sha256"], [parent])
     if published := already_published(config, fingerprint, reporter, "sft"):
         return published
     model, tokenizer = trainer.model, trainer.processing_class
@@ -180,6 +180,7 @@ def main(config: SFTStageConfig) -> Path:
         parent,
         final,
         started,
+        fingerprint,
     )
     with resource_errors("sft", out / "runs"):
         checkpoint = publish(trainer.model, tokenizer, out / "checkpoint", lineage)
