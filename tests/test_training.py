@@ -426,3 +426,56 @@ def test_a_run_fingerprint_covers_what_is_trained_not_how_it_is_carried_out(work
     assert run_fingerprint(pretrain_config(workspace, "f", seed=1), "rows", [str(stable)]) != same
     assert run_fingerprint(config, "other rows", [str(stable)]) != same
     assert run_fingerprint(config, "rows", [None]) != same
+
+
+def test_two_processes_train_one_run_and_publish_it_once(workspace, tmp_path):
+    """torchrun (what accelerate launch uses) with two CPU processes: both train, the main one
+    alone writes metrics and publishes, and the other neither fails nor duplicates records."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    section = {
+        "output_dir": str(tmp_path / "ddp"),
+        "data": str(workspace / "data" / "pretrain"),
+        "tokenizer": str(workspace / "tokenizer"),
+        "model": TINY,
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "max_length": 64,
+        "warmup_steps": 1,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "use_cpu": True,
+    }
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"pretrain": section}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["-m", "training", "pretrain", "--config", str(recipe)]
+
+    def launch() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            command,
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    first = launch()
+    assert first.returncode == 0, first.stderr[-3000:]
+    verify(tmp_path / "ddp" / "checkpoint")
+    steps = [
+        r["step"]
+        for r in map(json.loads, (tmp_path / "ddp" / "metrics.jsonl").open())
+        if "loss" in r
+    ]
+    assert steps == [1, 2, 3, 4]  # once each, not once per process
+    assert not list((tmp_path / "ddp").glob(".checkpoint.tmp-*"))
+    recorded = (tmp_path / "ddp" / "metrics.jsonl").read_text()
+    again = launch()  # unchanged: both processes find the published checkpoint
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "ddp" / "metrics.jsonl").read_text() == recorded

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from training.ranks import is_main_process, wait_for_everyone
+
 LINEAGE = "lineage.json"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 REQUIRED = ("config.json", "tokenizer.json", LINEAGE)
@@ -50,8 +52,23 @@ def publish(
     lineage: Mapping[str, Any],
     optimizer: Any | None = None,
 ) -> Path:
-    """Write everything into ``<target>.tmp-<pid>`` and rename it to ``target`` at the end."""
+    """Write everything into ``<target>.tmp-<pid>`` and rename it to ``target`` at the end.
+    With several processes the main one publishes while the others wait for it."""
     target = Path(target)
+    if not is_main_process():
+        wait_for_everyone()
+        return target
+    try:
+        return _publish(model, tokenizer, target, lineage, optimizer)
+    finally:
+        # also on failure, so the other ranks stop rather than hang; the launcher reports
+        # the main process's error
+        wait_for_everyone()
+
+
+def _publish(
+    model: Any, tokenizer: Any, target: Path, lineage: Mapping[str, Any], optimizer: Any | None
+) -> Path:
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

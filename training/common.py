@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from training.ranks import is_main_process, wait_for_everyone
 from training.reporting import Reporter
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
@@ -198,6 +199,16 @@ def claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None]) -> None
     """Make ``runs/`` this run's: saves left by a run of another recipe, data or parent must
     not be resumed from (they would continue the old run under the new lineage), so they move
     to ``runs.superseded/`` (one generation kept) and this run starts over."""
+    if not is_main_process():
+        wait_for_everyone()  # until the main process has moved and stamped runs/
+        return
+    try:
+        _claim_runs(runs, fingerprint, log)
+    finally:
+        wait_for_everyone()
+
+
+def _claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None]) -> None:
     stamp = runs / "fingerprint.txt"
     if runs.is_dir() and any(runs.iterdir()):
         previous = stamp.read_text().strip() if stamp.exists() else "unrecorded"

@@ -10,24 +10,34 @@ import time
 from pathlib import Path
 from typing import Any
 
+from training.ranks import is_main_process
+
 
 class Reporter:
+    """Logs, metrics and the Pipes report of one run; with several processes, of the main one
+    only (the others train the same steps, and their copies would double every record)."""
+
     def __init__(self, metrics_path: Path) -> None:
         self.metrics_path = metrics_path
+        self.enabled = is_main_process()
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self.pipes = None
-        if os.environ.get("DAGSTER_PIPES_CONTEXT"):
+        if self.enabled and os.environ.get("DAGSTER_PIPES_CONTEXT"):
             from dagster_pipes import open_dagster_pipes
 
             self._pipes_cm = open_dagster_pipes()
             self.pipes = self._pipes_cm.__enter__()
 
     def log(self, message: str) -> None:
+        if not self.enabled:
+            return
         print(message, flush=True)
         if self.pipes is not None:
             self.pipes.log.info(message)
 
     def metrics(self, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"time": time.time(), **values}) + "\n")
 
