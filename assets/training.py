@@ -55,6 +55,15 @@ class MixingRecipe:
     decay_tokens: int = 40_000
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # the pretraining mixture keeps every pretraining token and scales the total by
+        # 1 / (1 - share), so a share of 1 would ask for an infinite mixture
+        if not 0.0 <= self.pretrain_instruction_share < 1.0:
+            raise ValueError(
+                f"pretrain_instruction_share: {self.pretrain_instruction_share} is not in "
+                "[0, 1); pretraining needs some pretraining text"
+            )
+
 
 def recipe_section(path: str, name: str) -> dict:
     return dict(read_recipe(resolve(path)).get(name) or {})

@@ -53,3 +53,12 @@ def test_deterministic_under_a_seed_and_interleaved():
 def test_bad_mix_configs(proportions, message):
     with pytest.raises(ValueError, match=message):
         mix({"a": source("a", 3, 5)}, MixConfig(proportions=proportions, total_tokens=10))
+
+
+def test_a_pretraining_mixture_of_instructions_only_is_refused_with_its_key():
+    from assets.training import MixingRecipe
+    from training.recipe import RecipeError, build
+
+    with pytest.raises(RecipeError, match=r"r.yaml: mixing.*pretrain_instruction_share: 1.0"):
+        build(MixingRecipe, {"pretrain_instruction_share": 1.0}, "r.yaml: mixing")
+    assert build(MixingRecipe, {"pretrain_instruction_share": 0.2}, "m").decay_tokens > 0

@@ -312,6 +312,55 @@ def test_sft_without_assistant_turns_is_refused(workspace, tmp_path):
         sft(config)
 
 
+def test_rows_that_cannot_teach_are_left_out_counted_and_kept_out_of_the_hash(workspace, tmp_path):
+    from training.common import ids_digest
+    from training.sft import build_trainer
+
+    answer = [{"role": "assistant", "content": "four"}]
+    rows = pl.DataFrame(
+        {
+            "id": ["ok", "late", "silent"],
+            "source": ["s"] * 3,
+            "messages": [
+                [{"role": "user", "content": "two plus two"}, *answer],
+                [{"role": "user", "content": "word " * 80}, *answer],  # answer past max_length
+                [{"role": "user", "content": "no answer here"}],  # TRL would refuse the set
+            ],
+        }
+    )
+    export("mixed", rows, tmp_path, ExportConfig(eval_fraction=0.0))
+    config = SFTStageConfig(
+        output_dir=str(tmp_path / "out"),
+        data=str(tmp_path / "mixed"),
+        tokenizer=str(workspace / "tokenizer"),
+        model=build(__import__("training.models").models.ModelConfig, TINY, "model"),
+        max_length=48,
+        max_steps=2,
+        per_device_train_batch_size=1,
+        save_steps=100,
+        use_cpu=True,
+    )
+    trainer, counts = build_trainer(config)
+    assert len(trainer.train_dataset) == counts["rows_used"] == 1
+    assert counts["without_answer_within_max_length"] == 2 and counts["truncated"] == 1
+    lineage = read_lineage(sft(config))
+    assert lineage["metrics"]["without_answer_within_max_length"] == 2
+    assert lineage["inputs"]["rows_used"] == 1
+    kept = __import__("datasets").Dataset.from_dict({"id": ["ok"]})
+    assert lineage["inputs"]["row_ids_used_sha256"] == ids_digest(kept)
+
+
+def test_a_max_length_past_the_model_context_is_refused_before_training(workspace):
+    config = pretrain_config(workspace, "too-long", max_length=512)  # TINY has 256 positions
+    with pytest.raises(
+        ValueError,
+        match=r"pretrain: max_length 512 is longer than the model's "
+        r"context of 256 positions",
+    ):
+        causal_lm(config)
+    assert not (workspace / "too-long" / "runs").exists()
+
+
 def test_out_of_disk_while_publishing_names_the_place_and_keeps_the_old_checkpoint(
     workspace, stable, monkeypatch
 ):

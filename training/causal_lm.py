@@ -31,7 +31,7 @@ from training.common import (
     run_fingerprint,
     training_arguments,
 )
-from training.models import ModelConfig, build_causal_lm, count_parameters
+from training.models import ModelConfig, build_causal_lm, check_context, count_parameters
 from training.reporting import Reporter
 
 
@@ -125,6 +125,7 @@ def main(config: CausalLMConfig) -> Path:
             f"{config.data}: not enough text for one block of {config.max_length} tokens"
         )
     model = build_causal_lm(config.model, tokenizer, path=parent)
+    check_context(config.max_length, model, config.stage)
     args = training_arguments(
         config,
         out / "runs",

@@ -37,7 +37,7 @@ from training.common import (
     run_fingerprint,
     training_arguments,
 )
-from training.models import ModelConfig, build_causal_lm, count_parameters
+from training.models import ModelConfig, build_causal_lm, check_context, count_parameters
 from training.reporting import Reporter, read_metrics
 from training.reward import (
     describe_dropped,
@@ -156,6 +156,7 @@ def build_trainer(
     truncated = too_long_pairs(train, tokenizer, config.max_length)
     test = splits["test"] if "test" in splits and len(splits["test"]) else None
     policy = build_causal_lm(config.model, tokenizer, path=parent)
+    check_context(config.max_length, policy, "dpo")
     reference = frozen_reference(config, tokenizer, reference_path)
     if shares_storage(policy, reference):
         raise RuntimeError("dpo: the reference shares tensors with the policy; it would move too")

@@ -99,3 +99,14 @@ def build_causal_lm(config: ModelConfig, tokenizer: Any, path: str | None = None
 
 def count_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def check_context(max_length: int, model: Any, stage: str) -> None:
+    """A max_length past the model's positions would train on positions it has no embedding
+    for (or fail deep inside attention); say so before any step."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and max_length > context:
+        raise ValueError(
+            f"{stage}: max_length {max_length} is longer than the model's context of {context} "
+            "positions; lower max_length (or, for a preset, raise model.max_position_embeddings)"
+        )

@@ -47,7 +47,7 @@ from training.common import (
     run_fingerprint,
     training_arguments,
 )
-from training.models import ModelConfig, count_parameters, llama_config
+from training.models import ModelConfig, check_context, count_parameters, llama_config
 from training.reporting import Reporter
 from training.rewards import (
     ANSWER_KEY_TASKS,
@@ -454,6 +454,7 @@ def main(config: RewardStageConfig) -> Path:
         train = datasets.Dataset.from_list([{c: r[c] for c in columns} for r in train_records])
         collator = None  # TRL's DataCollatorForPreference
     model = build_reward_model(config, tokenizer, parent)
+    check_context(config.max_length, model, "reward")
     args = training_arguments(
         config,
         out / "runs",

@@ -29,7 +29,7 @@ from training.common import (
     run_fingerprint,
     training_arguments,
 )
-from training.models import ModelConfig, build_causal_lm, count_parameters
+from training.models import ModelConfig, build_causal_lm, check_context, count_parameters
 from training.reporting import Reporter
 
 LOSS_TYPES = frozenset({"nll", "chunked_nll"})
@@ -103,10 +103,25 @@ def build_trainer(
     if usable == 0:
         raise ValueError(f"{config.data}: no conversation has an assistant turn; nothing to learn")
     model = build_causal_lm(config.model, tokenizer, path=parent)
+    check_context(config.max_length, model, "sft")
     encoded = tokenizer.apply_chat_template(
-        list(train["messages"]), tokenize=True, return_dict=True
+        list(train["messages"]),
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=config.assistant_only_loss,
     )
     too_long = sum(1 for ids in encoded["input_ids"] if len(ids) > config.max_length)
+    # A row with no assistant token in its first max_length tokens teaches nothing: TRL would
+    # drop it after truncation without a word, or refuse the whole set when a row has no
+    # assistant turn at all. Such rows are left out here, counted and kept out of the hash of
+    # rows used.
+    masks = encoded.get("assistant_masks") or [[1]] * len(train)
+    used = [i for i, mask in enumerate(masks) if 1 in mask[: config.max_length]]
+    if not used:
+        raise ValueError(
+            f"{config.data}: no conversation has an assistant token within max_length="
+            f"{config.max_length}; raise max_length or shorten the prompts"
+        )
     fixed = config.packing and config.fixed_shape
     args = training_arguments(
         config,
@@ -127,7 +142,7 @@ def build_trainer(
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=train.select_columns(["messages"]),
+        train_dataset=train.select(used).select_columns(["messages"]),
         eval_dataset=splits["test"].select_columns(["messages"]) if "test" in splits else None,
         processing_class=tokenizer,
         callbacks=callbacks,
@@ -136,7 +151,10 @@ def build_trainer(
         "conversations": len(train),
         "with_assistant": usable,
         "truncated": too_long,
+        "without_answer_within_max_length": len(train) - len(used),
         "row_ids_sha256": ids_digest(train),
+        "row_ids_used_sha256": ids_digest(train.select(used)),
+        "rows_used": len(used),
     }
 
 
@@ -157,7 +175,8 @@ def main(config: SFTStageConfig) -> Path:
     reporter.log(
         f"sft: {count_parameters(model) / 1e6:.2f}M parameters, "
         f"{counts['conversations']} conversations ({too_long} truncated to "
-        f"{config.max_length} tokens), resume from {resume or 'scratch'}"
+        f"{config.max_length} tokens, {counts['without_answer_within_max_length']} left out: "
+        f"no assistant token within them), resume from {resume or 'scratch'}"
     )
     with resource_errors("sft", out / "runs", lambda: trainer.state.global_step):
         result = trainer.train(resume_from_checkpoint=resume)
@@ -170,13 +189,21 @@ def main(config: SFTStageConfig) -> Path:
         "train_loss": result.training_loss,
         "conversations": counts["conversations"],
         "truncated": too_long,
+        "without_answer_within_max_length": counts["without_answer_within_max_length"],
     }
     if trainer.eval_dataset is not None and len(trainer.eval_dataset):
         final["eval_loss"] = trainer.evaluate()["eval_loss"]
     lineage = lineage_record(
         "sft",
         config,
-        {**config.inputs, "data": config.data, "row_ids_sha256": counts["row_ids_sha256"]},
+        {
+            **config.inputs,
+            "data": config.data,
+            # the split as published (a trace re-hashes it), then the rows actually trained on
+            "row_ids_sha256": counts["row_ids_sha256"],
+            "row_ids_used_sha256": counts["row_ids_used_sha256"],
+            "rows_used": counts["rows_used"],
+        },
         parent,
         final,
         started,
