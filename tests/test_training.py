@@ -270,6 +270,36 @@ def test_golden_hash_of_a_tokenized_sft_batch(workspace):
     assert hashlib.sha256(payload).hexdigest() == GOLDEN_SFT_BATCH
 
 
+def test_golden_hash_of_the_batch_the_sft_trainer_collates(sft_workspace):
+    """Pins what the trainer really sees, after TRL's tokenization, truncation and collation,
+    packed and not: a change in TRL, the template or our settings changes these hashes."""
+    from training.models import ModelConfig
+    from training.sft import build_trainer
+
+    digests = {}
+    for packing in (False, True):
+        config = SFTStageConfig(
+            output_dir=str(sft_workspace / f"golden-{packing}"),
+            data=str(sft_workspace / "data" / "sft"),
+            tokenizer=str(sft_workspace / "tokenizer"),
+            model=ModelConfig(preset="tiny", max_position_embeddings=256),
+            per_device_train_batch_size=4,
+            max_length=96,
+            packing=packing,
+            use_cpu=True,
+        )
+        trainer, _ = build_trainer(config)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        assert int((batch["labels"] != -100).sum()) > 0
+        payload = json.dumps({k: batch[k].tolist() for k in sorted(batch)}).encode()
+        digests[packing] = hashlib.sha256(payload).hexdigest()
+    assert digests == GOLDEN_COLLATED_SFT_BATCH
+
+
+GOLDEN_COLLATED_SFT_BATCH = {
+    False: "185acb408cb0757301a1adc56fe5267219b9a948ee26193e1f04dc1ee612250a",
+    True: "c7a41891301f19b35ce6255d573c0a1ae4ae350fe41f8460ac4cf9c1afd78dc6",
+}
 GOLDEN_SFT_BATCH = "62c3056e675642bc309c1b12c540fd84754a044ad453e4d05906c6dc620a14ab"
 
 
@@ -359,6 +389,37 @@ def test_a_max_length_past_the_model_context_is_refused_before_training(workspac
     ):
         causal_lm(config)
     assert not (workspace / "too-long" / "runs").exists()
+
+
+def test_a_decay_phase_asked_to_continue_an_optimizer_its_parent_lacks_is_refused(
+    workspace, stable
+):
+    bare = workspace / "no-optimizer"
+    shutil.copytree(stable, bare, dirs_exist_ok=True)
+    for name in ("optimizer.safetensors", "optimizer.json"):
+        (bare / name).unlink(missing_ok=True)
+    config = pretrain_config(workspace, "orphan", init_from=str(bare), load_optimizer=True)
+    with pytest.raises(ValueError, match=r"load_optimizer is on but .*no-optimizer holds no opt"):
+        causal_lm(config)
+
+
+def test_held_out_loss_counts_rows_it_cut_or_could_not_score(stable):
+    from transformers import AutoModelForCausalLM
+
+    from training.common import load_training_tokenizer
+    from training.evaluate import heldout_loss
+
+    model = AutoModelForCausalLM.from_pretrained(str(stable))
+    tokenizer = load_training_tokenizer(stable)
+    answer = {"role": "assistant", "content": "four"}
+    rows = [
+        {"messages": [{"role": "user", "content": "two plus two"}, answer]},
+        {"messages": [{"role": "user", "content": "word " * 80}, answer]},  # answer cut off
+        {"messages": [{"role": "user", "content": "a question"}]},  # nothing to score
+    ]
+    result = heldout_loss(model, tokenizer, rows, max_length=32)
+    assert result["rows_truncated"] == 1 and result["rows_without_scored_tokens"] == 2
+    assert result["tokens"] > 0 and result["heldout_loss"] > 0
 
 
 def test_out_of_disk_while_publishing_names_the_place_and_keeps_the_old_checkpoint(

@@ -140,6 +140,12 @@ def main(config: CausalLMConfig) -> Path:
         warmup_steps=config.warmup_steps,
         include_num_input_tokens_seen=True,
     )
+    optimizer_state = load_optimizer_state(parent) if parent and config.load_optimizer else None
+    if parent and config.load_optimizer and optimizer_state is None:
+        raise ValueError(
+            f"{config.stage}: load_optimizer is on but {parent} holds no optimizer state; "
+            "publish the stable phase with save_optimizer: true, or turn load_optimizer off"
+        )
     metrics = MetricsCallback(reporter)
     trainer = _Trainer(
         model=model,
@@ -147,7 +153,7 @@ def main(config: CausalLMConfig) -> Path:
         train_dataset=train,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         callbacks=[metrics],
-        optimizer_state=load_optimizer_state(parent) if parent and config.load_optimizer else None,
+        optimizer_state=optimizer_state,
     )
     claim_runs(out / "runs", fingerprint, reporter.log)
     resume = last_run_checkpoint(out / "runs") if config.resume else None

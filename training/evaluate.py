@@ -37,22 +37,27 @@ class EvaluateConfig:
     max_length: int = 256
 
 
-def heldout_loss(model: Any, tokenizer: Any, rows: list[Any], max_length: int) -> dict[str, float]:
-    """Mean token loss (assistant tokens only for chat rows) and its perplexity."""
-    total, count = 0.0, 0
+def heldout_loss(
+    model: Any, tokenizer: Any, rows: list[Any], max_length: int
+) -> dict[str, float | int]:
+    """Mean token loss (assistant tokens only for chat rows) and its perplexity, with how many
+    rows were cut to ``max_length`` and how many had no scored token left (never silent)."""
+    total, count, truncated, unscored = 0.0, 0, 0, 0
     model.eval()
     for row in rows:
         if isinstance(row, dict) and "messages" in row:
             encoded = tokenizer.apply_chat_template(
                 row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
             )
-            ids = encoded["input_ids"][:max_length]
-            mask = encoded["assistant_masks"][:max_length]
+            ids, mask = encoded["input_ids"], encoded["assistant_masks"]
         else:
-            ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"][:max_length]
+            ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
             mask = [1] * len(ids)
+        truncated += len(ids) > max_length
+        ids, mask = ids[:max_length], mask[:max_length]
         labels = [t if m else -100 for t, m in zip(ids, mask, strict=True)]
         if sum(1 for label in labels[1:] if label != -100) == 0:
+            unscored += 1
             continue
         with torch.no_grad():
             out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
@@ -64,6 +69,8 @@ def heldout_loss(model: Any, tokenizer: Any, rows: list[Any], max_length: int) -
         "heldout_loss": loss,
         "perplexity": math.exp(loss) if count else float("nan"),
         "tokens": count,
+        "rows_truncated": truncated,
+        "rows_without_scored_tokens": unscored,
     }
 
 
