@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from curation.datasets import ExportConfig, export, preference_rows
 from curation.synthetic import SyntheticTask
 from training.checkpoint import publish, read_lineage, verify
-from training.common import load_training_tokenizer
+from training.common import ids_digest, load_splits, load_training_tokenizer
 from training.dpo import DPOStageConfig
 from training.dpo import main as dpo
 from training.models import ModelConfig, build_causal_lm
@@ -147,10 +147,14 @@ def test_reward_model_learns_separable_pairs_and_reports_accuracy_per_origin(wor
     assert lineage["parent_checkpoint"] == config.init_from
     assert lineage["inputs"]["asset"] == "preference_dataset"
     assert lineage["inputs"]["data"] == config.data
-    assert len(lineage["inputs"]["row_ids_sha256"]) == 64
+    # The published split's hash (what a trace re-computes), not that of the pairs left after
+    # dropping ties, which would make the lineage look broken.
+    published = load_splits(config.data)["train"]
+    assert lineage["inputs"]["row_ids_sha256"] == ids_digest(published)
     assert len(lineage["inputs"]["tokenizer_sha256"]) == 64
     ties = lineage["inputs"]["dropped"]["chosen_equals_rejected"]
     assert sum(ties.values()) == 2
+    assert lineage["inputs"]["rows_used"] == len(published) - ties["train"] < len(published)
     assert metrics["dropped_chosen_equals_rejected"] == ties["train"]
 
 

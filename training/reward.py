@@ -476,7 +476,9 @@ def main(config: RewardStageConfig) -> Path:
         processing_class=tokenizer,
         callbacks=[metrics],
     )
-    fingerprint = run_fingerprint(config, ids_digest(splits["train"]), [parent])
+    # the split as published, which a trace re-hashes; splits["train"] is what survived drops
+    data_digest = ids_digest(load_splits(config.data)["train"])
+    fingerprint = run_fingerprint(config, data_digest, [parent])
     if published := already_published(config, fingerprint, reporter, "reward"):
         return published
     claim_runs(out / "runs", fingerprint, reporter.log)
@@ -516,7 +518,9 @@ def main(config: RewardStageConfig) -> Path:
         {
             **config.inputs,
             "data": config.data,
-            "row_ids_sha256": ids_digest(splits["train"]),
+            "row_ids_sha256": data_digest,
+            "row_ids_used_sha256": ids_digest(splits["train"]),
+            "rows_used": len(splits["train"]),
             "tokenizer_sha256": tokenizer_digest(tokenizer),
             "dropped": {
                 **dropped,
