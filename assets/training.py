@@ -91,6 +91,8 @@ def mixture_asset(
             "target_shares": shares,
             "achieved": dg.MetadataValue.md(preview_markdown(mixture.report, 20)),
             "tokens": int(mixture.rows["tokens"].sum()),
+            "train_rows": summary["rows"]["train"],
+            "test_rows": summary["rows"]["test"],
             "path": dg.MetadataValue.path(summary["path"]),
         }
     )
@@ -173,6 +175,25 @@ def loss_plot(metrics: list[dict], title: str) -> str:
     return f"![loss](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
+DATA_VERSION_TAG = "dagster/data_version"  # where Dagster records a materialization's version
+
+
+def described_inputs(context: dg.AssetExecutionContext, inputs: dict) -> dict:
+    """The stage's ``inputs`` as its lineage.json records them: the dataset asset it reads with
+    the data version and train rows of that asset's latest materialization (the one on disk)."""
+    name = inputs.get("asset")
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(name)) if name else None
+    if event is None or event.asset_materialization is None:
+        return inputs
+    materialization = event.asset_materialization
+    rows = materialization.metadata.get("train_rows")
+    return {
+        **inputs,
+        "data_version": materialization.tags.get(DATA_VERSION_TAG),
+        "train_rows": rows.value if rows is not None else None,
+    }
+
+
 def launch_stage(
     context: dg.AssetExecutionContext,
     pipes: dg.PipesSubprocessClient,
@@ -186,6 +207,8 @@ def launch_stage(
     recipe's section is the base and the asset's settings (paths, inputs) win."""
     output_dir = storage.path(folder, stage)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if "inputs" in settings:
+        settings = {**settings, "inputs": described_inputs(context, settings["inputs"])}
     section = {**recipe_section(recipe_path, stage), **settings, "output_dir": str(output_dir)}
     resolved = output_dir / "stage.yaml"
     resolved.write_text(yaml.safe_dump({stage: section}, sort_keys=True), encoding="utf-8")

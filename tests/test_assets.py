@@ -170,6 +170,14 @@ def test_training_assets_publish_checkpoints_with_lineage(demo):
         assert lineage["stage"] == stage
         if parent:
             assert lineage["parent_checkpoint"].endswith(f"{parent}/checkpoint")
+    # Each input as Dagster last materialized it: data version and rows, beside the row-id hash.
+    sft_inputs = json.loads(
+        (out / "checkpoints" / "sft" / "checkpoint" / "lineage.json").read_text()
+    )["inputs"]
+    sft_data = materialization(result, "sft_dataset")
+    assert sft_inputs["asset"] == "sft_dataset"
+    assert sft_inputs["data_version"] == sft_data.tags["dagster/data_version"]
+    assert sft_inputs["train_rows"] == sft_data.metadata["train_rows"].value > 0
     metadata = materialization(result, "sft_checkpoint").metadata
     assert metadata["loss_curve"].value.startswith("![loss](data:image/png;base64,")
     summary = pl.read_parquet(out / "evaluation" / "summary.parquet")
