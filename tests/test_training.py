@@ -122,29 +122,30 @@ def test_decay_phase_continues_weights_and_optimizer_and_changes_every_parameter
     assert rates == sorted(rates, reverse=True) and rates[-1] < 3e-3 * 0.5  # decays to the floor
 
 
-def test_wsd_schedule_has_warmup_stable_and_decay():
-    from transformers import get_scheduler
-
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = get_scheduler(
-        "warmup_stable_decay",
-        optimizer,
-        num_warmup_steps=10,
-        num_training_steps=100,
-        scheduler_specific_kwargs={
-            "num_stable_steps": 80,
-            "num_decay_steps": 10,
-            "min_lr_ratio": 0.1,
-        },
+def test_the_stage_follows_warmup_stable_decay_as_configured(workspace):
+    """The learning rates the stage really used, step by step (not transformers' scheduler on
+    its own): 2 warmup steps up to the peak, a plateau, then 4 decay steps towards the floor."""
+    config = pretrain_config(
+        workspace, "wsd", max_steps=10, warmup_steps=2, decay_steps=4, logging_steps=1
     )
-    rates = []
-    for _ in range(100):
-        rates.append(schedule.get_last_lr()[0])
-        optimizer.step()
-        schedule.step()
-    assert rates[0] < rates[5] < rates[10] == 1.0  # warmup
-    assert set(rates[10:90]) == {1.0}  # stable
-    assert rates[99] < rates[95] < 1.0 and rates[99] >= 0.1  # decay to the floor
+    causal_lm(config)
+    records = map(json.loads, (workspace / "wsd" / "metrics.jsonl").read_text().splitlines())
+    rates = [r["learning_rate"] for r in records if "learning_rate" in r]
+    peak, floor = config.learning_rate, config.learning_rate * config.min_lr_ratio
+    assert len(rates) == 10
+    assert rates[0] < rates[1] < rates[2] == pytest.approx(peak)  # warmup
+    plateau = [i for i, rate in enumerate(rates) if rate == pytest.approx(peak)]
+    assert plateau == list(range(2, 7))  # stable: 10 - 2 - 4 steps, held from the warmup's end
+    decay = rates[7:]
+    assert all(a > b for a, b in zip(decay, decay[1:], strict=False))  # decay, falling
+    assert decay[-1] > floor and decay[-1] < 0.3 * peak  # the last step is close to the floor
+
+
+def test_a_schedule_that_does_not_fit_its_steps_is_refused(workspace):
+    with pytest.raises(ValueError, match=r"warmup_steps, stable_steps, decay_steps: 6 \+ -4 \+ 6"):
+        pretrain_config(workspace, "unfit", max_steps=8, warmup_steps=6, decay_steps=6)
+    with pytest.raises(ValueError, match=r"2 \+ 9 \+ 4 steps do not fit in max_steps 12"):
+        pretrain_config(workspace, "unfit", max_steps=12, stable_steps=9, decay_steps=4)
 
 
 def test_an_interrupted_run_resumes_from_its_last_save(workspace):

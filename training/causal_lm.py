@@ -72,8 +72,18 @@ class CausalLMConfig(RunConfig):
             raise ValueError("data: a dataset folder is required")
         if not self.tokenizer and not self.init_from:
             raise ValueError("tokenizer: required unless init_from names a checkpoint")
-        if self.decay_steps > self.max_steps:
-            raise ValueError("decay_steps cannot exceed max_steps")
+        stable = self.stable_steps
+        if stable is None:
+            stable = self.max_steps - self.warmup_steps - self.decay_steps
+        phases = {"warmup_steps": self.warmup_steps, "stable_steps": stable}
+        phases["decay_steps"] = self.decay_steps
+        if min(phases.values()) < 0 or sum(phases.values()) > self.max_steps:
+            # transformers would quietly cut the schedule short: a decay phase that never
+            # reaches its floor, or a warmup that never reaches the peak
+            raise ValueError(
+                f"{', '.join(phases)}: {' + '.join(map(str, phases.values()))} steps do not fit "
+                f"in max_steps {self.max_steps}"
+            )
 
 
 def pack(dataset: Any, tokenizer: Any, block: int) -> tuple[Any, dict[str, int]]:
