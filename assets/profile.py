@@ -35,7 +35,11 @@ GROUP = "profile"
 
 class TokenizerAssetConfig(dg.Config):
     path: str | None = Field(
-        default=None, description="Existing tokenizer.json or its folder; trains one when empty."
+        default=None,
+        description=(
+            "Existing tokenizer.json, its folder, or a hub id (org/name) already in the Hugging "
+            "Face cache; trains one when empty."
+        ),
     )
     vocab_size: int = Field(default=4096, description="Vocabulary when training a BPE.")
 
@@ -49,8 +53,12 @@ def project_tokenizer(
 ) -> dg.MaterializeResult:
     """Byte-level BPE trained on the pretraining corpus (or the configured one), shared by
     profiling and every training stage."""
+    source = None
     if config.path:
-        tokenizer = load_tokenizer(resolve(config.path))
+        # A relative path is the project's; a name that is no file here may be a hub id.
+        local = resolve(config.path)
+        source = str(local) if local.exists() else config.path
+        tokenizer = load_tokenizer(source)
     else:
         tokenizer = train_tokenizer(
             pretrain_corpus["text"].to_list(), TokenizerConfig(vocab_size=config.vocab_size)
@@ -60,6 +68,7 @@ def project_tokenizer(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
             "vocab_size": tokenizer.get_vocab_size(),
+            "source": source or "trained on pretrain_corpus",
         }
     )
 

@@ -86,11 +86,12 @@ class RunConfig:
     inputs: dict[str, Any] = field(default_factory=dict)
 
 
-def load_training_tokenizer(path: str | Path, max_length: int = 2048):
-    """Our tokenizer.json (wrapped with the chat template) or a transformers tokenizer folder."""
-    from training.tokenizer import load_tokenizer, to_transformers
+def load_training_tokenizer(source: str | Path, max_length: int = 2048):
+    """Our tokenizer.json (wrapped with the chat template) or a transformers tokenizer folder,
+    local or a hub id found in the cache."""
+    from training.tokenizer import load_tokenizer, resolve_tokenizer_source, to_transformers
 
-    path = Path(path)
+    path = resolve_tokenizer_source(source)
     if path.is_dir() and (path / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
 

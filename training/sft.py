@@ -6,6 +6,7 @@ so the model learns to answer rather than to predict what users type.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,10 @@ class SFTStageConfig(RunConfig):
             raise ValueError("loss_type: use_liger_kernel fuses its own loss; it needs 'nll'")
 
 
+# Jinja's {% generation %} block, with or without whitespace control.
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
 def assistant_turns(dataset) -> int:  # noqa: ANN001
     return sum(
         1 for messages in dataset["messages"] if any(m["role"] == "assistant" for m in messages)
@@ -97,6 +102,14 @@ def build_trainer(
     the stage reports of its dataset."""
     parent = str(verify(config.init_from)) if config.init_from else None
     tokenizer = load_training_tokenizer(parent or config.tokenizer)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if config.assistant_only_loss and not GENERATION_MARKER.search(template):
+        # TRL would fail later, at the first batch, without naming the tokenizer.
+        raise ValueError(
+            f"assistant_only_loss: the chat template of {parent or config.tokenizer} has no "
+            "{% generation %} markers, so assistant tokens cannot be told apart; use the "
+            "project's tokenizer, a template with the markers, or assistant_only_loss: false"
+        )
     splits = load_splits(config.data)
     train = splits["train"]
     usable = assistant_turns(train)

@@ -7,6 +7,8 @@ Byte-level BPE never meets an unknown character, so any text (emoji, mixed scrip
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +24,8 @@ class TokenizerConfig:
     """How to get the tokenizer.
 
     Attributes:
-        path: a directory holding ``tokenizer.json`` or the file itself; when set, nothing is
-            trained. (Hub ids are resolved by the training stages through transformers.)
+        path: a directory holding ``tokenizer.json``, the file itself, or a hub id
+            (``org/name``) found in the Hugging Face cache; when set, nothing is trained.
         vocab_size: target vocabulary when training; small for the CPU demo.
         min_frequency: pairs seen fewer times are not merged.
     """
@@ -49,12 +51,55 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig = TokenizerCon
     return tokenizer
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    path = Path(path)
+# A repo id as the hub spells it: "name" or "org/name". Anything else is only ever a local path.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# What a tokenizer needs from a hub repo; the weights are never fetched for it.
+HUB_TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "*.model",
+    "vocab.*",
+    "merges.txt",
+]
+
+
+def resolve_tokenizer_source(source: str | Path) -> Path:
+    """A local file or folder as given; otherwise a hub id, resolved to its snapshot folder in
+    the Hugging Face cache. With ``HF_HUB_OFFLINE=1`` (the tests, this project's machines)
+    only the cache is read, so a recipe naming a hub tokenizer works wherever it was fetched
+    once and fails with a named reason elsewhere."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if not HUB_ID.match(str(source)):
+        raise FileNotFoundError(f"{source}: no such tokenizer file or folder")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=HUB_TOKENIZER_FILES))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+        why = "HF_HUB_OFFLINE is set, so only the cache is read" if offline else str(error)
+        raise FileNotFoundError(
+            f"tokenizer {str(source)!r}: not a local path, and no copy of the hub repo could be "
+            f"found ({why}); fetch it once with `hf download {source}` or name a local folder"
+        ) from error
+
+
+def load_tokenizer(source: str | Path) -> Tokenizer:
+    """Our ``tokenizer.json`` (local or from a hub repo), with the chat's special tokens added
+    when the tokenizer lacks them: the chat template and the stages need all four."""
+    path = resolve_tokenizer_source(source)
     file = path / TOKENIZER_FILE if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"{file}: no tokenizer file (expected {TOKENIZER_FILE})")
-    return Tokenizer.from_file(str(file))
+    tokenizer = Tokenizer.from_file(str(file))
+    missing = [token for token in SPECIAL_TOKENS if tokenizer.token_to_id(token) is None]
+    if missing:
+        tokenizer.add_special_tokens(missing)
+    return tokenizer
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> Path:
