@@ -153,16 +153,27 @@ def test_an_interrupted_run_resumes_from_its_last_save(workspace):
     first = causal_lm(config)
     runs = workspace / "resumed" / "runs"
     assert (runs / "checkpoint-8").exists()
+    before_the_kill = losses(workspace / "resumed")[:2]  # steps 2 and 4, kept in checkpoint-4
     shutil.rmtree(runs / "checkpoint-8")  # as if killed between step 4 and step 8
     shutil.rmtree(first)
     (workspace / "resumed" / "metrics.jsonl").unlink()
+    (runs / "started_at.txt").write_text("1700000000.0\n")  # the first process began long ago
     causal_lm(config)
-    steps = [
-        json.loads(x)["step"]
-        for x in (workspace / "resumed" / "metrics.jsonl").read_text().splitlines()
+    records = [
+        json.loads(x) for x in (workspace / "resumed" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert min(steps) > 4  # steps 1..4 were not trained again
-    verify(workspace / "resumed" / "checkpoint")
+    assert min(r["step"] for r in records if "step" in r) > 4  # steps 1..4 not trained again
+    lineage = json.loads(
+        verify(workspace / "resumed" / "checkpoint").joinpath("lineage.json").read_text()
+    )
+    # The lineage covers the whole run, not the resumed process alone: its start, and the mean
+    # loss of all 8 steps (every logged loss covers 2 steps).
+    assert lineage["started_at"] == "2023-11-14T22:13:20Z"
+    after_the_resume = [r["loss"] for r in records if "loss" in r]
+    assert len(after_the_resume) == 2
+    whole = (sum(before_the_kill) + sum(after_the_resume)) / 4
+    assert lineage["metrics"]["train_loss"] == pytest.approx(whole, rel=1e-3)
+    assert lineage["metrics"]["train_loss"] != pytest.approx(sum(after_the_resume) / 2, rel=1e-3)
 
 
 def test_a_save_cut_off_mid_write_is_skipped_and_the_run_resumes_from_the_one_before(

@@ -8,7 +8,6 @@ weights *and* optimizer state, as if the run had never stopped.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from training.common import (
     resource_errors,
     run_fingerprint,
     training_arguments,
+    whole_run_loss,
 )
 from training.models import ModelConfig, build_causal_lm, check_context, count_parameters
 from training.reporting import Reporter
@@ -120,7 +120,6 @@ def pack(dataset: Any, tokenizer: Any, block: int) -> tuple[Any, dict[str, int]]
 def main(config: CausalLMConfig) -> Path:
     """Train, publish ``<output_dir>/checkpoint`` with lineage.json, return its path."""
 
-    started = time.time()
     out = Path(config.output_dir)
     reporter = Reporter(out / "metrics.jsonl")
     parent = str(verify(config.init_from)) if config.init_from else None
@@ -165,7 +164,7 @@ def main(config: CausalLMConfig) -> Path:
         callbacks=[metrics],
         optimizer_state=optimizer_state,
     )
-    claim_runs(out / "runs", fingerprint, reporter.log)
+    started = claim_runs(out / "runs", fingerprint, reporter.log, config.resume)
     resume = last_run_checkpoint(out / "runs") if config.resume else None
     reporter.log(
         f"{config.stage}: {count_parameters(model) / 1e6:.2f}M parameters, {len(train)} blocks of "
@@ -184,7 +183,11 @@ def main(config: CausalLMConfig) -> Path:
         if len(test):
             loss = trainer.evaluate(eval_dataset=test)["eval_loss"]
             evaluation = {"eval_loss": loss, "perplexity": float(torch.exp(torch.tensor(loss)))}
-    final = {"train_loss": result.training_loss, **train_stats, **evaluation}
+    final = {
+        "train_loss": whole_run_loss(trainer.state, resume, result.training_loss),
+        **train_stats,
+        **evaluation,
+    }
     lineage = lineage_record(
         config.stage,
         config,

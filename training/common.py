@@ -196,20 +196,36 @@ def published_for(checkpoint: Path, fingerprint: str) -> dict[str, Any] | None:
     return lineage if lineage.get("fingerprint") == fingerprint else None
 
 
-def claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None]) -> None:
+def claim_runs(
+    runs: Path, fingerprint: str, log: Callable[[str], None], resume: bool = True
+) -> float:
     """Make ``runs/`` this run's: saves left by a run of another recipe, data or parent must
     not be resumed from (they would continue the old run under the new lineage), so they move
-    to ``runs.superseded/`` (one generation kept) and this run starts over."""
+    to ``runs.superseded/`` (one generation kept) and this run starts over.
+
+    Returns when the run began (epoch seconds): a resumed run's lineage says when its first
+    process started, not when the last one did."""
     if not is_main_process():
         wait_for_everyone()  # until the main process has moved and stamped runs/
-        return
+        return _run_started(runs)
     try:
-        _claim_runs(runs, fingerprint, log)
+        _claim_runs(runs, fingerprint, log, resume)
     finally:
         wait_for_everyone()
+    return _run_started(runs)
 
 
-def _claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None]) -> None:
+RUN_STARTED = "started_at.txt"
+
+
+def _run_started(runs: Path) -> float:
+    try:
+        return float((runs / RUN_STARTED).read_text())
+    except (OSError, ValueError):
+        return time.time()
+
+
+def _claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None], resume: bool) -> None:
     stamp = runs / "fingerprint.txt"
     if runs.is_dir() and any(runs.iterdir()):
         previous = stamp.read_text().strip() if stamp.exists() else "unrecorded"
@@ -223,6 +239,28 @@ def _claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None]) -> Non
             )
     runs.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint + "\n")
+    started = runs / RUN_STARTED
+    if not resume or not started.exists() or last_run_checkpoint(runs) is None:
+        started.write_text(f"{time.time():.3f}\n")
+
+
+def whole_run_loss(state: Any, resumed_from: str | None, this_process_loss: float) -> float:
+    """The mean training loss over every step of the run. transformers' ``training_loss``
+    averages only the steps this process trained; after a resume, the steps before come from
+    the restored ``log_history`` (each logged loss weighted by the steps it covers)."""
+    resumed_step = int(Path(resumed_from).name.rsplit("-", 1)[-1]) if resumed_from else 0
+    if resumed_step == 0 or state.global_step <= 0:
+        return this_process_loss
+    total = covered = previous = 0
+    for entry in state.log_history:
+        step = entry.get("step", 0)
+        if "loss" in entry and previous < step <= resumed_step:
+            total += entry["loss"] * (step - previous)
+            covered, previous = covered + step - previous, step
+    if covered == 0:  # nothing was logged before the save: only this process's steps are known
+        return this_process_loss
+    before = total / covered * resumed_step
+    return (before + this_process_loss * (state.global_step - resumed_step)) / state.global_step
 
 
 def already_published(

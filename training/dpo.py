@@ -14,7 +14,6 @@ policy moved towards the preferred answers; they land in metrics.jsonl and linea
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,7 @@ from training.common import (
     resource_errors,
     run_fingerprint,
     training_arguments,
+    whole_run_loss,
 )
 from training.models import ModelConfig, build_causal_lm, check_context, count_parameters
 from training.reporting import Reporter, read_metrics
@@ -208,7 +208,6 @@ def build_trainer(
 
 def main(config: DPOStageConfig) -> Path:
     """Train, publish ``<output_dir>/checkpoint`` with lineage.json, return its path."""
-    started = time.time()
     out = Path(config.output_dir)
     reporter = Reporter(out / "metrics.jsonl")
     metrics = MetricsCallback(reporter)
@@ -224,7 +223,7 @@ def main(config: DPOStageConfig) -> Path:
     fingerprint = run_fingerprint(config, data_digest, [parent, reference_path])
     if published := already_published(config, fingerprint, reporter, "dpo"):
         return published
-    claim_runs(out / "runs", fingerprint, reporter.log)
+    started = claim_runs(out / "runs", fingerprint, reporter.log, config.resume)
     resume = last_run_checkpoint(out / "runs") if config.resume else None
     reporter.log(f"dpo: resume from {resume or 'scratch'}")
     with resource_errors("dpo", out / "runs", lambda: trainer.state.global_step):
@@ -235,7 +234,7 @@ def main(config: DPOStageConfig) -> Path:
             f"{last_run_checkpoint(out / 'runs') or 'none (no step was saved before it)'}"
         )
     final: dict[str, Any] = {
-        "train_loss": result.training_loss,
+        "train_loss": whole_run_loss(trainer.state, resume, result.training_loss),
         "pairs": len(train),
         **dropped_metrics(dropped),
         "truncated": truncated,

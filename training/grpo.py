@@ -10,7 +10,6 @@ here but the trainer class.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from training.common import (
     resource_errors,
     run_fingerprint,
     training_arguments,
+    whole_run_loss,
 )
 from training.reporting import Reporter, read_metrics
 from training.rewards import (
@@ -170,7 +170,6 @@ def run_group_stage(
     config: GroupRLConfig, stage: str, trainer_class: type, args_class: type
 ) -> Path:
     """Train with TRL's ``trainer_class`` (GRPOTrainer or RLOOTrainer) and publish."""
-    started = time.time()
     out = Path(config.output_dir)
     runs = out / "runs"
     parent = str(verify(config.init_from))
@@ -204,7 +203,7 @@ def run_group_stage(
     fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
     if published := already_published(config, fingerprint, reporter, stage):
         return published
-    claim_runs(runs, fingerprint, reporter.log)
+    started = claim_runs(runs, fingerprint, reporter.log, config.resume)
     resume = last_run_checkpoint(runs) if config.resume else None
     reporter.log(
         f"{stage}: {stats['prompts']} prompts ({stats}), {config.num_generations} completions "
@@ -218,7 +217,11 @@ def run_group_stage(
             f"{stage}: non-finite loss at step {metrics.nan_step}; nothing was published, the last "
             f"good state is {last_run_checkpoint(runs) or 'the SFT checkpoint ' + parent}"
         )
-    final = {"train_loss": result.training_loss, **stats, **reward_summary(out)}
+    final = {
+        "train_loss": whole_run_loss(trainer.state, resume, result.training_loss),
+        **stats,
+        **reward_summary(out),
+    }
     lineage = lineage_record(
         stage,
         config,

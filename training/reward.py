@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from training.common import (
     resource_errors,
     run_fingerprint,
     training_arguments,
+    whole_run_loss,
 )
 from training.models import ModelConfig, check_context, count_parameters, llama_config
 from training.reporting import Reporter
@@ -425,7 +425,6 @@ def main(config: RewardStageConfig) -> Path:
     """Train, publish ``<output_dir>/checkpoint`` (reward model + lineage.json), return it."""
     import datasets
 
-    started = time.time()
     out = Path(config.output_dir)
     reporter = Reporter(out / "metrics.jsonl")
     parent = str(verify(config.init_from)) if config.init_from else None
@@ -481,7 +480,7 @@ def main(config: RewardStageConfig) -> Path:
     fingerprint = run_fingerprint(config, data_digest, [parent])
     if published := already_published(config, fingerprint, reporter, "reward"):
         return published
-    claim_runs(out / "runs", fingerprint, reporter.log)
+    started = claim_runs(out / "runs", fingerprint, reporter.log, config.resume)
     resume = last_run_checkpoint(out / "runs") if config.resume else None
     grouping = f"grouped into {len(train)} prompts" if config.group_by_prompt else "ungrouped"
     reporter.log(
@@ -504,7 +503,7 @@ def main(config: RewardStageConfig) -> Path:
         config.clear_pair_margin,
     )
     final = {
-        "train_loss": result.training_loss,
+        "train_loss": whole_run_loss(trainer.state, resume, result.training_loss),
         "pairs": len(train_records),
         "prompts": len(train) if config.group_by_prompt else None,
         **dropped_metrics(dropped),

@@ -7,7 +7,6 @@ so the model learns to answer rather than to predict what users type.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from training.common import (
     resource_errors,
     run_fingerprint,
     training_arguments,
+    whole_run_loss,
 )
 from training.models import ModelConfig, build_causal_lm, check_context, count_parameters
 from training.reporting import Reporter
@@ -172,7 +172,6 @@ def build_trainer(
 
 
 def main(config: SFTStageConfig) -> Path:
-    started = time.time()
     out = Path(config.output_dir)
     reporter = Reporter(out / "metrics.jsonl")
     parent = str(verify(config.init_from)) if config.init_from else None
@@ -183,7 +182,7 @@ def main(config: SFTStageConfig) -> Path:
         return published
     model, tokenizer = trainer.model, trainer.processing_class
     too_long = counts["truncated"]
-    claim_runs(out / "runs", fingerprint, reporter.log)
+    started = claim_runs(out / "runs", fingerprint, reporter.log, config.resume)
     resume = last_run_checkpoint(out / "runs") if config.resume else None
     reporter.log(
         f"sft: {count_parameters(model) / 1e6:.2f}M parameters, "
@@ -199,7 +198,7 @@ def main(config: SFTStageConfig) -> Path:
             f"checkpoint in {out / 'runs'}"
         )
     final = {
-        "train_loss": result.training_loss,
+        "train_loss": whole_run_loss(trainer.state, resume, result.training_loss),
         "conversations": counts["conversations"],
         "truncated": too_long,
         "without_answer_within_max_length": counts["without_answer_within_max_length"],
