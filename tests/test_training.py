@@ -460,6 +460,25 @@ def test_out_of_disk_while_publishing_names_the_place_and_keeps_the_old_checkpoi
     assert not [p for p in stable.parent.iterdir() if p.name.startswith(".checkpoint.tmp")]
 
 
+def test_publishing_sweeps_what_a_killed_publish_left(stable, tmp_path):
+    from training.checkpoint import publish
+
+    target = tmp_path / "checkpoint"
+    partial = tmp_path / ".checkpoint.tmp-4242"  # killed while writing
+    replaced = tmp_path / ".checkpoint.old-1700000000"  # killed before removing the old one
+    for leftover in (partial, replaced):
+        leftover.mkdir()
+        (leftover / "model.safetensors").write_bytes(b"partial")
+    unrelated = tmp_path / ".checkpoint-notes"
+    unrelated.mkdir()
+
+    model = __import__("transformers").AutoModelForCausalLM.from_pretrained(str(stable))
+    tokenizer = to_transformers(train_tokenizer(["a b c"] * 10, TokenizerConfig(vocab_size=300)))
+    publish(model, tokenizer, target, {"stage": "x"})
+    verify(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoint-notes", "checkpoint"]
+
+
 def test_out_of_resources_as_the_libraries_really_report_it(tmp_path):
     """torch's CPU allocator, torch.save on a full disk and safetensors raise neither
     MemoryError nor OSError; each must still become one sentence naming the resource."""

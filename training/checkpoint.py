@@ -70,7 +70,11 @@ def _publish(
     model: Any, tokenizer: Any, target: Path, lineage: Mapping[str, Any], optimizer: Any | None
 ) -> Path:
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # What a publish killed mid-way left: a partial tmp, or the checkpoint it was replacing.
+    # Nothing reads them; without this sweep they would pile up, one model's size each.
+    for leftover in target.parent.glob(f".{target.name}.*-*"):
+        if leftover.name.split(".")[-1].startswith(("tmp-", "old-")):
+            shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
