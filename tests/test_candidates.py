@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from torchrun_support import torchrun
 
 import training.candidates as candidates_stage
 from assets.resources import SAMPLES
@@ -212,3 +213,38 @@ def test_the_stage_runs_from_a_recipe(workspace, tmp_path):
     assert {json.loads(c["sampling"])["seed"] for r in found for c in r["candidates"]} == {3}
     recipe.write_text(recipe.read_text() + "  num_candidates_typo: 3\n")
     assert cli(["candidates", "--config", str(recipe)]) == 2
+
+
+def test_two_processes_split_the_batches_and_write_what_one_process_writes(workspace, tmp_path):
+    """Under torchrun each rank samples its own batches (batch b is rank b % 2's) and the main
+    one assembles; per-batch seeds make the result independent of the process count."""
+    single = candidates_stage.main(config(workspace, "one-process", batch_size=2))
+    section = {
+        "prompt_dataset": str(workspace / "data" / "prompt"),
+        "checkpoints": [str(workspace / "a"), str(workspace / "b")],
+        "output_dir": str(tmp_path / "two"),
+        "num_candidates": 3,
+        "temperature": 1.0,
+        "max_new_tokens": 8,
+        "batch_size": 2,
+        "max_prompts": PROMPTS,
+        "use_cpu": True,
+    }
+    launched = torchrun("candidates", section, tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    # 3 batches x 2 checkpoints, counted over both ranks, reported once
+    assert launched.stdout.count("candidates: wrote") == 1
+    assert "'batches_generated': 6" in launched.stdout
+    assert rows(tmp_path / "two" / "candidates.parquet") == rows(single)
+
+
+def test_evaluation_is_left_to_the_main_process(workspace, tmp_path, monkeypatch):
+    from training.evaluate import EvaluateConfig
+    from training.evaluate import main as evaluate
+
+    monkeypatch.setenv("RANK", "1")
+    result = evaluate(
+        EvaluateConfig(checkpoint=str(workspace / "a"), output=str(tmp_path / "rank1"))
+    )
+    assert result["evaluated_by"] == "the main process"
+    assert not (tmp_path / "rank1" / "evaluation.json").exists()

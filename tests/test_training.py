@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import torch
 from safetensors.torch import load_file
+from torchrun_support import torchrun
 
 from assets.resources import SAMPLES
 from curation.datasets import ExportConfig, export, pretrain_rows, sft_rows
@@ -572,12 +573,6 @@ def test_a_run_fingerprint_covers_what_is_trained_not_how_it_is_carried_out(work
 def test_two_processes_train_one_run_and_publish_it_once(workspace, tmp_path):
     """torchrun (what accelerate launch uses) with two CPU processes: both train, the main one
     alone writes metrics and publishes, and the other neither fails nor duplicates records."""
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-
     section = {
         "output_dir": str(tmp_path / "ddp"),
         "data": str(workspace / "data" / "pretrain"),
@@ -591,20 +586,9 @@ def test_two_processes_train_one_run_and_publish_it_once(workspace, tmp_path):
         "logging_steps": 1,
         "use_cpu": True,
     }
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"pretrain": section}))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["-m", "training", "pretrain", "--config", str(recipe)]
 
-    def launch() -> subprocess.CompletedProcess:
-        return subprocess.run(
-            command,
-            cwd=Path(__file__).resolve().parents[1],
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    def launch():
+        return torchrun("pretrain", section, tmp_path)
 
     first = launch()
     assert first.returncode == 0, first.stderr[-3000:]

@@ -20,8 +20,10 @@ import torch
 
 from training.checkpoint import verify
 from training.common import load_training_tokenizer
-from training.evaluate import EvaluateConfig, generate
+from training.evaluate import EvaluateConfig, generate, write_generations
+from training.files import write_atomic_text
 from training.models import ModelConfig, build_causal_lm
+from training.ranks import is_main_process
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,9 @@ def moved_tensors(policy: Any, reference: Any) -> tuple[int, int]:
 
 
 def main(config: AlignmentConfig) -> dict[str, Any]:
+    if not is_main_process():
+        # Generation and scoring are small next to training: one process writes the report.
+        return {"reference": config.reference, "evaluated_by": "the main process"}
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in Path(config.prompts).read_text().splitlines() if line]
@@ -137,9 +142,7 @@ def main(config: AlignmentConfig) -> dict[str, Any]:
     for name, path in config.policies.items():
         policy, tokenizer = load_policy(path)
         answers = generate(policy, tokenizer, prompts, generation)
-        with (out / f"generations_{name}.jsonl").open("w", encoding="utf-8") as handle:
-            for row, answer in zip(rows, answers, strict=True):
-                handle.write(json.dumps({"id": row["id"], "output": answer}) + "\n")
+        write_generations(out / f"generations_{name}.jsonl", rows, answers)
         lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
         moved, tensors = moved_tensors(policy, reference)
         measured = {
@@ -155,5 +158,5 @@ def main(config: AlignmentConfig) -> dict[str, Any]:
             scores = scorer.score(prompts, answers)
             measured["reward_model_score"] = sum(scores) / max(len(scores), 1)
         report["policies"][name] = measured
-    (out / "alignment.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_atomic_text(out / "alignment.json", json.dumps(report, indent=2))
     return report

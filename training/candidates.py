@@ -27,6 +27,16 @@ import pyarrow.parquet as pq
 
 from training.checkpoint import verify
 from training.common import load_splits, load_training_tokenizer
+from training.files import write_atomic_text
+from training.ranks import (
+    is_main_process,
+    join_process_group,
+    local_device,
+    rank,
+    sum_over_ranks,
+    wait_for_everyone,
+    world_size,
+)
 from training.reporting import Reporter
 
 MIN_CANDIDATES = 2
@@ -212,12 +222,6 @@ def prepare_shards(shards: Path, expected: dict, resume: bool, reporter: Reporte
     write_atomic_text(path, json.dumps(expected, indent=2, sort_keys=True))
 
 
-def write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_table(table: pa.Table, path: Path) -> Path:
     """Parquet written beside the target and renamed over it: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,7 +316,6 @@ def candidate_rows(
 
 
 def load_model(checkpoint: str, config: CandidatesConfig):
-    import torch
 
     from training.models import ModelConfig, build_causal_lm
 
@@ -320,8 +323,7 @@ def load_model(checkpoint: str, config: CandidatesConfig):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = build_causal_lm(ModelConfig(dtype=config.dtype), tokenizer, path=checkpoint)
-    device = "cuda" if torch.cuda.is_available() and not config.use_cpu else "cpu"
-    model.to(device).eval()
+    model.to(local_device(config.use_cpu)).eval()
     return model, tokenizer
 
 
@@ -332,14 +334,18 @@ def generate_shards(
     shards: Path,
     reporter: Reporter,
 ) -> dict[str, int]:
-    """Write every missing (checkpoint, batch) shard; a checkpoint with nothing left to do is
-    never loaded."""
+    """Write every missing (checkpoint, batch) shard of this process's share; a checkpoint with
+    nothing left to do is never loaded. Under several processes, batch ``b`` is rank
+    ``b % world_size``'s: fixed by the index, not by what is pending when a rank looks, so no
+    batch is done twice or skipped. Each batch has its own seed, so the shards are the same
+    whatever the number of processes."""
     counts = samples_per_checkpoint(config.num_candidates, len(checkpoints))
     batches = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
+    mine = range(rank(), len(batches), world_size())
     stats = {"batches_generated": 0, "batches_reused": 0}
     for index, checkpoint in enumerate(checkpoints):
-        pending = [b for b in range(len(batches)) if not shard_path(shards, index, b).exists()]
-        stats["batches_reused"] += len(batches) - len(pending)
+        pending = [b for b in mine if not shard_path(shards, index, b).exists()]
+        stats["batches_reused"] += len(mine) - len(pending)
         if not pending:
             continue
         model, tokenizer = load_model(checkpoint, config)
@@ -425,12 +431,20 @@ def main(config: CandidatesConfig) -> Path:
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"{config.prompt_dataset}: prompt id {duplicate} appears more than once")
     shards = out / SHARDS
-    prepare_shards(shards, manifest(config, checkpoints, ids), config.resume, reporter)
+    join_process_group()
+    try:
+        if is_main_process():
+            prepare_shards(shards, manifest(config, checkpoints, ids), config.resume, reporter)
+    finally:
+        wait_for_everyone()  # no rank writes a shard before stale ones are gone
     reporter.log(
         f"candidates: {len(rows)} prompts x {config.num_candidates} from "
-        f"{len(checkpoints)} checkpoint(s), batch {config.batch_size}, seed {config.seed}"
+        f"{len(checkpoints)} checkpoint(s), batch {config.batch_size}, seed {config.seed}, "
+        f"{world_size()} process(es)"
     )
-    stats = generate_shards(config, checkpoints, rows, shards, reporter)
+    stats = sum_over_ranks(generate_shards(config, checkpoints, rows, shards, reporter))
+    if not is_main_process():
+        return out / OUTPUT  # the main process assembles once every shard is written
     table = assemble(rows, len(checkpoints), config.batch_size, shards, out / OUTPUT)
     summary = {
         "path": str(out / OUTPUT),

@@ -13,7 +13,9 @@ import torch
 
 from training.checkpoint import verify
 from training.common import load_splits, load_training_tokenizer
+from training.files import write_atomic_text, write_jsonl_atomic
 from training.models import ModelConfig, build_causal_lm
+from training.ranks import is_main_process
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,19 @@ def generate(
     return [a.strip() for a in answers]
 
 
+def write_generations(path: Path, rows: list[dict], answers: list[str]) -> Path:
+    lines = [
+        json.dumps({"id": row["id"], "output": answer})
+        for row, answer in zip(rows, answers, strict=True)
+    ]
+    return write_jsonl_atomic(path, lines)
+
+
 def main(config: EvaluateConfig) -> dict[str, Any]:
     checkpoint = verify(config.checkpoint)
+    if not is_main_process():
+        # Evaluation is small next to training: one process does it and writes it once.
+        return {"checkpoint": str(checkpoint), "evaluated_by": "the main process"}
     out = Path(config.output or checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_training_tokenizer(checkpoint)
@@ -115,9 +128,7 @@ def main(config: EvaluateConfig) -> dict[str, Any]:
     if config.prompts:
         rows = [json.loads(line) for line in Path(config.prompts).read_text().splitlines() if line]
         answers = generate(model, tokenizer, [r["prompt"] for r in rows], config)
-        with (out / "generations.jsonl").open("w", encoding="utf-8") as handle:
-            for row, answer in zip(rows, answers, strict=True):
-                handle.write(json.dumps({"id": row["id"], "output": answer}) + "\n")
+        write_generations(out / "generations.jsonl", rows, answers)
         result["generations"] = len(answers)
-    (out / "evaluation.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_atomic_text(out / "evaluation.json", json.dumps(result, indent=2))
     return result
