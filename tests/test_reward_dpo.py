@@ -377,7 +377,11 @@ def test_dpo_trains_again_only_when_its_reference_or_recipe_changed(workspace):
     lineage = json.loads((reference / "lineage.json").read_text())
     (reference / "lineage.json").write_text(json.dumps({**lineage, "note": "republished"}))
     dpo(config)
-    assert len(metrics_file.read_text()) > len(trained)
+    # Trained again (no record is older than the retraining), and the curve is the new run's alone.
+    before = [json.loads(line)["time"] for line in trained.splitlines()]
+    again = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert min(r["time"] for r in again) > max(before)
+    assert [r["step"] for r in again if "loss" in r] == [2]  # logged every 2 steps
     assert (workspace / "dpo_again" / "runs.superseded" / "checkpoint-2").is_dir()
     retrained, fingerprint = metrics_file.read_text(), read_lineage(first)["fingerprint"]
     assert dpo(config) == first and metrics_file.read_text() == retrained

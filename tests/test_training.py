@@ -21,6 +21,7 @@ from training.causal_lm import main as causal_lm
 from training.checkpoint import CheckpointError, read_lineage, verify
 from training.common import last_run_checkpoint
 from training.recipe import RecipeError, build, read_recipe
+from training.reporting import read_metrics
 from training.sft import SFTStageConfig
 from training.sft import main as sft
 from training.tokenizer import (
@@ -157,21 +158,22 @@ def test_an_interrupted_run_resumes_from_its_last_save(workspace):
     before_the_kill = losses(workspace / "resumed")[:2]  # steps 2 and 4, kept in checkpoint-4
     shutil.rmtree(runs / "checkpoint-8")  # as if killed between step 4 and step 8
     shutil.rmtree(first)
-    (workspace / "resumed" / "metrics.jsonl").unlink()
     (runs / "started_at.txt").write_text("1700000000.0\n")  # the first process began long ago
+    with (workspace / "resumed" / "metrics.jsonl").open("a") as killed_mid_write:
+        killed_mid_write.write('{"time": 1.0, "step": 9, "lo')
     causal_lm(config)
-    records = [
-        json.loads(x) for x in (workspace / "resumed" / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert min(r["step"] for r in records if "step" in r) > 4  # steps 1..4 not trained again
+    records = read_metrics(workspace / "resumed" / "metrics.jsonl")
+    # The records of steps 6 and 8 from before the kill are retrained, so they were dropped:
+    # each step once, and the half-written line gone.
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]
+    assert [r["loss"] for r in records if "loss" in r][:2] == before_the_kill
     lineage = json.loads(
         verify(workspace / "resumed" / "checkpoint").joinpath("lineage.json").read_text()
     )
     # The lineage covers the whole run, not the resumed process alone: its start, and the mean
     # loss of all 8 steps (every logged loss covers 2 steps).
     assert lineage["started_at"] == "2023-11-14T22:13:20Z"
-    after_the_resume = [r["loss"] for r in records if "loss" in r]
-    assert len(after_the_resume) == 2
+    after_the_resume = [r["loss"] for r in records if "loss" in r and r["step"] > 4]
     whole = (sum(before_the_kill) + sum(after_the_resume)) / 4
     assert lineage["metrics"]["train_loss"] == pytest.approx(whole, rel=1e-3)
     assert lineage["metrics"]["train_loss"] != pytest.approx(sum(after_the_resume) / 2, rel=1e-3)
@@ -229,9 +231,11 @@ def test_a_finished_stage_trains_again_only_for_another_recipe(workspace):
     relineage = read_lineage(first)
     assert relineage["recipe"]["learning_rate"] == 1e-3
     assert relineage["fingerprint"] != lineage["fingerprint"]
-    records = [json.loads(x) for x in metrics_file.read_text().splitlines()[earlier:]]
+    records = [json.loads(x) for x in metrics_file.read_text().splitlines()]
     steps = [r["step"] for r in records if "loss" in r]
     assert steps[0] <= config.logging_steps  # trained from step 1, not resumed at 4
+    assert steps == sorted(set(steps))  # the curve is the new run's alone
+    assert earlier > 0
 
 
 def test_sft_trains_on_assistant_tokens_and_records_lineage(workspace, stable):
@@ -546,7 +550,7 @@ def test_mfu_is_recorded_against_the_gpu_peak_and_never_guessed(tmp_path):
     callback = MetricsCallback(reporter)
     args, control = SimpleNamespace(use_cpu=True), SimpleNamespace()
     model = torch.nn.Linear(10, 10)
-    callback.on_train_begin(args, None, control, model=model)
+    callback.on_train_begin(args, SimpleNamespace(num_input_tokens_seen=0), control, model=model)
     assert callback.peak is None  # the CPU: no MFU rather than a made-up one
     state = SimpleNamespace(global_step=1, num_input_tokens_seen=1000)
     callback.on_log(args, state, control, logs={"loss": 1.0})
@@ -555,6 +559,24 @@ def test_mfu_is_recorded_against_the_gpu_peak_and_never_guessed(tmp_path):
     cpu, gpu = read_metrics(tmp_path / "metrics.jsonl")
     assert "mfu" not in cpu
     assert gpu["mfu"] == pytest.approx(6 * 110 * gpu["tokens_per_s"] / 1e9)
+
+
+def test_tokens_per_second_after_a_resume_count_this_process_alone(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from training import common
+    from training.reporting import Reporter, read_metrics
+
+    clock = iter([0.0, 100.0, 102.0])  # built, train begins, first log
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    callback = common.MetricsCallback(Reporter(tmp_path / "metrics.jsonl"))
+    args, control = SimpleNamespace(use_cpu=True), SimpleNamespace()
+    # transformers restores the tokens seen before the save it resumes from
+    callback.on_train_begin(args, SimpleNamespace(num_input_tokens_seen=1_000_000), control)
+    state = SimpleNamespace(global_step=21, num_input_tokens_seen=1_001_000)
+    callback.on_log(args, state, control, logs={"loss": 1.0})
+    (record,) = read_metrics(tmp_path / "metrics.jsonl")
+    assert record["tokens_per_s"] == pytest.approx(500.0)  # 1,000 tokens in 2 s
 
 
 def test_a_run_fingerprint_covers_what_is_trained_not_how_it_is_carried_out(workspace, stable):

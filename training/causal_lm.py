@@ -22,7 +22,6 @@ from training.common import (
     already_published,
     claim_runs,
     ids_digest,
-    last_run_checkpoint,
     lineage_record,
     load_splits,
     load_training_tokenizer,
@@ -164,8 +163,7 @@ def main(config: CausalLMConfig) -> Path:
         callbacks=[metrics],
         optimizer_state=optimizer_state,
     )
-    started = claim_runs(out / "runs", fingerprint, reporter.log, config.resume)
-    resume = last_run_checkpoint(out / "runs") if config.resume else None
+    resume, started = claim_runs(out / "runs", fingerprint, reporter, config.resume)
     reporter.log(
         f"{config.stage}: {count_parameters(model) / 1e6:.2f}M parameters, {len(train)} blocks of "
         f"{config.max_length}, resume from {resume or 'scratch'}"

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import TrainerCallback
@@ -196,23 +196,36 @@ def published_for(checkpoint: Path, fingerprint: str) -> dict[str, Any] | None:
     return lineage if lineage.get("fingerprint") == fingerprint else None
 
 
-def claim_runs(
-    runs: Path, fingerprint: str, log: Callable[[str], None], resume: bool = True
-) -> float:
+class RunClaim(NamedTuple):
+    """What ``claim_runs`` found: where the run continues from, and when it began."""
+
+    resume_from: str | None  # the newest finished save, or None to train from the start
+    started: float  # epoch seconds of the run's first process, kept across resumes
+
+
+def claim_runs(runs: Path, fingerprint: str, reporter: Reporter, resume: bool) -> RunClaim:
     """Make ``runs/`` this run's: saves left by a run of another recipe, data or parent must
     not be resumed from (they would continue the old run under the new lineage), so they move
     to ``runs.superseded/`` (one generation kept) and this run starts over.
 
-    Returns when the run began (epoch seconds): a resumed run's lineage says when its first
-    process started, not when the last one did."""
-    if not is_main_process():
-        wait_for_everyone()  # until the main process has moved and stamped runs/
-        return _run_started(runs)
-    try:
-        _claim_runs(runs, fingerprint, log, resume)
-    finally:
+    ``metrics.jsonl`` is cut back to the steps the run keeps: a failed or killed attempt's
+    records past the save it resumes from would otherwise be recorded twice, and a fresh run
+    starts an empty file, so the loss curve is this run's alone."""
+    if is_main_process():
+        try:
+            _claim_runs(runs, fingerprint, reporter.log, resume)
+        finally:
+            wait_for_everyone()  # the other processes read runs/ once it is claimed
+    else:
         wait_for_everyone()
-    return _run_started(runs)
+    resume_from = last_run_checkpoint(runs) if resume else None
+    reporter.start_run(saved_step(resume_from))
+    return RunClaim(resume_from, _run_started(runs))
+
+
+def saved_step(save: str | None) -> int:
+    """The step of a ``checkpoint-N`` save; 0 for none."""
+    return int(Path(save).name.rsplit("-", 1)[-1]) if save else 0
 
 
 RUN_STARTED = "started_at.txt"
@@ -248,7 +261,7 @@ def whole_run_loss(state: Any, resumed_from: str | None, this_process_loss: floa
     """The mean training loss over every step of the run. transformers' ``training_loss``
     averages only the steps this process trained; after a resume, the steps before come from
     the restored ``log_history`` (each logged loss weighted by the steps it covers)."""
-    resumed_step = int(Path(resumed_from).name.rsplit("-", 1)[-1]) if resumed_from else 0
+    resumed_step = saved_step(resumed_from)
     if resumed_step == 0 or state.global_step <= 0:
         return this_process_loss
     total = covered = previous = 0
@@ -405,11 +418,15 @@ class MetricsCallback(TrainerCallback):
 
     def __init__(self, reporter: Reporter) -> None:
         self.reporter = reporter
-        self.started = time.perf_counter()
+        self.started, self.tokens_before = time.perf_counter(), 0.0
         self.nan_step: int | None = None
         self.parameters, self.peak = 0, None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        # A resumed run restores tokens seen before it; only this process's tokens count
+        # against this process's time.
+        self.started = time.perf_counter()
+        self.tokens_before = float(state.num_input_tokens_seen or 0)
         if model is not None and torch.cuda.is_available() and not args.use_cpu:
             self.parameters = sum(p.numel() for p in model.parameters())
             self.peak = peak_flops(torch.cuda.get_device_name(0))
@@ -425,8 +442,8 @@ class MetricsCallback(TrainerCallback):
         seconds = time.perf_counter() - self.started
         tokens = float(state.num_input_tokens_seen or 0)
         record = {"step": state.global_step, **logs, "tokens_seen": tokens}
-        if seconds > 0 and tokens:
-            record["tokens_per_s"] = tokens / seconds
+        if seconds > 0 and tokens > self.tokens_before:
+            record["tokens_per_s"] = (tokens - self.tokens_before) / seconds
             if self.peak:
                 record["mfu"] = model_flops_utilization(
                     self.parameters, record["tokens_per_s"], self.peak

@@ -223,8 +223,7 @@ def main(config: DPOStageConfig) -> Path:
     fingerprint = run_fingerprint(config, data_digest, [parent, reference_path])
     if published := already_published(config, fingerprint, reporter, "dpo"):
         return published
-    started = claim_runs(out / "runs", fingerprint, reporter.log, config.resume)
-    resume = last_run_checkpoint(out / "runs") if config.resume else None
+    resume, started = claim_runs(out / "runs", fingerprint, reporter, config.resume)
     reporter.log(f"dpo: resume from {resume or 'scratch'}")
     with resource_errors("dpo", out / "runs", lambda: trainer.state.global_step):
         result = trainer.train(resume_from_checkpoint=resume)

@@ -203,8 +203,7 @@ def run_group_stage(
     fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
     if published := already_published(config, fingerprint, reporter, stage):
         return published
-    started = claim_runs(runs, fingerprint, reporter.log, config.resume)
-    resume = last_run_checkpoint(runs) if config.resume else None
+    resume, started = claim_runs(runs, fingerprint, reporter, config.resume)
     reporter.log(
         f"{stage}: {stats['prompts']} prompts ({stats}), {config.num_generations} completions "
         f"each, rewards {dict(zip([f.__name__ for f in functions], weights, strict=True))}, "

@@ -382,6 +382,7 @@ def main(config: PPOStageConfig) -> Path:
     fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
     if published := already_published(config, fingerprint, reporter, "ppo"):
         return published
+    reporter.start_run(0)  # PPO has no resume: a new attempt starts a new curve
     tokenizer.padding_side = "left"  # generation continues the prompt's last token
     policy = build_causal_lm(ModelConfig(), tokenizer, path=parent)
     reference = build_causal_lm(ModelConfig(), tokenizer, path=parent).eval().requires_grad_(False)

@@ -35,11 +35,35 @@ class Reporter:
         if self.pipes is not None:
             self.pipes.log.info(message)
 
+    def start_run(self, kept_step: int) -> None:
+        """Keep only the records of steps up to ``kept_step`` (the save a run resumes from; 0
+        for a fresh run): those past it are retrained, and a failed attempt's must not be
+        drawn into this run's curve. Rewritten beside and renamed over, like every file a
+        later reader relies on."""
+        if not self.enabled or not self.metrics_path.exists():
+            return
+        kept = [
+            json.dumps(record)
+            for record in read_metrics(self.metrics_path)
+            if 0 < record.get("step", 0) <= kept_step
+        ]
+        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, self.metrics_path)
+
     def metrics(self, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.metrics_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"time": time.time(), **values}) + "\n")
+        line = (json.dumps({"time": time.time(), **values}) + "\n").encode()
+        with self.metrics_path.open("ab+") as handle:
+            # A process killed mid-write leaves a last line without its newline; starting a
+            # new one keeps every later record readable.
+            end = handle.seek(0, os.SEEK_END)
+            if end > 0:
+                handle.seek(end - 1)
+                if handle.read(1) != b"\n":
+                    line = b"\n" + line
+            handle.write(line)
 
     def done(self, metadata: dict[str, Any]) -> None:
         if self.pipes is not None:
@@ -52,6 +76,16 @@ class Reporter:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every whole record; a line a killed process left half-written is skipped (it is a
+    progress record, and the run's results live in lineage.json)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

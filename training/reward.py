@@ -480,8 +480,7 @@ def main(config: RewardStageConfig) -> Path:
     fingerprint = run_fingerprint(config, data_digest, [parent])
     if published := already_published(config, fingerprint, reporter, "reward"):
         return published
-    started = claim_runs(out / "runs", fingerprint, reporter.log, config.resume)
-    resume = last_run_checkpoint(out / "runs") if config.resume else None
+    resume, started = claim_runs(out / "runs", fingerprint, reporter, config.resume)
     grouping = f"grouped into {len(train)} prompts" if config.group_by_prompt else "ungrouped"
     reporter.log(
         f"reward: {count_parameters(model) / 1e6:.2f}M parameters, {len(train_records)} pairs "

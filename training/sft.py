@@ -21,7 +21,6 @@ from training.common import (
     already_published,
     claim_runs,
     ids_digest,
-    last_run_checkpoint,
     lineage_record,
     load_splits,
     load_training_tokenizer,
@@ -182,8 +181,7 @@ def main(config: SFTStageConfig) -> Path:
         return published
     model, tokenizer = trainer.model, trainer.processing_class
     too_long = counts["truncated"]
-    started = claim_runs(out / "runs", fingerprint, reporter.log, config.resume)
-    resume = last_run_checkpoint(out / "runs") if config.resume else None
+    resume, started = claim_runs(out / "runs", fingerprint, reporter, config.resume)
     reporter.log(
         f"sft: {count_parameters(model) / 1e6:.2f}M parameters, "
         f"{counts['conversations']} conversations ({too_long} truncated to "
