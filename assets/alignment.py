@@ -6,11 +6,9 @@ subprocess in the ``gpu`` pool, and a report that shows whether each stage helpe
 import base64
 import io
 import json
-import sys
 
 import dagster as dg
 import polars as pl
-import yaml
 from pydantic import Field
 
 from assets.feedback import JudgeResource
@@ -18,9 +16,9 @@ from assets.io_manager import preview_markdown
 from assets.resources import StorageResource
 from assets.training import (
     POOL,
-    RecipeConfig,
+    RecipeResource,
     dataset_path,
-    recipe_section,
+    launch,
     run_stage,
 )
 from curation.judge.types import RankRequest
@@ -40,7 +38,7 @@ def checkpoint_path(storage: StorageResource, stage: str) -> str:
 )
 def reward_checkpoint(
     context: dg.AssetExecutionContext,
-    config: RecipeConfig,
+    recipe: RecipeResource,
     storage: StorageResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
@@ -51,7 +49,7 @@ def reward_checkpoint(
         "init_from": checkpoint_path(storage, "sft"),
         "inputs": {"asset": "preference_dataset"},
     }
-    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "reward", settings)
+    return run_stage(context, pipes_subprocess_client, storage, recipe, "reward", settings)
 
 
 @dg.asset(
@@ -59,7 +57,7 @@ def reward_checkpoint(
 )
 def dpo_checkpoint(
     context: dg.AssetExecutionContext,
-    config: RecipeConfig,
+    recipe: RecipeResource,
     storage: StorageResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
@@ -69,10 +67,10 @@ def dpo_checkpoint(
         "init_from": checkpoint_path(storage, "sft"),
         "inputs": {"asset": "preference_dataset"},
     }
-    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "dpo", settings)
+    return run_stage(context, pipes_subprocess_client, storage, recipe, "dpo", settings)
 
 
-def _policy_settings(storage: StorageResource, recipe: str, stage: str) -> dict:
+def _policy_settings(storage: StorageResource, recipe: RecipeResource, stage: str) -> dict:
     """PPO always optimises against the reward model; GRPO/RLOO get it only when their recipe
     weighs it (their other reward, the checkable answer, needs no model)."""
     settings = {
@@ -80,7 +78,7 @@ def _policy_settings(storage: StorageResource, recipe: str, stage: str) -> dict:
         "init_from": checkpoint_path(storage, "sft"),
         "inputs": {"asset": "prompt_dataset"},
     }
-    weights = recipe_section(recipe, stage).get("reward_weights") or {}
+    weights = recipe.section(stage).get("reward_weights") or {}
     if stage == "ppo" or "reward_model" in weights:
         settings["reward_model"] = checkpoint_path(storage, "reward")
         settings["inputs"]["reward_model"] = "reward_checkpoint"
@@ -101,12 +99,12 @@ def policy_asset(stage: str, description: str) -> dg.AssetsDefinition:
     )
     def policy_checkpoint(
         context: dg.AssetExecutionContext,
-        config: RecipeConfig,
+        recipe: RecipeResource,
         storage: StorageResource,
         pipes_subprocess_client: dg.PipesSubprocessClient,
     ) -> dg.MaterializeResult:
-        settings = _policy_settings(storage, config.recipe, stage)
-        return run_stage(context, pipes_subprocess_client, storage, config.recipe, stage, settings)
+        settings = _policy_settings(storage, recipe, stage)
+        return run_stage(context, pipes_subprocess_client, storage, recipe, stage, settings)
 
     return policy_checkpoint
 
@@ -127,7 +125,7 @@ rloo_checkpoint = policy_asset(
 POLICIES = ("pretrain", "midtrain", "sft", "dpo", "ppo", "grpo", "rloo")
 
 
-class AlignmentReportConfig(RecipeConfig):
+class AlignmentReportConfig(dg.Config):
     tasks: int = Field(
         default=1000,
         description="Synthetic tasks generated for the report; any whose prompt is in a training "
@@ -265,6 +263,7 @@ def bar_plots(table: pl.DataFrame) -> str:
 def alignment_report(
     context: dg.AssetExecutionContext,
     config: AlignmentReportConfig,
+    recipe: RecipeResource,
     storage: StorageResource,
     judge: JudgeResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
@@ -289,17 +288,14 @@ def alignment_report(
         if storage.path("checkpoints", name, "checkpoint", "lineage.json").exists()
     }
     section = {
-        **recipe_section(config.recipe, "alignment"),
+        **recipe.section("alignment"),
         "policies": policies,
         "reference": checkpoint_path(storage, "sft"),
         "reward_model": checkpoint_path(storage, "reward"),
         "prompts": str(prompts),
         "output": str(folder),
     }
-    resolved = folder / "stage.yaml"
-    resolved.write_text(yaml.safe_dump({"alignment": section}), encoding="utf-8")
-    command = [sys.executable, "-m", "training", "alignment", "--config", str(resolved)]
-    pipes_subprocess_client.run(command=command, context=context)
+    launch(context, pipes_subprocess_client, "alignment", section, folder / "stage.yaml")
     measured = json.loads((folder / "alignment.json").read_text())["policies"]
 
     def outputs(name: str) -> list[str]:

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from assets.io_manager import preview_markdown
 from assets.resources import StorageResource, resolve
-from assets.training import POOL, RecipeConfig, dataset_path, launch_stage
+from assets.training import POOL, RecipeResource, dataset_path, launch_stage
 from curation.feedback.annotation import (
     export_argilla,
     export_label_studio,
@@ -64,14 +64,10 @@ class JudgeResource(dg.ConfigurableResource):
         )
 
 
-class CandidatesAssetConfig(RecipeConfig):
-    pass
-
-
 @dg.asset(group_name=GROUP, deps=["prompt_dataset", "sft_checkpoint"], pool=POOL, kinds={"pytorch"})
 def model_candidates(
     context: dg.AssetExecutionContext,
-    config: CandidatesAssetConfig,
+    recipe: RecipeResource,
     storage: StorageResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
@@ -83,7 +79,7 @@ def model_candidates(
         "inputs": {"asset": "prompt_dataset"},
     }
     result, out = launch_stage(
-        context, pipes_subprocess_client, storage, config.recipe, "candidates", settings, "feedback"
+        context, pipes_subprocess_client, storage, recipe, "candidates", settings, "feedback"
     )
     frame = read_candidates(out / "candidates.parquet")
     sizes = frame["candidates"].list.len()

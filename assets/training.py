@@ -4,8 +4,11 @@ same command runs under ``accelerate launch`` or moves to Kubernetes with ``Pipe
 all in the ``gpu`` pool so one stage holds the accelerator at a time."""
 
 import base64
+import functools
 import io
 import json
+import re
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +26,14 @@ from curation.storage import write_parquet
 from curation.synthetic import check_answer, generate_tasks
 from curation.tokens import TokenCounter
 from training.checkpoint import read_lineage
-from training.recipe import build, read_recipe
+from training.common import last_run_checkpoint
+from training.recipe import RecipeError, build, read_recipe
 from training.reporting import read_metrics
+from training.stages import FAILURE_FILE_ENV, check_recipe
 from training.tokenizer import load_tokenizer, to_transformers
 
 GROUP = "training"
 POOL = "gpu"
-
-
-class RecipeConfig(dg.Config):
-    recipe: str = Field(
-        default="recipes/tiny-cpu.yaml", description="Recipe YAML (project-relative)."
-    )
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,34 @@ class MixingRecipe:
             )
 
 
-def recipe_section(path: str, name: str) -> dict:
-    return dict(read_recipe(resolve(path)).get(name) or {})
+DEFAULT_RECIPE = "recipes/tiny-cpu.yaml"
+
+
+class RecipeResource(dg.ConfigurableResource):
+    """The training recipe of a run: every stage a run launches reads the same file. Chosen in
+    the launch form (resources, ``recipe``, ``path``); automated runs use POSTFORGE_RECIPE.
+    The whole recipe is checked (every section's keys and types) before an asset uses it, so a
+    typo in a late stage's section fails the run before the early stages spend their time."""
+
+    path: str = Field(default=DEFAULT_RECIPE, description="Recipe YAML (project-relative).")
+
+    def section(self, name: str) -> dict:
+        self.check()
+        return dict(read_recipe(resolve(self.path)).get(name) or {})
+
+    def check(self) -> None:
+        file = resolve(self.path)
+        stamp = file.stat().st_mtime_ns if file.exists() else None
+        _checked_recipe(str(file), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _checked_recipe(path: str, stamp: int | None) -> None:
+    """Once per file version and process: checking imports every stage's config class."""
+    try:
+        check_recipe(path, {"mixing": MixingRecipe})
+    except RecipeError as error:
+        raise dg.Failure(description=f"recipe: {error}") from None
 
 
 def counted(texts: pl.DataFrame, counter: TokenCounter) -> pl.DataFrame:
@@ -100,20 +125,18 @@ def mixture_asset(
 
 @dg.asset(group_name=GROUP, deps=["project_tokenizer"], kinds={"polars"})
 def pretrain_mixture(
-    config: RecipeConfig,
+    recipe: RecipeResource,
     storage: StorageResource,
     pretrain_corpus: pl.DataFrame,
     curated_conversations: pl.DataFrame,
 ) -> dg.MaterializeResult:
     """Stable-phase data: pretraining text, with instruction data mixed in at the recipe's share
     (0 by default: MiniCPM keeps instructions for the decay phase)."""
-    recipe = build(
-        MixingRecipe, recipe_section(config.recipe, "mixing"), f"{config.recipe}: mixing"
-    )
+    mixing = build(MixingRecipe, recipe.section("mixing"), f"{recipe.path}: mixing")
     tokenizer_path = storage.path("project_tokenizer")
     counter = TokenCounter(load_tokenizer(tokenizer_path))
     pretrain = counted(pretrain_corpus.select("id", "source", "text"), counter)
-    share = recipe.pretrain_instruction_share
+    share = mixing.pretrain_instruction_share
     sources = {"pretrain": pretrain}
     shares = {"pretrain": 1.0 - share}
     if share > 0:
@@ -122,21 +145,19 @@ def pretrain_mixture(
         )
         shares["instruction"] = share
     total = int(pretrain["tokens"].sum() / (1.0 - share))
-    mixture = mix(sources, MixConfig(proportions=shares, total_tokens=total, seed=recipe.seed))
+    mixture = mix(sources, MixConfig(proportions=shares, total_tokens=total, seed=mixing.seed))
     return mixture_asset("pretrain_mixture", storage, mixture, shares)
 
 
 @dg.asset(group_name=GROUP, deps=["project_tokenizer"], kinds={"polars"})
 def decay_mixture(
-    config: RecipeConfig,
+    recipe: RecipeResource,
     storage: StorageResource,
     pretrain_corpus: pl.DataFrame,
     curated_conversations: pl.DataFrame,
 ) -> dg.MaterializeResult:
     """Decay-phase data: pretraining text and instruction data at exact token shares."""
-    recipe = build(
-        MixingRecipe, recipe_section(config.recipe, "mixing"), f"{config.recipe}: mixing"
-    )
+    mixing = build(MixingRecipe, recipe.section("mixing"), f"{recipe.path}: mixing")
     tokenizer_path = storage.path("project_tokenizer")
     counter = TokenCounter(load_tokenizer(tokenizer_path))
     sources = {
@@ -148,10 +169,10 @@ def decay_mixture(
     mixture = mix(
         sources,
         MixConfig(
-            proportions=recipe.decay_shares, total_tokens=recipe.decay_tokens, seed=recipe.seed
+            proportions=mixing.decay_shares, total_tokens=mixing.decay_tokens, seed=mixing.seed
         ),
     )
-    return mixture_asset("decay_mixture", storage, mixture, recipe.decay_shares)
+    return mixture_asset("decay_mixture", storage, mixture, mixing.decay_shares)
 
 
 def loss_plot(metrics: list[dict], title: str) -> str:
@@ -194,40 +215,85 @@ def described_inputs(context: dg.AssetExecutionContext, inputs: dict) -> dict:
     }
 
 
+def launch(
+    context: dg.AssetExecutionContext,
+    pipes: dg.PipesSubprocessClient,
+    stage: str,
+    section: dict,
+    resolved: Path,
+) -> dg.PipesClientCompletedInvocation:
+    """Run ``python -m training <stage>`` on ``section`` (written to ``resolved`` for the record
+    and the command line). A failed stage fails the asset with the stage's own one-line
+    reason, or, when the process was killed, with the signal and what it usually means."""
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    resolved.write_text(yaml.safe_dump({stage: section}, sort_keys=True), encoding="utf-8")
+    failure = resolved.with_name(f"{resolved.stem}.failure.txt")
+    failure.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "training", stage, "--config", str(resolved)]
+    try:
+        return pipes.run(command=command, context=context, env={FAILURE_FILE_ENV: str(failure)})
+    except Exception as error:  # Dagster raises DagsterPipesExecutionError, not exported
+        if not failure.exists() and "failed with code" not in str(error):
+            raise
+        runs = Path(section.get("output_dir") or resolved.parent) / "runs"
+        raise dg.Failure(
+            description=f"{stage} failed: {failure_reason(failure, str(error))}",
+            metadata={
+                "stage": stage,
+                "config": dg.MetadataValue.path(str(resolved)),
+                "last_good_save": last_run_checkpoint(runs) if runs.is_dir() else None,
+            },
+        ) from error
+
+
+def failure_reason(failure: Path, pipes_error: str) -> str:
+    """The stage's own line; else what its exit code says (a negative code is a signal)."""
+    if failure.exists():
+        return failure.read_text(encoding="utf-8").strip()
+    found = re.search(r"code (-?\d+)", pipes_error)
+    code = int(found.group(1)) if found else None
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        why = (
+            " (most often the kernel's out-of-memory killer: host memory ran out; see `dmesg`)"
+            if -code == signal.SIGKILL
+            else ""
+        )
+        return f"the process was killed by {name}{why}"
+    return pipes_error
+
+
 def launch_stage(
     context: dg.AssetExecutionContext,
     pipes: dg.PipesSubprocessClient,
     storage: StorageResource,
-    recipe_path: str,
+    recipe: RecipeResource,
     stage: str,
     settings: dict,
     folder: str = "checkpoints",
 ) -> tuple[dg.MaterializeResult, Path]:
-    """Write the resolved stage config beside the run and launch ``python -m training``; the
-    recipe's section is the base and the asset's settings (paths, inputs) win."""
+    """The stage with the recipe's section as the base and the asset's settings (paths,
+    inputs) winning; the resolved config is kept beside the run as ``stage.yaml``."""
     output_dir = storage.path(folder, stage)
     output_dir.mkdir(parents=True, exist_ok=True)
     if "inputs" in settings:
         settings = {**settings, "inputs": described_inputs(context, settings["inputs"])}
-    section = {**recipe_section(recipe_path, stage), **settings, "output_dir": str(output_dir)}
-    resolved = output_dir / "stage.yaml"
-    resolved.write_text(yaml.safe_dump({stage: section}, sort_keys=True), encoding="utf-8")
-    command = [sys.executable, "-m", "training", stage, "--config", str(resolved)]
-    result = pipes.run(command=command, context=context).get_materialize_result()
-    return result, output_dir
+    section = {**recipe.section(stage), **settings, "output_dir": str(output_dir)}
+    completed = launch(context, pipes, stage, section, output_dir / "stage.yaml")
+    return completed.get_materialize_result(), output_dir
 
 
 def run_stage(
     context: dg.AssetExecutionContext,
     pipes: dg.PipesSubprocessClient,
     storage: StorageResource,
-    recipe_path: str,
+    recipe: RecipeResource,
     stage: str,
     settings: dict,
 ) -> dg.MaterializeResult:
     """A training stage whose product is a checkpoint: its lineage, loss curve and speed become
     the asset's metadata."""
-    result, output_dir = launch_stage(context, pipes, storage, recipe_path, stage, settings)
+    result, output_dir = launch_stage(context, pipes, storage, recipe, stage, settings)
     checkpoint = output_dir / "checkpoint"
     lineage = read_lineage(checkpoint)
     metrics = read_metrics(output_dir / "metrics.jsonl")
@@ -241,7 +307,7 @@ def run_stage(
             "tokens_per_s": speeds[-1] if speeds else None,
             **({"mfu": utilization[-1]} if utilization else {}),
             "lineage": dg.MetadataValue.json(lineage),
-            "recipe": recipe_path,
+            "recipe": recipe.path,
         }
     )
 
@@ -255,7 +321,7 @@ def dataset_path(storage: StorageResource, name: str) -> str:
 )
 def base_checkpoint(
     context: dg.AssetExecutionContext,
-    config: RecipeConfig,
+    recipe: RecipeResource,
     storage: StorageResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
@@ -266,13 +332,13 @@ def base_checkpoint(
         "tokenizer": str(storage.path("project_tokenizer")),
         "inputs": {"asset": "pretrain_mixture"},
     }
-    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "pretrain", settings)
+    return run_stage(context, pipes_subprocess_client, storage, recipe, "pretrain", settings)
 
 
 @dg.asset(group_name=GROUP, deps=["decay_mixture", base_checkpoint], pool=POOL, kinds={"pytorch"})
 def midtrain_checkpoint(
     context: dg.AssetExecutionContext,
-    config: RecipeConfig,
+    recipe: RecipeResource,
     storage: StorageResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
@@ -283,13 +349,13 @@ def midtrain_checkpoint(
         "init_from": str(storage.path("checkpoints", "pretrain", "checkpoint")),
         "inputs": {"asset": "decay_mixture"},
     }
-    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "midtrain", settings)
+    return run_stage(context, pipes_subprocess_client, storage, recipe, "midtrain", settings)
 
 
 @dg.asset(group_name=GROUP, deps=["sft_dataset", midtrain_checkpoint], pool=POOL, kinds={"pytorch"})
 def sft_checkpoint(
     context: dg.AssetExecutionContext,
-    config: RecipeConfig,
+    recipe: RecipeResource,
     storage: StorageResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
@@ -299,10 +365,10 @@ def sft_checkpoint(
         "init_from": str(storage.path("checkpoints", "midtrain", "checkpoint")),
         "inputs": {"asset": "sft_dataset"},
     }
-    return run_stage(context, pipes_subprocess_client, storage, config.recipe, "sft", settings)
+    return run_stage(context, pipes_subprocess_client, storage, recipe, "sft", settings)
 
 
-class EvaluationConfig(RecipeConfig):
+class EvaluationConfig(dg.Config):
     tasks: int = Field(default=200, description="Synthetic tasks with checkable answers.")
     seed: int = Field(
         default=1234, description="Seed of the evaluation tasks (not the training ones)."
@@ -318,6 +384,7 @@ class EvaluationConfig(RecipeConfig):
 def training_evaluation(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
+    recipe: RecipeResource,
     storage: StorageResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
@@ -343,11 +410,8 @@ def training_evaluation(
             "heldout": dataset_path(storage, "sft"),
             "prompts": str(prompts),
         }
-        section = {**recipe_section(config.recipe, "evaluate"), **settings}
-        resolved = out.with_suffix(".yaml")
-        resolved.write_text(yaml.safe_dump({"evaluate": section}), encoding="utf-8")
-        command = [sys.executable, "-m", "training", "evaluate", "--config", str(resolved)]
-        pipes_subprocess_client.run(command=command, context=context)
+        section = {**recipe.section("evaluate"), **settings}
+        launch(context, pipes_subprocess_client, "evaluate", section, out.with_suffix(".yaml"))
         result = json.loads((out / "evaluation.json").read_text())
         outputs = [
             json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()

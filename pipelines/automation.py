@@ -474,7 +474,7 @@ def sft_sensor_tick(
     return dg.RunRequest(
         run_key=f"sft-dataset-{dataset_id}",
         asset_selection=training_keys_from(SFT_CHECKPOINT),
-        run_config=recipe_run_config(training_keys_from(SFT_CHECKPOINT), settings.recipe),
+        run_config=recipe_run_config(settings.recipe),
         tags=run_tags(settings.recipe, **{TAG_TRIGGER: "sft_change_sensor"}),
     )
 
@@ -483,18 +483,9 @@ def training_keys_from(key: dg.AssetKey) -> list[dg.AssetKey]:
     return selection_keys(dg.AssetSelection.assets(key).downstream() & TRAINING)
 
 
-def recipe_run_config(keys: Sequence[dg.AssetKey], recipe: str) -> dict:
-    """``recipe`` for every selected op whose config has a ``recipe`` field."""
-    from pipelines.definitions import defs
-
-    graph = defs.resolve_asset_graph()
-    ops = {}
-    for key in keys:
-        op = graph.get(key).assets_def.op
-        fields = getattr(op.config_schema.config_type, "fields", {}) if op.config_schema else {}
-        if "recipe" in fields:
-            ops[op.name] = {"config": {"recipe": recipe}}
-    return {"ops": ops}
+def recipe_run_config(recipe: str) -> dict:
+    """The run's recipe, as the launch form sets it: one resource every stage reads."""
+    return {"resources": {"recipe": {"config": {"path": recipe}}}}
 
 
 def build_sft_sensor(settings: OperationsSettings = SETTINGS) -> dg.SensorDefinition:

@@ -63,5 +63,7 @@ defs = dg.Definitions(
         "storage": StorageResource(base_dir=OUTPUTS),
         "pipes_subprocess_client": dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT)),
         "judge": judge_resource(),
+        # One recipe per run, changeable in the launch form; automated runs are tagged with it.
+        "recipe": training.RecipeResource(path=automation.SETTINGS.recipe),
     },
 )

@@ -18,13 +18,13 @@ def demo(tmp_path_factory):
     home = tmp_path_factory.mktemp("dagster_home")
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         job = defs.resolve_job_def("demo")
-        recipe = {"config": {"recipe": "recipes/test-cpu.yaml"}}
+        # The recipe as the launch form sets it: once, for every stage of the run.
         run_config = {
+            "resources": {"recipe": {"config": {"path": "recipes/test-cpu.yaml"}}},
             "ops": {
-                **{name: recipe for name in TRAINING_ASSETS},
-                "training_evaluation": {"config": {"recipe": "recipes/test-cpu.yaml", "tasks": 20}},
-                "alignment_report": {"config": {"recipe": "recipes/test-cpu.yaml", "tasks": 20}},
-            }
+                "training_evaluation": {"config": {"tasks": 20}},
+                "alignment_report": {"config": {"tasks": 20}},
+            },
         }
         result = job.execute_in_process(
             run_config=run_config,
@@ -178,6 +178,10 @@ def test_training_assets_publish_checkpoints_with_lineage(demo):
     assert sft_inputs["asset"] == "sft_dataset"
     assert sft_inputs["data_version"] == sft_data.tags["dagster/data_version"]
     assert sft_inputs["train_rows"] == sft_data.metadata["train_rows"].value > 0
+    # The launch form's recipe reached every stage of the run.
+    for name in TRAINING_ASSETS:
+        if name.endswith("_checkpoint"):
+            assert materialization(result, name).metadata["recipe"].value == "recipes/test-cpu.yaml"
     metadata = materialization(result, "sft_checkpoint").metadata
     assert metadata["loss_curve"].value.startswith("![loss](data:image/png;base64,")
     summary = pl.read_parquet(out / "evaluation" / "summary.parquet")

@@ -374,7 +374,7 @@ def test_sft_change_sensor_trains_only_past_the_threshold(instance):
     request = sensor(dg.build_sensor_context(instance=instance))
     keys = {k.to_user_string() for k in request.asset_selection}
     assert "sft_checkpoint" in keys and "base_checkpoint" not in keys
-    assert request.run_config["ops"]["sft_checkpoint"]["config"]["recipe"]
+    assert request.run_config["resources"]["recipe"]["config"]["path"] == "recipes/tiny-cpu.yaml"
 
 
 def reexecution_job() -> dg.JobDefinition:

@@ -17,6 +17,7 @@ import pytest
 from assets.ingest import RAW_SOURCES
 from assets.io_manager import PolarsParquetIOManager
 from assets.resources import StorageResource
+from assets.training import RecipeResource
 from curation.storage import read_manifest
 from curation.trace import (
     TraceError,
@@ -77,7 +78,6 @@ def outputs(tmp_path_factory) -> Path:
     lines = [json.dumps(row) for row in EXTRA_FLAN] + ['{"inputs": "cut off']
     extra.write_text("\n".join(lines) + "\n", encoding="utf-8")
     selected = [a for a in defs.assets if any(k.to_user_string() in ASSETS for k in a.keys)]
-    recipe = {"config": {"recipe": "recipes/test-cpu.yaml"}}
     flan_paths = [*RAW_SOURCES["raw_flan"][1], str(extra)]
     with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster_home"))) as instance:
         result = dg.materialize(
@@ -86,14 +86,9 @@ def outputs(tmp_path_factory) -> Path:
             resources={
                 "io_manager": PolarsParquetIOManager(base_dir=str(out)),
                 "storage": StorageResource(base_dir=str(out)),
+                "recipe": RecipeResource(path="recipes/test-cpu.yaml"),
             },
-            run_config={
-                "ops": {
-                    "pretrain_mixture": recipe,
-                    "decay_mixture": recipe,
-                    "raw_flan": {"config": {"paths": flan_paths}},
-                }
-            },
+            run_config={"ops": {"raw_flan": {"config": {"paths": flan_paths}}}},
         )
     assert result.success
     write_checkpoints(out)

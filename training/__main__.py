@@ -11,35 +11,11 @@ import argparse
 import copy
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from training.recipe import RecipeError, build, read_recipe
-
-# stage name -> "module:ConfigClass:entry"; imported only when that stage runs, so one stage's
-# heavy or optional imports never slow down or break another.
-STAGES: dict[str, str] = {
-    "pretrain": "training.causal_lm:CausalLMConfig:main",
-    "midtrain": "training.causal_lm:CausalLMConfig:main",
-    "sft": "training.sft:SFTStageConfig:main",
-    "evaluate": "training.evaluate:EvaluateConfig:main",
-    "candidates": "training.candidates:CandidatesConfig:main",
-    "reward": "training.reward:RewardStageConfig:main",
-    "dpo": "training.dpo:DPOStageConfig:main",
-    "ppo": "training.ppo:PPOStageConfig:main",
-    "grpo": "training.grpo:GRPOStageConfig:main",
-    "rloo": "training.rloo:RLOOStageConfig:main",
-    "alignment": "training.alignment:AlignmentConfig:main",
-}
-
-
-def stage(name: str) -> tuple[type, Callable[[Any], Any]]:
-    """The config class and entry point of one stage."""
-    import importlib
-
-    module_name, config_name, entry = STAGES[name].split(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, config_name), getattr(module, entry)
+from training.stages import STAGES, record_failure, stage
 
 
 def stage_section(recipe: dict[str, Any], name: str, where: str) -> dict[str, Any]:
@@ -117,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.stage, args.config, args.set)
     except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
+        record_failure(error)
         return 2
     threads = getattr(config, "torch_threads", None)
     if threads:
@@ -124,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(threads)
     _, run = stage(args.stage)
-    run(config)
+    try:
+        run(config)
+    except Exception as error:
+        # The launcher (a Dagster asset) shows this one line as the failure, not an exit code.
+        record_failure(error)
+        raise
     return 0
 
 

@@ -38,6 +38,17 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 
 def build(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
     """``cls(**values)`` with every key and type checked; ``where`` prefixes error messages."""
+    kwargs = check_section(cls, values, where)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"{where}: {error}") from None
+
+
+def check_section(cls: type, values: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """The keyword arguments of ``cls`` from ``values``, every key and type checked, without
+    constructing ``cls`` (whose own checks may need settings the recipe leaves to a launcher).
+    """
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
@@ -49,10 +60,7 @@ def build(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
         if key not in fields:
             raise RecipeError(f"{where}.{key}: unknown key; expected one of {sorted(fields)}")
         kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as error:
-        raise RecipeError(f"{where}: {error}") from None
+    return kwargs
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:

@@ -1,0 +1,103 @@
+"""How a training asset fails, seen from Dagster: a recipe typo anywhere stops the run before
+the first stage works, and a stage that fails shows its own reason, not an exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+import yaml
+
+from assets import training as training_assets
+from assets.resources import PROJECT_ROOT, SAMPLES, StorageResource
+from training.tokenizer import TokenizerConfig, corpus_texts, save_tokenizer, train_tokenizer
+
+BASE_RECIPE = yaml.safe_load((PROJECT_ROOT / "recipes" / "test-cpu.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> Path:
+    """What base_checkpoint reads: the project tokenizer and a pretraining mixture."""
+    out = tmp_path_factory.mktemp("outputs")
+    tokenizer = train_tokenizer(
+        corpus_texts(SAMPLES / "pretrain.jsonl"), TokenizerConfig(vocab_size=512)
+    )
+    save_tokenizer(tokenizer, out / "project_tokenizer")
+    rows = pl.read_ndjson(SAMPLES / "pretrain.jsonl").head(300)
+    mixture = out / "datasets" / "pretrain_mixture"
+    mixture.mkdir(parents=True)
+    rows.select("id", pl.lit("pretrain").alias("source"), "text").write_parquet(
+        mixture / "train.parquet"
+    )
+    return out
+
+
+def recipe_with(tmp_path: Path, section: str, **changes) -> str:
+    recipe = json.loads(json.dumps(BASE_RECIPE))
+    recipe.setdefault(section, {}).update(changes)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def materialize_base(outputs: Path, recipe: str, instance) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [training_assets.base_checkpoint],
+        instance=instance,
+        raise_on_error=False,
+        resources={
+            "storage": StorageResource(base_dir=str(outputs)),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT)),
+            "recipe": training_assets.RecipeResource(path=recipe),
+        },
+    )
+
+
+def failure_of(result: dg.ExecuteInProcessResult, node: str) -> tuple[dg.Failure, str]:
+    assert not result.success
+    step_failure = result.failure_data_for_node(node)
+    return step_failure.user_failure_data, step_failure.error.message
+
+
+def test_a_typo_in_a_later_stage_stops_the_first_stage_before_it_works(outputs, tmp_path, instance):
+    recipe = recipe_with(tmp_path, "sft", lerning_rate=1e-3)
+    result = materialize_base(outputs, recipe, instance)
+    _, message = failure_of(result, "base_checkpoint")
+    assert f"{recipe}: sft.lerning_rate: unknown key" in message
+    # Nothing ran: no stage config was written, no run folder made.
+    assert not (outputs / "checkpoints" / "pretrain" / "stage.yaml").exists()
+
+
+def test_an_unknown_section_and_a_wrong_type_are_named(outputs, tmp_path, instance):
+    recipe = recipe_with(tmp_path, "sfft", learning_rate=1e-3)
+    _, message = failure_of(materialize_base(outputs, recipe, instance), "base_checkpoint")
+    assert "sfft: unknown section" in message
+    recipe = recipe_with(tmp_path, "dpo", beta="high")
+    _, message = failure_of(materialize_base(outputs, recipe, instance), "base_checkpoint")
+    assert "dpo.beta: expected float, got str 'high'" in message
+
+
+def test_a_failing_stage_fails_the_asset_with_its_own_reason(outputs, tmp_path, instance):
+    recipe = recipe_with(tmp_path, "pretrain", learning_rate=1e30, max_steps=6, logging_steps=1)
+    result = materialize_base(outputs, recipe, instance)
+    data, message = failure_of(result, "base_checkpoint")
+    assert "pretrain failed: FloatingPointError: pretrain: non-finite loss at step" in message
+    assert data.metadata["stage"].value == "pretrain"
+    assert not result.asset_materializations_for_node("base_checkpoint")
+    assert not (outputs / "checkpoints" / "pretrain" / "checkpoint").exists()
+
+
+def test_a_killed_stage_is_named_by_its_signal(tmp_path):
+    absent = tmp_path / "stage.failure.txt"
+    reason = training_assets.failure_reason(
+        absent, "External execution process failed with code -9"
+    )
+    assert "killed by SIGKILL" in reason and "out-of-memory killer" in reason
+    assert "SIGTERM" in training_assets.failure_reason(absent, "failed with code -15")
+    absent.write_text("ResourceError: pretrain: out of memory at step 3\n")
+    assert training_assets.failure_reason(absent, "failed with code 1").startswith(
+        "ResourceError: pretrain: out of memory"
+    )

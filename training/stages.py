@@ -1,0 +1,73 @@
+"""The stages ``python -m training`` runs, and how one reports its failure to a launcher.
+
+A stage is ``module:ConfigClass:entry``, imported only when that stage runs (or its recipe
+section is checked), so one stage's heavy or optional imports never slow down another.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from training.recipe import RecipeError, check_section, read_recipe
+
+STAGES: dict[str, str] = {
+    "pretrain": "training.causal_lm:CausalLMConfig:main",
+    "midtrain": "training.causal_lm:CausalLMConfig:main",
+    "sft": "training.sft:SFTStageConfig:main",
+    "evaluate": "training.evaluate:EvaluateConfig:main",
+    "candidates": "training.candidates:CandidatesConfig:main",
+    "reward": "training.reward:RewardStageConfig:main",
+    "dpo": "training.dpo:DPOStageConfig:main",
+    "ppo": "training.ppo:PPOStageConfig:main",
+    "grpo": "training.grpo:GRPOStageConfig:main",
+    "rloo": "training.rloo:RLOOStageConfig:main",
+    "alignment": "training.alignment:AlignmentConfig:main",
+}
+
+# Where a launcher wants the one-line reason of a failed stage (set by the Dagster assets).
+FAILURE_FILE_ENV = "POSTFORGE_FAILURE_FILE"
+
+
+def stage(name: str) -> tuple[type, Callable[[Any], Any]]:
+    """The config class and entry point of one stage."""
+    module_name, config_name, entry = STAGES[name].split(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), getattr(module, entry)
+
+
+def check_recipe(path: str | Path, other_sections: Mapping[str, type] = {}) -> None:
+    """Every section of a recipe, keys and types, before any stage runs: a typo in the sft
+    section must not wait for pretraining to finish to be found. The settings a launcher fills
+    in (data, output_dir, init_from) and checks between settings are the stage's own, at its
+    start. Raises ``RecipeError`` naming the file, the section and the key."""
+    recipe = read_recipe(path)
+    known = sorted({*STAGES, *other_sections})
+    for name, section in recipe.items():
+        if name in other_sections:
+            cls = other_sections[name]
+        elif name in STAGES:
+            cls, _ = stage(name)
+        else:
+            raise RecipeError(f"{path}: {name}: unknown section; expected one of {known}")
+        check_section(cls, section, f"{path}: {name}")
+
+
+def record_failure(error: BaseException) -> None:
+    """Write the error as one line where the launcher asked for it (nothing when run by hand).
+    Written beside and renamed over, so the launcher never reads half of it."""
+    target = os.environ.get(FAILURE_FILE_ENV)
+    if not target:
+        return
+    line = f"{type(error).__name__}: {error}".replace("\n", " ")
+    path = Path(target)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(line + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a full disk may be the failure itself; the launcher falls back to the exit code
