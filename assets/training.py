@@ -65,6 +65,7 @@ class MixingRecipe:
 
 
 DEFAULT_RECIPE = "recipes/tiny-cpu.yaml"
+RECIPE_TAG = "postforge/recipe"  # the run tag that says which recipe trained its checkpoints
 
 
 class RecipeResource(dg.ConfigurableResource):
@@ -74,6 +75,13 @@ class RecipeResource(dg.ConfigurableResource):
     typo in a late stage's section fails the run before the early stages spend their time."""
 
     path: str = Field(default=DEFAULT_RECIPE, description="Recipe YAML (project-relative).")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Automated runs are tagged with POSTFORGE_RECIPE; a recipe set in the launch form
+        # must not run under that tag, so the tag follows the recipe actually used.
+        run, instance = context.dagster_run, context.instance
+        if run is not None and instance is not None and run.tags.get(RECIPE_TAG) != self.path:
+            instance.add_run_tags(run.run_id, {RECIPE_TAG: self.path})
 
     def section(self, name: str) -> dict:
         self.check()

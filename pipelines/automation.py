@@ -34,6 +34,7 @@ from dagster._utils.schedules import is_valid_cron_string
 from assets.ingest import RAW_KEYS, raw_drops
 from assets.partitions import DEFAULT_DROPS_ROOT, DROPS, drops_root, find_drops
 from assets.resources import PROJECT_ROOT
+from assets.training import RECIPE_TAG
 
 # Training and the alignment stages after it (reward model, DPO, PPO/GRPO/RLOO): run when asked.
 TRAINING_GROUPS = ("training", "alignment")
@@ -41,7 +42,7 @@ GPU_POOL = "gpu"
 FEEDBACK_GROUP = "feedback"
 INGEST_GROUP = "ingest"
 ROOT_KEYS = [*RAW_KEYS, dg.AssetKey("raw_pretrain")]
-TAG_RECIPE = "postforge/recipe"
+TAG_RECIPE = RECIPE_TAG  # set again by the recipe resource when a run overrides the recipe
 TAG_COMMIT = "postforge/git_commit"
 TAG_TRIGGER = "postforge/trigger"
 TAG_DROP = "postforge/drop"

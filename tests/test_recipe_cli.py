@@ -112,3 +112,16 @@ def test_a_source_with_a_share_but_no_tokens_is_named():
     config = MixConfig(proportions={"pretrain": 0.5, "instruction": 0.5}, total_tokens=10)
     with pytest.raises(ValueError, match=r"source 'instruction' has a positive share .* \(0 rows"):
         mix({"pretrain": full, "instruction": empty}, config)
+
+
+def test_a_misspelt_section_is_named_and_anchor_sections_are_allowed(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "x-model: &model {preset: tiny, max_position_embeddings: 256}\n"
+        "sft: {data: data/sft, tokenizer: tok, model: *model}\n"
+        "sfft: {max_steps: 3}\n"
+    )
+    with pytest.raises(RecipeError, match=r"r\.yaml: sfft: unknown section"):
+        cli.load_config("sft", str(path))
+    path.write_text(path.read_text().replace("sfft: {max_steps: 3}\n", ""))
+    assert cli.load_config("sft", str(path)).model.max_position_embeddings == 256

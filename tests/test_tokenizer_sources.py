@@ -72,6 +72,9 @@ def test_an_uncached_hub_id_or_a_missing_path_is_named(hub_cache):
         load_tokenizer("acme/absent")
     with pytest.raises(FileNotFoundError, match=r"nowhere/tok\.json: no such tokenizer"):
         load_tokenizer("./nowhere/tok.json")
+    for local in ("nowhere/tok.json", "./nowhere", "a..b"):  # paths, or no valid repo id
+        with pytest.raises(FileNotFoundError, match="no such tokenizer file or folder"):
+            load_tokenizer(local)
 
 
 def hub_sft_config(workspace: Path, tokenizer: str, **overrides) -> SFTStageConfig:

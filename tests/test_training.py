@@ -238,6 +238,17 @@ def test_a_finished_stage_trains_again_only_for_another_recipe(workspace):
     assert earlier > 0
 
 
+def test_resume_off_moves_the_earlier_attempts_saves_aside(workspace):
+    config = pretrain_config(workspace, "fresh", max_steps=4, save_steps=2)
+    causal_lm(config)
+    causal_lm(pretrain_config(workspace, "fresh", max_steps=4, save_steps=2, resume=False))
+    # Left in runs/, the first attempt's saves would be resumed from by a later run whenever
+    # they had the higher step.
+    assert (workspace / "fresh" / "runs.superseded" / "checkpoint-4").is_dir()
+    steps = [r["step"] for r in read_metrics(workspace / "fresh" / "metrics.jsonl") if "loss" in r]
+    assert steps == [2, 4]
+
+
 def test_sft_trains_on_assistant_tokens_and_records_lineage(workspace, stable):
     config = SFTStageConfig(
         output_dir=str(workspace / "sft"),
@@ -482,6 +493,18 @@ def test_publishing_sweeps_what_a_killed_publish_left(stable, tmp_path):
     publish(model, tokenizer, target, {"stage": "x"})
     verify(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoint-notes", "checkpoint"]
+
+
+def test_a_publish_killed_between_its_renames_gets_its_checkpoint_back(stable, tmp_path):
+    from training.checkpoint import sweep_killed_publish
+
+    target = tmp_path / "checkpoint"
+    shutil.copytree(stable, tmp_path / ".checkpoint.old-1700000000")  # the published one
+    (tmp_path / ".checkpoint.tmp-4242").mkdir()  # the new one, never renamed into place
+    sweep_killed_publish(target)
+    verify(target)
+    assert read_lineage(target) == read_lineage(stable)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
 
 
 def test_out_of_resources_as_the_libraries_really_report_it(tmp_path):

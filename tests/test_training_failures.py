@@ -48,6 +48,8 @@ def materialize_base(outputs: Path, recipe: str, instance) -> dg.ExecuteInProces
         [training_assets.base_checkpoint],
         instance=instance,
         raise_on_error=False,
+        # as automated runs are tagged, from POSTFORGE_RECIPE
+        tags={training_assets.RECIPE_TAG: "recipes/tiny-cpu.yaml"},
         resources={
             "storage": StorageResource(base_dir=str(outputs)),
             "pipes_subprocess_client": dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT)),
@@ -69,6 +71,9 @@ def test_a_typo_in_a_later_stage_stops_the_first_stage_before_it_works(outputs, 
     assert f"{recipe}: sft.lerning_rate: unknown key" in message
     # Nothing ran: no stage config was written, no run folder made.
     assert not (outputs / "checkpoints" / "pretrain" / "stage.yaml").exists()
+    # The run's recipe tag names the recipe the launch form set, not the automated default.
+    run = instance.get_run_by_id(result.run_id)
+    assert run.tags[training_assets.RECIPE_TAG] == recipe
 
 
 def test_an_unknown_section_and_a_wrong_type_are_named(outputs, tmp_path, instance):

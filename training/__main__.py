@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from training.recipe import RecipeError, build, read_recipe
-from training.stages import STAGES, record_failure, stage
+from training.stages import STAGES, check_section_names, record_failure, stage
 
 
 def stage_section(recipe: dict[str, Any], name: str, where: str) -> dict[str, Any]:
@@ -65,6 +65,7 @@ def load_config(name: str, recipe_path: str, overrides: Sequence[str] = ()) -> A
     """The stage's config dataclass: its recipe section with ``overrides`` (``KEY=VALUE``)
     applied in order, every key and type checked. Raises ``RecipeError``."""
     recipe = read_recipe(recipe_path)
+    check_section_names(recipe, recipe_path)
     section = stage_section(recipe, name, recipe_path)
     where = f"{recipe_path}: {name}"
     for item in overrides:

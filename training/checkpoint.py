@@ -70,11 +70,7 @@ def _publish(
     model: Any, tokenizer: Any, target: Path, lineage: Mapping[str, Any], optimizer: Any | None
 ) -> Path:
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    # What a publish killed mid-way left: a partial tmp, or the checkpoint it was replacing.
-    # Nothing reads them; without this sweep they would pile up, one model's size each.
-    for leftover in target.parent.glob(f".{target.name}.*-*"):
-        if leftover.name.split(".")[-1].startswith(("tmp-", "old-")):
-            shutil.rmtree(leftover, ignore_errors=True)
+    sweep_killed_publish(target)
     tmp.mkdir(parents=True)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -94,6 +90,24 @@ def _publish(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def sweep_killed_publish(target: Path) -> None:
+    """What a publish killed mid-way left: a partial tmp, or the checkpoint it was replacing.
+    Nothing reads them, and each holds a model's worth of disk. Killed between its two renames,
+    a publish leaves no ``target`` and the replaced checkpoint as the only published copy: that
+    one is put back first, so a failure of this publish still leaves it in place."""
+    leftovers = [
+        p
+        for p in target.parent.glob(f".{target.name}.*-*")
+        if p.name[len(target.name) + 2 :].startswith(("tmp-", "old-"))
+    ]
+    replaced = sorted((p for p in leftovers if ".old-" in p.name), key=lambda p: p.name)
+    if not target.exists() and replaced:
+        replaced[-1].rename(target)
+        leftovers.remove(replaced[-1])
+    for leftover in leftovers:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def save_optimizer(optimizer: Any, directory: Path) -> None:

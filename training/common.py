@@ -242,18 +242,22 @@ def _claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None], resume
     stamp = runs / "fingerprint.txt"
     if runs.is_dir() and any(runs.iterdir()):
         previous = stamp.read_text().strip() if stamp.exists() else "unrecorded"
-        if previous != fingerprint:
+        # With resume off, the earlier attempt's saves go too: left beside this run's, a later
+        # resume would pick whichever attempt saved the highest step.
+        if previous != fingerprint or not resume:
             aside = runs.with_name(SUPERSEDED)
             shutil.rmtree(aside, ignore_errors=True)
             runs.rename(aside)
-            log(
-                f"{runs}: its saves are of another recipe, data or parent ({previous}, now "
-                f"{fingerprint}); moved to {aside}, starting over"
+            why = (
+                f"of another recipe, data or parent ({previous}, now {fingerprint})"
+                if previous != fingerprint
+                else "of an earlier attempt, and resume is off"
             )
+            log(f"{runs}: its saves are {why}; moved to {aside}, starting over")
     runs.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint + "\n")
     started = runs / RUN_STARTED
-    if not resume or not started.exists() or last_run_checkpoint(runs) is None:
+    if not started.exists() or last_run_checkpoint(runs) is None:
         started.write_text(f"{time.time():.3f}\n")
 
 

@@ -39,21 +39,36 @@ def stage(name: str) -> tuple[type, Callable[[Any], Any]]:
     return getattr(module, config_name), getattr(module, entry)
 
 
+# Sections a recipe may hold besides the stages': ``mixing`` is read by the Dagster mixture
+# assets, and a name starting with ``x-`` or ``_`` holds YAML anchors the others share.
+LAUNCHER_SECTIONS = ("mixing",)
+ANCHOR_PREFIXES = ("x-", "_")
+
+
+def check_section_names(recipe: Mapping[str, Any], path: str | Path) -> None:
+    """A misspelt section (``sfft``) would otherwise leave its stage on defaults unseen."""
+    known = sorted({*STAGES, *LAUNCHER_SECTIONS})
+    for name in recipe:
+        if name not in known and not str(name).startswith(ANCHOR_PREFIXES):
+            raise RecipeError(
+                f"{path}: {name}: unknown section; expected one of {known} "
+                f"(or a name starting with {' or '.join(ANCHOR_PREFIXES)} for YAML anchors)"
+            )
+
+
 def check_recipe(path: str | Path, other_sections: Mapping[str, type] = {}) -> None:
     """Every section of a recipe, keys and types, before any stage runs: a typo in the sft
     section must not wait for pretraining to finish to be found. The settings a launcher fills
     in (data, output_dir, init_from) and checks between settings are the stage's own, at its
     start. Raises ``RecipeError`` naming the file, the section and the key."""
     recipe = read_recipe(path)
-    known = sorted({*STAGES, *other_sections})
+    check_section_names(recipe, path)
     for name, section in recipe.items():
         if name in other_sections:
-            cls = other_sections[name]
+            check_section(other_sections[name], section, f"{path}: {name}")
         elif name in STAGES:
             cls, _ = stage(name)
-        else:
-            raise RecipeError(f"{path}: {name}: unknown section; expected one of {known}")
-        check_section(cls, section, f"{path}: {name}")
+            check_section(cls, section, f"{path}: {name}")
 
 
 def record_failure(error: BaseException) -> None:

@@ -72,13 +72,17 @@ def resolve_tokenizer_source(source: str | Path) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path
-    if not HUB_ID.match(str(source)):
+    text = str(source)
+    # ./x, ../x, /x, ~/x and x.json are paths as written, never asked of the hub
+    if not HUB_ID.match(text) or text.startswith((".", "/", "~")) or path.suffix == ".json":
         raise FileNotFoundError(f"{source}: no such tokenizer file or folder")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(str(source), allow_patterns=HUB_TOKENIZER_FILES))
+        return Path(snapshot_download(text, allow_patterns=HUB_TOKENIZER_FILES))
+    except HFValidationError as error:
+        raise FileNotFoundError(f"{source}: no such tokenizer file or folder ({error})") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
         why = "HF_HUB_OFFLINE is set, so only the cache is read" if offline else str(error)
