@@ -91,6 +91,13 @@ def test_a_failing_stage_fails_the_asset_with_its_own_reason(outputs, tmp_path, 
     data, message = failure_of(result, "base_checkpoint")
     assert "pretrain failed: FloatingPointError: pretrain: non-finite loss at step" in message
     assert data.metadata["stage"].value == "pretrain"
+    # The stage closed its Pipes channel with the error: Dagster keeps it, structured.
+    closed = [
+        record.dagster_event
+        for record in instance.all_logs(result.run_id)
+        if record.dagster_event and "closed with exception" in (record.dagster_event.message or "")
+    ]
+    assert closed and "non-finite loss" in str(closed[0].event_specific_data.error)
     assert not result.asset_materializations_for_node("base_checkpoint")
     assert not (outputs / "checkpoints" / "pretrain" / "checkpoint").exists()
 

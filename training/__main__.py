@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from training.recipe import RecipeError, build, read_recipe
+from training.reporting import close_all
 from training.stages import STAGES, check_section_names, record_failure, stage
 
 
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         # The launcher (a Dagster asset) shows this one line as the failure, not an exit code.
         record_failure(error)
+        close_all(error)
         raise
     return 0
 

@@ -27,6 +27,7 @@ class Reporter:
 
             self._pipes_cm = open_dagster_pipes()
             self.pipes = self._pipes_cm.__enter__()
+            _OPEN.append(self)
 
     def log(self, message: str) -> None:
         if not self.enabled:
@@ -69,10 +70,25 @@ class Reporter:
         if self.pipes is not None:
             self.pipes.report_asset_materialization(metadata=metadata)
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """Close the Pipes channel; with ``error``, Dagster records it as the stage's exception
+        (structured, beside the asset's failure) instead of a channel that never closed."""
         if self.pipes is not None:
-            self._pipes_cm.__exit__(None, None, None)
+            if error is None:
+                self._pipes_cm.__exit__(None, None, None)
+            else:
+                self._pipes_cm.__exit__(type(error), error, error.__traceback__)
             self.pipes = None
+            _OPEN.remove(self)
+
+
+_OPEN: list[Reporter] = []  # reporters whose Pipes channel is open, for close_all
+
+
+def close_all(error: BaseException) -> None:
+    """Close every open Pipes channel with the error that ended the stage."""
+    for reporter in list(_OPEN):
+        reporter.close(error)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
