@@ -26,9 +26,9 @@ from curation.storage import write_parquet
 from curation.synthetic import check_answer, generate_tasks
 from curation.tokens import TokenCounter
 from training.checkpoint import read_lineage
-from training.common import last_run_checkpoint
 from training.recipe import RecipeError, build, read_recipe
 from training.reporting import read_metrics
+from training.runs import last_run_checkpoint
 from training.stages import FAILURE_FILE_ENV, check_recipe
 from training.tokenizer import load_tokenizer, to_transformers
 

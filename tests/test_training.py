@@ -19,9 +19,9 @@ from curation.readers.text import read_text_corpus
 from training.causal_lm import CausalLMConfig
 from training.causal_lm import main as causal_lm
 from training.checkpoint import CheckpointError, read_lineage, verify
-from training.common import last_run_checkpoint
 from training.recipe import RecipeError, build, read_recipe
 from training.reporting import read_metrics
+from training.runs import last_run_checkpoint
 from training.sft import SFTStageConfig
 from training.sft import main as sft
 from training.tokenizer import (
@@ -603,7 +603,7 @@ def test_tokens_per_second_after_a_resume_count_this_process_alone(tmp_path, mon
 
 
 def test_a_run_fingerprint_covers_what_is_trained_not_how_it_is_carried_out(workspace, stable):
-    from training.common import run_fingerprint
+    from training.runs import run_fingerprint
 
     config = pretrain_config(workspace, "fingerprint")
     same = run_fingerprint(config, "rows", [str(stable)])

@@ -19,19 +19,21 @@ from training.checkpoint import load_optimizer_state, publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
-    already_published,
-    claim_runs,
     ids_digest,
-    lineage_record,
     load_splits,
     load_training_tokenizer,
     resource_errors,
-    run_fingerprint,
     training_arguments,
-    whole_run_loss,
 )
 from training.models import ModelConfig, build_causal_lm, check_context, count_parameters
 from training.reporting import Reporter
+from training.runs import (
+    already_published,
+    claim_runs,
+    lineage_record,
+    run_fingerprint,
+    whole_run_loss,
+)
 
 
 @dataclass(frozen=True)

@@ -25,17 +25,11 @@ from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
-    already_published,
-    claim_runs,
     ids_digest,
-    last_run_checkpoint,
-    lineage_record,
     load_splits,
     load_training_tokenizer,
     resource_errors,
-    run_fingerprint,
     training_arguments,
-    whole_run_loss,
 )
 from training.models import ModelConfig, build_causal_lm, check_context, count_parameters
 from training.reporting import Reporter, read_metrics
@@ -47,6 +41,14 @@ from training.reward import (
     tokenizer_digest,
 )
 from training.rewards import ANSWER_KEY_TASKS, synthetic_answer_key
+from training.runs import (
+    already_published,
+    claim_runs,
+    last_run_checkpoint,
+    lineage_record,
+    run_fingerprint,
+    whole_run_loss,
+)
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 

@@ -18,17 +18,11 @@ from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
-    already_published,
-    claim_runs,
     ids_digest,
-    last_run_checkpoint,
-    lineage_record,
     load_splits,
     load_training_tokenizer,
     resource_errors,
-    run_fingerprint,
     training_arguments,
-    whole_run_loss,
 )
 from training.reporting import Reporter, read_metrics
 from training.rewards import (
@@ -38,6 +32,14 @@ from training.rewards import (
     attach_answers,
     check_same_tokenizer,
     synthetic_answer_key,
+)
+from training.runs import (
+    already_published,
+    claim_runs,
+    last_run_checkpoint,
+    lineage_record,
+    run_fingerprint,
+    whole_run_loss,
 )
 
 REWARDS = ("reward_model", "checkable_answer")

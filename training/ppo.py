@@ -34,19 +34,16 @@ from transformers import TrainerCallback
 from training.checkpoint import publish, verify
 from training.common import (
     RunConfig,
-    already_published,
     ids_digest,
-    last_run_checkpoint,
-    lineage_record,
     load_splits,
     load_training_tokenizer,
     resource_errors,
-    run_fingerprint,
     training_arguments,
 )
 from training.models import ModelConfig, build_causal_lm, count_parameters
 from training.reporting import Reporter
 from training.rewards import check_same_tokenizer, load_reward_model
+from training.runs import already_published, last_run_checkpoint, lineage_record, run_fingerprint
 
 
 @dataclass(frozen=True)

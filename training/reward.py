@@ -35,17 +35,11 @@ from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
-    already_published,
-    claim_runs,
     ids_digest,
-    last_run_checkpoint,
-    lineage_record,
     load_splits,
     load_training_tokenizer,
     resource_errors,
-    run_fingerprint,
     training_arguments,
-    whole_run_loss,
 )
 from training.models import ModelConfig, check_context, count_parameters, llama_config
 from training.reporting import Reporter
@@ -54,6 +48,14 @@ from training.rewards import (
     completion_text,
     prompt_key,
     synthetic_answer_key,
+)
+from training.runs import (
+    already_published,
+    claim_runs,
+    last_run_checkpoint,
+    lineage_record,
+    run_fingerprint,
+    whole_run_loss,
 )
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")

@@ -1,0 +1,220 @@
+"""A run's identity and its folder: the fingerprint that says whether a published checkpoint
+already answers a recipe, the claim on ``runs/`` (what to resume from, when the run began), and
+the lineage record written into each checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from training.ranks import is_main_process, wait_for_everyone
+from training.reporting import Reporter
+
+if TYPE_CHECKING:
+    from training.common import RunConfig
+
+CODE_ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger(__name__)
+
+
+def code_version() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=CODE_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return commit or "unknown"
+
+
+# Settings that change how a run is carried out, not what it trains.
+OPERATIONAL_KEYS = frozenset(
+    {"output_dir", "resume", "save_steps", "logging_steps", "torch_threads"}
+)
+SUPERSEDED = "runs.superseded"
+
+
+def run_fingerprint(config: Any, data_digest: str, checkpoints: Sequence[str | None] = ()) -> str:
+    """What a run trains: its recipe, the rows it reads and the checkpoints it starts from or
+    scores with (parent, reference, reward model), each by its lineage, so one retrained at
+    the same path counts as a new one."""
+    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL_KEYS}
+    stamps = []
+    for checkpoint in checkpoints:
+        lineage = Path(checkpoint, "lineage.json") if checkpoint else None
+        stamps.append(
+            hashlib.sha256(lineage.read_bytes()).hexdigest()
+            if lineage and lineage.exists()
+            else checkpoint
+        )
+    payload = json.dumps([recipe, data_digest, stamps], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def published_for(checkpoint: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The lineage of ``checkpoint`` when it was published by a run of exactly this recipe,
+    data and parent: re-materialising it again has nothing to train."""
+    try:
+        lineage = json.loads((checkpoint / "lineage.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return lineage if lineage.get("fingerprint") == fingerprint else None
+
+
+class RunClaim(NamedTuple):
+    """What ``claim_runs`` found: where the run continues from, and when it began."""
+
+    resume_from: str | None  # the newest finished save, or None to train from the start
+    started: float  # epoch seconds of the run's first process, kept across resumes
+
+
+def claim_runs(runs: Path, fingerprint: str, reporter: Reporter, resume: bool) -> RunClaim:
+    """Make ``runs/`` this run's: saves left by a run of another recipe, data or parent must
+    not be resumed from (they would continue the old run under the new lineage), so they move
+    to ``runs.superseded/`` (one generation kept) and this run starts over.
+
+    ``metrics.jsonl`` is cut back to the steps the run keeps: a failed or killed attempt's
+    records past the save it resumes from would otherwise be recorded twice, and a fresh run
+    starts an empty file, so the loss curve is this run's alone."""
+    if is_main_process():
+        try:
+            _claim_runs(runs, fingerprint, reporter.log, resume)
+        finally:
+            wait_for_everyone()  # the other processes read runs/ once it is claimed
+    else:
+        wait_for_everyone()
+    resume_from = last_run_checkpoint(runs) if resume else None
+    reporter.start_run(saved_step(resume_from))
+    return RunClaim(resume_from, _run_started(runs))
+
+
+def saved_step(save: str | None) -> int:
+    """The step of a ``checkpoint-N`` save; 0 for none."""
+    return int(Path(save).name.rsplit("-", 1)[-1]) if save else 0
+
+
+RUN_STARTED = "started_at.txt"
+
+
+def _run_started(runs: Path) -> float:
+    try:
+        return float((runs / RUN_STARTED).read_text())
+    except (OSError, ValueError):
+        return time.time()
+
+
+def _claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None], resume: bool) -> None:
+    stamp = runs / "fingerprint.txt"
+    if runs.is_dir() and any(runs.iterdir()):
+        previous = stamp.read_text().strip() if stamp.exists() else "unrecorded"
+        # With resume off, the earlier attempt's saves go too: left beside this run's, a later
+        # resume would pick whichever attempt saved the highest step.
+        if previous != fingerprint or not resume:
+            aside = runs.with_name(SUPERSEDED)
+            shutil.rmtree(aside, ignore_errors=True)
+            runs.rename(aside)
+            why = (
+                f"of another recipe, data or parent ({previous}, now {fingerprint})"
+                if previous != fingerprint
+                else "of an earlier attempt, and resume is off"
+            )
+            log(f"{runs}: its saves are {why}; moved to {aside}, starting over")
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint + "\n")
+    started = runs / RUN_STARTED
+    if not started.exists() or last_run_checkpoint(runs) is None:
+        started.write_text(f"{time.time():.3f}\n")
+
+
+def whole_run_loss(state: Any, resumed_from: str | None, this_process_loss: float) -> float:
+    """The mean training loss over every step of the run. transformers' ``training_loss``
+    averages only the steps this process trained; after a resume, the steps before come from
+    the restored ``log_history`` (each logged loss weighted by the steps it covers)."""
+    resumed_step = saved_step(resumed_from)
+    if resumed_step == 0 or state.global_step <= 0:
+        return this_process_loss
+    total = covered = previous = 0
+    for entry in state.log_history:
+        step = entry.get("step", 0)
+        if "loss" in entry and previous < step <= resumed_step:
+            total += entry["loss"] * (step - previous)
+            covered, previous = covered + step - previous, step
+    if covered == 0:  # nothing was logged before the save: only this process's steps are known
+        return this_process_loss
+    before = total / covered * resumed_step
+    return (before + this_process_loss * (state.global_step - resumed_step)) / state.global_step
+
+
+def already_published(
+    config: RunConfig, fingerprint: str, reporter: Reporter, stage: str
+) -> Path | None:
+    """The stage's published checkpoint when a run of this very recipe, data and parent made
+    it (reported as this run's result), else None. ``resume: false`` always trains again."""
+    checkpoint = Path(config.output_dir) / "checkpoint"
+    lineage = published_for(checkpoint, fingerprint) if config.resume else None
+    if lineage is None:
+        return None
+    reporter.log(
+        f"{stage}: {checkpoint} was trained from this recipe, data and parent "
+        f"({lineage['finished_at']}); nothing to train"
+    )
+    reporter.done({"checkpoint": str(checkpoint), **lineage["metrics"]})
+    reporter.close()
+    return checkpoint
+
+
+def lineage_record(
+    stage: str,
+    config: Any,
+    inputs: Mapping[str, Any],
+    parent: str | None,
+    metrics: Mapping[str, Any],
+    started: float,
+    fingerprint: str,
+) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "fingerprint": fingerprint,
+        "recipe": dataclasses.asdict(config),
+        "inputs": dict(inputs),
+        "parent_checkpoint": parent,
+        "metrics": dict(metrics),
+        "code_version": code_version(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def last_run_checkpoint(runs: Path) -> str | None:
+    """The newest save in ``runs/`` that was finished. transformers writes a save in place and
+    its ``trainer_state.json`` last, so a run killed (or out of disk) mid-save leaves a newer
+    folder without one; resuming from it would fail on every retry, so it is skipped, named."""
+    runs = Path(runs)
+    saves = [p for p in runs.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    for save in sorted(saves, key=lambda p: int(p.name[11:]), reverse=True):
+        problem = unfinished_save(save)
+        if problem is None:
+            return str(save)
+        logger.warning("not resuming from %s: %s", save, problem)
+    return None
+
+
+def unfinished_save(save: Path) -> str | None:
+    """Why a trainer save cannot be resumed from, or None when it is complete."""
+    try:
+        json.loads((save / "trainer_state.json").read_text())["global_step"]
+    except FileNotFoundError:
+        return "the save was cut off before trainer_state.json was written"
+    except (ValueError, KeyError):
+        return "trainer_state.json is truncated or unreadable"
+    if not any(save.glob("*.safetensors")):
+        return "no weights (*.safetensors)"
+    return None
