@@ -18,7 +18,7 @@ BATCH, MAX_LENGTH = 4, 192
 
 
 def sft_config(workspace: Path, name: str, **overrides) -> SFTStageConfig:
-    return SFTStageConfig(
+    values = dict(
         output_dir=str(workspace / name),
         data=str(workspace / "data" / "sft"),
         tokenizer=str(workspace / "tokenizer"),
@@ -28,8 +28,8 @@ def sft_config(workspace: Path, name: str, **overrides) -> SFTStageConfig:
         packing=True,
         use_cpu=True,
         resume=False,
-        **overrides,
     )
+    return SFTStageConfig(**{**values, **overrides})
 
 
 def train_losses(workspace: Path, name: str, **overrides) -> tuple[list[float], object]:
@@ -88,3 +88,38 @@ def test_a_loss_type_is_checked_before_any_work(sft_workspace):
         sft_config(sft_workspace, "bad", loss_type="chunked_nll", use_liger_kernel=True)
     recipe = {"data": "sft", "tokenizer": "tok", "loss_type": "nll", "use_cpu": True}
     assert build(SFTStageConfig, recipe, "sft").loss_type == "nll"
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_the_loss_covers_assistant_tokens_only(sft_workspace, packing):
+    """Every labelled token lies inside an assistant answer (with its closing marker); no
+    system, user or template token is learned. The golden hashes pin the batch; this says it
+    is right."""
+    from training.common import load_splits
+
+    trainer, _ = build_trainer(sft_config(sft_workspace, f"labels-{packing}", packing=packing))
+    tokenizer = trainer.processing_class
+    answers = [
+        message["content"] + "<|im_end|>"
+        for messages in load_splits(sft_workspace / "data" / "sft")["train"]["messages"]
+        for message in messages
+        if message["role"] == "assistant"
+    ]
+    batch = next(iter(trainer.get_train_dataloader()))
+    runs, run, unlabelled = [], [], 0
+    for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist(), strict=True):
+        for token, label in zip(ids, labels, strict=True):
+            if label != -100:
+                assert label == token
+                run.append(token)
+                continue
+            unlabelled += 1
+            if run:
+                runs.append(tokenizer.decode(run))
+                run = []
+        if run:  # an answer cut at max_length, or the batch's last one
+            runs.append(tokenizer.decode(run))
+            run = []
+    assert len(runs) >= BATCH and unlabelled > 0
+    outside = [text for text in runs if not any(text in answer for answer in answers)]
+    assert outside == []

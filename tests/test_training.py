@@ -86,9 +86,19 @@ def stable(workspace) -> Path:
 
 
 def test_pretraining_lowers_the_loss_and_writes_a_complete_checkpoint(workspace, stable):
+    from training.common import load_training_tokenizer
+    from training.models import build_causal_lm
+
     verify(stable)
     curve = losses(workspace / "stable")
     assert curve[-1] < curve[0] - 0.5
+    # Against the seeded initialisation the stage started from: every tensor moved.
+    config = pretrain_config(workspace, "stable")
+    initial = build_causal_lm(config.model, load_training_tokenizer(config.tokenizer))
+    trained = weights(stable)
+    start = initial.state_dict()  # the tied lm_head is saved once, as the embedding
+    unchanged = [n for n, p in trained.items() if torch.equal(p, start[n])]
+    assert len(trained) > 10 and unchanged == []
     lineage = read_lineage(stable)
     assert lineage["stage"] == "pretrain"
     assert lineage["inputs"]["asset"] == "pretrain_mixture"
@@ -115,6 +125,14 @@ def test_decay_phase_continues_weights_and_optimizer_and_changes_every_parameter
     before, after = weights(stable), weights(decayed)
     unchanged = [name for name in before if torch.equal(before[name], after[name])]
     assert unchanged == []
+    curve = losses(workspace / "decay")
+    assert curve[-1] < curve[0]
+    # The optimizer went on from the stable phase's state: AdamW's step count continues from
+    # 16, it does not restart at 0.
+    optimizer_before = load_file(str(stable / "optimizer.safetensors"))
+    optimizer_after = load_file(str(decayed / "optimizer.safetensors"))
+    assert float(optimizer_before["0.step"]) == 16
+    assert float(optimizer_after["0.step"]) == 16 + 6
     lineage = read_lineage(decayed)
     assert lineage["parent_checkpoint"] == str(stable)
     records = [
