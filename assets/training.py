@@ -271,6 +271,12 @@ def failure_reason(failure: Path, pipes_error: str) -> str:
     return pipes_error
 
 
+# Where a stage starts from is the upstream asset's by default, but a recipe that names its
+# own tokenizer (a hub id, say) or checkpoint is obeyed: the issue's "or any checkpoint the
+# recipe names" holds under Dagster as it does for python -m training. lineage.json records it.
+RECIPE_MAY_CHOOSE = ("tokenizer", "init_from")
+
+
 def launch_stage(
     context: dg.AssetExecutionContext,
     pipes: dg.PipesSubprocessClient,
@@ -281,12 +287,18 @@ def launch_stage(
     folder: str = "checkpoints",
 ) -> tuple[dg.MaterializeResult, Path]:
     """The stage with the recipe's section as the base and the asset's settings (paths,
-    inputs) winning; the resolved config is kept beside the run as ``stage.yaml``."""
+    inputs) winning, except where the stage starts from (``RECIPE_MAY_CHOOSE``); the resolved
+    config is kept beside the run as ``stage.yaml``."""
     output_dir = storage.path(folder, stage)
     output_dir.mkdir(parents=True, exist_ok=True)
     if "inputs" in settings:
         settings = {**settings, "inputs": described_inputs(context, settings["inputs"])}
-    section = {**recipe.section(stage), **settings, "output_dir": str(output_dir)}
+    own = recipe.section(stage)
+    for key in RECIPE_MAY_CHOOSE:
+        if own.get(key) and key in settings and own[key] != settings[key]:
+            context.log.info(f"{stage}: {key} from the recipe, {own[key]}, not {settings[key]}")
+            settings = {k: v for k, v in settings.items() if k != key}
+    section = {**own, **settings, "output_dir": str(output_dir)}
     completed = launch(context, pipes, stage, section, output_dir / "stage.yaml")
     return completed.get_materialize_result(), output_dir
 

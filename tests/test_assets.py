@@ -171,13 +171,19 @@ def test_training_assets_publish_checkpoints_with_lineage(demo):
         if parent:
             assert lineage["parent_checkpoint"].endswith(f"{parent}/checkpoint")
     # Each input as Dagster last materialized it: data version and rows, beside the row-id hash.
-    sft_inputs = json.loads(
-        (out / "checkpoints" / "sft" / "checkpoint" / "lineage.json").read_text()
-    )["inputs"]
-    sft_data = materialization(result, "sft_dataset")
-    assert sft_inputs["asset"] == "sft_dataset"
-    assert sft_inputs["data_version"] == sft_data.tags["dagster/data_version"]
-    assert sft_inputs["train_rows"] == sft_data.metadata["train_rows"].value > 0
+    for stage, dataset in (
+        ("pretrain", "pretrain_mixture"),
+        ("midtrain", "decay_mixture"),
+        ("sft", "sft_dataset"),
+    ):
+        inputs = json.loads(
+            (out / "checkpoints" / stage / "checkpoint" / "lineage.json").read_text()
+        )["inputs"]
+        data = materialization(result, dataset)
+        assert inputs["asset"] == dataset
+        assert inputs["data_version"] == data.tags["dagster/data_version"]
+        assert inputs["train_rows"] == data.metadata["train_rows"].value > 0
+        assert len(inputs["row_ids_sha256"]) == 64
     # The launch form's recipe reached every stage of the run.
     for name in TRAINING_ASSETS:
         if name.endswith("_checkpoint"):

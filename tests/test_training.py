@@ -3,6 +3,7 @@ the WSD schedule's shape, resume, lineage, and bad recipes and checkpoints."""
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def test_pretraining_lowers_the_loss_and_writes_a_complete_checkpoint(workspace,
     assert len(lineage["inputs"]["row_ids_sha256"]) == 64
     assert lineage["parent_checkpoint"] is None
     assert lineage["recipe"]["max_steps"] == 16
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", lineage["code_version"])
     assert (stable / "optimizer.safetensors").exists()
 
 
@@ -297,6 +299,23 @@ def test_sft_trains_on_assistant_tokens_and_records_lineage(workspace, stable):
     expected = sum(n > 48 for n in lengths)
     assert expected > 0
     assert lineage["metrics"]["truncated"] == expected
+
+
+def test_sft_from_a_local_pretrained_model_names_it_as_the_parent(workspace, stable):
+    from training.models import ModelConfig
+
+    config = SFTStageConfig(
+        output_dir=str(workspace / "sft-from-model"),
+        data=str(workspace / "data" / "sft"),
+        tokenizer=str(workspace / "tokenizer"),
+        model=ModelConfig(path=str(stable)),  # a model folder, not init_from
+        max_steps=2,
+        per_device_train_batch_size=4,
+        max_length=128,
+        use_cpu=True,
+    )
+    lineage = read_lineage(sft(config))
+    assert lineage["parent_checkpoint"] == str(stable)
 
 
 def test_golden_hash_of_a_tokenized_sft_batch(workspace):

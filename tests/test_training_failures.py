@@ -1,5 +1,6 @@
-"""How a training asset fails, seen from Dagster: a recipe typo anywhere stops the run before
-the first stage works, and a stage that fails shows its own reason, not an exit code."""
+"""A training asset seen from Dagster: it takes what the run's recipe chooses, a recipe typo
+anywhere stops the run before the first stage works, and a stage that fails shows its own
+reason, not an exit code."""
 
 from __future__ import annotations
 
@@ -113,3 +114,21 @@ def test_a_killed_stage_is_named_by_its_signal(tmp_path):
     assert training_assets.failure_reason(absent, "failed with code 1").startswith(
         "ResourceError: pretrain: out of memory"
     )
+
+
+def test_a_tokenizer_the_recipe_names_is_used_instead_of_the_project_one(
+    outputs, tmp_path, instance
+):
+    other = tmp_path / "other-tokenizer"
+    save_tokenizer(
+        train_tokenizer(corpus_texts(SAMPLES / "pretrain.jsonl"), TokenizerConfig(vocab_size=300)),
+        other,
+    )
+    recipe = recipe_with(tmp_path, "pretrain", tokenizer=str(other), max_steps=2)
+    result = materialize_base(outputs, recipe, instance)
+    assert result.success
+    checkpoint = outputs / "checkpoints" / "pretrain" / "checkpoint"
+    lineage = json.loads((checkpoint / "lineage.json").read_text())
+    assert lineage["recipe"]["tokenizer"] == str(other)
+    vocabulary = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
+    assert vocabulary == 300

@@ -26,13 +26,21 @@ logger = logging.getLogger(__name__)
 
 
 def code_version() -> str:
+    """The commit, ``-dirty`` when tracked files differ from it (a checkpoint trained from an
+    edited tree must not pass for that commit's); ``unknown`` outside git."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=CODE_ROOT, capture_output=True, text=True, timeout=10
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=CODE_ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(commit) and bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return commit or "unknown"
+        return "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
 # Settings that change how a run is carried out, not what it trains.
@@ -185,7 +193,8 @@ def lineage_record(
         "fingerprint": fingerprint,
         "recipe": dataclasses.asdict(config),
         "inputs": dict(inputs),
-        "parent_checkpoint": parent,
+        # a stage started from a pretrained model (model.path) rather than a checkpoint of ours
+        "parent_checkpoint": parent or getattr(getattr(config, "model", None), "path", None),
         "metrics": dict(metrics),
         "code_version": code_version(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
