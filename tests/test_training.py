@@ -301,6 +301,34 @@ def test_sft_trains_on_assistant_tokens_and_records_lineage(workspace, stable):
     assert lineage["metrics"]["truncated"] == expected
 
 
+def test_an_interrupted_sft_run_resumes_from_its_last_save(workspace, stable):
+    config = SFTStageConfig(
+        output_dir=str(workspace / "sft-resumed"),
+        data=str(workspace / "data" / "sft"),
+        init_from=str(stable),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        max_length=48,
+        logging_steps=1,
+        save_steps=2,
+        use_cpu=True,
+    )
+    first = sft(config)
+    runs = workspace / "sft-resumed" / "runs"
+    metrics = workspace / "sft-resumed" / "metrics.jsonl"
+    before_the_kill = [r for r in read_metrics(metrics) if "loss" in r and r["step"] <= 2]
+    shutil.rmtree(runs / "checkpoint-4")  # as if killed between step 2 and step 4
+    shutil.rmtree(first)
+    sft(config)
+    records = [r for r in read_metrics(metrics) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert records[:2] == before_the_kill  # steps 1 and 2 were not trained again
+    lineage = read_lineage(verify(workspace / "sft-resumed" / "checkpoint"))
+    assert lineage["recipe"]["max_steps"] == 4
+    state = json.loads((runs / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+
 def test_sft_from_a_local_pretrained_model_names_it_as_the_parent(workspace, stable):
     from training.models import ModelConfig
 
