@@ -125,3 +125,24 @@ def test_a_misspelt_section_is_named_and_anchor_sections_are_allowed(tmp_path):
         cli.load_config("sft", str(path))
     path.write_text(path.read_text().replace("sfft: {max_steps: 3}\n", ""))
     assert cli.load_config("sft", str(path)).model.max_position_embeddings == 256
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p) for p in (ROOT / "recipes").glob("*.yaml")))
+def test_every_shipped_recipe_is_valid(recipe):
+    """Every recipe in recipes/, including those only a GPU can run: every section's keys and
+    types, and the training stages built whole (their own checks) with the paths an asset
+    would fill in."""
+    from assets.training import MixingRecipe
+    from training.recipe import build, read_recipe
+    from training.stages import check_recipe, stage
+
+    check_recipe(recipe, {"mixing": MixingRecipe})
+    loaded = read_recipe(recipe)
+    build(MixingRecipe, loaded.get("mixing"), f"{recipe}: mixing")
+    filled = {"data": "data", "tokenizer": "tokenizer"}
+    for name in ("pretrain", "midtrain", "sft"):
+        cls, _ = stage(name)
+        section = {**filled, **loaded.get(name, {})}
+        if name == "pretrain" or name == "midtrain":
+            section["stage"] = name
+        build(cls, section, f"{recipe}: {name}")
