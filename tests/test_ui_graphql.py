@@ -13,6 +13,7 @@ from ui_support import (
     inline_pngs,
     latest_materialization,
     launch_materialization,
+    location,
     run_assets,
     run_errors,
     run_status,
@@ -56,3 +57,28 @@ def test_curation_assets_materialize_through_graphql(server):
     # The outputs landed where POSTFORGE_OUTPUTS pointed the server, not in the project.
     assert (server.outputs / "length_profile.parquet").exists()
     assert sorted(p.name for p in (server.outputs / "length_profile").glob("hist_*.png"))
+
+
+def test_the_launch_form_offers_one_recipe_for_the_run(server):
+    """What the launchpad scaffolds and validates for the demo job: the training recipe is one
+    resource setting, defaulting to the demo's recipe, and a misspelt field is refused there."""
+    location_name, repository_name = location(server.graphql)
+    query = """query($selector: PipelineSelector!, $config: RunConfigData) {
+      runConfigSchemaOrError(selector: $selector) { ... on RunConfigSchema {
+        rootDefaultYaml
+        isRunConfigValid(runConfigData: $config) { __typename }
+      } } }"""
+    selector = {
+        "repositoryLocationName": location_name,
+        "repositoryName": repository_name,
+        "pipelineName": "demo",
+    }
+
+    def schema(config: dict) -> dict:
+        return server.graphql(query, selector=selector, config=config)["runConfigSchemaOrError"]
+
+    chosen = schema({"resources": {"recipe": {"config": {"path": "recipes/test-cpu.yaml"}}}})
+    assert "recipes/tiny-cpu.yaml" in chosen["rootDefaultYaml"]
+    assert chosen["isRunConfigValid"]["__typename"] == "PipelineConfigValidationValid"
+    misspelt = schema({"resources": {"recipe": {"config": {"pth": "recipes/test-cpu.yaml"}}}})
+    assert misspelt["isRunConfigValid"]["__typename"] == "RunConfigValidationInvalid"
