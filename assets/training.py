@@ -272,9 +272,13 @@ def failure_reason(failure: Path, pipes_error: str) -> str:
 
 
 # Where a stage starts from is the upstream asset's by default, but a recipe that names its
-# own tokenizer (a hub id, say) or checkpoint is obeyed: the issue's "or any checkpoint the
-# recipe names" holds under Dagster as it does for python -m training. lineage.json records it.
-RECIPE_MAY_CHOOSE = ("tokenizer", "init_from")
+# own checkpoint is obeyed: "or any checkpoint the recipe names" holds under Dagster as it does
+# for python -m training. lineage.json records it.
+RECIPE_MAY_CHOOSE = ("init_from",)
+# Not the tokenizer: the mixtures are counted, and cut to exact shares, in project_tokenizer's
+# tokens, so another tokenizer would train on silently cut documents. Under Dagster a hub or
+# local tokenizer is chosen in project_tokenizer's launch form instead.
+PROJECT_OWNED = ("tokenizer",)
 
 
 def launch_stage(
@@ -294,6 +298,13 @@ def launch_stage(
     if "inputs" in settings:
         settings = {**settings, "inputs": described_inputs(context, settings["inputs"])}
     own = recipe.section(stage)
+    for key in PROJECT_OWNED:
+        if own.get(key) and key in settings:
+            raise dg.Failure(
+                description=f"{recipe.path}: {stage}.{key}: under Dagster the {key} is the "
+                "project_tokenizer asset's (its launch form's path takes a local path or a hub "
+                "id), because the mixtures are counted in its tokens; remove it from the recipe"
+            )
     for key in RECIPE_MAY_CHOOSE:
         if own.get(key) and key in settings and own[key] != settings[key]:
             context.log.info(f"{stage}: {key} from the recipe, {own[key]}, not {settings[key]}")

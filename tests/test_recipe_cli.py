@@ -132,6 +132,8 @@ def test_every_shipped_recipe_is_valid(recipe):
     """Every recipe in recipes/, including those only a GPU can run: every section's keys and
     types, and the training stages built whole (their own checks) with the paths an asset
     would fill in."""
+    import dataclasses
+
     from assets.training import MixingRecipe
     from training.recipe import build, read_recipe
     from training.stages import check_recipe, stage
@@ -139,10 +141,28 @@ def test_every_shipped_recipe_is_valid(recipe):
     check_recipe(recipe, {"mixing": MixingRecipe})
     loaded = read_recipe(recipe)
     build(MixingRecipe, loaded.get("mixing"), f"{recipe}: mixing")
-    filled = {"data": "data", "tokenizer": "tokenizer"}
-    for name in ("pretrain", "midtrain", "sft"):
+    # What the assets fill in, by field name; each stage takes the fields it has.
+    filled = {
+        "data": "data",
+        "tokenizer": "tokenizer",
+        "init_from": "checkpoint",
+        "reward_model": "reward",
+        "prompt_dataset": "prompts",
+        "checkpoints": ["checkpoint"],
+        "checkpoint": "checkpoint",
+        "output": "out",
+        "prompts": "prompts.jsonl",
+        "reference": "checkpoint",
+        "policies": {"sft": "checkpoint"},
+    }
+    for name, section in loaded.items():
+        if name == "mixing" or name.startswith(("x-", "_")):
+            continue
         cls, _ = stage(name)
-        section = {**filled, **loaded.get(name, {})}
-        if name == "pretrain" or name == "midtrain":
-            section["stage"] = name
-        build(cls, section, f"{recipe}: {name}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in filled.items() if k in fields}
+        if "stage" in fields:
+            values["stage"] = name
+        if name in ("grpo", "rloo") and "reward_model" not in section.get("reward_weights", {}):
+            values.pop("reward_model", None)  # the assets pass it only when it is weighed
+        build(cls, {**values, **section}, f"{recipe}: {name}")

@@ -115,11 +115,15 @@ def test_the_loss_covers_assistant_tokens_only(sft_workspace, packing):
                 continue
             unlabelled += 1
             if run:
-                runs.append(tokenizer.decode(run))
+                runs.append((tokenizer.decode(run), True))
                 run = []
-        if run:  # an answer cut at max_length, or the batch's last one
-            runs.append(tokenizer.decode(run))
+        if run:  # an answer cut at max_length, or the row's last one
+            runs.append((tokenizer.decode(run), False))
             run = []
     assert len(runs) >= BATCH and unlabelled > 0
-    outside = [text for text in runs if not any(text in answer for answer in answers)]
+    outside = [text for text, _ in runs if not any(text in answer for answer in answers)]
     assert outside == []
+    # An answer that ends inside the row is learned with its closing marker, so the model
+    # learns to stop.
+    closed = [text for text, inside in runs if inside]
+    assert closed and all(text.endswith("<|im_end|>") for text in closed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -73,13 +74,12 @@ class Reporter:
     def close(self, error: BaseException | None = None) -> None:
         """Close the Pipes channel; with ``error``, Dagster records it as the stage's exception
         (structured, beside the asset's failure) instead of a channel that never closed."""
-        if self.pipes is not None:
-            if error is None:
-                self._pipes_cm.__exit__(None, None, None)
-            else:
-                self._pipes_cm.__exit__(type(error), error, error.__traceback__)
-            self.pipes = None
-            _OPEN.remove(self)
+        if self.pipes is None:
+            return
+        self.pipes = None
+        _OPEN.remove(self)
+        raised = (None, None, None) if error is None else (type(error), error, error.__traceback__)
+        self._pipes_cm.__exit__(*raised)
 
 
 _OPEN: list[Reporter] = []  # reporters whose Pipes channel is open, for close_all
@@ -88,7 +88,10 @@ _OPEN: list[Reporter] = []  # reporters whose Pipes channel is open, for close_a
 def close_all(error: BaseException) -> None:
     """Close every open Pipes channel with the error that ended the stage."""
     for reporter in list(_OPEN):
-        reporter.close(error)
+        try:
+            reporter.close(error)
+        except Exception as closing:  # e.g. the full disk that ended the stage: keep its error
+            print(f"could not close the Dagster Pipes channel: {closing}", file=sys.stderr)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -30,8 +30,13 @@ def code_version() -> str:
     edited tree must not pass for that commit's); ``unknown`` outside git."""
 
     def git(*args: str) -> str:
+        # --no-optional-locks: a status must not take index.lock in a tree others commit in
         done = subprocess.run(
-            ["git", *args], cwd=CODE_ROOT, capture_output=True, text=True, timeout=10
+            ["git", "--no-optional-locks", *args],
+            cwd=CODE_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         return done.stdout.strip() if done.returncode == 0 else ""
 
