@@ -478,6 +478,20 @@ def sft_beats_its_start_on_exact_match(storage: StorageResource) -> dg.AssetChec
     A warning, not a block: recipes that train a few steps (recipes/test-cpu.yaml) score 0 on
     both."""
     path = storage.path("evaluation", "summary.parquet")
+    start = str(storage.path("checkpoints", SFT_START, "checkpoint"))
+    sft_lineage = storage.path("checkpoints", "sft", "checkpoint", "lineage.json")
+    parent = (
+        json.loads(sft_lineage.read_text())["parent_checkpoint"] if sft_lineage.exists() else start
+    )
+    if parent is None or Path(parent).resolve() != Path(start).resolve():
+        # a recipe's init_from: SFT's start is not among the evaluated stages
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"sft started from {parent}, not {SFT_START}'s checkpoint; "
+            "training_evaluation does not score that start, so there is nothing to compare",
+            metadata={"sft_parent": parent},
+        )
     by_stage = {row["stage"]: row for row in pl.read_parquet(path).iter_rows(named=True)}
     missing = [stage for stage in ("sft", SFT_START) if stage not in by_stage]
     if missing:

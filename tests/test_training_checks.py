@@ -91,3 +91,17 @@ def test_a_summary_without_the_sft_row_fails_naming_the_file_and_stage(instance,
     check = evaluation(run_check(instance, tmp_path))
     assert not check.passed
     assert str(path) in check.description and "sft" in check.description
+
+
+def test_an_sft_that_started_elsewhere_is_not_compared_with_midtrain(instance, tmp_path):
+    """With a recipe's init_from, SFT's start is not an evaluated stage: the check warns that
+    it cannot compare rather than pass or fail against midtrain."""
+    import json
+
+    write_summary(tmp_path, {"pretrain": 0.0, "midtrain": 0.0, "sft": 0.2})
+    sft = tmp_path / "checkpoints" / "sft" / "checkpoint"
+    sft.mkdir(parents=True)
+    (sft / "lineage.json").write_text(json.dumps({"parent_checkpoint": "/models/other"}))
+    check = evaluation(run_check(instance, tmp_path))
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "sft started from /models/other" in check.description
