@@ -19,7 +19,7 @@ PYEOF
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,utilization.gpu --format=csv 2>&1 | tee -a "$OUT/versions.txt"
 # baseline item 4: 374M, packing, no gradient checkpointing (TRL's best plain setting)
 timeout ${BASELINE_S:-150} $PY .gpu/gpu_trl_baseline.py ${BASELINE_ITEMS:-4} 2>&1 | grep -E "^(RESULT|FAILED|versions)" | tee "$OUT/baseline.txt"
-for lever in ${LEVERS:-packed_flex_bf16_bs16_nll_compile packed_flex_bf16_bs32_liger_compile packed_flex_bf16_bs16 packed_flex_bf16_bs16_nll packed_flex_bf16_bs16_compile packed_flex_bf16_bs16_liger packed_flex_bf16_bs32 packed_flex_bf16 packed_sdpa padded}; do
+for lever in ${LEVERS:-packed_flex_bf16_bs16_nll_compile packed_flex_bf16_bs32_liger_compile packed_flex_bf16_bs16 packed_flex_bf16_bs16_trl_steps packed_flex_bf16_bs16_nll packed_flex_bf16_bs16_compile packed_flex_bf16_bs16_liger packed_flex_bf16_bs32 packed_flex_bf16 packed_sdpa padded}; do
   # SIGINT first: a lever stopped by its limit prints the traceback of where it was stuck
   timeout -s INT -k 10 ${LEVER_S:-150} $PY bench/gpu_sft.py $lever > "$OUT/log_$lever.txt" 2>&1
   grep -h "^RESULT" "$OUT/log_$lever.txt" || tail -n 5 "$OUT/log_$lever.txt"

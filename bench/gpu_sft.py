@@ -60,6 +60,13 @@ LEVERS: dict[str, tuple[int, dict]] = {
         16,
         {"packing": True, "attn": "flex_attention", "dtype": "bfloat16"},
     ),
+    # The 44k reference as measured on 2026-11-27: TRL's own trainer, which reads entropy,
+    # token accuracy and the token count back from the GPU at every step (the stage's trainer
+    # reads nothing back between logging steps).
+    "packed_flex_bf16_bs16_trl_steps": (
+        16,
+        {"packing": True, "attn": "flex_attention", "dtype": "bfloat16", "trainer": "trl"},
+    ),
     "packed_flex_bf16_bs16_compile": (
         16,
         {"packing": True, "attn": "flex_attention", "dtype": "bfloat16", "torch_compile": True},
@@ -195,6 +202,7 @@ def run(name: str, data: Path, tokenizer: Path, out: Path) -> dict:
     lever = dict(lever)
     steps, warm = (3, 1) if SMOKE else (30, 6)
     attn = lever.pop("attn", "sdpa")
+    trainer_kind = lever.pop("trainer", "stage")
     model = ModelConfig(
         preset=PRESET,
         max_position_embeddings=4096,
@@ -220,6 +228,12 @@ def run(name: str, data: Path, tokenizer: Path, out: Path) -> dict:
         resume=False,
         **lever,
     )
+    if trainer_kind == "trl":
+        from trl import SFTTrainer
+
+        import training.sft
+
+        training.sft.StageSFTTrainer = SFTTrainer  # this process runs this one lever only
     clock = Clock(warm)
     trainer, _ = build_trainer(config, [clock])
     trainer.data_collator = Count(trainer.data_collator)
@@ -236,6 +250,7 @@ def run(name: str, data: Path, tokenizer: Path, out: Path) -> dict:
         "lever": name,
         "settings": {k: v for k, v in dataclasses.asdict(config).items() if k in SHOWN}
         | {"attn": model.attn_implementation, "dtype": model.dtype},
+        "trainer": type(trainer).__name__,
         "params_M": round(params / 1e6),
         "steps": clock.steps,
         "real_tokens": Count.tokens,

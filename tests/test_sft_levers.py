@@ -127,3 +127,109 @@ def test_the_loss_covers_assistant_tokens_only(sft_workspace, packing):
     # learns to stop.
     closed = [text for text, inside in runs if inside]
     assert closed and all(text.endswith("<|im_end|>") for text in closed)
+
+
+class ItemCalls:
+    """Counts ``Tensor.item`` (a host-device synchronisation on a GPU) per training step."""
+
+    def __init__(self) -> None:
+        self.total, self.per_step, self._at_begin = 0, [], 0
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        counter = self
+
+        class PerStep(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                counter._at_begin = counter.total
+
+            def on_step_end(self, args, state, control, **kwargs):
+                counter.per_step.append(counter.total - counter._at_begin)
+
+        return PerStep()
+
+
+def train_counting_item_calls(workspace, monkeypatch, name, trainer_class, **overrides):
+    import training.sft
+
+    calls = ItemCalls()
+    item = torch.Tensor.item
+
+    def counted(tensor):
+        calls.total += 1
+        return item(tensor)
+
+    monkeypatch.setattr(training.sft, "StageSFTTrainer", trainer_class)
+    settings = dict(max_steps=6, logging_steps=3, save_steps=100, seed=3)
+    config = sft_config(workspace, name, **{**settings, **overrides})
+    trainer, _ = build_trainer(config, [calls.callback()])
+    assert type(trainer) is trainer_class
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "item", counted)
+        trainer.train()
+    return calls.per_step, trainer.state
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_steps_that_do_not_log_read_nothing_back_from_the_device(
+    sft_workspace, monkeypatch, packing
+):
+    """Our trainer skips TRL's per-step metric reads, and logs what TRL logs: the same losses,
+    the same token counts (padding-free shapes when packed, attention masks when not)."""
+    from trl import SFTTrainer
+
+    from training.sft import StageSFTTrainer
+
+    ours, ours_state = train_counting_item_calls(
+        sft_workspace, monkeypatch, f"ours-{packing}", StageSFTTrainer, packing=packing
+    )
+    trl, trl_state = train_counting_item_calls(
+        sft_workspace, monkeypatch, f"trl-{packing}", SFTTrainer, packing=packing
+    )
+    assert len(ours) == len(trl) == 6
+    # steps 3 and 6 log; TRL reads entropy, accuracy and the token count back at every step
+    assert [ours[i] for i in (0, 1, 3, 4)] == [0, 0, 0, 0]
+    assert ours[2] > 0 and ours[5] > 0
+    assert all(calls > 0 for calls in trl)
+
+    def logged(state, key):
+        return [row[key] for row in state.log_history if key in row]
+
+    assert logged(ours_state, "loss") == pytest.approx(logged(trl_state, "loss"), rel=1e-6)
+    assert len(logged(ours_state, "loss")) == 2
+    assert logged(ours_state, "num_tokens") == logged(trl_state, "num_tokens")
+    assert logged(ours_state, "num_tokens")[-1] > logged(ours_state, "num_tokens")[0] > 0
+    assert ours_state.num_input_tokens_seen == trl_state.num_input_tokens_seen > 0
+    for key in ("entropy", "mean_token_accuracy"):
+        assert len(logged(ours_state, key)) == len(logged(trl_state, key)) == 2
+
+
+def test_the_last_steps_tokens_count_after_the_last_log(sft_workspace, monkeypatch):
+    """Steps after the last log still reach TRL's token total in the end-of-training log."""
+    from trl import SFTTrainer
+
+    from training.sft import StageSFTTrainer
+
+    _, ours = train_counting_item_calls(
+        sft_workspace, monkeypatch, "tail-ours", StageSFTTrainer, max_steps=5
+    )
+    _, trl = train_counting_item_calls(
+        sft_workspace, monkeypatch, "tail-trl", SFTTrainer, max_steps=5
+    )
+    assert ours.log_history[-1]["num_tokens"] == trl.log_history[-1]["num_tokens"]
+
+
+def test_batches_reach_the_device_without_waiting_for_it(sft_workspace):
+    """Pinned batches copied with non_blocking: a blocking copy would wait for every kernel
+    queued before it, once a step (a no-op on this CPU, so the setting itself is checked)."""
+    import dataclasses
+
+    from training.common import training_arguments
+
+    config = sft_config(sft_workspace, "non-blocking")
+    trainer, _ = build_trainer(config)
+    assert trainer.get_train_dataloader()._non_blocking is True
+    # transformers pins only off the CPU; a GPU run's arguments keep it on
+    on_a_gpu = training_arguments(dataclasses.replace(config, use_cpu=False), sft_workspace)
+    assert on_a_gpu.dataloader_pin_memory and on_a_gpu.accelerator_config.non_blocking

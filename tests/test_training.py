@@ -682,6 +682,42 @@ def test_tokens_per_second_after_a_resume_count_this_process_alone(tmp_path, mon
     assert record["tokens_per_s"] == pytest.approx(500.0)  # 1,000 tokens in 2 s
 
 
+def test_pretraining_steps_that_do_not_log_read_nothing_back_from_the_device(
+    workspace, monkeypatch
+):
+    """``Tensor.item`` is a host-device synchronisation on a GPU: transformers' token count made
+    one every step. Now only logging steps read anything back, and the count is still exact."""
+    from training import causal_lm as stage
+
+    calls, per_step = [0], []
+    item = torch.Tensor.item
+
+    def counted(tensor):
+        calls[0] += 1
+        return item(tensor)
+
+    class PerStep(stage.MetricsCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.at_begin = calls[0]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            per_step.append(calls[0] - self.at_begin)
+
+    monkeypatch.setattr(stage, "MetricsCallback", PerStep)
+    monkeypatch.setattr(torch.Tensor, "item", counted)
+    config = pretrain_config(
+        workspace, "no-syncs", max_steps=6, logging_steps=3, save_steps=100, resume=False
+    )
+    checkpoint = causal_lm(config)
+    monkeypatch.undo()
+    assert len(per_step) == 6 and [per_step[i] for i in (0, 1, 3, 4)] == [0, 0, 0, 0]
+    records = read_metrics(Path(config.output_dir) / "metrics.jsonl")
+    seen = [r["tokens_seen"] for r in records if "loss" in r]
+    batch = config.per_device_train_batch_size * config.max_length
+    assert seen == [3 * batch, 6 * batch]
+    assert read_lineage(checkpoint)["stage"] == "pretrain"
+
+
 def test_a_run_fingerprint_covers_what_is_trained_not_how_it_is_carried_out(workspace, stable):
     from training.runs import run_fingerprint
 

@@ -19,6 +19,7 @@ from training.checkpoint import load_optimizer_state, publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
+    TokensCountedOnHost,
     ids_digest,
     load_splits,
     load_training_tokenizer,
@@ -211,8 +212,9 @@ def main(config: CausalLMConfig) -> Path:
     return checkpoint
 
 
-class _Trainer(Trainer):
-    """Loads a saved optimizer state into the freshly created optimizer (decay phase)."""
+class _Trainer(TokensCountedOnHost, Trainer):
+    """Counts tokens on the host and loads a saved optimizer state into the freshly created
+    optimizer (decay phase)."""
 
     def __init__(self, *args: Any, optimizer_state: dict | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -186,6 +186,9 @@ def training_arguments(
         # NaN stop in MetricsCallback.
         logging_nan_inf_filter=False,
         dataloader_num_workers=0,
+        # Batches are pinned (transformers' default on a GPU) and copied to the device
+        # without waiting: a blocking copy waits for every queued kernel, once a step.
+        accelerator_config={"non_blocking": True},
         disable_tqdm=True,
     )
     values.update(overrides)
@@ -217,6 +220,23 @@ def model_flops_utilization(parameters: int, tokens_per_s: float, peak: float) -
     """MFU as the plain-TRL baseline counts it: 6 FLOPs per parameter per token (forward and
     backward), attention's own FLOPs left out, over the device's peak."""
     return 6 * parameters * tokens_per_s / peak
+
+
+class TokensCountedOnHost:
+    """A transformers Trainer mixin: ``num_input_tokens_seen`` without a device round trip.
+
+    transformers sums each batch's token count on the device and reads it back (``.item()``),
+    which makes the host wait for every queued kernel once a step. One process counting every
+    input id (the "all" mode the stages ask for) needs neither: the count is the batch's shape.
+    """
+
+    def _track_num_input_tokens(self, inputs: dict) -> None:
+        name = getattr(self.model, "main_input_name", "input_ids")
+        one_process = self.accelerator.num_processes == 1
+        if one_process and self.args.include_num_input_tokens_seen == "all" and name in inputs:
+            self.state.num_input_tokens_seen += inputs[name].numel()
+            return
+        super()._track_num_input_tokens(inputs)
 
 
 class MetricsCallback(TrainerCallback):

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import Trainer
 from trl import SFTConfig as TrlSFTConfig
 from trl import SFTTrainer
 
@@ -18,6 +20,7 @@ from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
+    TokensCountedOnHost,
     ids_digest,
     load_splits,
     load_training_tokenizer,
@@ -90,6 +93,71 @@ class SFTStageConfig(RunConfig):
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
+class StageSFTTrainer(TokensCountedOnHost, SFTTrainer):
+    """TRL's SFTTrainer without a host-device synchronisation on steps that do not log.
+
+    TRL reads entropy, token accuracy and the token count back from the device at every
+    step (``.item()``), and transformers does the same for ``num_input_tokens_seen``
+    (``TokensCountedOnHost``). Each read makes the host wait until the GPU has drained its
+    queue, so the next step's kernels start into an idle device. Here the loss is the same,
+    and what TRL logs is the same except that ``entropy`` and ``mean_token_accuracy`` describe
+    the logging step's batch rather than the mean over the steps since the last log.
+    ``num_tokens`` stays exact: the skipped steps' counts accumulate on the device and are
+    read once, at the next log. Evaluation, MoE auxiliary losses and epoch-wise logging keep
+    TRL's path unchanged.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Tokens of the steps since the last log: counted from shapes on the host, or summed
+        # from attention masks on the device (reading those would be the synchronisation).
+        self._unlogged_tokens = 0
+        self._unlogged_masked_tokens: torch.Tensor | None = None
+
+    def _logs_next_step(self) -> bool:
+        args, step = self.args, self.state.global_step + 1
+        if args.logging_strategy != "steps" or not self.state.logging_steps:
+            return True
+        return (step == 1 and args.logging_first_step) or step % self.state.logging_steps == 0
+
+    def _count_unlogged_tokens(self) -> None:
+        """Fold the skipped steps' tokens into TRL's running total: one read, at a log step."""
+        if not self._unlogged_tokens and self._unlogged_masked_tokens is None:
+            return
+        tokens = torch.tensor([self._unlogged_tokens], device=self.args.device)
+        if self._unlogged_masked_tokens is not None:
+            tokens = tokens + self._unlogged_masked_tokens
+        self._total_train_tokens += int(self.accelerator.gather_for_metrics(tokens).sum().item())
+        self._unlogged_tokens, self._unlogged_masked_tokens = 0, None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
+        if not model.training or self.aux_loss_enabled or self._logs_next_step():
+            if model.training:
+                self._count_unlogged_tokens()
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # The inputs TRL's compute_loss sets for training, without the metrics it reads back.
+        inputs["use_cache"] = False
+        if self.args.use_liger_kernel:
+            inputs["skip_logits"] = True
+            inputs["use_token_scaling"] = self.args.loss_type == "dft"
+        if "attention_mask" in inputs:
+            masked = inputs["attention_mask"].sum().reshape(1)
+            previous = self._unlogged_masked_tokens
+            self._unlogged_masked_tokens = masked if previous is None else previous + masked
+        else:  # padding-free: one flattened row, its length is known on the host
+            self._unlogged_tokens += inputs["position_ids"].size(1)
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # The end-of-training log comes after steps that logged nothing; their tokens count.
+        if self.model.training and (
+            self._unlogged_tokens or self._unlogged_masked_tokens is not None
+        ):
+            self._count_unlogged_tokens()
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        super().log(logs, start_time)
+
+
 def assistant_turns(dataset) -> int:  # noqa: ANN001
     return sum(
         1 for messages in dataset["messages"] if any(m["role"] == "assistant" for m in messages)
@@ -153,7 +221,7 @@ def build_trainer(
         include_num_input_tokens_seen=True,
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(
+    trainer = StageSFTTrainer(
         model=model,
         args=args,
         train_dataset=train.select(used).select_columns(["messages"]),
