@@ -233,3 +233,17 @@ def test_batches_reach_the_device_without_waiting_for_it(sft_workspace):
     # transformers pins only off the CPU; a GPU run's arguments keep it on
     on_a_gpu = training_arguments(dataclasses.replace(config, use_cpu=False), sft_workspace)
     assert on_a_gpu.dataloader_pin_memory and on_a_gpu.accelerator_config.non_blocking
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_checkpointing_is_off_unless_the_recipe_asks(sft_workspace, checkpointing):
+    """TRL's SFTConfig turns it on by default (about a third more compute per step, never
+    counted in MFU); the stage follows the recipe, off by default."""
+    overrides = {"gradient_checkpointing": True} if checkpointing else {}
+    name = f"checkpointing-{checkpointing}"
+    config = sft_config(sft_workspace, name, max_steps=1, save_steps=100, **overrides)
+    assert config.gradient_checkpointing is checkpointing
+    trainer, _ = build_trainer(config)
+    trainer.train()
+    assert trainer.args.activation_checkpointing is checkpointing
+    assert trainer.model.is_gradient_checkpointing is checkpointing
