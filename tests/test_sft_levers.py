@@ -150,7 +150,9 @@ class ItemCalls:
         return PerStep()
 
 
-def train_counting_item_calls(workspace, monkeypatch, name, trainer_class, **overrides):
+def train_counting_item_calls(
+    workspace, monkeypatch, name, trainer_class, eval_steps=None, **overrides
+):
     import training.sft
 
     calls = ItemCalls()
@@ -165,6 +167,9 @@ def train_counting_item_calls(workspace, monkeypatch, name, trainer_class, **ove
     config = sft_config(workspace, name, **{**settings, **overrides})
     trainer, _ = build_trainer(config, [calls.callback()])
     assert type(trainer) is trainer_class
+    if eval_steps:  # evaluate during training, on the prepared training rows
+        trainer.args.eval_strategy, trainer.args.eval_steps = "steps", eval_steps
+        trainer.eval_dataset = trainer.train_dataset
     with monkeypatch.context() as patch:
         patch.setattr(torch.Tensor, "item", counted)
         trainer.train()
@@ -227,12 +232,13 @@ def test_batches_reach_the_device_without_waiting_for_it(sft_workspace):
 
     from training.common import training_arguments
 
-    config = sft_config(sft_workspace, "non-blocking")
+    config = dataclasses.replace(sft_config(sft_workspace, "non-blocking"), use_cpu=False)
     trainer, _ = build_trainer(config)
+    assert trainer.args.dataloader_pin_memory and trainer.args.accelerator_config.non_blocking
     assert trainer.get_train_dataloader()._non_blocking is True
-    # transformers pins only off the CPU; a GPU run's arguments keep it on
-    on_a_gpu = training_arguments(dataclasses.replace(config, use_cpu=False), sft_workspace)
-    assert on_a_gpu.dataloader_pin_memory and on_a_gpu.accelerator_config.non_blocking
+    # on the CPU neither applies (transformers would warn that nothing is pinned)
+    on_the_cpu = training_arguments(sft_config(sft_workspace, "cpu"), sft_workspace)
+    assert not on_the_cpu.dataloader_pin_memory and not on_the_cpu.accelerator_config.non_blocking
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -245,5 +251,30 @@ def test_activation_checkpointing_is_off_unless_the_recipe_asks(sft_workspace, c
     assert config.gradient_checkpointing is checkpointing
     trainer, _ = build_trainer(config)
     trainer.train()
-    assert trainer.args.activation_checkpointing is checkpointing
+    assert trainer.args.gradient_checkpointing is checkpointing  # both names, any 5.x
     assert trainer.model.is_gradient_checkpointing is checkpointing
+
+
+def test_evaluations_between_logs_report_the_exact_token_total(sft_workspace, monkeypatch):
+    """An evaluation at a step that does not log still sees every trained token (TRL reports
+    the running total as ``eval_num_tokens``), and so does the end of training after it."""
+    from trl import SFTTrainer
+
+    from training.sft import StageSFTTrainer
+
+    runs = {
+        kind: train_counting_item_calls(
+            sft_workspace, monkeypatch, f"eval-{kind.__name__}", kind, eval_steps=2, max_steps=7
+        )[1]
+        for kind in (StageSFTTrainer, SFTTrainer)
+    }
+    ours, trl = runs[StageSFTTrainer], runs[SFTTrainer]
+
+    def evaluated(state):
+        return [
+            (row["step"], row["eval_num_tokens"]) for row in state.log_history if "eval_loss" in row
+        ]
+
+    assert [step for step, _ in evaluated(ours)] == [2, 4, 6, 7]
+    assert evaluated(ours) == evaluated(trl)
+    assert evaluated(ours)[0][1] > 0

@@ -643,10 +643,15 @@ def test_mfu_is_recorded_against_the_gpu_peak_and_never_guessed(tmp_path):
     state = SimpleNamespace(global_step=1, num_input_tokens_seen=1000)
     callback.on_log(args, state, control, logs={"loss": 1.0})
     callback.parameters, callback.peak = 110, 1e9  # as on_train_begin sets them on a GPU
+    state = SimpleNamespace(global_step=2, num_input_tokens_seen=2000)
     callback.on_log(args, state, control, logs={"loss": 0.5})
-    cpu, gpu = read_metrics(tmp_path / "metrics.jsonl")
+    # two GPUs: the token count is both processes' (transformers gathers it), so is the peak
+    state = SimpleNamespace(global_step=3, num_input_tokens_seen=3000)
+    callback.on_log(SimpleNamespace(use_cpu=False, world_size=2), state, control, {"loss": 0.4})
+    cpu, gpu, two_gpus = read_metrics(tmp_path / "metrics.jsonl")
     assert "mfu" not in cpu
     assert gpu["mfu"] == pytest.approx(6 * 110 * gpu["tokens_per_s"] / 1e9)
+    assert two_gpus["mfu"] == pytest.approx(6 * 110 * two_gpus["tokens_per_s"] / 2e9)
 
 
 def test_a_pipes_channel_that_cannot_close_keeps_the_stages_own_error(tmp_path, capsys):
@@ -670,7 +675,7 @@ def test_tokens_per_second_after_a_resume_count_this_process_alone(tmp_path, mon
     from training import common
     from training.reporting import Reporter, read_metrics
 
-    clock = iter([0.0, 100.0, 102.0])  # built, train begins, first log
+    clock = iter([0.0, 100.0, 102.0, 103.0, 104.0])  # built, train begins, three logs
     monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
     callback = common.MetricsCallback(Reporter(tmp_path / "metrics.jsonl"))
     args, control = SimpleNamespace(use_cpu=True), SimpleNamespace()
@@ -678,8 +683,12 @@ def test_tokens_per_second_after_a_resume_count_this_process_alone(tmp_path, mon
     callback.on_train_begin(args, SimpleNamespace(num_input_tokens_seen=1_000_000), control)
     state = SimpleNamespace(global_step=21, num_input_tokens_seen=1_001_000)
     callback.on_log(args, state, control, logs={"loss": 1.0})
-    (record,) = read_metrics(tmp_path / "metrics.jsonl")
+    # an evaluation and the end-of-training summary train nothing: no rate of their own
+    callback.on_log(args, state, control, logs={"eval_loss": 1.2})
+    callback.on_log(args, state, control, logs={"train_loss": 1.1, "train_runtime": 9.0})
+    record, evaluation, summary = read_metrics(tmp_path / "metrics.jsonl")
     assert record["tokens_per_s"] == pytest.approx(500.0)  # 1,000 tokens in 2 s
+    assert "tokens_per_s" not in evaluation and "tokens_per_s" not in summary
 
 
 def test_pretraining_steps_that_do_not_log_read_nothing_back_from_the_device(

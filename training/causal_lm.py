@@ -172,7 +172,7 @@ def main(config: CausalLMConfig) -> Path:
         f"{config.max_length}, resume from {resume or 'scratch'}"
     )
     with resource_errors(config.stage, out / "runs", lambda: trainer.state.global_step):
-        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.train(resume_from_checkpoint=resume)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"{config.stage}: non-finite loss at step {metrics.nan_step}; the last good state is "
@@ -185,7 +185,7 @@ def main(config: CausalLMConfig) -> Path:
             loss = trainer.evaluate(eval_dataset=test)["eval_loss"]
             evaluation = {"eval_loss": loss, "perplexity": float(torch.exp(torch.tensor(loss)))}
     final = {
-        "train_loss": whole_run_loss(trainer.state, resume, result.training_loss),
+        "train_loss": whole_run_loss(trainer, resume),
         **train_stats,
         **evaluation,
     }

@@ -5,6 +5,7 @@ and MFU, and running out of memory or disk. A run's identity, folder and lineage
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import importlib.util
@@ -176,7 +177,6 @@ def training_arguments(
         seed=config.seed,
         data_seed=config.seed,
         bf16=config.bf16,
-        activation_checkpointing=config.gradient_checkpointing,
         optim=config.optim,
         torch_compile=config.torch_compile,
         use_liger_kernel=config.use_liger_kernel,
@@ -188,16 +188,23 @@ def training_arguments(
         dataloader_num_workers=0,
         # Batches are pinned (transformers' default on a GPU) and copied to the device
         # without waiting: a blocking copy waits for every queued kernel, once a step.
-        accelerator_config={"non_blocking": True},
+        accelerator_config={"non_blocking": not config.use_cpu},
         disable_tqdm=True,
     )
+    args_class = args_class or TrainingArguments
+    # transformers 5.2x renamed gradient_checkpointing (TRL defaults it on) to
+    # activation_checkpointing; earlier 5.x, such as a GPU image's, know only the old name.
+    names = {f.name for f in dataclasses.fields(args_class)}
+    renamed = "activation_checkpointing" in names
+    checkpointing = "activation_checkpointing" if renamed else "gradient_checkpointing"
+    values[checkpointing] = config.gradient_checkpointing
     values.update(overrides)
     if config.torch_compile:
         # transformers hands its compile settings to accelerate through these variables; this
         # one makes accelerate compile the repeated decoder blocks once instead of the whole
         # graph, which a short GPU lease cannot afford to wait for.
         os.environ["ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"] = "1"
-    return (args_class or TrainingArguments)(**values)
+    return args_class(**values)
 
 
 # Dense bf16 peak FLOP/s by GPU name, most specific first (an "H100 PCIe" is also an "H100").
@@ -242,18 +249,23 @@ class TokensCountedOnHost:
 class MetricsCallback(TrainerCallback):
     """Loss curve, tokens/s and (on a GPU we know the peak of) MFU into metrics.jsonl; stops
     the run at a non-finite loss, so the last good checkpoint stays the latest and the stage
-    can say which step went wrong."""
+    can say which step went wrong.
+
+    ``tokens_per_s`` is the rate of all processes together since the previous training log
+    (the first includes start-up and compilation), on training logs only: an evaluation or
+    the end-of-training summary trains nothing. MFU divides it by every process's device.
+    """
 
     def __init__(self, reporter: Reporter) -> None:
         self.reporter = reporter
-        self.started, self.tokens_before = time.perf_counter(), 0.0
+        self.since, self.tokens_before = time.perf_counter(), 0.0
         self.nan_step: int | None = None
         self.parameters, self.peak = 0, None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
         # A resumed run restores tokens seen before it; only this process's tokens count
         # against this process's time.
-        self.started = time.perf_counter()
+        self.since = time.perf_counter()
         self.tokens_before = float(state.num_input_tokens_seen or 0)
         if model is not None and torch.cuda.is_available() and not args.use_cpu:
             self.parameters = sum(p.numel() for p in model.parameters())
@@ -267,15 +279,18 @@ class MetricsCallback(TrainerCallback):
             self.nan_step = state.global_step
             control.should_training_stop = True
             control.should_save = False
-        seconds = time.perf_counter() - self.started
         tokens = float(state.num_input_tokens_seen or 0)
         record = {"step": state.global_step, **logs, "tokens_seen": tokens}
-        if seconds > 0 and tokens > self.tokens_before:
-            record["tokens_per_s"] = (tokens - self.tokens_before) / seconds
+        now = time.perf_counter()
+        if loss is not None and now > self.since and tokens > self.tokens_before:
+            record["tokens_per_s"] = (tokens - self.tokens_before) / (now - self.since)
             if self.peak:
+                devices = getattr(args, "world_size", 1)
                 record["mfu"] = model_flops_utilization(
-                    self.parameters, record["tokens_per_s"], self.peak
+                    self.parameters, record["tokens_per_s"], self.peak * devices
                 )
+        if loss is not None:
+            self.since, self.tokens_before = now, tokens
         self.reporter.metrics(record)
         return control
 

@@ -228,14 +228,14 @@ def main(config: DPOStageConfig) -> Path:
     resume, started = claim_runs(out / "runs", fingerprint, reporter, config.resume)
     reporter.log(f"dpo: resume from {resume or 'scratch'}")
     with resource_errors("dpo", out / "runs", lambda: trainer.state.global_step):
-        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.train(resume_from_checkpoint=resume)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"dpo: non-finite loss at step {metrics.nan_step}; the last good state is "
             f"{last_run_checkpoint(out / 'runs') or 'none (no step was saved before it)'}"
         )
     final: dict[str, Any] = {
-        "train_loss": whole_run_loss(trainer.state, resume, result.training_loss),
+        "train_loss": whole_run_loss(trainer, resume),
         "pairs": len(train),
         **dropped_metrics(dropped),
         "truncated": truncated,

@@ -212,14 +212,14 @@ def run_group_stage(
         f"resume from {resume or 'scratch'}"
     )
     with resource_errors(stage, runs, lambda: trainer.state.global_step):
-        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.train(resume_from_checkpoint=resume)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"{stage}: non-finite loss at step {metrics.nan_step}; nothing was published, the last "
             f"good state is {last_run_checkpoint(runs) or 'the SFT checkpoint ' + parent}"
         )
     final = {
-        "train_loss": whole_run_loss(trainer.state, resume, result.training_loss),
+        "train_loss": whole_run_loss(trainer, resume),
         **stats,
         **reward_summary(out),
     }

@@ -490,7 +490,7 @@ def main(config: RewardStageConfig) -> Path:
         f"{config.max_length} tokens; resume from {resume or 'scratch'}"
     )
     with resource_errors("reward", out / "runs", lambda: trainer.state.global_step):
-        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.train(resume_from_checkpoint=resume)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"reward: non-finite loss at step {metrics.nan_step}; the last good state is "
@@ -504,7 +504,7 @@ def main(config: RewardStageConfig) -> Path:
         config.clear_pair_margin,
     )
     final = {
-        "train_loss": whole_run_loss(trainer.state, resume, result.training_loss),
+        "train_loss": whole_run_loss(trainer, resume),
         "pairs": len(train_records),
         "prompts": len(train) if config.group_by_prompt else None,
         **dropped_metrics(dropped),

@@ -147,23 +147,26 @@ def _claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None], resume
         started.write_text(f"{time.time():.3f}\n")
 
 
-def whole_run_loss(state: Any, resumed_from: str | None, this_process_loss: float) -> float:
-    """The mean training loss over every step of the run. transformers' ``training_loss``
-    averages only the steps this process trained; after a resume, the steps before come from
-    the restored ``log_history`` (each logged loss weighted by the steps it covers)."""
+def whole_run_loss(trainer: Any, resumed_from: str | None) -> float:
+    """The mean training loss over every step of the run, from the sum of this process's step
+    losses (transformers' ``training_loss`` divides that sum by this process's steps in 5.24
+    and by all steps in 5.17). After a resume, the steps before come from the restored
+    ``log_history``, each logged loss weighted by the steps it covers."""
+    state = trainer.state
+    this_process = float(trainer._total_loss_scalar)
+    steps = state.global_step
     resumed_step = saved_step(resumed_from)
-    if resumed_step == 0 or state.global_step <= 0:
-        return this_process_loss
+    if steps <= 0:
+        return this_process  # nothing trained (transformers reports 0.0 too)
     total = covered = previous = 0
-    for entry in state.log_history:
+    for entry in state.log_history if resumed_step else []:
         step = entry.get("step", 0)
         if "loss" in entry and previous < step <= resumed_step:
             total += entry["loss"] * (step - previous)
             covered, previous = covered + step - previous, step
     if covered == 0:  # nothing was logged before the save: only this process's steps are known
-        return this_process_loss
-    before = total / covered * resumed_step
-    return (before + this_process_loss * (state.global_step - resumed_step)) / state.global_step
+        return this_process / max(steps - resumed_step, 1)
+    return (total / covered * resumed_step + this_process) / steps
 
 
 def already_published(

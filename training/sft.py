@@ -109,8 +109,11 @@ class StageSFTTrainer(TokensCountedOnHost, SFTTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Tokens of the steps since the last log: counted from shapes on the host, or summed
-        # from attention masks on the device (reading those would be the synchronisation).
+        # Batches since the token total was last read: the same on every rank (steps are
+        # skipped by number), so the gather that reads them is made by all ranks or none.
+        self._skipped_batches = 0
+        # Their tokens: counted from shapes on the host, or summed from attention masks on
+        # the device (reading those would be the synchronisation).
         self._unlogged_tokens = 0
         self._unlogged_masked_tokens: torch.Tensor | None = None
 
@@ -121,25 +124,28 @@ class StageSFTTrainer(TokensCountedOnHost, SFTTrainer):
         return (step == 1 and args.logging_first_step) or step % self.state.logging_steps == 0
 
     def _count_unlogged_tokens(self) -> None:
-        """Fold the skipped steps' tokens into TRL's running total: one read, at a log step."""
-        if not self._unlogged_tokens and self._unlogged_masked_tokens is None:
+        """Fold the skipped batches' tokens into TRL's running total: one read, when a log
+        (training or evaluation) is about to report it."""
+        if not self._skipped_batches:
             return
         tokens = torch.tensor([self._unlogged_tokens], device=self.args.device)
         if self._unlogged_masked_tokens is not None:
             tokens = tokens + self._unlogged_masked_tokens
-        self._total_train_tokens += int(self.accelerator.gather_for_metrics(tokens).sum().item())
-        self._unlogged_tokens, self._unlogged_masked_tokens = 0, None
+        # gather, not gather_for_metrics: at the end of the data the latter keeps only the
+        # first ranks' entries, and each entry here sums many steps.
+        self._total_train_tokens += int(self.accelerator.gather(tokens).sum().item())
+        self._skipped_batches, self._unlogged_tokens, self._unlogged_masked_tokens = 0, 0, None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
         if not model.training or self.aux_loss_enabled or self._logs_next_step():
-            if model.training:
-                self._count_unlogged_tokens()
+            self._count_unlogged_tokens()  # TRL reports the total in evaluation logs too
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # The inputs TRL's compute_loss sets for training, without the metrics it reads back.
         inputs["use_cache"] = False
         if self.args.use_liger_kernel:
             inputs["skip_logits"] = True
             inputs["use_token_scaling"] = self.args.loss_type == "dft"
+        self._skipped_batches += 1
         if "attention_mask" in inputs:
             masked = inputs["attention_mask"].sum().reshape(1)
             previous = self._unlogged_masked_tokens
@@ -150,11 +156,10 @@ class StageSFTTrainer(TokensCountedOnHost, SFTTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # The end-of-training log comes after steps that logged nothing; their tokens count.
-        if self.model.training and (
-            self._unlogged_tokens or self._unlogged_masked_tokens is not None
-        ):
+        if self._skipped_batches:
             self._count_unlogged_tokens()
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            if self.model.training:
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         super().log(logs, start_time)
 
 
@@ -259,14 +264,14 @@ def main(config: SFTStageConfig) -> Path:
         f"no assistant token within them), resume from {resume or 'scratch'}"
     )
     with resource_errors("sft", out / "runs", lambda: trainer.state.global_step):
-        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.train(resume_from_checkpoint=resume)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"sft: non-finite loss at step {metrics.nan_step}; the last good state is the latest "
             f"checkpoint in {out / 'runs'}"
         )
     final = {
-        "train_loss": whole_run_loss(trainer.state, resume, result.training_loss),
+        "train_loss": whole_run_loss(trainer, resume),
         "conversations": counts["conversations"],
         "truncated": too_long,
         "without_answer_within_max_length": counts["without_answer_within_max_length"],
