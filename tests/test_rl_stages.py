@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -371,3 +372,47 @@ def test_ppo_ptx_adds_a_pretraining_loss(workspace):
     assert read_lineage(checkpoint)["inputs"]["ptx_data"] == pretrain
     with pytest.raises(ValueError, match="ptx_data"):
         ppo_config(workspace, "ppo-ptx2", ptx_coef=0.5)
+
+
+def test_each_rank_scores_with_the_reward_model_on_its_own_gpu(workspace, monkeypatch):
+    """A callable reward's model is not moved by TRL: on rank 1 of a node it must go to
+    cuda:1, not to the first GPU with every other rank's copy (checked without a GPU by
+    recording where the scorer is asked to go)."""
+    import training.grpo
+    from training.grpo import GRPOStageConfig, reward_functions
+
+    asked = []
+
+    class Recorder:
+        def __init__(self, path, max_length, device):
+            asked.append(device)
+            self.tokenizer = make_tokenizer()
+
+    monkeypatch.setattr(training.grpo, "RewardModelScorer", Recorder)
+    monkeypatch.setattr(training.grpo, "check_same_tokenizer", lambda *args: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    values = stage_values(
+        workspace, "grpo-rank", reward_model="rm", reward_weights={"reward_model": 1.0}
+    )
+    reward_functions(GRPOStageConfig(**{**values, "use_cpu": False}), make_tokenizer())
+    reward_functions(GRPOStageConfig(**{**values, "use_cpu": True}), make_tokenizer())
+    assert asked == ["cuda:1", "cpu"]
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_ppo_trains_in_the_precision_the_recipe_asks(workspace, monkeypatch, bf16):
+    """TRL's PPOTrainer builds its own Accelerator, which never saw the recipe's bf16."""
+    import training.ppo
+    from training.ppo import main as ppo
+
+    built = []
+
+    def recording(setup):
+        built.append(training.ppo.TRLPolicyOptimizer(setup))
+        return built[-1]
+
+    monkeypatch.setitem(training.ppo.OPTIMIZERS, "trl", recording)
+    ppo(ppo_config(workspace, f"ppo-bf16-{bf16}", bf16=bf16, max_steps=1, resume=False))
+    assert built[0].trainer.accelerator.mixed_precision == ("bf16" if bf16 else "no")
+    assert "ACCELERATE_MIXED_PRECISION" not in os.environ  # put back after

@@ -24,6 +24,7 @@ from training.common import (
     resource_errors,
     training_arguments,
 )
+from training.ranks import local_device
 from training.reporting import Reporter, read_metrics
 from training.rewards import (
     ANSWER_KEY_TASKS,
@@ -115,12 +116,12 @@ def reward_functions(config: GroupRLConfig, tokenizer: Any) -> tuple[list[Any], 
     against the policy's tokenizer before anything trains."""
     functions, weights = [], []
     if "reward_model" in config.reward_weights:
-        import torch
-
-        # TRL moves only nn.Module rewards to its device; a callable's model goes there itself.
-        device = "cuda" if torch.cuda.is_available() and not config.use_cpu else None
+        # TRL moves only nn.Module rewards to its device; a callable's model goes there itself,
+        # to this rank's GPU ("cuda" alone would put every rank's copy on the first one).
         scorer = RewardModelScorer(
-            config.reward_model, max_length=4 * config.max_length, device=device
+            config.reward_model,
+            max_length=4 * config.max_length,
+            device=local_device(config.use_cpu),
         )
         check_same_tokenizer(tokenizer, scorer.tokenizer, str(config.reward_model))
         functions.append(scorer)

@@ -20,8 +20,10 @@ saves in ``runs/`` remain the last good state to inspect).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -264,6 +266,27 @@ def _cycle(blocks: Any, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
             yield ids[order[start : start + batch_size]]
 
 
+@contextlib.contextmanager
+def accelerator_settings(bf16: bool, cpu: bool) -> Iterator[None]:
+    """TRL's PPOTrainer builds its own ``Accelerator()``, which takes mixed precision and the
+    CPU from the environment, not from the TrainingArguments (transformers 5 no longer exports
+    them there): without this, ``bf16: true`` trained in fp32 without a word."""
+    wanted = {
+        "ACCELERATE_MIXED_PRECISION": "bf16" if bf16 else "no",
+        "ACCELERATE_USE_CPU": "true" if cpu else "false",
+    }
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class TRLPolicyOptimizer:
     """``PolicyOptimizer`` on TRL 1.12's experimental PPOTrainer."""
 
@@ -296,19 +319,20 @@ class TRLPolicyOptimizer:
         ptx = None
         if setup.ptx_blocks is not None:
             ptx = _cycle(setup.ptx_blocks, config.per_device_train_batch_size, config.seed)
-        self.trainer = trainer_class(
-            args=args,
-            processing_class=setup.tokenizer,
-            model=setup.policy,
-            ref_model=setup.reference,
-            reward_model=setup.reward_model,
-            value_model=setup.value_model,
-            train_dataset=setup.prompts,
-            eval_dataset=setup.prompts.select(range(min(8, len(setup.prompts)))),
-            callbacks=setup.callbacks,
-            ptx=ptx,
-            ptx_coef=config.ptx_coef,
-        )
+        with accelerator_settings(bf16=config.bf16, cpu=config.use_cpu):
+            self.trainer = trainer_class(
+                args=args,
+                processing_class=setup.tokenizer,
+                model=setup.policy,
+                ref_model=setup.reference,
+                reward_model=setup.reward_model,
+                value_model=setup.value_model,
+                train_dataset=setup.prompts,
+                eval_dataset=setup.prompts.select(range(min(8, len(setup.prompts)))),
+                callbacks=setup.callbacks,
+                ptx=ptx,
+                ptx_coef=config.ptx_coef,
+            )
 
     @property
     def step(self) -> int:
