@@ -271,6 +271,33 @@ def test_dpo_with_precomputed_reference_log_probs(workspace):
     assert not list((workspace / "data" / "preference").rglob("cache-*.arrow"))  # input untouched
 
 
+def test_two_processes_share_the_precomputed_reference_log_probs(workspace, tmp_path):
+    """torchrun with two CPU processes: the main rank alone writes TRL's cache of reference
+    log-probs, so every rank must read the datasets from one folder on disk."""
+    from torchrun_support import torchrun
+
+    values = dpo_config(workspace, "unused").__dict__
+    section = {
+        key: values[key]
+        for key in ("data", "init_from", "max_length", "beta", "learning_rate", "use_cpu")
+    }
+    section |= {
+        "output_dir": str(tmp_path / "dpo"),
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "warmup_steps": 1,
+        "logging_steps": 1,
+        "save_steps": 1000,
+        "precompute_ref_log_probs": True,
+    }
+    launched = torchrun("dpo", section, tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    checkpoint = verify(tmp_path / "dpo" / "checkpoint")
+    assert read_lineage(checkpoint)["recipe"]["precompute_ref_log_probs"] is True
+    assert list((tmp_path / "dpo" / "pairs" / "train").glob("cache-*.arrow"))
+    assert not list((workspace / "data" / "preference").rglob("cache-*.arrow"))  # input untouched
+
+
 def test_nan_loss_stops_and_names_the_step_and_the_last_good_state(workspace, monkeypatch):
     from trl import RewardTrainer
 
@@ -362,8 +389,10 @@ def test_checkable_pairs_keep_right_over_wrong_whatever_the_margin(tmp_path):
     assert kept == {"4", "Once upon a time, a fox."}
 
 
-def test_dpo_trains_again_only_when_its_reference_or_recipe_changed(workspace):
+def test_dpo_trains_again_only_when_its_reference_or_recipe_changed(workspace, monkeypatch):
     import shutil
+
+    import training.dpo
 
     reference = workspace / "reference-again"
     shutil.copytree(workspace / "sft", reference)
@@ -371,7 +400,10 @@ def test_dpo_trains_again_only_when_its_reference_or_recipe_changed(workspace):
     first = dpo(config)
     metrics_file = workspace / "dpo_again" / "metrics.jsonl"
     trained = metrics_file.read_text()
-    assert dpo(config) == first and metrics_file.read_text() == trained  # nothing to train
+    with monkeypatch.context() as patch:
+        # not even the trainer: with precomputed log-probs, building it runs the reference
+        patch.setattr(training.dpo, "DPOTrainer", None)
+        assert dpo(config) == first and metrics_file.read_text() == trained  # nothing to train
 
     # The same path, a republished reference: the old saves must not be continued.
     lineage = json.loads((reference / "lineage.json").read_text())

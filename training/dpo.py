@@ -14,6 +14,7 @@ policy moved towards the preferred answers; they land in metrics.jsonl and linea
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from training.common import (
     training_arguments,
 )
 from training.models import ModelConfig, build_causal_lm, check_context, count_parameters
+from training.ranks import world_size
 from training.reporting import Reporter, read_metrics
 from training.reward import (
     describe_dropped,
@@ -132,6 +134,27 @@ def reward_trend(metrics_path: Path) -> dict[str, float]:
     }
 
 
+def on_shared_disk(splits: dict[str, Any], folder: Path) -> list[Any]:
+    """The splits saved by the main rank and loaded by every rank. TRL writes precomputed
+    reference log-probs beside the dataset's own files, on the main rank alone; an in-memory
+    dataset's files are in each process's own temporary folder, so the other ranks looked for
+    a file that was never written there (FileNotFoundError)."""
+    import datasets
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        shutil.rmtree(folder, ignore_errors=True)
+        for name, split in splits.items():
+            if split is not None:
+                split.save_to_disk(str(folder / name))
+    state.wait_for_everyone()
+    return [
+        datasets.load_from_disk(str(folder / name)) if split is not None else None
+        for name, split in splits.items()
+    ]
+
+
 def build_trainer(
     config: DPOStageConfig, callbacks: list | None = None, reporter: Reporter | None = None
 ) -> tuple[DPOTrainer, dict[str, Any]]:
@@ -179,6 +202,8 @@ def build_trainer(
         logging_nan_inf_filter=False,  # a NaN must reach MetricsCallback, not be averaged away
         dataset_num_proc=None,
     )
+    if config.precompute_ref_log_probs and world_size() > 1:
+        train, test = on_shared_disk({"train": train, "test": test}, out / "pairs")
     if reporter is not None:
         reporter.log(
             f"dpo: {count_parameters(policy) / 1e6:.2f}M parameters, {len(train)} pairs, beta "
@@ -213,18 +238,22 @@ def main(config: DPOStageConfig) -> Path:
     out = Path(config.output_dir)
     reporter = Reporter(out / "metrics.jsonl")
     metrics = MetricsCallback(reporter)
+    # Before the trainer: building it runs the reference model over every pair when the
+    # log-probs are precomputed, which an unchanged re-run must not pay for.
+    parent = str(verify(config.init_from))
+    reference_path = str(verify(config.reference)) if config.reference else parent
+    data_digest = ids_digest(load_splits(config.data)["train"])
+    fingerprint = run_fingerprint(config, data_digest, [parent, reference_path])
+    if published := already_published(config, fingerprint, reporter, "dpo"):
+        return published
     trainer, built = build_trainer(config, [metrics], reporter)
-    parent, reference_path, tokenizer = built["parent"], built["reference"], built["tokenizer"]
+    tokenizer = built["tokenizer"]
     train, test, dropped, truncated = (
         built["train"],
         built["test"],
         built["dropped"],
         built["truncated"],
     )
-    data_digest = ids_digest(load_splits(config.data)["train"])
-    fingerprint = run_fingerprint(config, data_digest, [parent, reference_path])
-    if published := already_published(config, fingerprint, reporter, "dpo"):
-        return published
     resume, started = claim_runs(out / "runs", fingerprint, reporter, config.resume)
     reporter.log(f"dpo: resume from {resume or 'scratch'}")
     with resource_errors("dpo", out / "runs", lambda: trainer.state.global_step):
