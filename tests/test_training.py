@@ -607,6 +607,20 @@ def test_out_of_resources_as_the_libraries_really_report_it(tmp_path):
         raise SafetensorError(
             "Error while serializing: I/O error: No space left on device (os error 28)"
         )
+    # a GPU out of memory outside torch's allocator: cuBLAS, a kernel launch, or re-raised
+    # by torch.compile with the original as its cause
+    for message in (
+        "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    ):
+        with (
+            pytest.raises(ResourceError, match=r"sft: out of .* memory at step 5; resume from"),
+            resource_errors("sft", runs, lambda: 5),
+        ):
+            try:
+                raise RuntimeError(message)
+            except RuntimeError as cause:
+                raise RuntimeError("backend='inductor' raised: see the cause") from cause
     with pytest.raises(RuntimeError, match="^shape mismatch$"), resource_errors("sft", runs):
         raise RuntimeError("shape mismatch")  # anything else passes through untouched
 

@@ -305,6 +305,13 @@ DISK_FULL_SIGNS = ("no space left", "os error 28", "storagefull", "disk quota ex
 FAILED_WRITE_SIGNS = ("file write failed", "unexpected pos")
 # torch's CPU allocator raises a plain RuntimeError rather than MemoryError.
 HOST_MEMORY_SIGNS = ("defaultcpuallocator: can't allocate memory", "cannot allocate memory")
+# A GPU out of memory outside torch's caching allocator (cuBLAS handles, a kernel launch,
+# NCCL) is a plain RuntimeError too, and so is one re-raised by torch.compile.
+DEVICE_MEMORY_SIGNS = (
+    "cuda error: out of memory",
+    "cublas_status_alloc_failed",
+    "cuda out of memory",
+)
 
 
 @contextlib.contextmanager
@@ -316,17 +323,17 @@ def resource_errors(stage: str, runs: Path, step: Callable[[], int] = lambda: -1
         yield
     except ResourceError:
         raise
-    except torch.OutOfMemoryError as error:
-        device = "GPU" if torch.cuda.is_available() else "CPU"
-        raise ResourceError(
-            f"{stage}: out of {device} memory at step {step()}; resume from "
-            f"{last_run_checkpoint(runs) or 'scratch'} with a smaller batch or max_length "
-            f"({str(error).splitlines()[0]})"
-        ) from error
     except Exception as error:
         kind = resource_kind(error)
         if kind is None:
             raise
+        if kind == "device memory":
+            device = "GPU" if torch.cuda.is_available() else "CPU"
+            raise ResourceError(
+                f"{stage}: out of {device} memory at step {step()}; resume from "
+                f"{last_run_checkpoint(runs) or 'scratch'} with a smaller batch or max_length "
+                f"({first_line(error)})"
+            ) from error
         last = last_run_checkpoint(runs) or "none"
         if kind == "host memory":
             raise ResourceError(
@@ -342,7 +349,8 @@ def resource_errors(stage: str, runs: Path, step: Callable[[], int] = lambda: -1
 
 
 def resource_kind(error: BaseException) -> str | None:
-    """``disk``, ``host memory``, ``write`` (a failed write that does not say why) or None.
+    """``device memory``, ``disk``, ``host memory``, ``write`` (a failed write that does not
+    say why) or None.
     The whole chain of causes is read first: torch.save reports a full disk as a stream
     position mismatch, with the OSError that says why only in its context."""
     chain = []
@@ -351,6 +359,10 @@ def resource_kind(error: BaseException) -> str | None:
         error = error.__cause__ or error.__context__
     for link in chain:
         message = str(link).lower()
+        if isinstance(link, torch.OutOfMemoryError) or any(
+            sign in message for sign in DEVICE_MEMORY_SIGNS
+        ):
+            return "device memory"
         if isinstance(link, MemoryError) or any(s in message for s in HOST_MEMORY_SIGNS):
             return "host memory"
         if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
