@@ -23,7 +23,7 @@ from training.common import load_training_tokenizer
 from training.evaluate import EvaluateConfig, generate, write_generations
 from training.files import write_atomic_text
 from training.models import ModelConfig, build_causal_lm
-from training.ranks import is_main_process
+from training.ranks import is_main_process, local_device
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class AlignmentConfig:
     kl_samples: prompts used for the KL estimate (one sample each).
     batch_size: prompts per generation batch.
     seed: seeds the KL samples.
+    use_cpu: measure on the CPU even where a GPU is present (else this rank's GPU).
     """
 
     policies: dict[str, str] = field(default_factory=dict)
@@ -50,6 +51,7 @@ class AlignmentConfig:
     kl_samples: int = 64
     batch_size: int = 32
     seed: int = 0
+    use_cpu: bool = False
 
     def __post_init__(self) -> None:
         if not self.policies:
@@ -58,11 +60,11 @@ class AlignmentConfig:
             raise ValueError("reference, prompts and output are required")
 
 
-def load_policy(path: str) -> tuple[Any, Any]:
+def load_policy(path: str, device: str = "cpu") -> tuple[Any, Any]:
     checkpoint = str(verify(path))
     tokenizer = load_training_tokenizer(checkpoint)
     model = build_causal_lm(ModelConfig(), tokenizer, path=checkpoint)
-    model.eval()
+    model.to(device).eval()
     return model, tokenizer
 
 
@@ -74,7 +76,7 @@ def response_distributions(model: Any, sequences: torch.Tensor, prompt_length: i
     with torch.no_grad():
         logits = model(input_ids=sequences, attention_mask=attention).logits.float()
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-    response = torch.zeros(sequences[:, 1:].shape, dtype=torch.bool)
+    response = torch.zeros(sequences[:, 1:].shape, dtype=torch.bool, device=sequences.device)
     response[:, prompt_length - 1 :] = True
     response &= sequences[:, 1:] != pad_id
     return logprobs, response
@@ -93,6 +95,7 @@ def kl_estimate(
             for p in batch
         ]
         encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = encoded.to(policy.device)
         with torch.no_grad():
             sequences = policy.generate(
                 **encoded,
@@ -130,17 +133,18 @@ def main(config: AlignmentConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in Path(config.prompts).read_text().splitlines() if line]
     prompts = [r["prompt"] for r in rows]
-    reference, reference_tokenizer = load_policy(config.reference)
+    device = local_device(config.use_cpu)
+    reference, reference_tokenizer = load_policy(config.reference, device)
     scorer = None
     if config.reward_model:
         from training.rewards import RewardModelScorer, check_same_tokenizer
 
-        scorer = RewardModelScorer(config.reward_model, batch_size=config.batch_size)
+        scorer = RewardModelScorer(config.reward_model, batch_size=config.batch_size, device=device)
         check_same_tokenizer(reference_tokenizer, scorer.tokenizer, config.reward_model)
     generation = EvaluateConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
     report: dict[str, Any] = {"reference": config.reference, "policies": {}}
     for name, path in config.policies.items():
-        policy, tokenizer = load_policy(path)
+        policy, tokenizer = load_policy(path, device)
         answers = generate(policy, tokenizer, prompts, generation)
         write_generations(out / f"generations_{name}.jsonl", rows, answers)
         lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]

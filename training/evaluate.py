@@ -15,7 +15,7 @@ from training.checkpoint import verify
 from training.common import load_splits, load_training_tokenizer
 from training.files import write_atomic_text, write_jsonl_atomic
 from training.models import ModelConfig, build_causal_lm
-from training.ranks import is_main_process
+from training.ranks import is_main_process, local_device
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class EvaluateConfig:
     max_new_tokens: answer length cap.
     batch_size: prompts per generation batch.
     max_length: tokens per held-out example.
+    use_cpu: evaluate on the CPU even where a GPU is present (else this rank's GPU).
     """
 
     checkpoint: str = ""
@@ -37,6 +38,7 @@ class EvaluateConfig:
     max_new_tokens: int = 16
     batch_size: int = 32
     max_length: int = 256
+    use_cpu: bool = False
 
 
 def heldout_loss(
@@ -62,7 +64,10 @@ def heldout_loss(
             unscored += 1
             continue
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+            out = model(
+                input_ids=torch.tensor([ids], device=model.device),
+                labels=torch.tensor([labels], device=model.device),
+            )
         n = sum(1 for label in labels[1:] if label != -100)
         total += float(out.loss) * n
         count += n
@@ -90,6 +95,7 @@ def generate(
             for p in batch
         ]
         encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = encoded.to(model.device)
         with torch.no_grad():
             output = model.generate(
                 **encoded,
@@ -98,7 +104,7 @@ def generate(
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
-        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        new_tokens = output[:, encoded["input_ids"].shape[1] :].cpu()
         answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return [a.strip() for a in answers]
 
@@ -120,6 +126,7 @@ def main(config: EvaluateConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_training_tokenizer(checkpoint)
     model = build_causal_lm(ModelConfig(), tokenizer, path=str(checkpoint))
+    model.to(local_device(config.use_cpu))
     result: dict[str, Any] = {"checkpoint": str(checkpoint)}
     if config.heldout:
         splits = load_splits(config.heldout)
