@@ -253,7 +253,9 @@ class MetricsCallback(TrainerCallback):
 
     ``tokens_per_s`` is the rate of all processes together since the previous training log
     (the first includes start-up and compilation), on training logs only: an evaluation or
-    the end-of-training summary trains nothing. MFU divides it by every process's device.
+    the end-of-training summary trains nothing. It counts input positions, so the padding of
+    a packed SFT batch to its fixed shape counts too (bench/ counts labelled tokens). MFU
+    divides it by every process's device.
     """
 
     def __init__(self, reporter: Reporter) -> None:
