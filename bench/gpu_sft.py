@@ -16,6 +16,7 @@ has no CPU backward).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -198,6 +199,26 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+@contextlib.contextmanager
+def trl_trainer_with_blocking_copies():
+    """The stage built as when the 44k reference was measured: TRL's own SFTTrainer and
+    blocking batch copies. Put back afterwards, so later levers in this process are ours."""
+    from trl import SFTTrainer
+
+    import training.sft
+
+    trainer_class, arguments = training.sft.StageSFTTrainer, training.sft.training_arguments
+
+    def blocking_copies(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return arguments(*args, **kwargs, accelerator_config={"non_blocking": False})
+
+    training.sft.StageSFTTrainer, training.sft.training_arguments = SFTTrainer, blocking_copies
+    try:
+        yield
+    finally:
+        training.sft.StageSFTTrainer, training.sft.training_arguments = trainer_class, arguments
+
+
 def run(name: str, data: Path, tokenizer: Path, out: Path) -> dict:
     batch, lever = LEVERS[name]
     lever = dict(lever)
@@ -229,22 +250,9 @@ def run(name: str, data: Path, tokenizer: Path, out: Path) -> dict:
         resume=False,
         **lever,
     )
-    if trainer_kind == "trl":
-        from trl import SFTTrainer
-
-        import training.sft
-
-        # This process runs this one lever only: TRL's trainer, and batches copied blocking,
-        # as when the 44k reference was measured.
-        training.sft.StageSFTTrainer = SFTTrainer
-        arguments = training.sft.training_arguments
-
-        def blocking_copies(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            return arguments(*args, **kwargs, accelerator_config={"non_blocking": False})
-
-        training.sft.training_arguments = blocking_copies
     clock = Clock(warm)
-    trainer, _ = build_trainer(config, [clock])
+    with trl_trainer_with_blocking_copies() if trainer_kind == "trl" else contextlib.nullcontext():
+        trainer, _ = build_trainer(config, [clock])
     trainer.data_collator = Count(trainer.data_collator)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()

@@ -613,14 +613,21 @@ def test_out_of_resources_as_the_libraries_really_report_it(tmp_path):
         "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
         "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
     ):
+        quoted = re.escape(message.splitlines()[0])
         with (
-            pytest.raises(ResourceError, match=r"sft: out of .* memory at step 5; resume from"),
+            pytest.raises(ResourceError, match=rf"sft: out of .* memory at step 5; .*{quoted}"),
             resource_errors("sft", runs, lambda: 5),
         ):
             try:
                 raise RuntimeError(message)
             except RuntimeError as cause:
                 raise RuntimeError("backend='inductor' raised: see the cause") from cause
+    # an error of its own, raised while handling an out-of-memory error, is not one
+    with pytest.raises(ValueError, match="batch size 0"), resource_errors("sft", runs):
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except torch.OutOfMemoryError:
+            raise ValueError("batch size 0 is not valid") from None
     with pytest.raises(RuntimeError, match="^shape mismatch$"), resource_errors("sft", runs):
         raise RuntimeError("shape mismatch")  # anything else passes through untouched
 

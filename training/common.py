@@ -326,16 +326,16 @@ def resource_errors(stage: str, runs: Path, step: Callable[[], int] = lambda: -1
     except ResourceError:
         raise
     except Exception as error:
-        kind = resource_kind(error)
-        if kind is None:
-            raise
-        if kind == "device memory":
+        if (out_of_memory := device_memory_error(error)) is not None:
             device = "GPU" if torch.cuda.is_available() else "CPU"
             raise ResourceError(
                 f"{stage}: out of {device} memory at step {step()}; resume from "
                 f"{last_run_checkpoint(runs) or 'scratch'} with a smaller batch or max_length "
-                f"({first_line(error)})"
+                f"({first_line(out_of_memory)})"
             ) from error
+        kind = resource_kind(error)
+        if kind is None:
+            raise
         last = last_run_checkpoint(runs) or "none"
         if kind == "host memory":
             raise ResourceError(
@@ -350,9 +350,24 @@ def resource_errors(stage: str, runs: Path, step: Callable[[], int] = lambda: -1
         ) from error
 
 
+def device_memory_error(error: BaseException) -> BaseException | None:
+    """The out-of-memory error of torch's allocator or of a library beside it (cuBLAS, a kernel
+    launch, NCCL), raised as such or as the declared cause of another (torch.compile re-raises).
+    An error merely raised while handling one (``__context__``) is its own failure."""
+    for _ in range(16):
+        message = str(error).lower()
+        if isinstance(error, torch.OutOfMemoryError) or any(
+            sign in message for sign in DEVICE_MEMORY_SIGNS
+        ):
+            return error
+        if error.__cause__ is None:
+            return None
+        error = error.__cause__
+    return None
+
+
 def resource_kind(error: BaseException) -> str | None:
-    """``device memory``, ``disk``, ``host memory``, ``write`` (a failed write that does not
-    say why) or None.
+    """``disk``, ``host memory``, ``write`` (a failed write that does not say why) or None.
     The whole chain of causes is read first: torch.save reports a full disk as a stream
     position mismatch, with the OSError that says why only in its context."""
     chain = []
@@ -361,10 +376,6 @@ def resource_kind(error: BaseException) -> str | None:
         error = error.__cause__ or error.__context__
     for link in chain:
         message = str(link).lower()
-        if isinstance(link, torch.OutOfMemoryError) or any(
-            sign in message for sign in DEVICE_MEMORY_SIGNS
-        ):
-            return "device memory"
         if isinstance(link, MemoryError) or any(s in message for s in HOST_MEMORY_SIGNS):
             return "host memory"
         if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):

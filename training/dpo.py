@@ -134,6 +134,16 @@ def reward_trend(metrics_path: Path) -> dict[str, float]:
     }
 
 
+def check_reference_tokenizer(tokenizer: Any, parent: str, reference_path: str) -> None:
+    if reference_path == parent:
+        return
+    if tokenizer_digest(load_training_tokenizer(reference_path)) != tokenizer_digest(tokenizer):
+        raise ValueError(
+            f"reference {reference_path}: its tokenizer differs from the policy's ({parent}); "
+            "log-probability ratios need the same tokens"
+        )
+
+
 def on_shared_disk(splits: dict[str, Any], folder: Path) -> list[Any]:
     """The splits saved by the main rank and loaded by every rank. TRL writes precomputed
     reference log-probs beside the dataset's own files, on the main rank alone; an in-memory
@@ -164,13 +174,7 @@ def build_trainer(
     parent = str(verify(config.init_from))
     reference_path = str(verify(config.reference)) if config.reference else parent
     tokenizer = load_training_tokenizer(parent)
-    if config.reference:
-        reference_tokenizer = load_training_tokenizer(reference_path)
-        if tokenizer_digest(reference_tokenizer) != tokenizer_digest(tokenizer):
-            raise ValueError(
-                f"reference {reference_path}: its tokenizer differs from the policy's ({parent}); "
-                "log-probability ratios need the same tokens"
-            )
+    check_reference_tokenizer(tokenizer, parent, reference_path)
     key = (
         synthetic_answer_key(config.answer_key_tasks, config.answer_key_seed)
         if config.checkable_pairs
@@ -242,6 +246,8 @@ def main(config: DPOStageConfig) -> Path:
     # log-probs are precomputed, which an unchanged re-run must not pay for.
     parent = str(verify(config.init_from))
     reference_path = str(verify(config.reference)) if config.reference else parent
+    # a reference replaced in place (without lineage) keeps its path: refused even unchanged
+    check_reference_tokenizer(load_training_tokenizer(parent), parent, reference_path)
     data_digest = ids_digest(load_splits(config.data)["train"])
     fingerprint = run_fingerprint(config, data_digest, [parent, reference_path])
     if published := already_published(config, fingerprint, reporter, "dpo"):

@@ -271,10 +271,9 @@ def accelerator_settings(bf16: bool, cpu: bool) -> Iterator[None]:
     """TRL's PPOTrainer builds its own ``Accelerator()``, which takes mixed precision and the
     CPU from the environment, not from the TrainingArguments (transformers 5 no longer exports
     them there): without this, ``bf16: true`` trained in fp32 without a word."""
-    wanted = {
-        "ACCELERATE_MIXED_PRECISION": "bf16" if bf16 else "no",
-        "ACCELERATE_USE_CPU": "true" if cpu else "false",
-    }
+    wanted = {"ACCELERATE_MIXED_PRECISION": "bf16" if bf16 else "no"}
+    if cpu:  # otherwise a launcher's own choice (accelerate launch --cpu) stands
+        wanted["ACCELERATE_USE_CPU"] = "true"
     saved = {name: os.environ.get(name) for name in wanted}
     os.environ.update(wanted)
     try:

@@ -148,10 +148,11 @@ def _claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None], resume
 
 
 def whole_run_loss(trainer: Any, resumed_from: str | None) -> float:
-    """The mean training loss over every step of the run, from the sum of this process's step
-    losses (transformers' ``training_loss`` divides that sum by this process's steps in 5.24
-    and by all steps in 5.17). After a resume, the steps before come from the restored
-    ``log_history``, each logged loss weighted by the steps it covers."""
+    """The mean training loss over every step of the run, from the sum of the step losses this
+    process trained (transformers' ``training_loss`` divides that sum by this process's steps
+    in 5.24 and by all steps in 5.17; logged losses in it are averaged over the processes).
+    After a resume, the steps before come from the restored ``log_history``, each logged loss
+    weighted by the steps it covers."""
     state = trainer.state
     this_process = float(trainer._total_loss_scalar)
     steps = state.global_step
