@@ -278,3 +278,41 @@ def test_evaluations_between_logs_report_the_exact_token_total(sft_workspace, mo
     assert [step for step, _ in evaluated(ours)] == [2, 4, 6, 7]
     assert evaluated(ours) == evaluated(trl)
     assert evaluated(ours)[0][1] > 0
+
+
+def test_two_processes_count_every_token_between_logs(sft_workspace, tmp_path):
+    """torchrun with two CPU processes: both ranks make the one gather that folds the skipped
+    steps' tokens into the total, and it keeps every rank's sum, also at the end of the data,
+    where a partial last batch is padded with a repeated row."""
+    from torchrun_support import torchrun
+
+    from training.reporting import read_metrics
+
+    config = sft_config(sft_workspace, "unused")
+    section = {
+        "output_dir": str(tmp_path / "sft"),
+        "data": config.data,
+        "tokenizer": config.tokenizer,
+        "model": {"preset": "tiny", "max_position_embeddings": 256},
+        "packing": True,
+        # 7 packed rows over 2 ranks of 1: every 4th step ends the data with one real row,
+        # and the skipped steps' totals are read at that very step
+        "max_length": 160,
+        "per_device_train_batch_size": 1,
+        "max_steps": 9,
+        "logging_steps": 4,
+        "save_steps": 100,
+        "use_cpu": True,
+    }
+    launched = torchrun("sft", section, tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    records = read_metrics(tmp_path / "sft" / "metrics.jsonl")
+    # Packed batches are one padding-free row: TRL's token count is its length, and so is what
+    # transformers counts as input tokens seen (gathered over the ranks at every step). They
+    # differ only by the repeated row that pads the data's last batch, which TRL's own count of
+    # that step leaves out (gather_for_metrics): 160 tokens at each end of the data (steps 4
+    # and 8). The skipped steps' totals, read at those same steps, lose nothing.
+    counted = [(r["step"], r["num_tokens"], r["tokens_seen"]) for r in records if "num_tokens" in r]
+    assert [step for step, _, _ in counted] == [4, 8, 9]
+    assert [seen - tokens for _, tokens, seen in counted] == [160, 320, 320]
+    assert counted[-1][2] == 9 * 2 * 160
