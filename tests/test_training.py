@@ -696,7 +696,8 @@ def test_tokens_per_second_after_a_resume_count_this_process_alone(tmp_path, mon
     from training import common
     from training.reporting import Reporter, read_metrics
 
-    clock = iter([0.0, 100.0, 102.0, 103.0, 104.0])  # built, train begins, three logs
+    # built, train begins, three logs; then a second run: built, train begins, its summary
+    clock = iter([0.0, 100.0, 102.0, 103.0, 104.0, 200.0, 210.0, 212.0])
     monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
     callback = common.MetricsCallback(Reporter(tmp_path / "metrics.jsonl"))
     args, control = SimpleNamespace(use_cpu=True), SimpleNamespace()
@@ -710,6 +711,13 @@ def test_tokens_per_second_after_a_resume_count_this_process_alone(tmp_path, mon
     record, evaluation, summary = read_metrics(tmp_path / "metrics.jsonl")
     assert record["tokens_per_s"] == pytest.approx(500.0)  # 1,000 tokens in 2 s
     assert "tokens_per_s" not in evaluation and "tokens_per_s" not in summary
+    # a run that ends before its first training log: the summary carries the whole run's rate
+    short = common.MetricsCallback(Reporter(tmp_path / "short.jsonl"))
+    short.on_train_begin(args, SimpleNamespace(num_input_tokens_seen=0), control)
+    state = SimpleNamespace(global_step=3, num_input_tokens_seen=600)
+    short.on_log(args, state, control, logs={"train_loss": 1.1, "train_runtime": 3.0})
+    (only,) = read_metrics(tmp_path / "short.jsonl")
+    assert only["tokens_per_s"] == pytest.approx(300.0)  # 600 tokens in 2 s
 
 
 def test_pretraining_steps_that_do_not_log_read_nothing_back_from_the_device(

@@ -253,7 +253,8 @@ class MetricsCallback(TrainerCallback):
 
     ``tokens_per_s`` is the rate of all processes together since the previous training log
     (the first includes start-up and compilation), on training logs only: an evaluation or
-    the end-of-training summary trains nothing. It counts input positions, so the padding of
+    the end-of-training summary trains nothing (unless no training log came before it). It
+    counts input positions, so the padding of
     a packed SFT batch to its fixed shape counts too (bench/ counts labelled tokens). MFU
     divides it by every process's device.
     """
@@ -263,6 +264,7 @@ class MetricsCallback(TrainerCallback):
         self.since, self.tokens_before = time.perf_counter(), 0.0
         self.nan_step: int | None = None
         self.parameters, self.peak = 0, None
+        self.rated = False  # whether a training log of this process recorded tokens/s
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
         # A resumed run restores tokens seen before it; only this process's tokens count
@@ -284,7 +286,10 @@ class MetricsCallback(TrainerCallback):
         tokens = float(state.num_input_tokens_seen or 0)
         record = {"step": state.global_step, **logs, "tokens_seen": tokens}
         now = time.perf_counter()
-        if loss is not None and now > self.since and tokens > self.tokens_before:
+        # a run shorter than its logging interval gets its rate from the summary instead
+        measure = loss is not None or ("train_runtime" in logs and not self.rated)
+        if measure and now > self.since and tokens > self.tokens_before:
+            self.rated = True
             record["tokens_per_s"] = (tokens - self.tokens_before) / (now - self.since)
             if self.peak:
                 devices = getattr(args, "world_size", 1)
