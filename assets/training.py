@@ -7,7 +7,9 @@ import base64
 import functools
 import io
 import json
+import os
 import re
+import shlex
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -223,6 +225,16 @@ def described_inputs(context: dg.AssetExecutionContext, inputs: dict) -> dict:
     }
 
 
+# What runs ``-m training <stage>``: this interpreter by default, or a multi-process launcher
+# for several GPUs, e.g. "torchrun --nproc_per_node 8" or "accelerate launch --multi_gpu".
+LAUNCHER_ENV = "POSTFORGE_LAUNCHER"
+
+
+def launcher() -> list[str]:
+    command = shlex.split(os.environ.get(LAUNCHER_ENV, ""))
+    return command or [sys.executable]
+
+
 def launch(
     context: dg.AssetExecutionContext,
     pipes: dg.PipesSubprocessClient,
@@ -230,14 +242,15 @@ def launch(
     section: dict,
     resolved: Path,
 ) -> dg.PipesClientCompletedInvocation:
-    """Run ``python -m training <stage>`` on ``section`` (written to ``resolved`` for the record
-    and the command line). A failed stage fails the asset with the stage's own one-line
-    reason, or, when the process was killed, with the signal and what it usually means."""
+    """Run ``python -m training <stage>`` (or ``$POSTFORGE_LAUNCHER -m training <stage>``) on
+    ``section`` (written to ``resolved`` for the record and the command line). A failed stage
+    fails the asset with the stage's own one-line reason, or, when the process was killed,
+    with the signal and what it usually means."""
     resolved.parent.mkdir(parents=True, exist_ok=True)
     resolved.write_text(yaml.safe_dump({stage: section}, sort_keys=True), encoding="utf-8")
     failure = resolved.with_name(f"{resolved.stem}.failure.txt")
     failure.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "training", stage, "--config", str(resolved)]
+    command = [*launcher(), "-m", "training", stage, "--config", str(resolved)]
     try:
         return pipes.run(command=command, context=context, env={FAILURE_FILE_ENV: str(failure)})
     except Exception as error:  # Dagster raises DagsterPipesExecutionError, not exported

@@ -124,3 +124,34 @@ def test_a_tokenizer_in_the_recipe_is_refused_in_favour_of_the_project_one(
     recipe = recipe_with(tmp_path, "pretrain", tokenizer=str(tmp_path / "other"), max_steps=2)
     _, message = failure_of(materialize_base(outputs, recipe, instance), "base_checkpoint")
     assert "pretrain.tokenizer: under Dagster the tokenizer is the project_tokenizer" in message
+
+
+def test_a_stage_runs_under_the_launcher_the_environment_names(
+    outputs, tmp_path, instance, monkeypatch
+):
+    """POSTFORGE_LAUNCHER runs the stage data-parallel from Dagster (here torchrun with two
+    CPU processes, as `torchrun --nproc_per_node 8` would on a GPU box): both train, the main
+    one alone reports through Pipes."""
+    import shutil
+    import sys
+
+    from training.reporting import read_metrics
+
+    mine = tmp_path / "outputs"
+    shutil.copytree(outputs, mine)
+    monkeypatch.setenv(
+        training_assets.LAUNCHER_ENV,
+        f"{sys.executable} -m torch.distributed.run --nproc_per_node 2",
+    )
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    recipe = recipe_with(tmp_path, "pretrain", max_steps=2, save_steps=100)
+    result = materialize_base(mine, recipe, instance)
+    assert result.success
+    records = read_metrics(mine / "checkpoints" / "pretrain" / "metrics.jsonl")
+    trained = [r for r in records if "loss" in r]
+    assert [r["step"] for r in trained] == [1, 2]  # once each, from the main process
+    section = BASE_RECIPE["pretrain"]
+    per_step = section["per_device_train_batch_size"] * section["max_length"]
+    assert trained[-1]["tokens_seen"] == 2 * 2 * per_step  # two processes' batches
+    metadata = result.asset_materializations_for_node("base_checkpoint")[0].metadata
+    assert metadata["tokens_per_s"].value > 0
