@@ -349,26 +349,53 @@ def lineage_inputs(lineage: dict[str, Any]) -> list[dict[str, Any]]:
     return [inputs] if inputs.get("data") else []
 
 
+def lineage_sha256(folder: Path | None) -> str | None:
+    """The sha256 of a checkpoint's lineage.json bytes, the digest training records for a stage's
+    parent (``parent_lineage_sha256``): a lineage carries its run's finish time, so a checkpoint
+    retrained at the same path has another. None when there is no lineage.json."""
+    path = folder / LINEAGE if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def parent_pin(lineage: dict[str, Any], parent: Path | None) -> dict[str, Any] | None:
+    """Whether ``parent`` is still the checkpoint ``lineage``'s stage was trained from: the digest
+    the stage recorded for its parent's lineage.json against the one there now (``ok``). None
+    when the stage recorded none: a lineage older than the field, or a parent without lineage."""
+    recorded = lineage.get("parent_lineage_sha256")
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    found = lineage_sha256(parent)
+    return {"recorded": recorded, "found": found, "ok": found == recorded}
+
+
 def checkpoint_chain(path: str | Path, outputs: Path) -> list[dict[str, Any]]:
-    """The checkpoint and its parents, newest first: folder, recorded path and lineage. A parent
-    that cannot be found ends the chain with an entry whose folder and lineage are None."""
+    """The checkpoint and its parents, newest first: folder, recorded path, lineage and ``pin``
+    (``parent_pin`` of the child's lineage against this folder; None for the checkpoint asked
+    for). A parent that cannot be found ends the chain with an entry whose folder and lineage are
+    None. A parent whose pin fails (retrained since its child was trained) does not end it: the
+    walk goes on through the checkpoint now there, so the report shows where the path leads."""
     chain: list[dict[str, Any]] = []
     folder: Path | None = checkpoint_folder(path)
     recorded = str(path)
+    pin: dict[str, Any] | None = None
     seen: set[Path] = set()
     while folder is not None:
         if folder.resolve() in seen:
             break
         seen.add(folder.resolve())
         lineage = read_lineage(folder)
-        chain.append({"checkpoint": str(folder), "recorded": recorded, "lineage": lineage})
+        link = {"checkpoint": str(folder), "recorded": recorded, "lineage": lineage, "pin": pin}
+        chain.append(link)
         recorded = lineage.get("parent_checkpoint")
         if not recorded:
             break
         found = relocate(recorded, outputs)
         if found is None or not (found / LINEAGE).is_file():
-            chain.append({"checkpoint": None, "recorded": recorded, "lineage": None})
+            chain.append({"checkpoint": None, "recorded": recorded, "lineage": None, "pin": None})
             break
+        pin = parent_pin(lineage, found)
         folder = found
     return chain
 
@@ -497,13 +524,36 @@ def _raw_behind(train: list[str], catalog: Catalog) -> dict[str, Any]:
     }
 
 
+def _pin_problem(
+    folder: str, lineage: dict[str, Any], child: dict[str, Any], pin: dict[str, Any]
+) -> str:
+    """Why ``folder`` is not the parent ``child`` was trained from, with both finish times."""
+    name = child.get("stage") or "its child"
+    times = [
+        f"{who} finished {when}"
+        for who, when in (
+            ("this one", lineage.get("finished_at")),
+            (name, child.get("finished_at")),
+        )
+        if when
+    ]
+    return (
+        f"{folder} is not the parent {name} was trained from: its {LINEAGE} has sha256 "
+        f"{str(pin['found'])[:12]}…, {name}'s lineage recorded {pin['recorded'][:12]}…; it was "
+        f"retrained (or its {LINEAGE} rewritten) after {name} was trained"
+        + (f" ({', '.join(times)})" if times else "")
+    )
+
+
 def trace_checkpoint(checkpoint: str | Path, outputs: str | Path) -> dict[str, Any]:
     """The stages behind ``checkpoint`` (itself, then its parents), each with the dataset it
     trained on, the row-id hash check, the raw files and counts, and the rows dropped on the way.
-    ``ok`` is false when any parent, dataset or raw row is missing or any hash differs."""
+    ``ok`` is false when any parent, dataset or raw row is missing, any hash differs, or a parent
+    is not the one its child was trained from (``pin``: retrained at the same path since)."""
     catalog = load_catalog(outputs)
     stages = []
-    for link in checkpoint_chain(checkpoint, catalog.outputs):
+    chain = checkpoint_chain(checkpoint, catalog.outputs)
+    for index, link in enumerate(chain):
         lineage = link["lineage"]
         if lineage is None:
             stages.append(
@@ -511,13 +561,19 @@ def trace_checkpoint(checkpoint: str | Path, outputs: str | Path) -> dict[str, A
                     "stage": None,
                     "checkpoint": None,
                     "checkpoint_recorded": link["recorded"],
+                    "pin": None,
                     "datasets": [],
                     "problems": [f"parent checkpoint {link['recorded']} not found"],
                 }
             )
             continue
         datasets = [_dataset_report(entry, catalog) for entry in lineage_inputs(lineage)]
-        problems = [p for d in datasets for p in d["problems"]]
+        problems = []
+        pin = link["pin"]
+        if pin is not None and not pin["ok"]:
+            child = chain[index - 1]["lineage"]
+            problems.append(_pin_problem(link["checkpoint"], lineage, child, pin))
+        problems += [p for d in datasets for p in d["problems"]]
         if not datasets:
             problems.append("lineage names no dataset")
         stages.append(
@@ -528,6 +584,7 @@ def trace_checkpoint(checkpoint: str | Path, outputs: str | Path) -> dict[str, A
                 "parent_checkpoint": lineage.get("parent_checkpoint"),
                 "code_version": lineage.get("code_version"),
                 "finished_at": lineage.get("finished_at"),
+                "pin": pin,
                 "datasets": datasets,
                 "problems": problems,
             }
@@ -542,9 +599,11 @@ def trace_checkpoint(checkpoint: str | Path, outputs: str | Path) -> dict[str, A
 
 def checkpoint_records(report: dict[str, Any]) -> list[dict[str, Any]]:
     """``trace_checkpoint``'s report as flat rows, one per stage, dataset and raw file: the shape
-    of a table in an asset's metadata."""
+    of a table in an asset's metadata. ``pinned_by_child`` is false on a parent retrained since
+    its child was trained, None where the child recorded no digest (or for the first stage)."""
     records = []
     for stage in report["stages"]:
+        pin = stage.get("pin")
         for dataset in stage["datasets"] or [{}]:
             hashes = dataset.get("hash_check", {})
             common = {
@@ -553,6 +612,7 @@ def checkpoint_records(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "dataset": dataset.get("dataset"),
                 "train_rows": dataset.get("rows", {}).get("train"),
                 "row_ids_ok": all(c["ok"] for c in hashes.values()) if hashes else None,
+                "pinned_by_child": pin["ok"] if pin else None,
             }
             for raw in dataset.get("raw_files") or [{}]:
                 records.append({**common, "raw_file": raw.get("file"), "raw_rows": raw.get("rows")})
@@ -623,48 +683,97 @@ def _dataset_hits(outputs: Path, ids: set[str]) -> list[dict[str, Any]]:
     return hits
 
 
+# What a checkpoint's lineage says about a row its dataset holds now, best first: trained on it
+# (the dataset's row-id hash is the one recorded at training), not verified (the dataset changed
+# since, or a parent was retrained since), left out by the stage (``row_ids_left_out``).
+TRAINED, UNVERIFIED, LEFT_OUT = "trained", "unverified", "left out"
+HIT_RANK = {TRAINED: 0, UNVERIFIED: 1, LEFT_OUT: 2}
+TrainForms = list[tuple[str, set[str]]]
+
+
+def _train_forms(folder: Path, cache: dict[Path, TrainForms]) -> TrainForms:
+    """Each form of a dataset's train split (parquet, and the hf copy training loads when there
+    is one) as (ids_sha256, ids), hashed once per folder however many checkpoints name it."""
+    key = folder.resolve()
+    if key not in cache:
+        forms = (dataset_ids(folder, "train"), hf_dataset_ids(folder, "train"))
+        cache[key] = [(ids_sha256(ids), set(ids)) for ids in forms if ids is not None]
+    return cache[key]
+
+
+def _entry_hit(
+    entry: dict[str, Any], outputs: Path, ids: set[str], cache: dict[Path, TrainForms]
+) -> dict[str, Any] | None:
+    """What one dataset a lineage names says about ``ids``: None when its train split holds
+    none of them, else the status (TRAINED, UNVERIFIED, LEFT_OUT), why, and the dataset's name."""
+    data = relocate(entry.get("data"), outputs)
+    if data is None:
+        return None
+    forms = _train_forms(data, cache)
+    recorded = entry.get("row_ids_sha256")
+    # The form whose hash the lineage recorded is the split the stage read; when none matches,
+    # the current ids only say the row is there now, not that it was there at training.
+    trained = next((held for digest, held in forms if recorded and digest == recorded), None)
+    present = ids & (trained if trained is not None else set().union(*(f[1] for f in forms)))
+    if not present:
+        return None
+    name = entry.get("asset") or data.name
+    if present <= set(entry.get("row_ids_left_out") or ()):
+        return {"status": LEFT_OUT, "why": "left out by the stage", "dataset": name}
+    if trained is not None:
+        return {"status": TRAINED, "why": None, "dataset": name}
+    why = "dataset changed since training" if recorded else "lineage records no row-id hash"
+    return {"status": UNVERIFIED, "why": why, "dataset": name}
+
+
 def _checkpoint_hits(outputs: Path, ids: set[str]) -> list[dict[str, Any]]:
-    """Checkpoints whose lineage names a dataset whose train split holds one of ``ids``
-    (``via: dataset``), then every checkpoint descending from one of those (``via: parent``)."""
-    direct: dict[Path, dict[str, Any]] = {}
-    parents: dict[Path, Path | None] = {}
-    stages: dict[Path, Any] = {}
+    """Every checkpoint whose lineage reaches one of ``ids``: through a dataset it names
+    (``via: dataset``) or through an ancestor that did (``via: parent``), each with ``status``
+    and ``why``. A checkpoint is listed once, by its best claim (trained, then unverified, then
+    left out; a nearer one first). An ancestor's claim reaches it only as far as the chain of
+    parents holds (each child's ``parent_lineage_sha256`` still matching); past a parent retrained
+    since, a trained claim is only unverified. An ancestor that left the row out passes nothing
+    on."""
+    cache: dict[Path, TrainForms] = {}
+    own: dict[Path, dict[str, Any]] = {}
+    links: dict[Path, tuple[Path | None, bool]] = {}
+    info: dict[Path, tuple[str, Any]] = {}
     for folder in all_checkpoints(outputs):
         lineage = read_lineage(folder)
         key = folder.resolve()
-        stages[key] = lineage.get("stage")
+        info[key] = (str(folder), lineage.get("stage"))
         parent = relocate(lineage.get("parent_checkpoint"), outputs)
-        parents[key] = parent.resolve() if parent else None
-        for entry in lineage_inputs(lineage):
-            data = relocate(entry.get("data"), outputs)
-            train = set(dataset_ids(data, "train") or []) if data else set()
-            if train & ids:
-                direct[key] = {
-                    "checkpoint": str(folder),
-                    "stage": lineage.get("stage"),
-                    "via": "dataset",
-                    "dataset": entry.get("asset") or data.name,
-                    "ancestor": None,
-                }
-    hits = list(direct.values())
-    for key, stage in stages.items():
-        if key in direct:
-            continue
-        ancestor, seen = parents.get(key), set()
-        while ancestor is not None and ancestor not in direct and ancestor not in seen:
-            seen.add(ancestor)
-            ancestor = parents.get(ancestor)
-        if ancestor in direct:
-            hits.append(
-                {
-                    "checkpoint": str(key),
-                    "stage": stage,
-                    "via": "parent",
-                    "dataset": direct[ancestor]["dataset"],
-                    "ancestor": direct[ancestor]["checkpoint"],
-                }
-            )
-    return hits
+        pin = parent_pin(lineage, parent) if parent else None
+        links[key] = (parent.resolve() if parent else None, pin is None or pin["ok"])
+        hits = [h for e in lineage_inputs(lineage) if (h := _entry_hit(e, outputs, ids, cache))]
+        if hits:
+            own[key] = min(hits, key=lambda h: HIT_RANK[h["status"]])
+    found = []
+    for key, (checkpoint, stage) in info.items():
+        claims = []
+        if key in own:
+            claims.append((0, {**own[key], "via": "dataset", "ancestor": None}))
+        node, depth, seen = key, 0, {key}
+        retrained: Path | None = None  # the first parent on the way that is not the trained one
+        while (parent := links.get(node, (None, True))[0]) is not None and parent not in seen:
+            if parent not in info:  # outside the checkpoints folder: nothing of ours beyond
+                break
+            if retrained is None and not links[node][1]:
+                retrained = parent
+            seen.add(parent)
+            depth += 1
+            hit = own.get(parent)
+            if hit is not None and hit["status"] != LEFT_OUT:
+                claim = {**hit, "via": "parent", "ancestor": info[parent][0]}
+                if retrained is not None:
+                    claim["status"] = UNVERIFIED
+                    claim["why"] = f"parent retrained since: {info[retrained][0]}"
+                claims.append((depth, claim))
+            node = parent
+        if claims:
+            _, best = min(claims, key=lambda c: (HIT_RANK[c[1]["status"]], c[0]))
+            found.append({"checkpoint": checkpoint, "stage": stage, **best})
+    return sorted(found, key=lambda h: h["via"] != "dataset")
 
 
 def trace_row(query: str, outputs: str | Path) -> dict[str, Any]:
@@ -704,6 +813,7 @@ def trace_row(query: str, outputs: str | Path) -> dict[str, Any]:
         )
     found_ids = set(rows["id"]) | set(ledger["row_id"]) | set(states["row_id"])
     datasets = _dataset_hits(catalog.outputs, found_ids)
+    checkpoints = _checkpoint_hits(catalog.outputs, {d["id"] for d in datasets})
     return {
         "query": query,
         "outputs": str(catalog.outputs),
@@ -723,7 +833,8 @@ def trace_row(query: str, outputs: str | Path) -> dict[str, Any]:
         ),
         "states": _records(states, ["asset", "row_id", "state", "rule", "reason"]),
         "datasets": datasets,
-        "checkpoints": _checkpoint_hits(catalog.outputs, {d["id"] for d in datasets}),
+        "checkpoints": [h for h in checkpoints if h["status"] == TRAINED],
+        "checkpoints_unverified": [h for h in checkpoints if h["status"] != TRAINED],
     }
 
 
@@ -760,7 +871,10 @@ def format_checkpoint_trace(report: dict[str, Any]) -> str:
         f"lineage    {'ok' if report['ok'] else 'BROKEN'}",
     ]
     for stage in report["stages"]:
-        lines += ["", f"== stage {stage['stage'] or '?'}: {stage['checkpoint'] or '-'}"]
+        header = f"== stage {stage['stage'] or '?'}: {stage['checkpoint'] or '-'}"
+        if stage.get("pin") and not stage["pin"]["ok"]:
+            header += " (NOT the checkpoint its child was trained from: retrained since)"
+        lines += ["", header]
         for dataset in stage["datasets"]:
             rows = dataset.get("rows", {})
             hashes = dataset.get("hash_check", {})
@@ -787,6 +901,9 @@ def format_checkpoint_trace(report: dict[str, Any]) -> str:
             lines.append(table(["where", "rule / file", "rows"], drop_rows, indent="    "))
         lines += [f"  PROBLEM: {p}" for p in stage["problems"]]
     return "\n".join(lines)
+
+
+UNVERIFIED_COLUMNS = ["stage", "checkpoint", "via", "dataset", "ancestor", "status", "why"]
 
 
 def format_row_trace(report: dict[str, Any]) -> str:
@@ -850,6 +967,13 @@ def format_row_trace(report: dict[str, Any]) -> str:
                 (c["stage"], c["checkpoint"], c["via"], c["dataset"], c["ancestor"])
                 for c in report["checkpoints"]
             ],
+        )
+    )
+    lines += ["", "checkpoints whose data holds it, not verified as trained on it:"]
+    lines.append(
+        table(
+            UNVERIFIED_COLUMNS,
+            [[c[k] for k in UNVERIFIED_COLUMNS] for c in report.get("checkpoints_unverified", [])],
         )
     )
     return "\n".join(lines)

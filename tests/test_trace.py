@@ -4,6 +4,7 @@ checkpoint folders whose lineage.json is written the way training writes it (the
 from training.common, over the dataset as training loads it). No model is trained: lineage is
 all a trace reads from a checkpoint."""
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -98,24 +99,42 @@ def outputs(tmp_path_factory) -> Path:
 def write_checkpoints(out: Path) -> None:
     from training.common import ids_digest, load_splits
 
-    for stage, (folder, asset, parent) in STAGES.items():
+    for day, (stage, (folder, asset, parent)) in enumerate(STAGES.items(), start=1):
         data = out / "datasets" / folder
         checkpoint = out / "checkpoints" / stage / "checkpoint"
         checkpoint.mkdir(parents=True)
+        parent_folder = out / "checkpoints" / parent / "checkpoint" if parent else None
+        inputs = {
+            "asset": asset,
+            "data": str(data),
+            "row_ids_sha256": ids_digest(load_splits(data)["train"]),
+        }
+        if stage == "sft":
+            inputs["row_ids_left_out"] = []  # conversations with no answer within max_length
         lineage = {
             "stage": stage,
-            "inputs": {
-                "asset": asset,
-                "data": str(data),
-                "row_ids_sha256": ids_digest(load_splits(data)["train"]),
-            },
-            "parent_checkpoint": str(out / "checkpoints" / parent / "checkpoint")
-            if parent
-            else None,
+            "inputs": inputs,
+            "parent_checkpoint": str(parent_folder) if parent_folder else None,
+            # pins the parent run, as training.runs.lineage_record does
+            "parent_lineage_sha256": lineage_digest(parent_folder) if parent_folder else None,
             "metrics": {},
             "code_version": "test",
+            "finished_at": f"2025-01-0{day}T00:00:00Z",
         }
-        (checkpoint / "lineage.json").write_text(json.dumps(lineage), encoding="utf-8")
+        write_lineage(checkpoint, lineage)
+
+
+def lineage_digest(checkpoint: Path) -> str:
+    return hashlib.sha256((checkpoint / "lineage.json").read_bytes()).hexdigest()
+
+
+def write_lineage(checkpoint: Path, lineage: dict) -> None:
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    (checkpoint / "lineage.json").write_text(json.dumps(lineage), encoding="utf-8")
+
+
+def read_lineage(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "lineage.json").read_text(encoding="utf-8"))
 
 
 def sft_checkpoint(out: Path) -> Path:
@@ -365,3 +384,135 @@ def test_dataset_ids_read_the_parts_a_manifest_names_and_nothing_else(tmp_path):
     drops["a"].write_parquet(stray / "train.parquet")
     assert dataset_ids(folder, "train") == train
     assert dataset_ids(tmp_path / "none", "train") is None
+
+
+def test_a_parent_retrained_after_its_child_breaks_the_chain(outputs, tmp_path):
+    from assets.lineage import lineage_table
+
+    copy = tmp_path / "outputs"
+    shutil.copytree(outputs, copy)
+    midtrain = copy / "checkpoints" / "midtrain" / "checkpoint"
+    # midtrain retrained at the same path under another recipe, after sft was trained from it
+    retrained = {**read_lineage(midtrain), "finished_at": "2025-02-01T00:00:00Z"}
+    retrained["metrics"] = {"train_loss": 1.5}
+    write_lineage(midtrain, retrained)
+    report = trace_checkpoint(sft_checkpoint(copy), copy)
+    assert not report["ok"]
+    # The walk goes on through the midtrain now there, marked as not sft's parent.
+    assert [s["stage"] for s in report["stages"]] == ["sft", "midtrain", "pretrain"]
+    sft, mid, pre = report["stages"]
+    assert sft["problems"] == [] and pre["problems"] == []
+    assert mid["pin"] == {
+        "recorded": read_lineage(sft_checkpoint(copy))["parent_lineage_sha256"],
+        "found": lineage_digest(midtrain),
+        "ok": False,
+    }
+    (problem,) = mid["problems"]
+    assert problem.startswith(f"{midtrain} is not the parent sft was trained from")
+    assert "this one finished 2025-02-01T00:00:00Z" in problem
+    assert "sft finished 2025-01-03T00:00:00Z" in problem
+    assert pre["pin"]["ok"]  # the retrained midtrain still starts from this pretrain
+    records = checkpoint_records(report)
+    assert {r["stage"]: r["pinned_by_child"] for r in records} == {
+        "sft": None,
+        "midtrain": False,
+        "pretrain": True,
+    }
+    text = format_checkpoint_trace(report)
+    assert "lineage    BROKEN" in text
+    assert f"== stage midtrain: {midtrain} (NOT the checkpoint its child" in text
+    # The Dagster check lineage_is_unbroken fails with the same problem.
+    ok, problems, table = lineage_table(StorageResource(base_dir=str(copy)), "sft")
+    assert not ok and problems == [problem]
+    assert "pinned_by_child" in table
+    # Forward, sft no longer inherits pretraining rows as trained: its parent is not the one now.
+    used = train_ids(copy, "pretrain_mixture").join(
+        train_ids(copy, "decay_mixture"), on="id", how="anti"
+    )
+    hits = trace_row(used["id"][0], copy)
+    assert {c["stage"]: c["via"] for c in hits["checkpoints"]} == {
+        "pretrain": "dataset",
+        "midtrain": "parent",
+    }
+    (inherited,) = hits["checkpoints_unverified"]
+    assert (inherited["stage"], inherited["why"]) == ("sft", f"parent retrained since: {midtrain}")
+    # A lineage written before parent_lineage_sha256 existed pins nothing: it traces as before.
+    old = read_lineage(sft_checkpoint(copy))
+    del old["parent_lineage_sha256"]
+    write_lineage(sft_checkpoint(copy), old)
+    report = trace_checkpoint(sft_checkpoint(copy), copy)
+    assert report["ok"], report
+    assert report["stages"][1]["pin"] is None
+    assert lineage_table(StorageResource(base_dir=str(copy)), "sft")[0]
+
+
+def add_dpo_child(out: Path) -> Path:
+    """A DPO checkpoint trained from sft: a descendant of sft, on pairs of its own that hold none
+    of the rows traced here (the real preference dataset shares source ids with them)."""
+    from training.common import ids_digest, load_splits
+
+    data = out / "datasets" / "dpo_pairs"
+    data.mkdir(exist_ok=True)
+    pl.DataFrame({"id": ["pair-0"], "prompt": ["p"]}).write_parquet(data / "train.parquet")
+    dpo = out / "checkpoints" / "dpo" / "checkpoint"
+    write_lineage(
+        dpo,
+        {
+            "stage": "dpo",
+            "inputs": {
+                "asset": "preference_dataset",
+                "data": str(data),
+                "row_ids_sha256": ids_digest(load_splits(data)["train"]),
+            },
+            "parent_checkpoint": str(sft_checkpoint(out)),
+            "parent_lineage_sha256": lineage_digest(sft_checkpoint(out)),
+            "code_version": "test",
+        },
+    )
+    return dpo
+
+
+def test_a_row_added_to_the_dataset_after_training_is_not_claimed(outputs, tmp_path):
+    copy = tmp_path / "outputs"
+    shutil.copytree(outputs, copy)
+    add_dpo_child(copy)
+    trained = train_ids(copy, "sft")["id"]
+    before = {c["stage"]: c for c in trace_row(trained[0], copy)["checkpoints"]}
+    assert (before["sft"]["via"], before["dpo"]["via"]) == ("dataset", "parent")
+    # A new data drop refreshes sft_dataset with a row sft never saw; sft is not retrained.
+    conversations = read_table(copy, "conversations", columns=["id"])
+    new_id = conversations.filter(~pl.col("id").is_in(trained.implode()))["id"][0]
+    train = train_files(copy, "sft")[0]
+    frame = pl.read_parquet(train)
+    pl.concat([frame, frame.head(1).with_columns(id=pl.lit(new_id))]).write_parquet(train)
+    report = trace_row(new_id, copy)
+    assert any(d["dataset"] == "sft" and d["split"] == "train" for d in report["datasets"])
+    assert report["checkpoints"] == []
+    unverified = {c["stage"]: c for c in report["checkpoints_unverified"]}
+    assert set(unverified) == {"sft", "dpo"}
+    assert unverified["sft"]["via"] == "dataset"
+    assert unverified["sft"]["why"] == "dataset changed since training"
+    assert (unverified["dpo"]["via"], unverified["dpo"]["ancestor"]) == (
+        "parent",
+        str(sft_checkpoint(copy)),
+    )
+    assert "dataset changed since training" in format_row_trace(report)
+    # Rows sft did train on are no longer verifiable either: the split it read is gone.
+    assert "sft" not in {c["stage"] for c in trace_row(trained[0], copy)["checkpoints"]}
+
+
+def test_a_row_the_stage_left_out_is_not_claimed(outputs, tmp_path):
+    copy = tmp_path / "outputs"
+    shutil.copytree(outputs, copy)
+    add_dpo_child(copy)
+    left_out, kept = train_ids(copy, "sft")["id"].head(2)
+    lineage = read_lineage(sft_checkpoint(copy))
+    lineage["inputs"]["row_ids_left_out"] = [left_out]
+    write_lineage(sft_checkpoint(copy), lineage)
+    add_dpo_child(copy)  # dpo pins the sft lineage as it is now
+    report = trace_row(left_out, copy)
+    assert report["checkpoints"] == []
+    (sft,) = report["checkpoints_unverified"]  # dpo inherits nothing from a row sft left out
+    assert (sft["stage"], sft["status"], sft["why"]) == ("sft", "left out", "left out by the stage")
+    claimed = {c["stage"]: c["via"] for c in trace_row(kept, copy)["checkpoints"]}
+    assert claimed == {"sft": "dataset", "dpo": "parent"}
