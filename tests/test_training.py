@@ -471,6 +471,8 @@ def test_rows_that_cannot_teach_are_left_out_counted_and_kept_out_of_the_hash(wo
     assert lineage["inputs"]["rows_used"] == 1
     kept = __import__("datasets").Dataset.from_dict({"id": ["ok"]})
     assert lineage["inputs"]["row_ids_used_sha256"] == ids_digest(kept)
+    # named, so a forward trace does not claim the checkpoint learnt from them
+    assert lineage["inputs"]["row_ids_left_out"] == ["late", "silent"]
 
 
 def test_a_max_length_past_the_model_context_is_refused_before_training(workspace):
@@ -764,6 +766,9 @@ def test_a_run_fingerprint_covers_what_is_trained_not_how_it_is_carried_out(work
     # where it runs, how often it saves and logs, and whether it may resume: not what it trains
     moved = pretrain_config(workspace, "elsewhere", save_steps=3, logging_steps=1, resume=False)
     assert run_fingerprint(moved, "rows", [str(stable)]) == same
+    # what the caller says of the data (a data version that moves with every materialization)
+    described = pretrain_config(workspace, "fingerprint", inputs={"data_version": "run 2"})
+    assert run_fingerprint(described, "rows", [str(stable)]) == same
     assert run_fingerprint(pretrain_config(workspace, "f", seed=1), "rows", [str(stable)]) != same
     assert run_fingerprint(config, "other rows", [str(stable)]) != same
     assert run_fingerprint(config, "rows", [None]) != same
@@ -803,3 +808,57 @@ def test_two_processes_train_one_run_and_publish_it_once(workspace, tmp_path):
     again = launch()  # unchanged: both processes find the published checkpoint
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "ddp" / "metrics.jsonl").read_text() == recorded
+
+
+def test_a_stage_trains_again_when_its_rows_change_under_the_same_ids_and_not_when_rewritten(
+    workspace, tmp_path
+):
+    """The fingerprint follows the data's content: a repaired answer keeps its row's id, and a
+    dataset exported again with the same rows (every Dagster materialization) is not new."""
+    chats = ingest("jsonl", [SAMPLES / "synthetic_chat.jsonl"]).conversations.head(40)
+    rows = sft_rows(chats)
+    tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(workspace / "tokenizer", tokenizer)
+    export("sft", rows, tmp_path / "data", ExportConfig(eval_fraction=0.0))
+    config = SFTStageConfig(
+        output_dir=str(tmp_path / "out"),
+        data=str(tmp_path / "data" / "sft"),
+        tokenizer=str(tokenizer),
+        model=build(__import__("training.models").models.ModelConfig, TINY, "model"),
+        max_length=64,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        save_steps=100,
+        use_cpu=True,
+    )
+    checkpoint = sft(config)
+    first = (checkpoint / "lineage.json").read_bytes()
+    assert read_lineage(checkpoint)["inputs"]["data_sha256"]
+    # the run's records travel with the checkpoint they made
+    assert [r["step"] for r in read_metrics(checkpoint / "metrics.jsonl") if "loss" in r]
+
+    export("sft", rows, tmp_path / "data", ExportConfig(eval_fraction=0.0))
+    sft(config)
+    assert (checkpoint / "lineage.json").read_bytes() == first  # nothing trained
+
+    repaired = rows.with_columns(
+        pl.col("messages").list.eval(
+            pl.struct(
+                role=pl.element().struct.field("role"),
+                content=pl.element().struct.field("content") + " (repaired)",
+            )
+        )
+    )
+    export("sft", repaired, tmp_path / "data", ExportConfig(eval_fraction=0.0))
+    sft(config)
+    retrained = read_lineage(checkpoint)
+    assert retrained["inputs"]["row_ids_sha256"] == json.loads(first)["inputs"]["row_ids_sha256"]
+    assert retrained["fingerprint"] != json.loads(first)["fingerprint"]
+
+    # A model from scratch also learns from its tokenizer: one rebuilt in place is new input.
+    save_tokenizer(
+        train_tokenizer(corpus_texts(SAMPLES / "pretrain.jsonl"), TokenizerConfig(vocab_size=384)),
+        tokenizer,
+    )
+    sft(config)
+    assert read_lineage(checkpoint)["fingerprint"] != retrained["fingerprint"]

@@ -20,6 +20,7 @@ from training.common import (
     MetricsCallback,
     RunConfig,
     TokensCountedOnHost,
+    data_digests,
     ids_digest,
     load_splits,
     load_training_tokenizer,
@@ -127,7 +128,8 @@ def main(config: CausalLMConfig) -> Path:
     parent = str(verify(config.init_from)) if config.init_from else None
     tokenizer = load_training_tokenizer(parent or config.tokenizer)
     splits = load_splits(config.data)
-    fingerprint = run_fingerprint(config, ids_digest(splits["train"]), [parent])
+    data_sha256, data_digest = data_digests(config.data, None if parent else config.tokenizer)
+    fingerprint = run_fingerprint(config, data_digest, [parent])
     if published := already_published(config, fingerprint, reporter, config.stage):
         return published
     train, train_stats = pack(splits["train"], tokenizer, config.max_length)
@@ -192,7 +194,12 @@ def main(config: CausalLMConfig) -> Path:
     lineage = lineage_record(
         config.stage,
         config,
-        {**config.inputs, "data": config.data, "row_ids_sha256": ids_digest(splits["train"])},
+        {
+            **config.inputs,
+            "data": config.data,
+            "data_sha256": data_sha256,
+            "row_ids_sha256": ids_digest(splits["train"]),
+        },
         parent,
         final,
         started,
@@ -204,6 +211,7 @@ def main(config: CausalLMConfig) -> Path:
             tokenizer,
             out / "checkpoint",
             lineage,
+            reporter.metrics_path,
             optimizer=trainer.optimizer if config.save_optimizer else None,
         )
     reporter.log(f"{config.stage}: published {checkpoint} {final}")

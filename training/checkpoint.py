@@ -22,6 +22,9 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 REQUIRED = ("config.json", "tokenizer.json", LINEAGE)
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_META = "optimizer.json"
+# The training run's records (loss curve, speed), kept with the checkpoint they made: the
+# stage's own metrics.jsonl is cut back by the next attempt, of whatever recipe.
+METRICS = "metrics.jsonl"
 
 
 class CheckpointError(ValueError):
@@ -50,16 +53,19 @@ def publish(
     tokenizer: Any,
     target: str | Path,
     lineage: Mapping[str, Any],
+    records: Path | None = None,
     optimizer: Any | None = None,
 ) -> Path:
-    """Write everything into ``<target>.tmp-<pid>`` and rename it to ``target`` at the end.
-    With several processes the main one publishes while the others wait for it."""
+    """Write everything into ``<target>.tmp-<pid>`` and rename it to ``target`` at the end:
+    weights, tokenizer, lineage, the run's ``records`` (its metrics.jsonl) and, when given,
+    the optimizer state. With several processes the main one publishes while the others wait
+    for it."""
     target = Path(target)
     if not is_main_process():
         wait_for_everyone()
         return target
     try:
-        return _publish(model, tokenizer, target, lineage, optimizer)
+        return _publish(model, tokenizer, target, lineage, records, optimizer)
     finally:
         # also on failure, so the other ranks stop rather than hang; the launcher reports
         # the main process's error
@@ -67,7 +73,12 @@ def publish(
 
 
 def _publish(
-    model: Any, tokenizer: Any, target: Path, lineage: Mapping[str, Any], optimizer: Any | None
+    model: Any,
+    tokenizer: Any,
+    target: Path,
+    lineage: Mapping[str, Any],
+    records: Path | None,
+    optimizer: Any | None,
 ) -> Path:
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     sweep_killed_publish(target)
@@ -77,6 +88,8 @@ def _publish(
         tokenizer.save_pretrained(tmp)
         if optimizer is not None:
             save_optimizer(optimizer, tmp)
+        if records is not None and records.exists():
+            shutil.copyfile(records, tmp / METRICS)
         (tmp / LINEAGE).write_text(json.dumps(lineage, indent=2, sort_keys=True), encoding="utf-8")
         verify(tmp)
         if target.exists():

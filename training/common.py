@@ -9,7 +9,6 @@ import dataclasses
 import errno
 import hashlib
 import importlib.util
-import json
 import logging
 import math
 import os
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from training.datafiles import content_digest, files_digest, locate_dataset
 from training.reporting import Reporter
 from training.runs import last_run_checkpoint
 
@@ -102,44 +102,28 @@ def load_training_tokenizer(source: str | Path, max_length: int = 2048):
 def load_splits(path: str | Path):
     """A ``save_to_disk`` DatasetDict, a dataset exported by parts (``parts/`` with one
     train/test Parquet pair per drop and ``_manifest.json``: curation.datasets.export_parts),
-    or a folder with train.parquet / test.parquet."""
+    or a folder with train.parquet / test.parquet (``training.datafiles.locate_dataset``)."""
     import datasets
 
-    path = Path(path)
-    parts = _part_files(path / "parts")
-    if parts is not None:
-        # Only the files the manifest names: a part being written is not read.
-        return datasets.load_dataset("parquet", data_files=parts)
-    if (path / "hf").is_dir():
-        path = path / "hf"
-    if (path / "dataset_dict.json").exists():
+    located = locate_dataset(path)
+    if located.kind == "saved":
         # In memory, so the trainers' map() calls write no cache files into the input folder
         # (a dataset asset's folder must stay as its asset wrote it).
-        return datasets.load_from_disk(str(path), keep_in_memory=True)
-    files = {
-        s: str(path / f"{s}.parquet") for s in ("train", "test") if (path / f"{s}.parquet").exists()
-    }
-    if not files:
-        raise FileNotFoundError(
-            f"{path}: no dataset (expected a save_to_disk folder, parts/ or train.parquet)"
-        )
-    return datasets.load_dataset("parquet", data_files=files)
+        return datasets.load_from_disk(str(located.root), keep_in_memory=True)
+    return datasets.load_dataset("parquet", data_files=located.files)
 
 
-def _part_files(folder: Path) -> dict[str, list[str]] | None:
-    """Split → the non-empty part files a parts manifest names (read here with json: training
-    does not import polars, so not through curation.storage)."""
-    manifest = folder / "_manifest.json"
-    if not manifest.is_file():
-        return None
-    entries = json.loads(manifest.read_text(encoding="utf-8"))["parts"]
-    files = {
-        split: [
-            str(folder / e["file"] / f"{split}.parquet") for e in entries if e["stats"].get(split)
-        ]
-        for split in ("train", "test")
-    }
-    return {s: f for s, f in files.items() if f or s == "train"}
+def data_digests(data: str | Path, tokenizer: str | Path | None) -> tuple[str, str]:
+    """The dataset's content digest (lineage's ``data_sha256``) and what a run's fingerprint
+    hashes of its inputs: that digest, plus the tokenizer's files when the stage takes its
+    tokenizer from the recipe rather than from a parent checkpoint (whose lineage pins it), so
+    a tokenizer rebuilt at the same path trains a fresh model again."""
+    from training.tokenizer import resolve_tokenizer_source
+
+    data_sha256 = content_digest(data)
+    if tokenizer is None:
+        return data_sha256, data_sha256
+    return data_sha256, f"{data_sha256} {files_digest(resolve_tokenizer_source(tokenizer))}"
 
 
 def ids_digest(dataset: Any, column: str = "id") -> str:

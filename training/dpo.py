@@ -32,6 +32,7 @@ from training.common import (
     resource_errors,
     training_arguments,
 )
+from training.datafiles import content_digest
 from training.models import ModelConfig, build_causal_lm, check_context, count_parameters
 from training.ranks import world_size
 from training.reporting import Reporter, read_metrics
@@ -248,7 +249,7 @@ def main(config: DPOStageConfig) -> Path:
     reference_path = str(verify(config.reference)) if config.reference else parent
     # a reference replaced in place (without lineage) keeps its path: refused even unchanged
     check_reference_tokenizer(load_training_tokenizer(parent), parent, reference_path)
-    data_digest = ids_digest(load_splits(config.data)["train"])
+    data_digest = content_digest(config.data)
     fingerprint = run_fingerprint(config, data_digest, [parent, reference_path])
     if published := already_published(config, fingerprint, reporter, "dpo"):
         return published
@@ -289,7 +290,8 @@ def main(config: DPOStageConfig) -> Path:
             "data": config.data,
             # the dataset's train split as published (a trace re-hashes it), then the pairs
             # actually used after dropping
-            "row_ids_sha256": data_digest,
+            "data_sha256": data_digest,
+            "row_ids_sha256": ids_digest(load_splits(config.data)["train"]),
             "row_ids_used_sha256": ids_digest(train),
             "rows_used": len(train),
             "reference_checkpoint": reference_path,
@@ -301,7 +303,9 @@ def main(config: DPOStageConfig) -> Path:
         fingerprint,
     )
     with resource_errors("dpo", out / "runs"):
-        checkpoint = publish(trainer.model, tokenizer, out / "checkpoint", lineage)
+        checkpoint = publish(
+            trainer.model, tokenizer, out / "checkpoint", lineage, reporter.metrics_path
+        )
     reporter.log(f"dpo: published {checkpoint} {final}")
     reporter.done({"checkpoint": str(checkpoint), **final})
     reporter.close()

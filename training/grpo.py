@@ -24,6 +24,7 @@ from training.common import (
     resource_errors,
     training_arguments,
 )
+from training.datafiles import content_digest
 from training.ranks import local_device
 from training.reporting import Reporter, read_metrics
 from training.rewards import (
@@ -202,7 +203,7 @@ def run_group_stage(
         processing_class=tokenizer,
         callbacks=[metrics],
     )
-    data_digest = ids_digest(load_splits(config.data)["train"])
+    data_digest = content_digest(config.data)
     fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
     if published := already_published(config, fingerprint, reporter, stage):
         return published
@@ -233,7 +234,8 @@ def run_group_stage(
             "reward_model": config.reward_model,
             "reward_weights": dict(config.reward_weights),
             # the prompt split as published (a trace re-hashes it), then the prompts used
-            "row_ids_sha256": data_digest,
+            "data_sha256": data_digest,
+            "row_ids_sha256": ids_digest(load_splits(config.data)["train"]),
             "row_ids_used_sha256": ids_digest(train),
             "rows_used": len(train),
         },
@@ -243,7 +245,9 @@ def run_group_stage(
         fingerprint,
     )
     with resource_errors(stage, runs):
-        checkpoint = publish(trainer.model, tokenizer, out / "checkpoint", lineage)
+        checkpoint = publish(
+            trainer.model, tokenizer, out / "checkpoint", lineage, reporter.metrics_path
+        )
     reporter.log(f"{stage}: published {checkpoint} {final}")
     reporter.done({"checkpoint": str(checkpoint), **final})
     reporter.close()

@@ -42,6 +42,7 @@ from training.common import (
     resource_errors,
     training_arguments,
 )
+from training.datafiles import content_digest
 from training.models import ModelConfig, build_causal_lm, count_parameters
 from training.reporting import Reporter
 from training.rewards import check_same_tokenizer, load_reward_model
@@ -396,9 +397,9 @@ def main(config: PPOStageConfig) -> Path:
             raise ValueError(f"{config.ptx_data}: too little text for one PPO-ptx batch")
 
     reporter = Reporter(out / "metrics.jsonl")
-    data_digest = ids_digest(train)
+    data_digest = content_digest(config.data)
     if config.ptx_coef > 0:
-        data_digest += " " + ids_digest(load_splits(config.ptx_data)["train"])
+        data_digest += " " + content_digest(config.ptx_data)
     fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
     if published := already_published(config, fingerprint, reporter, "ppo"):
         return published
@@ -452,6 +453,7 @@ def main(config: PPOStageConfig) -> Path:
             "data": config.data,
             "reward_model": config.reward_model,
             "ptx_data": config.ptx_data if config.ptx_coef > 0 else None,
+            "data_sha256": data_digest,
             "row_ids_sha256": ids_digest(train),
         },
         parent,
@@ -461,7 +463,7 @@ def main(config: PPOStageConfig) -> Path:
     )
     tokenizer.padding_side = "right"
     with resource_errors("ppo", runs):
-        checkpoint = publish(trained, tokenizer, out / "checkpoint", lineage)
+        checkpoint = publish(trained, tokenizer, out / "checkpoint", lineage, reporter.metrics_path)
     reporter.log(f"ppo: published {checkpoint} {final}")
     reporter.done({"checkpoint": str(checkpoint), **final})
     reporter.close()

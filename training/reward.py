@@ -41,6 +41,7 @@ from training.common import (
     resource_errors,
     training_arguments,
 )
+from training.datafiles import content_digest
 from training.models import ModelConfig, check_context, count_parameters, llama_config
 from training.reporting import Reporter
 from training.rewards import (
@@ -477,8 +478,7 @@ def main(config: RewardStageConfig) -> Path:
         processing_class=tokenizer,
         callbacks=[metrics],
     )
-    # the split as published, which a trace re-hashes; splits["train"] is what survived drops
-    data_digest = ids_digest(load_splits(config.data)["train"])
+    data_digest = content_digest(config.data)
     fingerprint = run_fingerprint(config, data_digest, [parent])
     if published := already_published(config, fingerprint, reporter, "reward"):
         return published
@@ -518,7 +518,9 @@ def main(config: RewardStageConfig) -> Path:
         {
             **config.inputs,
             "data": config.data,
-            "row_ids_sha256": data_digest,
+            "data_sha256": data_digest,
+            # the split as published (a trace re-hashes it); splits["train"] survived drops
+            "row_ids_sha256": ids_digest(load_splits(config.data)["train"]),
             "row_ids_used_sha256": ids_digest(splits["train"]),
             "rows_used": len(splits["train"]),
             "tokenizer_sha256": tokenizer_digest(tokenizer),
@@ -533,7 +535,9 @@ def main(config: RewardStageConfig) -> Path:
         fingerprint,
     )
     with resource_errors("reward", out / "runs"):
-        checkpoint = publish(trainer.model, tokenizer, out / "checkpoint", lineage)
+        checkpoint = publish(
+            trainer.model, tokenizer, out / "checkpoint", lineage, reporter.metrics_path
+        )
     reporter.log(f"reward: published {checkpoint} {final}")
     reporter.done({"checkpoint": str(checkpoint), **without_none(final)})
     reporter.close()

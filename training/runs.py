@@ -48,28 +48,34 @@ def code_version() -> str:
     return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
-# Settings that change how a run is carried out, not what it trains.
+# Settings that change how a run is carried out, not what it trains; and ``inputs``, what the
+# caller says of the data (its asset, data version, rows): the data itself is fingerprinted by
+# content, so a dataset materialized again with the same rows does not retrain its checkpoint.
 OPERATIONAL_KEYS = frozenset(
-    {"output_dir", "resume", "save_steps", "logging_steps", "torch_threads"}
+    {"output_dir", "resume", "save_steps", "logging_steps", "torch_threads", "inputs"}
 )
 SUPERSEDED = "runs.superseded"
 
 
 def run_fingerprint(config: Any, data_digest: str, checkpoints: Sequence[str | None] = ()) -> str:
-    """What a run trains: its recipe, the rows it reads and the checkpoints it starts from or
+    """What a run trains: its recipe, the data it reads (``data_digest``: the content digest of
+    its files, ``training.datafiles.content_digest``) and the checkpoints it starts from or
     scores with (parent, reference, reward model), each by its lineage, so one retrained at
     the same path counts as a new one."""
     recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL_KEYS}
-    stamps = []
-    for checkpoint in checkpoints:
-        lineage = Path(checkpoint, "lineage.json") if checkpoint else None
-        stamps.append(
-            hashlib.sha256(lineage.read_bytes()).hexdigest()
-            if lineage and lineage.exists()
-            else checkpoint
-        )
+    stamps = [lineage_sha256(checkpoint) or checkpoint for checkpoint in checkpoints]
     payload = json.dumps([recipe, data_digest, stamps], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def lineage_sha256(checkpoint: str | Path | None) -> str | None:
+    """The sha256 of a checkpoint's lineage.json: it names one training run (it carries the
+    run's finish time), so a checkpoint retrained at the same path has another. None when the
+    folder has no lineage (a pretrained model, or nothing there)."""
+    lineage = Path(checkpoint, "lineage.json") if checkpoint else None
+    if lineage is None or not lineage.is_file():
+        return None
+    return hashlib.sha256(lineage.read_bytes()).hexdigest()
 
 
 def published_for(checkpoint: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -197,13 +203,16 @@ def lineage_record(
     started: float,
     fingerprint: str,
 ) -> dict[str, Any]:
+    # a stage started from a pretrained model (model.path) rather than a checkpoint of ours
+    parent = parent or getattr(getattr(config, "model", None), "path", None)
     return {
         "stage": stage,
         "fingerprint": fingerprint,
         "recipe": dataclasses.asdict(config),
         "inputs": dict(inputs),
-        # a stage started from a pretrained model (model.path) rather than a checkpoint of ours
-        "parent_checkpoint": parent or getattr(getattr(config, "model", None), "path", None),
+        "parent_checkpoint": parent,
+        # pins the parent run: a parent retrained at the same path later is another checkpoint
+        "parent_lineage_sha256": lineage_sha256(parent),
         "metrics": dict(metrics),
         "code_version": code_version(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

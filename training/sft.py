@@ -21,6 +21,7 @@ from training.common import (
     MetricsCallback,
     RunConfig,
     TokensCountedOnHost,
+    data_digests,
     ids_digest,
     load_splits,
     load_training_tokenizer,
@@ -169,6 +170,14 @@ def assistant_turns(dataset) -> int:  # noqa: ANN001
     )
 
 
+def left_out_ids(train: Any, used: list[int]) -> list[str]:
+    """The ids of the rows not in ``used`` (none when the set has no ``id`` column)."""
+    if "id" not in train.column_names:
+        return []
+    kept = set(used)
+    return sorted(str(i) for n, i in enumerate(train["id"]) if n not in kept)
+
+
 def build_trainer(
     config: SFTStageConfig, callbacks: list | None = None
 ) -> tuple[SFTTrainer, dict[str, Any]]:
@@ -242,6 +251,8 @@ def build_trainer(
         "row_ids_sha256": ids_digest(train),
         "row_ids_used_sha256": ids_digest(train.select(used)),
         "rows_used": len(used),
+        # no assistant token within max_length: a forward trace must not claim them
+        "row_ids_left_out": left_out_ids(train, used),
     }
 
 
@@ -249,11 +260,14 @@ def main(config: SFTStageConfig) -> Path:
     out = Path(config.output_dir)
     reporter = Reporter(out / "metrics.jsonl")
     parent = str(verify(config.init_from)) if config.init_from else None
-    metrics = MetricsCallback(reporter)
-    trainer, counts = build_trainer(config, [metrics])
-    fingerprint = run_fingerprint(config, counts["row_ids_sha256"], [parent])
+    # Before the trainer: building it tokenizes every conversation, which an unchanged re-run
+    # must not wait for.
+    data_sha256, data_digest = data_digests(config.data, None if parent else config.tokenizer)
+    fingerprint = run_fingerprint(config, data_digest, [parent])
     if published := already_published(config, fingerprint, reporter, "sft"):
         return published
+    metrics = MetricsCallback(reporter)
+    trainer, counts = build_trainer(config, [metrics])
     model, tokenizer = trainer.model, trainer.processing_class
     too_long = counts["truncated"]
     resume, started = claim_runs(out / "runs", fingerprint, reporter, config.resume)
@@ -284,10 +298,12 @@ def main(config: SFTStageConfig) -> Path:
         {
             **config.inputs,
             "data": config.data,
+            "data_sha256": data_sha256,
             # the split as published (a trace re-hashes it), then the rows actually trained on
             "row_ids_sha256": counts["row_ids_sha256"],
             "row_ids_used_sha256": counts["row_ids_used_sha256"],
             "rows_used": counts["rows_used"],
+            "row_ids_left_out": counts["row_ids_left_out"],
         },
         parent,
         final,
@@ -295,7 +311,9 @@ def main(config: SFTStageConfig) -> Path:
         fingerprint,
     )
     with resource_errors("sft", out / "runs"):
-        checkpoint = publish(trainer.model, tokenizer, out / "checkpoint", lineage)
+        checkpoint = publish(
+            trainer.model, tokenizer, out / "checkpoint", lineage, reporter.metrics_path
+        )
     reporter.log(f"sft: published {checkpoint} {final}")
     reporter.done({"checkpoint": str(checkpoint), **final})
     reporter.close()
