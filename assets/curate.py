@@ -11,7 +11,7 @@ import polars as pl
 from pydantic import Field
 
 from assets.io_manager import preview_markdown, previous_table
-from assets.resources import StorageResource
+from assets.resources import StorageResource, dataset_version
 from curation.append import curate_parts
 from curation.curate import FILTERS, STATES, CurationResult, build_filters, filter_class
 from curation.datasets import (
@@ -512,6 +512,8 @@ def _export(
 
 
 def _export_result(summary: dict) -> dg.MaterializeResult:
+    """Metadata, and a data version from the content training reads: a dataset written again
+    with the same rows keeps its version, so its checkpoints are not stale and not retrained."""
     metadata = {
         "train_rows": summary["rows"]["train"],
         "test_rows": summary["rows"]["test"],
@@ -521,7 +523,7 @@ def _export_result(summary: dict) -> dg.MaterializeResult:
     }
     if "parts_written" in summary:
         metadata["parts_written"] = summary["parts_written"]
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=dataset_version(summary["path"]))
 
 
 def _export_table(
@@ -609,7 +611,10 @@ def preference_dataset(
     )
     card = {"filters": _rule_counts(preference_ledger), "mix": report}
     result = _export("preference", preference_rows(mixed), storage, config, card)
-    return dg.MaterializeResult(metadata={**result.metadata, "mix": dg.MetadataValue.json(report)})
+    return dg.MaterializeResult(
+        metadata={**result.metadata, "mix": dg.MetadataValue.json(report)},
+        data_version=result.data_version,
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "huggingface"})

@@ -21,16 +21,16 @@ import yaml
 from pydantic import Field
 
 from assets.io_manager import preview_markdown
-from assets.resources import StorageResource, resolve
+from assets.resources import StorageResource, checkpoint_version, dataset_version, resolve
 from curation.datasets import ExportConfig, export, sft_rows
 from curation.mixing import MixConfig, mix
 from curation.storage import write_parquet
 from curation.synthetic import check_answer, generate_tasks
 from curation.tokens import TokenCounter
-from training.checkpoint import read_lineage
+from training.checkpoint import METRICS, read_lineage
 from training.recipe import RecipeError, build, read_recipe
 from training.reporting import read_metrics
-from training.runs import last_run_checkpoint
+from training.runs import last_run_checkpoint, lineage_sha256
 from training.stages import FAILURE_FILE_ENV, check_recipe
 from training.tokenizer import load_tokenizer, to_transformers
 
@@ -129,7 +129,8 @@ def mixture_asset(
             "train_rows": summary["rows"]["train"],
             "test_rows": summary["rows"]["test"],
             "path": dg.MetadataValue.path(summary["path"]),
-        }
+        },
+        data_version=dataset_version(summary["path"]),
     )
 
 
@@ -336,11 +337,19 @@ def run_stage(
     settings: dict,
 ) -> dg.MaterializeResult:
     """A training stage whose product is a checkpoint: its lineage, loss curve and speed become
-    the asset's metadata."""
+    the asset's metadata, those of the run that trained it; ``trained`` says whether that was
+    this materialization or an earlier one whose checkpoint already answered the recipe, data
+    and parent."""
+    checkpoint = storage.path("checkpoints", stage, "checkpoint")
+    before = lineage_sha256(checkpoint)
     result, output_dir = launch_stage(context, pipes, storage, recipe, stage, settings)
-    checkpoint = output_dir / "checkpoint"
     lineage = read_lineage(checkpoint)
-    metrics = read_metrics(output_dir / "metrics.jsonl")
+    version = checkpoint_version(checkpoint)
+    trained = version is None or version.value != before
+    if not trained:
+        context.log.info(f"{stage}: reused {checkpoint}, trained {lineage.get('finished_at')}")
+    records = checkpoint / METRICS
+    metrics = read_metrics(records if records.exists() else output_dir / METRICS)
     speeds = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m]
     utilization = [m["mfu"] for m in metrics if "mfu" in m]  # recorded on a known GPU only
     return dg.MaterializeResult(
@@ -351,8 +360,10 @@ def run_stage(
             "tokens_per_s": speeds[-1] if speeds else None,
             **({"mfu": utilization[-1]} if utilization else {}),
             "lineage": dg.MetadataValue.json(lineage),
+            "trained": trained,
             "recipe": recipe.path,
-        }
+        },
+        data_version=version,
     )
 
 

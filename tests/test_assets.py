@@ -1,15 +1,18 @@
 """The demo's asset graph materialized in-process on the embedded data, in a real instance."""
 
+import hashlib
 import json
 
 import dagster as dg
 import polars as pl
 import pytest
 
+from assets.feedback import JudgeResource
 from assets.io_manager import PolarsParquetIOManager
 from assets.resources import PROJECT_ROOT, SAMPLES, StorageResource
+from assets.training import RecipeResource
 from curation.storage import read_manifest
-from pipelines.definitions import defs
+from pipelines.definitions import all_assets, defs
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +256,48 @@ def test_alignment_stages_publish_checkpoints_and_a_report(demo):
     assert "reward_model_beats_chance" in checks
     metadata = materialization(result, "alignment_report").metadata
     assert metadata["plots"].value.startswith("![alignment](data:image/png;base64,")
+
+
+def test_materializing_unchanged_data_again_keeps_versions_and_trains_nothing(demo):
+    """Every materialization rewrites the datasets; with the same rows their data versions stay,
+    and the checkpoints are reused (not retrained, not stale), saying so. Runs last: it
+    materializes again in the module's instance."""
+    first, out, instance = demo
+    keys = ["pretrain_mixture", "decay_mixture", "sft_dataset"]
+    checkpoints = ["base_checkpoint", "midtrain_checkpoint", "sft_checkpoint"]
+    lineages = {
+        stage: (out / "checkpoints" / stage / "checkpoint" / "lineage.json").read_bytes()
+        for stage in ("pretrain", "midtrain", "sft")
+    }
+    again = dg.materialize(
+        all_assets,
+        selection=keys + checkpoints,
+        instance=instance,
+        resources={
+            "io_manager": PolarsParquetIOManager(base_dir=str(out)),
+            "storage": StorageResource(base_dir=str(out)),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT)),
+            "judge": JudgeResource(),
+            "recipe": RecipeResource(path="recipes/test-cpu.yaml"),
+        },
+    )
+    assert again.success
+    version = "dagster/data_version"
+    for key in keys + checkpoints:
+        before, after = materialization(first, key), materialization(again, key)
+        assert after.tags[version] == before.tags[version], key
+    for key in checkpoints:
+        assert materialization(first, key).metadata["trained"].value is True
+        reused = materialization(again, key).metadata
+        assert reused["trained"].value is False
+        # the curve of the run that trained it, not of whatever ran in the stage folder since
+        assert (
+            reused["loss_curve"].value == materialization(first, key).metadata["loss_curve"].value
+        )
+    for stage, lineage in lineages.items():
+        assert (out / "checkpoints" / stage / "checkpoint" / "lineage.json").read_bytes() == lineage
+    # a checkpoint's version is its lineage's digest, the one its child pins as its parent
+    sft_lineage = json.loads(lineages["sft"])
+    midtrain_version = materialization(again, "midtrain_checkpoint").tags[version]
+    assert sft_lineage["parent_lineage_sha256"] == midtrain_version
+    assert midtrain_version == hashlib.sha256(lineages["midtrain"]).hexdigest()
