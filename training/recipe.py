@@ -23,12 +23,56 @@ class RecipeError(ValueError):
     """A recipe that cannot be used as written."""
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error: PyYAML
+    keeps the last value without a word, so ``max_steps: 3`` above a forgotten
+    ``max_steps: 5000`` trains for 5000 steps."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *anchor`` merges on purpose; its keys may be overridden
+            key = self.construct_object(key_node, deep=True)
+            try:
+                line = first_line.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: the safe loader's own error names it
+            if line != key_node.start_mark.line + 1:
+                raise RepeatedKeyError(key, line, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+class RepeatedKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(key, first, again)
+        self.key, self.first, self.again = key, first, again
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The recipe's sections; raises ``RecipeError`` naming the file for anything that keeps
+    it from being read as one (missing, a folder, not UTF-8, not YAML, a repeated key)."""
     path = Path(path)
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: is a directory, not a recipe file") from None
+    except UnicodeDecodeError as error:
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start})"
+        ) from None
+    except OSError as error:
+        raise RecipeError(f"{path}: cannot be read ({error.strerror or error})") from None
+    try:
+        loaded = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except RepeatedKeyError as error:
+        raise RecipeError(
+            f"{path}: line {error.again}: key {error.key!r} appears again in the same mapping "
+            f"(first on line {error.first}); YAML would silently keep only the last value"
+        ) from None
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(loaded, dict):
