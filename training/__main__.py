@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -72,7 +73,18 @@ def load_config(name: str, recipe_path: str, overrides: Sequence[str] = ()) -> A
     for item in overrides:
         apply_override(section, item, where)
     cls, _ = stage(name)
-    return build(cls, section, where)
+    names_its_stage = any(f.name == "stage" for f in dataclasses.fields(cls))
+    if names_its_stage:
+        # pretrain and midtrain share a config class whose ``stage`` defaults to pretrain:
+        # `midtrain` must not publish a lineage that calls it pretraining.
+        section.setdefault("stage", name)
+    config = build(cls, section, where)
+    if names_its_stage and config.stage != name:
+        raise RecipeError(
+            f"{where}.stage: {config.stage!r} contradicts the stage being run, {name!r}; "
+            f"remove it or set it to {name!r}"
+        )
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import DataCollatorForLanguageModeling, Trainer
@@ -37,13 +37,16 @@ from training.runs import (
     whole_run_loss,
 )
 
+CAUSAL_LM_STAGES = ("pretrain", "midtrain")
+
 
 @dataclass(frozen=True)
 class CausalLMConfig(RunConfig):
     """A causal-LM stage (see ``RunConfig`` for the shared settings).
 
     Attributes:
-        stage: ``pretrain`` or ``midtrain``, recorded in lineage.json.
+        stage: ``pretrain`` or ``midtrain``, recorded in lineage.json; ``python -m training
+            <stage>`` sets it from the stage it runs and refuses a recipe that says otherwise.
         data: a dataset folder with a ``text`` column (``save_to_disk`` or train/test Parquet);
             a ``tokens`` column, when present, caps each document's tokens (exact mixtures).
         tokenizer: tokenizer.json, its folder, or a transformers tokenizer folder.
@@ -58,7 +61,7 @@ class CausalLMConfig(RunConfig):
         min_lr_ratio: the floor the decay reaches, as a fraction of the peak.
     """
 
-    stage: str = "pretrain"
+    stage: Literal["pretrain", "midtrain"] = "pretrain"
     data: str = ""
     tokenizer: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -71,6 +74,9 @@ class CausalLMConfig(RunConfig):
     min_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.stage not in CAUSAL_LM_STAGES:
+            # the type hint is checked for recipes only; lineage must never record another name
+            raise ValueError(f"stage: {self.stage!r} is not one of {list(CAUSAL_LM_STAGES)}")
         if not self.data:
             raise ValueError("data: a dataset folder is required")
         if not self.tokenizer and not self.init_from:
