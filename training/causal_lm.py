@@ -133,7 +133,7 @@ def main(config: CausalLMConfig) -> Path:
     reporter = Reporter(out / "metrics.jsonl")
     parent = str(verify(config.init_from)) if config.init_from else None
     tokenizer = load_training_tokenizer(parent or config.tokenizer)
-    splits = load_splits(config.data)
+    splits = load_splits(config.data, required=("text",))
     data_sha256, data_digest = data_digests(config.data, None if parent else config.tokenizer)
     fingerprint = run_fingerprint(config, data_digest, [parent])
     if published := already_published(config, fingerprint, reporter, config.stage):

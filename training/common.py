@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,18 +99,59 @@ def load_training_tokenizer(source: str | Path, max_length: int = 2048):
     return to_transformers(load_tokenizer(path), model_max_length=max_length)
 
 
-def load_splits(path: str | Path):
+def load_splits(path: str | Path, required: Sequence[str] = ()):
     """A ``save_to_disk`` DatasetDict, a dataset exported by parts (``parts/`` with one
     train/test Parquet pair per drop and ``_manifest.json``: curation.datasets.export_parts),
-    or a folder with train.parquet / test.parquet (``training.datafiles.locate_dataset``)."""
+    or a folder with train.parquet / test.parquet (``training.datafiles.locate_dataset``).
+
+    A train split with no rows, and a split lacking a ``required`` column or holding nulls in
+    one, are refused naming ``path``: the libraries say only ``Instruction "train" corresponds
+    to no data!`` or raise a KeyError from inside a trainer. An empty test split is left out."""
     import datasets
 
     located = locate_dataset(path)
     if located.kind == "saved":
         # In memory, so the trainers' map() calls write no cache files into the input folder
         # (a dataset asset's folder must stay as its asset wrote it).
-        return datasets.load_from_disk(str(located.root), keep_in_memory=True)
-    return datasets.load_dataset("parquet", data_files=located.files)
+        splits = datasets.load_from_disk(str(located.root), keep_in_memory=True)
+        if "train" in splits and len(splits["train"]) == 0:
+            raise ValueError(f"{path}: the train split has no rows")
+    else:
+        # datasets refuses a split whose files hold no rows rather than give an empty one
+        files = {s: [f for f in fs if parquet_rows(f)] for s, fs in located.files.items()}
+        if not files.get("train"):
+            raise ValueError(f"{path}: the train split has no rows")
+        splits = datasets.load_dataset("parquet", data_files={s: f for s, f in files.items() if f})
+    check_columns(path, splits, required)
+    return splits
+
+
+def parquet_rows(file: str | Path) -> int:
+    """Rows in a Parquet file, from its footer."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(file).metadata.num_rows
+    except Exception as error:  # pyarrow's ArrowInvalid, or an OSError
+        raise ValueError(f"{file}: not a readable Parquet file ({error})") from None
+
+
+def check_columns(path: str | Path, splits: Mapping[str, Any], required: Sequence[str]) -> None:
+    """Every split has each ``required`` column, none of its values null."""
+    for name, split in splits.items():
+        missing = [c for c in required if c not in split.column_names]
+        if missing:
+            raise ValueError(
+                f"{path}: the {name} split lacks column(s) {missing} (it has "
+                f"{sorted(split.column_names)})"
+            )
+        for column in required:
+            nulls = split.data.column(column).null_count
+            if nulls:
+                raise ValueError(
+                    f"{path}: {nulls} of the {len(split)} rows of the {name} split have a null "
+                    f"{column!r}"
+                )
 
 
 def data_digests(data: str | Path, tokenizer: str | Path | None) -> tuple[str, str]:
@@ -356,7 +397,8 @@ def device_memory_error(error: BaseException) -> BaseException | None:
 
 
 def resource_kind(error: BaseException) -> str | None:
-    """``disk``, ``host memory``, ``write`` (a failed write that does not say why) or None.
+    """``disk``, ``host memory``, ``write`` (a failed write that does not say why, or a
+    read-only file system / permission denied) or None.
     The whole chain of causes is read first: torch.save reports a full disk as a stream
     position mismatch, with the OSError that says why only in its context."""
     chain = []
@@ -369,6 +411,10 @@ def resource_kind(error: BaseException) -> str | None:
             return "host memory"
         if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
             return "disk"
+        if isinstance(link, OSError) and link.errno in (errno.EROFS, errno.EACCES):
+            # a disk remounted read-only (or a folder whose rights changed) mid-run: as
+            # unwritable as a full one, and the last good save is what the operator needs
+            return "write"
         if any(sign in message for sign in DISK_FULL_SIGNS):
             return "disk"
     if any(sign in str(link).lower() for link in chain for sign in FAILED_WRITE_SIGNS):

@@ -193,7 +193,7 @@ def build_trainer(
             "{% generation %} markers, so assistant tokens cannot be told apart; use the "
             "project's tokenizer, a template with the markers, or assistant_only_loss: false"
         )
-    splits = load_splits(config.data)
+    splits = load_splits(config.data, required=("messages",))
     train = splits["train"]
     usable = assistant_turns(train)
     if usable == 0:
