@@ -32,15 +32,32 @@ class CheckpointError(ValueError):
 
 
 def verify(path: str | Path) -> Path:
-    """Fail early, naming what is missing, rather than deep inside from_pretrained."""
+    """Fail early, naming what is missing, rather than deep inside from_pretrained; and a
+    lineage.json that is not a JSON object, which a child would pin and ``postforge trace``
+    only trip over later."""
     path = Path(path)
-    if not path.is_dir():
+    if not path.exists():
         raise CheckpointError(f"{path}: checkpoint directory does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: is a file, not a checkpoint directory")
     missing = [name for name in REQUIRED if not (path / name).exists()]
     if not any((path / name).exists() for name in WEIGHTS):
         missing.append("model.safetensors")
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    lineage = path / LINEAGE
+    try:
+        text = lineage.read_text(encoding="utf-8")
+        if not text.strip():
+            raise CheckpointError(f"{lineage}: empty, so the checkpoint has no lineage")
+        record = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{lineage}: not valid JSON ({error}); publish it again") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(
+            f"{lineage}: expected a JSON object (the checkpoint's lineage), got "
+            f"{type(record).__name__}; publish it again"
+        )
     return path
 
 

@@ -7,7 +7,12 @@ only ever read as safetensors; ``trust_remote_code`` stays off unless a recipe t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError
+
+from training.checkpoint import CheckpointError
 
 # (hidden, intermediate, layers, heads, kv_heads). 134M and 374M match the shapes of the plain-TRL
 # baseline in shared/bench, so our GPU numbers compare like for like.
@@ -86,15 +91,29 @@ def build_causal_lm(config: ModelConfig, tokenizer: Any, path: str | None = None
     dtype = getattr(torch, config.dtype)
     source = path or config.path
     if source:
-        return AutoModelForCausalLM.from_pretrained(
-            source,
-            dtype=dtype,
-            use_safetensors=True,
-            trust_remote_code=config.trust_remote_code,
-            attn_implementation=config.attn_implementation,
-        )
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                source,
+                dtype=dtype,
+                use_safetensors=True,
+                trust_remote_code=config.trust_remote_code,
+                attn_implementation=config.attn_implementation,
+            )
+        except SafetensorError as error:
+            # the library's reason ("incomplete metadata, file not fully covered") names no file
+            raise CheckpointError(
+                f"{weights_file(source)}: the weights cannot be read ({error}); the file is "
+                "damaged or was cut short, so publish or fetch the checkpoint again"
+            ) from None
     torch.manual_seed(config.seed)
     return LlamaForCausalLM(llama_config(config, tokenizer)).to(dtype)
+
+
+def weights_file(source: str) -> Path | str:
+    """The single weights file of a local checkpoint, else what names its weights: its folder
+    (sharded) or the hub id."""
+    single = Path(source) / "model.safetensors"
+    return single if single.exists() else source
 
 
 def count_parameters(model: Any) -> int:
@@ -103,8 +122,9 @@ def count_parameters(model: Any) -> int:
 
 def check_context(max_length: int, model: Any, stage: str) -> None:
     """A max_length past the model's positions would train on positions it has no embedding
-    for (or fail deep inside attention); say so before any step."""
-    context = getattr(model.config, "max_position_embeddings", None)
+    for (or fail deep inside attention); say so before any step. ``model`` may also be its
+    config alone (read before the weights are)."""
+    context = getattr(getattr(model, "config", model), "max_position_embeddings", None)
     if context is not None and max_length > context:
         raise ValueError(
             f"{stage}: max_length {max_length} is longer than the model's context of {context} "

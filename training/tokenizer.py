@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
 TOKENIZER_FILE = "tokenizer.json"
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,23 @@ class TokenizerConfig:
     Attributes:
         path: a directory holding ``tokenizer.json``, the file itself, or a hub id
             (``org/name``) found in the Hugging Face cache; when set, nothing is trained.
-        vocab_size: target vocabulary when training; small for the CPU demo.
+        vocab_size: target vocabulary when training; small for the CPU demo. At least
+            ``MIN_VOCAB_SIZE``: the 256 byte tokens and the special tokens are always there.
         min_frequency: pairs seen fewer times are not merged.
     """
 
     path: str | None = None
     vocab_size: int = 4096
     min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        # Below it the trainer would quietly return a vocabulary of MIN_VOCAB_SIZE anyway
+        # (and a negative size overflows inside the Rust trainer).
+        if self.vocab_size < MIN_VOCAB_SIZE:
+            raise ValueError(
+                f"vocab_size: {self.vocab_size} is below {MIN_VOCAB_SIZE}, the 256 byte tokens "
+                f"and {len(SPECIAL_TOKENS)} special tokens every byte-level BPE holds"
+            )
 
 
 def train_tokenizer(texts: Iterable[str], config: TokenizerConfig = TokenizerConfig()) -> Tokenizer:
@@ -99,7 +110,10 @@ def load_tokenizer(source: str | Path) -> Tokenizer:
     file = path / TOKENIZER_FILE if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"{file}: no tokenizer file (expected {TOKENIZER_FILE})")
-    tokenizer = Tokenizer.from_file(str(file))
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception as error:  # the Rust library raises a bare Exception for every reason
+        raise ValueError(f"{file}: not a readable tokenizer file ({error})") from None
     missing = [token for token in SPECIAL_TOKENS if tokenizer.token_to_id(token) is None]
     if missing:
         tokenizer.add_special_tokens(missing)
