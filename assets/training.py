@@ -25,7 +25,7 @@ from assets.resources import StorageResource, checkpoint_version, dataset_versio
 from curation.datasets import ExportConfig, export, sft_rows
 from curation.mixing import MixConfig, mix
 from curation.storage import write_parquet
-from curation.synthetic import check_answer, generate_tasks
+from curation.synthetic import SyntheticTask, check_answer, generate_tasks
 from curation.tokens import TokenCounter
 from training.checkpoint import METRICS, read_lineage
 from training.recipe import RecipeError, build, read_recipe
@@ -467,28 +467,46 @@ def training_evaluation(
         }
         section = {**recipe.section("evaluate"), **settings}
         launch(context, pipes_subprocess_client, "evaluate", section, out.with_suffix(".yaml"))
-        result = json.loads((out / "evaluation.json").read_text())
-        outputs = [
-            json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()
-        ]
-        correct = sum(check_answer(t, o["output"]) for t, o in zip(tasks, outputs, strict=True))
-        rows.append(
-            {
-                "stage": stage,
-                "heldout_loss": result["heldout_loss"],
-                "perplexity": result["perplexity"],
-                "exact_match": correct / len(tasks),
-            }
-        )
+        rows.append(evaluation_row(stage, out, tasks))
     table = pl.DataFrame(rows)
     write_parquet(table, folder / "summary.parquet")
     return dg.MaterializeResult(
         metadata={
             "by_stage": dg.MetadataValue.md(preview_markdown(table, 10)),
             **{f"exact_match_{r['stage']}": r["exact_match"] for r in rows},
+            # what the scores leave out, never silently: held-out rows cut to max_length or
+            # with nothing to score, prompts too long to answer within the model's context
+            **{
+                f"{count}_{r['stage']}": r[count]
+                for r in rows
+                for count in EVALUATION_COUNTS
+                if r[count] is not None
+            },
             "path": dg.MetadataValue.path(str(folder / "summary.parquet")),
         }
     )
+
+
+# What evaluation.json counts beside the scores, carried into the summary.
+EVALUATION_COUNTS = ("rows_truncated", "rows_without_scored_tokens", "prompts_too_long")
+
+
+def evaluation_row(stage: str, out: Path, tasks: list[SyntheticTask]) -> dict:
+    """One stage's summary from the ``evaluate`` stage's files in ``out``. Answers are matched
+    by id: a prompt evaluate skipped (too long for the context) has none and counts as wrong."""
+    result = json.loads((out / "evaluation.json").read_text())
+    answers = {
+        row["id"]: row["output"]
+        for row in map(json.loads, (out / "generations.jsonl").read_text().splitlines())
+    }
+    correct = sum(check_answer(t, answers[t.id]) for t in tasks if t.id in answers)
+    return {
+        "stage": stage,
+        "heldout_loss": result["heldout_loss"],
+        "perplexity": result["perplexity"],
+        "exact_match": correct / len(tasks),
+        **{count: result.get(count) for count in EVALUATION_COUNTS},
+    }
 
 
 # sft_checkpoint trains from midtrain_checkpoint (see its deps): the stage SFT must beat.
