@@ -325,13 +325,28 @@ def test_a_corrupt_tokenizer_file_and_an_impossible_vocabulary_are_named(sft_wor
     assert TokenizerConfig(vocab_size=260).vocab_size == 260
 
 
+def test_a_corrupt_tokenizer_inside_a_checkpoint_is_named(checkpoint, tmp_path):
+    from training.common import load_training_tokenizer
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(checkpoint, damaged)
+    text = (damaged / "tokenizer.json").read_text()
+    (damaged / "tokenizer.json").write_text(text[:200] + "\x00" + text[200:])
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(damaged))}: the tokenizer cannot be"):
+        load_training_tokenizer(damaged)
+
+
 # --- a disk that stops taking writes ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("code", "reason"), [(errno.EROFS, "Read-only file system"), (errno.EACCES, "Permission")]
+    ("code", "what", "reason"),
+    [
+        (errno.EROFS, "the file system turned read-only", "Read-only file system"),
+        (errno.EACCES, "permission was denied", "Permission"),
+    ],
 )
-def test_a_read_only_disk_mid_run_names_the_last_good_save(tmp_path, code, reason):
+def test_a_read_only_disk_mid_run_names_the_last_good_save(tmp_path, code, what, reason):
     from training.common import ResourceError, resource_errors
 
     save = tmp_path / "runs" / "checkpoint-4"
@@ -342,7 +357,7 @@ def test_a_read_only_disk_mid_run_names_the_last_good_save(tmp_path, code, reaso
     with (
         pytest.raises(
             ResourceError,
-            match=rf"pretrain: a write failed .* last good state: {re.escape(str(save))} "
+            match=rf"pretrain: {what} writing under .* last good state: {re.escape(str(save))} "
             rf"\(\[Errno {code}\] {reason}",
         ),
         resource_errors("pretrain", tmp_path / "runs", lambda: 6),

@@ -95,7 +95,13 @@ def load_training_tokenizer(source: str | Path, max_length: int = 2048):
     if path.is_dir() and (path / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(path))
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except Exception as error:  # the tokenizers library raises bare Exceptions
+            raise ValueError(
+                f"{path}: the tokenizer cannot be loaded ({first_line(error)}); its "
+                "tokenizer.json or tokenizer_config.json is damaged"
+            ) from error
     return to_transformers(load_tokenizer(path), model_max_length=max_length)
 
 
@@ -373,7 +379,7 @@ def resource_errors(stage: str, runs: Path, step: Callable[[], int] = lambda: -1
             ) from error
         where = runs.parent if runs.parent.exists() else Path(".")
         free = shutil.disk_usage(where).free / 2**20
-        what = "out of disk space" if kind == "disk" else "a write failed (disk full?)"
+        what = WRITE_FAILURES.get(kind, "a write failed (disk full?)")
         raise ResourceError(
             f"{stage}: {what} writing under {runs.parent} ({free:.0f} MiB free); last good "
             f"state: {last} ({first_line(error)})"
@@ -396,9 +402,17 @@ def device_memory_error(error: BaseException) -> BaseException | None:
     return None
 
 
+# What each kind of failed write is called in the stage's one-line error.
+WRITE_FAILURES = {
+    "disk": "out of disk space",
+    "read-only": "the file system turned read-only",
+    "permission": "permission was denied",
+}
+
+
 def resource_kind(error: BaseException) -> str | None:
-    """``disk``, ``host memory``, ``write`` (a failed write that does not say why, or a
-    read-only file system / permission denied) or None.
+    """``disk``, ``host memory``, ``read-only``, ``permission``, ``write`` (a failed write
+    that does not say why) or None.
     The whole chain of causes is read first: torch.save reports a full disk as a stream
     position mismatch, with the OSError that says why only in its context."""
     chain = []
@@ -411,10 +425,12 @@ def resource_kind(error: BaseException) -> str | None:
             return "host memory"
         if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
             return "disk"
-        if isinstance(link, OSError) and link.errno in (errno.EROFS, errno.EACCES):
-            # a disk remounted read-only (or a folder whose rights changed) mid-run: as
-            # unwritable as a full one, and the last good save is what the operator needs
-            return "write"
+        # a disk remounted read-only (or a folder whose rights changed) mid-run: as
+        # unwritable as a full one, and the last good save is what the operator needs
+        if isinstance(link, OSError) and link.errno == errno.EROFS:
+            return "read-only"
+        if isinstance(link, OSError) and link.errno == errno.EACCES:
+            return "permission"
         if any(sign in message for sign in DISK_FULL_SIGNS):
             return "disk"
     if any(sign in str(link).lower() for link in chain for sign in FAILED_WRITE_SIGNS):
