@@ -106,6 +106,9 @@ def test_pretraining_lowers_the_loss_and_writes_a_complete_checkpoint(workspace,
     assert len(lineage["inputs"]["row_ids_sha256"]) == 64
     assert lineage["parent_checkpoint"] is None
     assert lineage["recipe"]["max_steps"] == 16
+    # 16 steps of 8 blocks: the share of the train split's blocks the run went through
+    metrics = lineage["metrics"]
+    assert metrics["epochs"] == pytest.approx(16 * 8 / metrics["blocks"], abs=1e-3)
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", lineage["code_version"])  # tests run in git
     assert (stable / "optimizer.safetensors").exists()
 

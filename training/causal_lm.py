@@ -194,6 +194,8 @@ def main(config: CausalLMConfig) -> Path:
             evaluation = {"eval_loss": loss, "perplexity": float(torch.exp(torch.tensor(loss)))}
     final = {
         "train_loss": whole_run_loss(trainer, resume),
+        # passes over the train split: below 1, some of the rows its hash names were not seen
+        "epochs": round(trainer.state.epoch or 0.0, 4),
         **train_stats,
         **evaluation,
     }

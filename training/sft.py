@@ -286,6 +286,8 @@ def main(config: SFTStageConfig) -> Path:
         )
     final = {
         "train_loss": whole_run_loss(trainer, resume),
+        # passes over the rows used: below 1, some of them were not seen
+        "epochs": round(trainer.state.epoch or 0.0, 4),
         "conversations": counts["conversations"],
         "truncated": too_long,
         "without_answer_within_max_length": counts["without_answer_within_max_length"],
