@@ -108,6 +108,8 @@ def test_rankings_become_trl_pairs_with_origin_and_judge(tmp_path):
         "skipped_inconsistent": 0,
         "skipped_unknown_prompt": 1,
         "tied": 1,
+        "order_disagreements": 0,
+        "same_text": 0,
         "below_margin": 0,
         "pairs": 11,
     }

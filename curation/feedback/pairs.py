@@ -5,18 +5,31 @@ them (strategy "all"); "best_vs_worst" keeps the one pair with the clearest sign
 DPO recipes often use; a minimum rank margin drops near-ties either way. Tied answers state no
 preference and never become a pair. Human and AI pairs land in the same PREFERENCES table with
 their ``origin`` and, for AI pairs, the judge and template version that made them.
+
+Ranks alone do not say everything an LLM judge said, so two fields of a ranking's ``meta`` take
+precedence over them (``curation.judge.client`` writes both):
+
+- ``disagreed_pairs``: pairs the presentation orders disagreed on. They are ties (position bias
+  decided them), although the ranks aggregated over the whole list may still differ.
+- ``preferred_pairs``: a pairwise judge's own verdicts, [better, worse], on which every order
+  agreed. Ranks from wins minus losses can reverse such a verdict (a cycle a > b > c > a, or b
+  winning more elsewhere), so pairs come from these verdicts and every other pair is a tie. A
+  verdict says which answer is better but not by how much: its margin is 1.
+
+Two answers with the same text (``schema.same_text``) never become a pair, whatever the ranks.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Literal
 
 import polars as pl
 
+from curation.feedback.schema import same_text
 from curation.schema import PREFERENCES, empty, stable_id, stable_id_expr
 
 STAGE_SOURCE = "feedback"
@@ -28,7 +41,8 @@ class PairsConfig:
     strategy: "all" (every pair of differently ranked answers, InstructGPT) or
         "best_vs_worst" (one pair per ranking: a best-ranked and a worst-ranked answer).
     min_margin: keep a pair only when the worse answer's rank minus the better one's is at
-        least this (1 keeps every untied pair).
+        least this (1 keeps every untied pair). A pairwise judge's direct verdict has margin 1,
+        so a min_margin above 1 keeps none of them.
     statuses: rankings with these statuses are used; the others are counted and skipped.
     require_consistent: skip rankings whose order-swap check disagreed (``consistent`` False).
     """
@@ -52,9 +66,13 @@ class PairsResult:
 
 
 def ranked_pairs(
-    ranks: Sequence[int], strategy: str = "all", min_margin: int = 1
+    ranks: Sequence[int],
+    strategy: str = "all",
+    min_margin: int = 1,
+    disagreed: Collection[frozenset[int]] = (),
 ) -> tuple[list[tuple[int, int]], dict[str, int]]:
-    """(better index, worse index) pairs of one ranking, and how many were tied or too close."""
+    """(better index, worse index) pairs of one ranking, and how many were tied or too close.
+    Pairs in ``disagreed`` (the judge's orders disagreed on them) count as tied."""
     counts = {"tied": 0, "below_margin": 0}
     if strategy == "best_vs_worst":
         best, worst = min(ranks), max(ranks)
@@ -64,10 +82,17 @@ def ranked_pairs(
         if worst - best < min_margin:
             counts["below_margin"] += 1
             return [], counts
-        return [(list(ranks).index(best), list(ranks).index(worst))], counts
+        tops = [i for i, rank in enumerate(ranks) if rank == best]
+        bottoms = [i for i, rank in enumerate(ranks) if rank == worst]
+        for i in tops:
+            for j in bottoms:
+                if frozenset((i, j)) not in disagreed:
+                    return [(i, j)], counts
+        counts["tied"] += 1
+        return [], counts
     pairs = []
     for i, j in combinations(range(len(ranks)), 2):
-        if ranks[i] == ranks[j]:
+        if ranks[i] == ranks[j] or frozenset((i, j)) in disagreed:
             counts["tied"] += 1
             continue
         better, worse = (i, j) if ranks[i] < ranks[j] else (j, i)
@@ -78,18 +103,61 @@ def ranked_pairs(
     return pairs, counts
 
 
+def direct_pairs(
+    verdicts: Sequence[tuple[int, int]],
+    n: int,
+    ranks: Sequence[int],
+    strategy: str = "all",
+    min_margin: int = 1,
+) -> tuple[list[tuple[int, int]], dict[str, int]]:
+    """(better, worse) pairs from a pairwise judge's agreed verdicts over ``n`` candidates;
+    the pairs without one are tied. Each verdict has margin 1. ``best_vs_worst`` keeps the
+    verdict that spans the ranks most (the clearest one the judge stated itself)."""
+    counts = {"tied": 0, "below_margin": 0}
+    verdicts = list(dict.fromkeys(verdicts))
+    if strategy == "best_vs_worst":
+        if not verdicts:
+            counts["tied"] += 1
+            return [], counts
+        if min_margin > 1:
+            counts["below_margin"] += 1
+            return [], counts
+        spread = [ranks[worse] - ranks[better] for better, worse in verdicts]
+        return [verdicts[spread.index(max(spread))]], counts
+    counts["tied"] = n * (n - 1) // 2 - len(verdicts)
+    if min_margin > 1:
+        counts["below_margin"] = len(verdicts)
+        return [], counts
+    return verdicts, counts
+
+
+def parse_meta(meta: str | None) -> dict[str, Any]:
+    """A rankings row's ``meta`` JSON as a dict ({} when absent or not an object)."""
+    if not meta:
+        return {}
+    try:
+        loaded = json.loads(meta)
+    except json.JSONDecodeError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _id_pairs(value: Any, index: dict[str, int]) -> list[tuple[int, int]]:
+    """[[id, id], ...] from a meta field as index pairs; pairs naming an unknown id are left
+    out (they belong to candidates not in this ranking)."""
+    out = []
+    for pair in value if isinstance(value, list) else []:
+        if isinstance(pair, list) and len(pair) == 2 and all(p in index for p in pair):
+            out.append((index[pair[0]], index[pair[1]]))
+    return out
+
+
 def judge_json(judge: str, origin: str, meta: str | None) -> str | None:
     """The pair's ``judge`` column: the judge name and what version of it spoke (null for
     people, whose annotator id travels in ``provenance.ids``)."""
     if origin == "human":
         return None
-    parsed: dict[str, Any] = {}
-    if meta:
-        try:
-            loaded = json.loads(meta)
-            parsed = loaded if isinstance(loaded, dict) else {}
-        except json.JSONDecodeError:
-            parsed = {}
+    parsed = parse_meta(meta)
     return json.dumps(
         {
             "judge": judge,
@@ -115,7 +183,9 @@ def rankings_to_pairs(
         "skipped_status": 0,
         "skipped_inconsistent": 0,
         "skipped_unknown_prompt": 0,
-        "tied": 0,
+        "tied": 0,  # order disagreements included
+        "order_disagreements": 0,  # pairs the judge's orders disagreed on (counted as tied)
+        "same_text": 0,  # pairs of two answers with the same text
         "below_margin": 0,
         "pairs": 0,
     }
@@ -132,12 +202,26 @@ def rankings_to_pairs(
             continue
         counts["rankings_used"] += 1
         source, prompt = prompts[ranking["id"]]
-        pairs, skipped = ranked_pairs(ranking["ranks"], config.strategy, config.min_margin)
+        ids, texts, ranks = ranking["candidate_ids"], ranking["texts"], ranking["ranks"]
+        meta = parse_meta(ranking["meta"])
+        index = {cid: i for i, cid in enumerate(ids)}
+        disagreed = {frozenset(p) for p in _id_pairs(meta.get("disagreed_pairs"), index)}
+        counts["order_disagreements"] += len(disagreed)
+        direct = "preferred_pairs" in meta
+        if direct:
+            verdicts = _id_pairs(meta["preferred_pairs"], index)
+            pairs, skipped = direct_pairs(
+                verdicts, len(ids), ranks, config.strategy, config.min_margin
+            )
+        else:
+            pairs, skipped = ranked_pairs(ranks, config.strategy, config.min_margin, disagreed)
         counts["tied"] += skipped["tied"]
         counts["below_margin"] += skipped["below_margin"]
         judge = judge_json(ranking["judge"], ranking["origin"], ranking["meta"])
-        ids, texts, ranks = ranking["candidate_ids"], ranking["texts"], ranking["ranks"]
         for better, worse in pairs:
+            if same_text(texts[better] or "") == same_text(texts[worse] or ""):
+                counts["same_text"] += 1
+                continue
             source_id = f"{ranking['id']}:{ids[better]}>{ids[worse]}"
             rows.append(
                 {
@@ -149,7 +233,7 @@ def rankings_to_pairs(
                     "chosen": [{"role": "assistant", "content": texts[better]}],
                     "rejected": [{"role": "assistant", "content": texts[worse]}],
                     "origin": ranking["origin"],
-                    "margin": float(ranks[worse] - ranks[better]),
+                    "margin": 1.0 if direct else float(ranks[worse] - ranks[better]),
                     "judge": judge,
                     "source_ids": [ranking["id"], ids[better], ids[worse]],
                     "provenance": {

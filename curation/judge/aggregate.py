@@ -3,8 +3,16 @@
 Every verdict is reduced to pairwise preferences between candidates (by their index in the
 request, independent of where they were shown): +1 the first is better, -1 the second, 0 a tie.
 A pair on which the orders disagree is position-biased. Ranks come from Copeland scores (wins
-minus losses over the pairs): when every order agrees this reproduces their ranking exactly, and
-it never ranks a candidate below one that every order put beneath it.
+minus losses over the pairs).
+
+For listwise verdicts (each one a full ranking) Copeland reproduces the ranking exactly when every
+order agrees, and never ranks a candidate below one that every order put beneath it. Pairwise
+verdicts carry no such guarantee: a cycle (a > b > c > a) or a lopsided win count can rank b
+above a although every order said a > b. And ranks cannot say "the orders disagreed on this
+pair": two candidates on which they did still get different ranks when the other pairs differ.
+So the aggregate also hands back the pairs themselves, unanimous (``agreed``) or not
+(``disagreed``), and the pairs stage builds preference pairs from those where the ranks would
+mislead (``curation.feedback.pairs``).
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ class Aggregate:
     consistent: bool | None  # None: only one order was judged, nothing to compare
     pairs: int  # candidate pairs with at least two verdicts
     consistent_pairs: int
+    agreed: dict[Pair, int]  # every verdict on the pair gave this sign (one verdict included)
+    disagreed: list[Pair]  # the verdicts on the pair differ: a tie, whatever the ranks say
 
 
 def aggregate(n: int, verdicts: Iterable[dict[Pair, int]]) -> Aggregate:
@@ -51,12 +61,17 @@ def aggregate(n: int, verdicts: Iterable[dict[Pair, int]]) -> Aggregate:
             seen.setdefault(pair, set()).add(sign)
             counts[pair] = counts.get(pair, 0) + 1
     scores = [0] * n
-    for (i, j), signs in seen.items():
+    agreed: dict[Pair, int] = {}
+    for (i, j), signs in sorted(seen.items()):
         if len(signs) == 1:
             sign = next(iter(signs))
+            agreed[(i, j)] = sign
             scores[i] += sign
             scores[j] -= sign
+    disagreed = sorted(pair for pair, signs in seen.items() if len(signs) > 1)
     compared = [pair for pair, k in counts.items() if k >= 2]
-    agreed = sum(1 for pair in compared if len(seen[pair]) == 1)
-    consistent = None if not compared else agreed == len(compared)
-    return Aggregate(ranks_from_scores(scores), consistent, len(compared), agreed)
+    agreeing = sum(1 for pair in compared if len(seen[pair]) == 1)
+    consistent = None if not compared else agreeing == len(compared)
+    return Aggregate(
+        ranks_from_scores(scores), consistent, len(compared), agreeing, agreed, disagreed
+    )

@@ -296,6 +296,16 @@ class _Run:
         self.stats.pairs_consistent += result.consistent_pairs
         meta["verdicts"] = [o.verdict for o in answers]
         meta["pairs_compared"], meta["pairs_consistent"] = result.pairs, result.consistent_pairs
+        # Ranks cannot carry these, so the pairs stage reads them here: a pair the orders
+        # disagreed on is a tie even when the ranks differ, and a pairwise judge's own verdicts
+        # are what it said, where Copeland ranks can reverse one (see aggregate.py).
+        meta["disagreed_pairs"] = [[ids[i], ids[j]] for i, j in result.disagreed]
+        if config.template == "pairwise":
+            meta["preferred_pairs"] = [
+                [ids[i], ids[j]] if sign > 0 else [ids[j], ids[i]]
+                for (i, j), sign in result.agreed.items()
+                if sign
+            ]
         if result.consistent is False and config.on_inconsistent == "drop":
             return RankResult(request.prompt_id, ids, None, "inconsistent", False, "", meta)
         return RankResult(request.prompt_id, ids, result.ranks, "ok", result.consistent, "", meta)
