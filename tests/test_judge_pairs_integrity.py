@@ -1,7 +1,8 @@
 """What reaches preferences.parquet from an LLM judge is what the judge said: pairs its
 presentation orders disagreed on are ties, a pairwise judge's own verdicts are never reversed by
-the aggregate ranks, and two answers of one text never make a pair. Each runs the real path:
-candidates table -> HTTP judge on 127.0.0.1 -> rankings table -> pairs."""
+the aggregate ranks, two ids of one text never make a pair, and a repeated prompt id is refused
+before any call. Each runs the real path: candidates table -> HTTP judge on 127.0.0.1 ->
+rankings table -> pairs."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import polars as pl
 import pytest
 
 from curation.feedback.pairs import PairsConfig, rankings_to_pairs
-from curation.feedback.schema import CANDIDATES, rankings_frame
+from curation.feedback.schema import CANDIDATES, rankings_frame, read_candidates
 from curation.judge import JudgeConfig, OpenAIJudge
-from curation.judge.stub import Reply, StubServer, completion, presented
+from curation.judge.stub import Reply, StubServer, completion, longest_first, presented
 from curation.judge.tables import judge_candidates
 
 
@@ -145,6 +146,24 @@ def test_pairwise_position_bias_on_one_pair_makes_only_that_pair_a_tie():
     assert result.counts["tied"] == 1 and result.counts["order_disagreements"] == 1
 
 
+def test_same_text_under_two_ids_is_judged_once_and_never_paired():
+    # c2 repeats c0 (up to surrounding whitespace): the candidates stage can emit this, since
+    # a candidate id hashes the sample index as well as the text.
+    texts = ["a short answer", "a much longer answer here", " a short answer\n"]
+    candidates = table({"p0": texts, "p1": texts})
+    with StubServer(longest_first) as server:
+        rankings = judge_candidates(candidates, judge_for(server, permutations=2))
+        shown = [len(presented(body)) for _, body, _ in server.log]
+    assert shown == [2] * 4  # two prompts, two orders, each showing the two distinct texts
+    for row in rankings.to_dicts():
+        prompt = row["id"]
+        assert row["candidate_ids"] == [f"{prompt}c0", f"{prompt}c1"]
+        assert row["status"] == "ok" and row["consistent"] is True  # not falsely inconsistent
+        assert json.loads(row["meta"])["merged_same_text"] == {f"{prompt}c0": [f"{prompt}c2"]}
+    pairs = rankings_to_pairs(rankings, candidates).pairs
+    assert source_ids(pairs) == {"p0:p0c1>p0c0", "p1:p1c1>p1c0"}
+
+
 def test_pairs_of_equal_text_are_never_emitted_whatever_the_ranks_say():
     # rankings made elsewhere (an older file, an annotation tool) can still rank two copies
     candidates = table({"p0": ["one", "two", "one"]})
@@ -169,3 +188,18 @@ def test_pairs_of_equal_text_are_never_emitted_whatever_the_ranks_say():
     chosen = result.pairs["chosen"].list.last().struct.field("content")
     rejected = result.pairs["rejected"].list.last().struct.field("content")
     assert (chosen != rejected).all()
+
+
+def test_a_repeated_prompt_id_is_refused_before_any_call(tmp_path):
+    first = table({"p0": ["a", "bb"]})
+    again = table({"p0": ["ccc", "d"]})
+    path = tmp_path / "candidates.parquet"
+    pl.concat([first, table({"p1": ["x", "yy"]}), again]).write_parquet(path)
+    with pytest.raises(ValueError) as error:
+        read_candidates(path)
+    assert str(error.value) == f"{path}: row 2: id 'p0' repeats row 0"
+    # a frame that did not come through read_candidates (an asset input) is checked too
+    with StubServer(longest_first) as server:
+        with pytest.raises(ValueError, match="row 1: id 'p0' repeats row 0"):
+            judge_candidates(pl.concat([first, again]), judge_for(server))
+        assert server.requests == 0

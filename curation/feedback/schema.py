@@ -91,13 +91,26 @@ def candidates_frame(rows: Sequence[dict]) -> pl.DataFrame:
     return pl.DataFrame(list(rows), schema=CANDIDATES)
 
 
+def check_unique_ids(ids: Sequence[str | None], where: str) -> None:
+    """Refuse a prompt id that appears twice: rankings are matched back to prompts by id, so a
+    repeat would attach one row's ranking to another row's prompt (or fail after the judge was
+    paid). Rows are counted from 0, as polars and the candidates stage count them."""
+    first: dict[str | None, int] = {}
+    for row, value in enumerate(ids):
+        if value in first:
+            raise ValueError(f"{where}: row {row}: id {value!r} repeats row {first[value]}")
+        first[value] = row
+
+
 def read_candidates(path: str | Path) -> pl.DataFrame:
     """candidates.parquet from the training stage or from ``merge_candidates``; the optional
-    columns missing from older files are added as nulls."""
+    columns missing from older files are added as nulls. A repeated prompt id is refused here,
+    before any judge call is paid for."""
     data = pl.read_parquet(path)
     missing = [c for c in ("id", "prompt", "candidates") if c not in data.columns]
     if missing:
         raise ValueError(f"{path}: not a candidates table (missing {', '.join(missing)})")
+    check_unique_ids(data["id"].to_list(), str(path))
     for name, dtype in CANDIDATES.items():
         if name not in data.columns:
             data = data.with_columns(pl.lit(None, dtype=dtype).alias(name))

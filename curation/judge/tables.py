@@ -1,61 +1,100 @@
 """From the candidates table to judge requests and back to the rankings table, so every judge
-(LLM, offline, panel) feeds the same pairs stage (``curation.feedback.pairs``)."""
+(LLM, offline, panel) feeds the same pairs stage (``curation.feedback.pairs``).
+
+Candidates whose texts are the same (``schema.same_text``) are one answer under two ids: the
+candidates stage can sample the same text twice, and ids hash the sample index. Showing both
+to a judge pays for a comparison that has no answer, makes every order-swap check on the set
+disagree (the judge orders identical texts by position), and can yield a "preference" whose
+chosen and rejected answers are the same text. So each set keeps the first id of each text, and
+the rankings row records what was merged into it (``meta.merged_same_text``).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
 
-from curation.feedback.schema import rankings_frame
+from curation.feedback.schema import check_unique_ids, rankings_frame, same_text
 from curation.judge.types import Judge, RankRequest, RankResult
 
+Merged = dict[str, list[str]]  # kept candidate id -> the ids of the same text merged into it
 
-def rank_requests(candidates: pl.DataFrame) -> list[RankRequest]:
-    """One request per candidate set, candidates in table order."""
-    return [
-        RankRequest(
-            prompt_id=row["id"],
-            prompt=row["prompt"],
-            candidates=[(c["candidate_id"], c["text"]) for c in row["candidates"]],
-            answer=row.get("answer"),
-        )
-        for row in candidates.select("id", "prompt", "answer", "candidates").iter_rows(named=True)
-    ]
+
+def distinct_candidates(candidates: Sequence[dict]) -> tuple[list[tuple[str, str]], Merged]:
+    """(candidate_id, text) of the first candidate of each text, in table order, and the ids
+    merged into each kept one."""
+    kept: dict[str, str] = {}  # same_text(text) -> kept candidate id
+    distinct: list[tuple[str, str]] = []
+    merged: Merged = {}
+    for candidate in candidates:
+        cid, text = candidate["candidate_id"], candidate["text"]
+        key = same_text(text) if text is not None else None
+        if key is not None and key in kept:
+            merged.setdefault(kept[key], []).append(cid)
+            continue
+        if key is not None:
+            kept[key] = cid
+        distinct.append((cid, text))
+    return distinct, merged
+
+
+def rank_requests(candidates: pl.DataFrame) -> tuple[list[RankRequest], dict[str, Merged]]:
+    """One request per candidate set, candidates in table order with same-text repeats merged;
+    and, by prompt id, what was merged. A repeated prompt id is refused before any call."""
+    check_unique_ids(candidates["id"].to_list(), "candidates")
+    requests, merged = [], {}
+    rows = candidates.select("id", "prompt", "answer", "candidates").iter_rows(named=True)
+    for row in rows:
+        distinct, repeats = distinct_candidates(row["candidates"] or [])
+        if repeats:
+            merged[row["id"]] = repeats
+        requests.append(RankRequest(row["id"], row["prompt"], distinct, row.get("answer")))
+    return requests, merged
 
 
 def rankings_rows(
-    results: list[RankResult], requests: list[RankRequest], origin: str = "ai"
+    results: list[RankResult],
+    requests: list[RankRequest],
+    origin: str = "ai",
+    merged: dict[str, Merged] | None = None,
 ) -> list[dict[str, Any]]:
     texts = {r.prompt_id: dict(r.candidates) for r in requests}
-    return [
-        {
-            "id": result.prompt_id,
-            "judge": result.judge,
-            "origin": origin,
-            "candidate_ids": result.candidate_ids,
-            "texts": [texts[result.prompt_id][cid] for cid in result.candidate_ids],
-            "ranks": result.ranks,
-            "status": result.status,
-            "consistent": result.consistent,
-            "meta": json.dumps(result.meta, sort_keys=True, default=str),
-        }
-        for result in results
-    ]
+    merged = merged or {}
+    rows = []
+    for result in results:
+        meta = dict(result.meta)
+        if result.prompt_id in merged:
+            meta["merged_same_text"] = merged[result.prompt_id]
+        rows.append(
+            {
+                "id": result.prompt_id,
+                "judge": result.judge,
+                "origin": origin,
+                "candidate_ids": result.candidate_ids,
+                "texts": [texts[result.prompt_id][cid] for cid in result.candidate_ids],
+                "ranks": result.ranks,
+                "status": result.status,
+                "consistent": result.consistent,
+                "meta": json.dumps(meta, sort_keys=True, default=str),
+            }
+        )
+    return rows
 
 
 def judge_candidates(candidates: pl.DataFrame, judge: Judge) -> pl.DataFrame:
     """The rankings table of ``judge`` over every candidate set; a set the judge could not rank
     stays in the table with its status (nothing is dropped silently)."""
-    requests = rank_requests(candidates)
+    requests, merged = rank_requests(candidates)
     results = judge.rank(requests) if requests else []
     if len(results) != len(requests):
         raise RuntimeError(
             f"judge {getattr(judge, 'name', judge)!r} returned {len(results)} results for "
             f"{len(requests)} requests"
         )
-    return rankings_frame(rankings_rows(results, requests))
+    return rankings_frame(rankings_rows(results, requests, merged=merged))
 
 
 def build_judge(settings: dict[str, Any], api_key: str | None = None) -> Judge:
