@@ -24,7 +24,7 @@ from curation.feedback.candidates import merge_candidates, source_rankings, sour
 from curation.feedback.pairs import PairsConfig, rankings_to_pairs
 from curation.feedback.quality import judge_quality
 from curation.feedback.schema import RANKINGS, read_candidates
-from curation.judge.tables import build_judge, judge_candidates
+from curation.judge.tables import build_judge, error_share_report, judge_candidates
 from curation.judge.types import Judge
 
 GROUP = "feedback"
@@ -149,9 +149,26 @@ def _jsonable(value) -> dict:  # noqa: ANN001
     return json.loads(json.dumps(value, default=str))
 
 
+class AiRankingsConfig(dg.Config):
+    max_error_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "largest share (0..1) of candidate sets the judge may fail on (status error: HTTP "
+            "errors after the client's retries, timeouts, protocol errors) for the step to "
+            "succeed. Above it the step fails, retryably, after every answered call is in the "
+            "cache, so the step's retry (or a re-run) pays only for the failed sets; at or below "
+            "it the rankings are written and metadata failed_sets counts the failures. Sets "
+            "skipped for their input (too few or too many candidates) never count."
+        ),
+    )
+
+
 @dg.asset(group_name=GROUP, kinds={"polars"})
 def ai_rankings(
     context: dg.AssetExecutionContext,
+    config: AiRankingsConfig,
     storage: StorageResource,
     judge: JudgeResource,
     candidate_sets: pl.DataFrame,
@@ -160,18 +177,28 @@ def ai_rankings(
     """The judge's ranking of every candidate set, and how far the judge can be trusted (its
     agreement with the sources' human ranks and the checkable answers, consistency, ties,
     length bias). Answers are cached by (model, template, prompt, candidates), so a refresh
-    pays only for new sets and a killed run resumes."""
+    pays only for new sets and a killed run resumes. More failed sets than
+    ``max_error_share`` allows fail the step (retryably), so the missing rankings do not stay
+    missing until someone re-materializes by hand."""
     built = judge.build(storage.path("feedback", "judge_cache.sqlite"))
     rankings = judge_candidates(candidate_sets, built)
     summary = dict(getattr(built, "summary", {}) or {})
     statuses = dict(rankings.group_by("status").len().iter_rows())
     context.log.info(f"judge {built.name}: {statuses}")
+    errors, problem = error_share_report(rankings, config.max_error_share)
+    if problem is not None:
+        raise dg.Failure(
+            description=problem,
+            metadata={"judge": built.name, "statuses": statuses, **errors},
+            allow_retries=True,
+        )
     quality, by_source = judge_quality_report(rankings, candidate_sets, curated_preferences)
     return dg.Output(
         rankings,
         metadata={
             "judge": built.name,
             "statuses": statuses,
+            "failed_sets": errors["failed_sets"],
             "summary": dg.MetadataValue.json(_jsonable(summary)),
             "quality": dg.MetadataValue.json(_jsonable(quality)),
             "quality_by_source": dg.MetadataValue.md(preview_markdown(by_source, 20)),

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_JUDGE_FAILED = 3  # judge: outputs written, but more sets failed than --max-error-share
 JUDGE_KEY_ENV = "POSTFORGE_JUDGE_API_KEY"
 
 
@@ -90,7 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     trace.set_defaults(handler=run_trace)
 
     judge = commands.add_parser(
-        "judge", help="rank candidate answers with a judge; write rankings and preference pairs"
+        "judge",
+        help="rank candidate answers with a judge; write rankings and preference pairs",
+        description=(
+            "Rank IN_DIR/candidates.parquet with a judge and write rankings.parquet, "
+            "preferences.parquet and summary.json to --out. Exit status: 0 done; "
+            f"{EXIT_BAD_INPUT} bad input or an unusable endpoint (nothing judged); "
+            f"{EXIT_JUDGE_FAILED} outputs written, but the judge failed on more candidate sets "
+            "than --max-error-share allows (re-run: answered calls are cached, so it pays only "
+            "for the failed sets)."
+        ),
     )
     judge.add_argument("input", type=Path, metavar="IN_DIR", help="folder with candidates.parquet")
     judge.add_argument("--out", required=True, type=Path)
@@ -100,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--base-url", help="OpenAI-compatible endpoint (default: offline judge)")
     judge.add_argument("--model", help="model name the endpoint serves")
     judge.add_argument("--concurrency", type=int, help="requests in flight at once")
+    judge.add_argument(
+        "--max-error-share",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help=(
+            "largest share (0..1) of candidate sets the judge may fail on (HTTP errors after "
+            f"retries, timeouts) before the exit status is {EXIT_JUDGE_FAILED} (default 0: any)"
+        ),
+    )
     judge.add_argument(
         "--api-key-env",
         default=JUDGE_KEY_ENV,
@@ -278,7 +298,7 @@ def run_judge(args: argparse.Namespace) -> int:
     from curation.feedback.pairs import PairsConfig, rankings_to_pairs
     from curation.feedback.schema import read_candidates
     from curation.judge import JudgeEndpointError
-    from curation.judge.tables import build_judge, judge_candidates
+    from curation.judge.tables import build_judge, error_share_report, judge_candidates
     from curation.storage import write_parquet
 
     source = args.input / "candidates.parquet" if args.input.is_dir() else args.input
@@ -287,7 +307,8 @@ def run_judge(args: argparse.Namespace) -> int:
     try:
         candidates = read_candidates(source)
     except (OSError, ValueError) as error:
-        raise BadInput(f"{source}: {error}") from None
+        message = str(error)
+        raise BadInput(message if str(source) in message else f"{source}: {message}") from None
     settings = _load_config(args.config) if args.config else {}
     pairs_settings = settings.pop("pairs", {}) or {}
     flags = {"base_url": args.base_url, "model": args.model, "max_concurrency": args.concurrency}
@@ -306,16 +327,36 @@ def run_judge(args: argparse.Namespace) -> int:
     except JudgeEndpointError as error:
         raise BadInput(str(error)) from None
     pairs = rankings_to_pairs(rankings, candidates, pairs_config)
+    errors, problem = error_share_report(rankings, args.max_error_share)
     write_parquet(rankings, args.out / "rankings.parquet")
     write_parquet(pairs.pairs, args.out / "preferences.parquet")
-    summary = {"judge": judge.name, **getattr(judge, "summary", {}), "pairs": pairs.counts}
+    summary = {
+        "judge": judge.name,
+        **getattr(judge, "summary", {}),
+        **errors,
+        "pairs": pairs.counts,
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     statuses = dict(rankings.group_by("status").len().iter_rows())
     print(
         f"judged {rankings.height} candidate sets with {judge.name} ({statuses}); "
         f"{pairs.pairs.height} pairs -> {args.out}"
     )
+    if problem is not None:
+        print(f"postforge judge: error: {problem}", file=sys.stderr)
+        return EXIT_JUDGE_FAILED
     return 0
+
+
+def _share(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
 
 
 def run_demo(args: argparse.Namespace) -> int:

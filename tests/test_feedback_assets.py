@@ -82,3 +82,94 @@ def test_endpoint_judge_gets_its_key_from_the_environment_and_never_stores_it(
     for path in [*out.rglob("*"), *home.rglob("*")]:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def fails_on_question_zero(times: int):
+    """A responder that answers HTTP 502 to the first ``times`` calls about "Question 0?",
+    then recovers (an endpoint's bad minute)."""
+    from curation.judge.stub import Reply, longest_first
+
+    failures = [0]
+
+    def respond(body: dict, n: int) -> Reply:
+        if "Question 0?" in body["messages"][1]["content"] and failures[0] < times:
+            failures[0] += 1
+            return Reply(502, {"error": {"message": "bad gateway"}})
+        return longest_first(body, n)
+
+    return respond
+
+
+def materialize_rankings(folder, server, asset=ai_rankings, run_config=None):
+    out, home = folder / "out", folder / "home"
+    out.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    candidate_table().write_parquet(out / "candidate_sets.parquet")
+    pl.DataFrame(schema=PREFERENCES).write_parquet(out / "curated_preferences.parquet")
+    judge = JudgeResource(backend="openai", base_url=server.base_url, model="stub", max_retries=0)
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        return dg.materialize(
+            [dg.SourceAsset("candidate_sets"), dg.SourceAsset("curated_preferences"), asset],
+            instance=instance,
+            raise_on_error=False,
+            run_config=run_config,
+            resources={
+                "io_manager": PolarsParquetIOManager(base_dir=str(out)),
+                "storage": StorageResource(base_dir=str(out)),
+                "judge": judge,
+            },
+        )
+
+
+def failure_messages(result) -> list[str]:
+    return [
+        event.event_specific_data.error.message
+        for event in result.all_events
+        if event.event_type_value == "STEP_FAILURE"
+    ]
+
+
+def test_failed_sets_fail_the_step_and_a_rerun_pays_only_for_them(tmp_path):
+    from curation.judge.stub import longest_first
+
+    with StubServer(fails_on_question_zero(100)) as server:
+        failed = materialize_rankings(tmp_path, server)
+        sent = server.requests
+    assert not failed.success
+    (message,) = failure_messages(failed)
+    assert (
+        "the judge failed on 1 of 4 candidate set(s) (25.0%, above max_error_share 0); "
+        "first: p0: gave up after 1 attempt(s); last: HTTP 502: bad gateway. Answered calls are "
+        "cached: a re-run pays only for the failed sets"
+    ) in message
+    assert sent == 8  # two orders of four sets
+    assert not (tmp_path / "out" / "ai_rankings.parquet").exists()
+    with StubServer(longest_first) as server:
+        rerun = materialize_rankings(tmp_path, server)
+        paid = server.requests
+    assert rerun.success and paid == 2  # the six answered calls came from the cache
+
+
+def test_the_judge_retry_policy_fires_on_failed_sets(tmp_path):
+    from pipelines.automation import with_retry_policy
+
+    retried = with_retry_policy(ai_rankings, dg.RetryPolicy(max_retries=1))
+    with StubServer(fails_on_question_zero(2)) as server:  # the set's two calls fail once
+        result = materialize_rankings(tmp_path, server, retried)
+        sent = server.requests
+    assert result.success, failure_messages(result)
+    assert [e.event_type_value for e in result.all_events].count("STEP_RESTARTED") == 1
+    assert sent == 8 + 2
+    assert pl.read_parquet(tmp_path / "out" / "ai_rankings.parquet")["status"].to_list() == (
+        ["ok"] * 4
+    )
+
+
+def test_failed_sets_within_max_error_share_are_written_and_counted(tmp_path):
+    config = {"ops": {"ai_rankings": {"config": {"max_error_share": 0.25}}}}
+    with StubServer(fails_on_question_zero(100)) as server:
+        result = materialize_rankings(tmp_path, server, run_config=config)
+    assert result.success, failure_messages(result)
+    metadata = result.asset_materializations_for_node("ai_rankings")[0].metadata
+    assert metadata["failed_sets"].value == 1
+    assert metadata["statuses"].value == {"ok": 3, "error": 1}

@@ -138,3 +138,47 @@ def test_missing_candidates_and_unknown_settings_are_one_line_errors(tmp_path, c
     config.write_text("base_url: http://127.0.0.1:9/v1\ntemprature: 0.5\n")
     bad = run(str(candidates_dir), "--out", str(tmp_path / "o"), "--config", str(config))
     assert bad.returncode == 2 and "temprature" in bad.stderr
+
+
+def test_failed_sets_give_exit_3_after_the_outputs_are_written(candidates_dir, tmp_path):
+    from curation.judge.stub import Reply, longest_first
+
+    def down_for_item_0(body: dict, n: int) -> Reply:
+        if "Explain item 0." in body["messages"][1]["content"]:
+            return Reply(500, {"error": {"message": "boom"}})
+        return longest_first(body, n)
+
+    out = tmp_path / "out"
+    config = tmp_path / "judge.yaml"
+    config.write_text("max_retries: 0\nbackoff_base_s: 0.001\n")
+    base = [str(candidates_dir), "--out", str(out), "--config", str(config), "--model", "stub"]
+    with StubServer(down_for_item_0) as server:
+        strict = run(*base, "--base-url", server.base_url)
+        tolerant = run(*base, "--base-url", server.base_url, "--max-error-share", "0.2")
+    assert strict.returncode == 3, strict.stderr
+    assert strict.stderr.strip() == (
+        "postforge judge: error: the judge failed on 1 of 5 candidate set(s) (20.0%, above "
+        "max_error_share 0); first: p0: gave up after 1 attempt(s); last: HTTP 500: boom. "
+        "Answered calls are cached: a re-run pays only for the failed sets"
+    )
+    assert tolerant.returncode == 0, tolerant.stderr
+    rankings = pl.read_parquet(out / "rankings.parquet")
+    assert rankings["status"].to_list() == ["error"] + ["ok"] * (PROMPTS - 1)
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert summary["failed_sets"] == 1 and summary["error"] == 1
+    bad = run(*base, "--base-url", "http://127.0.0.1:9/v1", "--max-error-share", "1.5")
+    assert bad.returncode == 2 and "expected a number from 0 to 1" in bad.stderr
+
+
+def test_a_repeated_prompt_id_is_refused_before_any_call(candidates_dir, tmp_path):
+    path = candidates_dir / "candidates.parquet"
+    table = pl.read_parquet(path)
+    pl.concat([table, table.head(1)]).write_parquet(path)
+    with StubServer() as server:
+        done = run(str(candidates_dir), "--out", str(tmp_path / "o"), "--base-url", server.base_url)
+        sent = server.requests
+    assert done.returncode == 2 and sent == 0
+    assert done.stderr.strip() == (
+        f"postforge judge: error: {path}: row {PROMPTS}: id 'p0' repeats row 0"
+    )
+    assert not (tmp_path / "o").exists()

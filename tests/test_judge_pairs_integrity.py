@@ -15,7 +15,7 @@ from curation.feedback.pairs import PairsConfig, rankings_to_pairs
 from curation.feedback.schema import CANDIDATES, rankings_frame, read_candidates
 from curation.judge import JudgeConfig, OpenAIJudge
 from curation.judge.stub import Reply, StubServer, completion, longest_first, presented
-from curation.judge.tables import judge_candidates
+from curation.judge.tables import failed_sets, judge_candidates
 
 
 def table(texts_by_prompt: dict[str, list[str]]) -> pl.DataFrame:
@@ -162,6 +162,17 @@ def test_same_text_under_two_ids_is_judged_once_and_never_paired():
         assert json.loads(row["meta"])["merged_same_text"] == {f"{prompt}c0": [f"{prompt}c2"]}
     pairs = rankings_to_pairs(rankings, candidates).pairs
     assert source_ids(pairs) == {"p0:p0c1>p0c0", "p1:p1c1>p1c0"}
+
+
+def test_a_set_of_one_text_costs_no_call_and_is_not_a_judge_failure():
+    candidates = table({"p0": ["same", "same ", "same"], "p1": ["short", "longer one"]})
+    with StubServer(longest_first) as server:
+        rankings = judge_candidates(candidates, judge_for(server, permutations=1))
+        sent = server.requests
+    assert sent == 1
+    first = rankings.row(0, named=True)
+    assert first["status"] == "error" and "1 candidate(s)" in json.loads(first["meta"])["reason"]
+    assert failed_sets(rankings) == []
 
 
 def test_pairs_of_equal_text_are_never_emitted_whatever_the_ranks_say():

@@ -97,6 +97,54 @@ def judge_candidates(candidates: pl.DataFrame, judge: Judge) -> pl.DataFrame:
     return rankings_frame(rankings_rows(results, requests, merged=merged))
 
 
+def failed_sets(rankings: pl.DataFrame) -> list[tuple[str, str]]:
+    """(prompt id, first reason) of every set the judge failed on: status ``error`` from calls
+    that failed (HTTP errors after the retries, timeouts, protocol errors). Sets skipped for
+    their input (too few or too many candidates: ``meta.reason``) are not failures of the
+    judge, and a retry would not change them."""
+    failed = []
+    for row_id, meta in rankings.filter(pl.col("status") == "error").select("id", "meta").rows():
+        parsed = _meta(meta)
+        if "reason" in parsed:
+            continue
+        errors = parsed.get("errors") or []
+        if errors:
+            reason = str(errors[0])
+        elif isinstance(parsed.get("judges"), dict):  # a panel none of whose judges ranked it
+            statuses = {name: (v or {}).get("status") for name, v in parsed["judges"].items()}
+            reason = f"no judge of the panel ranked it: {statuses}"
+        else:
+            reason = "no usable verdict"
+        failed.append((row_id, reason))
+    return failed
+
+
+def error_share_report(rankings: pl.DataFrame, max_error_share: float) -> tuple[dict, str | None]:
+    """Counts of failed sets, and the message to fail with when their share of all sets is
+    above ``max_error_share`` (None when it is not)."""
+    failed = failed_sets(rankings)
+    total = rankings.height
+    share = len(failed) / total if total else 0.0
+    report = {"failed_sets": len(failed), "sets": total, "failed_share": share}
+    if share <= max_error_share:
+        return report, None
+    reasons = "; ".join(f"{row_id}: {reason}" for row_id, reason in failed[:3])
+    message = (
+        f"the judge failed on {len(failed)} of {total} candidate set(s) ({share:.1%}, above "
+        f"max_error_share {max_error_share:g}); first: {reasons}. Answered calls are cached: "
+        "a re-run pays only for the failed sets"
+    )
+    return report, message
+
+
+def _meta(meta: str | None) -> dict[str, Any]:
+    try:
+        loaded = json.loads(meta) if meta else {}
+    except json.JSONDecodeError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def build_judge(settings: dict[str, Any], api_key: str | None = None) -> Judge:
     """A judge from plain settings (a CLI config file or a Dagster resource's fields):
     ``backend: offline`` (the default: no network), ``backend: openai`` with ``JudgeConfig``
