@@ -474,3 +474,115 @@ def test_key_rejected_mid_run_stops_the_run_without_retrying():
             judge.rank(requests(5, 2))
         sent = server.requests
     assert sent == 1 and SECRET not in str(error.value)
+
+
+# --- secrets in the base URL, answers without usage ----------------------------------------
+
+URL_PASSWORD, URL_QUERY_KEY = "pw-IN-THE-URL-5150", "qk-IN-THE-QUERY-6160"
+
+
+def with_url_secrets(server: StubServer) -> str:
+    """The stub's URL with a password (the HTTP client turns it into Basic auth)."""
+    return server.base_url.replace("http://", f"http://gateway:{URL_PASSWORD}@")
+
+
+def assert_no_url_secret(text: str) -> None:
+    import base64
+
+    basic = base64.b64encode(f"gateway:{URL_PASSWORD}".encode()).decode()
+    for secret in (URL_PASSWORD, URL_QUERY_KEY, basic, SECRET):
+        assert secret not in text, text
+
+
+def test_a_password_in_the_base_url_never_reaches_a_message():
+    denied = Reply(401, {"error": {"message": "no"}})
+    with StubServer(models_reply=denied) as server:
+        url = with_url_secrets(server)
+        judge = OpenAIJudge(config(server, base_url=url), api_key=SECRET)
+        with pytest.raises(JudgeEndpointError) as error:
+            judge.rank(requests(1, 2))
+    message = str(error.value)
+    assert message == (
+        f"judge endpoint {server.base_url.replace('http://', 'http://gateway:***@')} "
+        "rejected the API key (HTTP 401)"
+    )
+    assert_no_url_secret(message + repr(judge) + json.dumps(judge.config.public()))
+
+
+def test_an_error_reply_echoing_the_credentials_is_scrubbed():
+    def echo(body: dict, n: int) -> Reply:
+        return Reply(500, {"error": {"message": f"internal; you sent {server.log[-1][2]}"}})
+
+    with StubServer(echo) as server:
+        url = f"{with_url_secrets(server)}?key={URL_QUERY_KEY}"
+        judge = OpenAIJudge(
+            config(server, base_url=url, max_retries=0, permutations=1), api_key=SECRET
+        )
+        (result,) = judge.rank(requests(1, 2))
+        sent = [{k.lower(): v for k, v in h.items()}.get("authorization") for _, _, h in server.log]
+    assert result.status == "error" and sent[0].startswith("Basic ")
+    (message,) = result.meta["errors"]
+    assert "HTTP 500" in message and "***" in message
+    assert_no_url_secret(message)
+
+
+@pytest.mark.parametrize("preflight", [True, False])
+def test_a_key_in_the_query_never_reaches_a_message(preflight):
+    denied = Reply(401, {"error": {"message": "no"}})
+    with StubServer(lambda body, n: denied, models_reply=denied) as server:
+        url = f"{server.base_url}?key={URL_QUERY_KEY}&v=1"
+        judge = OpenAIJudge(
+            config(server, base_url=url, preflight=preflight, permutations=1), api_key=SECRET
+        )
+        with pytest.raises(JudgeEndpointError, match="rejected the API key") as error:
+            judge.rank(requests(1, 2))
+        sent = server.requests
+    assert f"{server.base_url}?key=***&v=*** rejected" in str(error.value)
+    assert_no_url_secret(str(error.value))
+    assert sent == (0 if preflight else 1)
+
+
+def test_an_unreachable_endpoint_with_a_key_in_the_query_is_named_without_it():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        base = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    judge = OpenAIJudge(JudgeConfig(base_url=f"{base}?key={URL_QUERY_KEY}", timeout_s=2.0))
+    with pytest.raises(JudgeEndpointError, match="cannot reach judge endpoint") as error:
+        judge.rank(requests(1, 2))
+    assert f"{base}?key=***" in str(error.value)
+    assert_no_url_secret(str(error.value))
+
+
+def without_usage_for(prompt_numbers: set[int]):
+    def respond(body: dict, n: int) -> Reply:
+        reply = longest_first(body, n)
+        asked = body["messages"][1]["content"]
+        if any(f"Question number {i}?" in asked for i in prompt_numbers):
+            del reply.body["usage"]
+        return reply
+
+    return respond
+
+
+def test_answers_without_usage_make_the_cost_unknown_not_zero():
+    with StubServer(without_usage_for({0})) as server:
+        judge = OpenAIJudge(
+            config(server, permutations=1, price_input_per_1m=2.0, price_output_per_1m=10.0),
+            api_key=SECRET,
+        )
+        results = judge.rank(requests(3, 2))
+    summary = judge.summary
+    assert summary["answers_without_usage"] == 1
+    assert (
+        summary["cost"] is None and "1 answer(s) came without token usage" in summary["cost_note"]
+    )
+    assert summary["input_tokens"] == 200  # the two answers that reported it
+    assert results[0].meta["cost"] is None and results[0].meta["answers_without_usage"] == 1
+    assert results[1].meta["cost"] == pytest.approx((100 * 2.0 + 10 * 10.0) / 1e6)
+    # a panel holding that judge cannot know its cost either
+    from curation.judge import JudgePanel, OfflineJudge
+
+    with StubServer(without_usage_for({0})) as server:
+        panel = JudgePanel([OpenAIJudge(config(server, permutations=1)), OfflineJudge()])
+        panel.rank(requests(2, 2))
+    assert panel.summary["cost"] is None

@@ -9,7 +9,12 @@ is created with ``max_retries=0`` because retries are ours: we count them, honou
 and must never retry a rejected key.
 
 The API key lives only in the ``openai`` client; it is scrubbed from every error message we
-keep, and it is not part of the cache key, the results or the summary.
+keep, and it is not part of the cache key, the results or the summary. A key that sits in the
+base URL (``user:KEY@host``, ``?key=KEY``) is masked the same way: messages name the endpoint by
+``redact_url(base_url)``.
+
+A server that leaves ``usage`` out of a reply gives us no token count: such answers are
+counted (``answers_without_usage``) and the cost is reported as unknown (None), never as 0.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ except ImportError:  # pragma: no cover - depends on the installed openai
 
 from curation.judge.aggregate import Pair, aggregate, prefs_from_order
 from curation.judge.cache import AnswerCache, CachedAnswer, cache_key
-from curation.judge.config import JudgeConfig
+from curation.judge.config import MASK, JudgeConfig, redact_url, split_query, url_secrets
 from curation.judge.limits import RateLimiter, backoff_s, retry_after_s
 from curation.judge.parsing import ParseError, parse_ranking, parse_winner
 from curation.judge.templates import (
@@ -106,6 +111,7 @@ class Answer:
     output_tokens: int
     from_cache: bool
     attempts: int
+    usage_known: bool = True  # False: the server sent no token counts with this answer
 
 
 @dataclass
@@ -117,6 +123,7 @@ class RunStats:
     repairs: int = 0
     input_tokens: int = 0  # paid in this run (cache hits are free)
     output_tokens: int = 0
+    answers_without_usage: int = 0  # paid answers the server sent without token counts
     truncated_texts: int = 0
     pairs_compared: int = 0
     pairs_consistent: int = 0
@@ -148,9 +155,28 @@ class RunStats:
             "truncated_texts": self.truncated_texts,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
-            "cost": config.cost(self.input_tokens, self.output_tokens),
+            "answers_without_usage": self.answers_without_usage,
+            **cost_fields(
+                config, self.input_tokens, self.output_tokens, self.answers_without_usage
+            ),
             "wall_s": time.perf_counter() - self.started,
         }
+
+
+def cost_fields(
+    config: JudgeConfig, input_tokens: int, output_tokens: int, without_usage: int
+) -> dict[str, Any]:
+    """``cost`` from the counted tokens, or None with a note when some paid answer came without
+    token counts: a cost of 0 would read as "free", which nobody measured."""
+    if not without_usage:
+        return {"cost": config.cost(input_tokens, output_tokens)}
+    return {
+        "cost": None,
+        "cost_note": (
+            f"{without_usage} answer(s) came without token usage from the endpoint: the token "
+            "counts cover only the answers that reported it, and the cost is unknown"
+        ),
+    }
 
 
 class OpenAIJudge:
@@ -166,7 +192,7 @@ class OpenAIJudge:
         self.summary: dict[str, Any] = {}
 
     def __repr__(self) -> str:
-        return f"OpenAIJudge(name={self.name!r}, base_url={self.config.base_url!r})"
+        return f"OpenAIJudge(name={self.name!r}, base_url={redact_url(self.config.base_url)!r})"
 
     def rank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
         return run_sync(self.arank(requests))
@@ -175,8 +201,10 @@ class OpenAIJudge:
         config = self.config
         stats = RunStats()
         cache = AnswerCache(config.cache_path) if config.cache_path else None
+        base_url, query = split_query(config.base_url)
         client = openai.AsyncOpenAI(
-            base_url=config.base_url,
+            base_url=base_url,
+            default_query=query or None,
             api_key=self._api_key,
             max_retries=0,
             timeout=config.timeout_s,
@@ -230,7 +258,9 @@ class _Run:
             else None
         )
         self.rng = random.Random(config.seed)
-        self._secret = secret
+        self.url = redact_url(config.base_url)  # how every message names the endpoint
+        secrets = [secret] if secret and secret != "EMPTY" else []
+        self._secrets = [*secrets, *url_secrets(config.base_url)]
         self._preflight_lock = asyncio.Lock()
         self._preflight_done = not config.preflight
         self.inflight: dict[str, asyncio.Future[Answer]] = {}
@@ -279,9 +309,15 @@ class _Run:
             orders=[list(order) for order in orders],
         )
         paid = [a for o in answers for a in o.answers if not a.from_cache]
-        meta["cost"] = config.cost(
-            sum(a.input_tokens for a in paid), sum(a.output_tokens for a in paid)
-        )
+        without_usage = sum(1 for a in paid if not a.usage_known)
+        if without_usage:
+            meta["answers_without_usage"] = without_usage
+        meta["cost"] = cost_fields(
+            config,
+            sum(a.input_tokens for a in paid),
+            sum(a.output_tokens for a in paid),
+            without_usage,
+        )["cost"]
         ids = request.candidate_ids
         failures = [self.scrub(str(o)) for o in outcomes if isinstance(o, CallFailed)]
         if failures:
@@ -433,8 +469,7 @@ class _Run:
                     )
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
                     self.fatal = JudgeEndpointError(
-                        f"judge endpoint {config.base_url} rejected the API key "
-                        f"(HTTP {error.status_code})"
+                        f"judge endpoint {self.url} rejected the API key (HTTP {error.status_code})"
                     )
                     raise self.fatal from None
                 except openai.APIStatusError as error:
@@ -445,7 +480,9 @@ class _Run:
                 except openai.APIConnectionError as error:  # timeouts included
                     failure = f"{type(error).__name__}: {self.scrub(str(error))}"
                 except ValueError as error:  # a body that is not JSON at all
-                    raise CallFailed(f"the endpoint's response is not JSON: {error}") from None
+                    raise CallFailed(
+                        f"the endpoint's response is not JSON: {self.scrub(str(error))}"
+                    ) from None
                 except openai.APIError as error:  # a response the client cannot read
                     raise CallFailed(f"{type(error).__name__}: {self.scrub(str(error))}") from None
             if failure is None:
@@ -459,10 +496,11 @@ class _Run:
             attempt += 1
             await asyncio.sleep(delay)
         answer = self.answer_of(response, attempt + 1)
-        if self.tpm is not None:
+        if self.tpm is not None and answer.usage_known:  # else the estimate is all we know
             self.tpm.refund(estimate - answer.input_tokens - answer.output_tokens)
         stats.input_tokens += answer.input_tokens
         stats.output_tokens += answer.output_tokens
+        stats.answers_without_usage += not answer.usage_known
         if self.cache is not None:
             cached = CachedAnswer(answer.content, answer.input_tokens, answer.output_tokens)
             self.cache.put(key, config.model, self.template_id, cached)
@@ -496,9 +534,10 @@ class _Run:
             raise CallFailed("the endpoint's response has no message content")
         usage = response.get("usage")
         usage = usage if isinstance(usage, dict) else {}
-        input_tokens = int(usage.get("prompt_tokens") or 0)
-        output_tokens = int(usage.get("completion_tokens") or 0)
-        return Answer(content, input_tokens, output_tokens, False, attempts)
+        counts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+        known = all(isinstance(c, int | float) and not isinstance(c, bool) for c in counts)
+        input_tokens, output_tokens = (int(c) if known else 0 for c in counts)
+        return Answer(content, input_tokens, output_tokens, False, attempts, known)
 
     async def preflight(self) -> None:
         """Once per run, before the first uncached call: can we reach the endpoint, does it
@@ -508,7 +547,7 @@ class _Run:
         async with self._preflight_lock:
             if self._preflight_done:
                 return
-            url = self.config.base_url
+            url = self.url
             try:
                 await self.client.models.list()
             except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
@@ -524,8 +563,11 @@ class _Run:
             self._preflight_done = True
 
     def scrub(self, text: str) -> str:
-        if self._secret and self._secret != "EMPTY":
-            text = text.replace(self._secret, "***")
+        """``text`` without the key or the URL's secrets (the raw URL first, so it reads as
+        the redacted one rather than as a URL with holes)."""
+        text = text.replace(self.config.base_url, self.url)
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
         return text
 
 

@@ -5,8 +5,10 @@ results or metadata."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from curation.judge.templates import DEFAULT_RUBRIC, TEMPLATES
 
@@ -18,7 +20,9 @@ class JudgeConfig:
     Endpoint
       ``base_url``: an OpenAI-compatible API root, e.g. ``https://api.openai.com/v1``,
         ``http://localhost:8000/v1`` (vLLM), ``http://localhost:11434/v1`` (Ollama),
-        ``http://localhost:8080/v1`` (llama.cpp server).
+        ``http://localhost:8080/v1`` (llama.cpp server). Messages, metadata and ``public()``
+        show it through ``redact_url``: a password or query value in it (``user:KEY@host``,
+        ``?key=KEY``) is masked, since gateways put keys there.
       ``model``: the model name the endpoint serves.
       ``name``: the judge's name in results (default ``<model>/<template>-<version>``).
     Prompt
@@ -130,7 +134,77 @@ class JudgeConfig:
         ) / 1e6
 
     def public(self) -> dict[str, Any]:
-        """The settings as plain values for metadata (there is no secret among them)."""
+        """The settings as plain values for metadata; the URL with its secrets masked."""
         out = asdict(self)
         out["rubric"] = list(self.rubric)
+        out["base_url"] = redact_url(self.base_url)
         return out
+
+
+MASK = "***"
+_SHORTEST_SECRET = 4  # shorter query values ("v=1") are masked in the URL, not hunted in text
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password (or a lone user, which some gateways take as the key), every
+    query value and the fragment masked; scheme, host, port and path stay readable, so a message
+    still names the endpoint."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:  # not a URL we can take apart: show nothing of it
+        return MASK
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    if parts.password is not None:
+        netloc = f"{parts.username}:{MASK}@{netloc}"
+    elif parts.username:
+        netloc = f"{MASK}@{netloc}"
+    query = "&".join(f"{name}={MASK}" if name else MASK for name, _ in _query(parts.query))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, MASK if parts.fragment else ""))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` that ``redact_url`` masks, as written and decoded, for scrubbing
+    them out of free text (an exception's message may quote the URL in its own way)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    found = [parts.password or (parts.username if parts.password is None else None)]
+    if parts.password:  # the HTTP client sends user:password as Basic auth; servers echo it
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password)}"
+        found.append(base64.b64encode(pair.encode()).decode())
+    found += [value for _, value in _query(parts.query)]
+    found.append(parts.fragment)
+    secrets = set()
+    for value in found:
+        if value and len(value) >= _SHORTEST_SECRET:
+            secrets.update({value, unquote(value)})
+    # the longest first, so a secret that contains another is masked whole
+    return sorted(secrets, key=len, reverse=True)
+
+
+def split_query(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its query string, and the query as parameters. The openai client appends
+    the endpoint's path to its base URL as text, so a base URL with a query (``...?key=K``)
+    would call ``/v1/?key=Kchat/completions``; it takes the query as ``default_query`` instead,
+    and sends it with every request."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, {}
+    base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", parts.fragment))
+    return base, dict(parse_qsl(parts.query, keep_blank_values=True))
+
+
+def _query(query: str) -> list[tuple[str, str]]:
+    """(name, value) of a query string as written (not decoded: the raw value is what a
+    message quoting the URL contains); a piece without "=" is all value (``?KEY``)."""
+    pairs = []
+    for piece in query.split("&"):
+        name, equals, value = piece.partition("=")
+        if piece:
+            pairs.append((name, value) if equals else ("", name))
+    return pairs

@@ -67,6 +67,12 @@ def agreement(results: dict[str, list[RankResult]]) -> dict[str, Any]:
     return {"pairs": pairs, "mean_kappa": sum(kappas) / len(kappas) if kappas else None}
 
 
+def panel_cost(judges: Sequence[Judge]) -> float | None:
+    """The members' costs summed; None (unknown) when any member's is unknown."""
+    costs = [getattr(judge, "summary", {}).get("cost", 0.0) for judge in judges]
+    return None if any(cost is None for cost in costs) else float(sum(costs))
+
+
 class JudgePanel:
     """``JudgePanel([judge, ...], weights=None, vote="borda")``; judges need distinct names."""
 
@@ -101,7 +107,7 @@ class JudgePanel:
             **{s: statuses.get(s, 0) for s in ("ok", "unparseable", "error", "inconsistent")},
             "agreement": agreement(by_judge),
             "judges": {j.name: dict(getattr(j, "summary", {})) for j in self.judges},
-            "cost": sum(float(getattr(j, "summary", {}).get("cost", 0.0)) for j in self.judges),
+            "cost": panel_cost(self.judges),
         }
         return combined
 

@@ -131,8 +131,12 @@ class StubServer:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(data)
 
+            def _route(self) -> str:
+                # the path without its query, as a real server routes (a gateway's ?key=...)
+                return self.path.split("?", 1)[0].rstrip("/")
+
             def do_GET(self) -> None:
-                if self.path.rstrip("/").endswith("/models"):
+                if self._route().endswith("/models"):
                     listing = Reply(body={"object": "list", "data": [{"id": "stub"}]})
                     self._send(stub.models_reply or listing)
                 else:
@@ -141,7 +145,7 @@ class StubServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
-                if not self.path.rstrip("/").endswith("/chat/completions"):
+                if not self._route().endswith("/chat/completions"):
                     self._send(Reply(404, {"error": {"message": "not found"}}))
                     return
                 body = json.loads(raw)
