@@ -27,7 +27,9 @@ class JudgeConfig:
       ``name``: the judge's name in results (default ``<model>/<template>-<version>``).
     Prompt
       ``template``: ``"listwise"`` (rank 2..9 candidates in one call) or ``"pairwise"`` (every
-        pair of candidates compared in its own call; ranks from wins minus losses).
+        pair of candidates compared in its own call; ranks from wins minus losses, but the
+        preference pairs are the verdicts themselves, ``meta.preferred_pairs``, since those
+        ranks can reverse a verdict when the verdicts form a cycle).
       ``template_version``: which version of that template (``templates.TEMPLATES``); part of
         the cache key, so a new version re-judges everything.
       ``rubric``: criteria named in the prompt: names from ``templates.RUBRIC`` (helpfulness,
@@ -40,7 +42,9 @@ class JudgeConfig:
       ``swap_orders``: pairwise: judge each pair as (A, B) and as (B, A).
       ``seed``: seeds the shuffles (and the backoff jitter).
       ``on_inconsistent``: ``"tie"``: pairs the orders disagree on count as ties and the request
-        stays ``ok`` with ``consistent=False``; ``"drop"``: the request gets status
+        stays ``ok`` with ``consistent=False``; the ranks may still order such a pair (they
+        aggregate the whole list), so the pairs are listed in ``meta.disagreed_pairs`` and the
+        pairs stage makes no preference of them. ``"drop"``: the request gets status
         ``inconsistent`` and no ranks.
     Sampling
       ``temperature``, ``top_p``, ``max_tokens``: sent with every call; part of the cache key.
