@@ -6,6 +6,7 @@ only ever read as safetensors; ``trust_remote_code`` stays off unless a recipe t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ def build_causal_lm(config: ModelConfig, tokenizer: Any, path: str | None = None
     dtype = getattr(torch, config.dtype)
     source = path or config.path
     if source:
+        require_causal_lm(source)
         try:
             return AutoModelForCausalLM.from_pretrained(
                 source,
@@ -107,6 +109,52 @@ def build_causal_lm(config: ModelConfig, tokenizer: Any, path: str | None = None
             ) from None
     torch.manual_seed(config.seed)
     return LlamaForCausalLM(llama_config(config, tokenizer)).to(dtype)
+
+
+def require_causal_lm(path: str | Path) -> None:
+    """Refuse a checkpoint whose config.json names no causal-LM architecture, naming the path and
+    what it found. A reward checkpoint (``*ForSequenceClassification``) would otherwise load as a
+    policy or reference with its output head "newly initialized", a notice rather than an error,
+    and train or be measured as noise. A folder whose config names no architecture (a preset's)
+    passes, and so does a hub id not in the local cache: loading it says what is wrong."""
+    found = _architectures(path)
+    if not found or any(_is_causal_lm(name) for name in found):
+        return
+    raise CheckpointError(
+        f"{path}: not a causal language model (config.json names {found}, expected a "
+        "*ForCausalLM); a reward checkpoint cannot be a policy or reference: name the SFT "
+        "checkpoint (or another policy) instead"
+    )
+
+
+def _architectures(path: str | Path) -> list[str]:
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(str(path), "config.json")
+        except ValueError:  # neither a folder nor a valid hub id
+            return []
+        if not isinstance(cached, str):
+            return []
+        config = Path(cached)
+    try:
+        record = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{config}: the model config cannot be read ({error})") from None
+    names = record.get("architectures") if isinstance(record, dict) else None
+    return [str(name) for name in names] if isinstance(names, list) else []
+
+
+def _is_causal_lm(architecture: str) -> bool:
+    # Older causal LMs keep other class names (GPT2LMHeadModel); transformers' own table of
+    # what AutoModelForCausalLM loads names them.
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return architecture.endswith("ForCausalLM") or architecture in set(
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    )
 
 
 def weights_file(source: str) -> Path | str:
