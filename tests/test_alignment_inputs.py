@@ -63,3 +63,93 @@ def test_causal_lms_and_folders_naming_no_architecture_pass(workspace, tmp_path)
     require_causal_lm(gpt2)  # a causal LM under an older class name
     model = build_causal_lm(ModelConfig(), None, path=str(workspace / "sft"))
     assert type(model).__name__ == "LlamaForCausalLM"
+
+
+# --- candidates: shards are reused only for the same checkpoint weights and prompt texts ---
+
+
+@pytest.fixture(scope="module")
+def prompt_data(tmp_path_factory) -> Path:
+    from curation.datasets import ExportConfig, export, prompt_rows
+    from curation.ingest import ingest
+
+    root = tmp_path_factory.mktemp("candidate-prompts")
+    chats = ingest("jsonl", [SAMPLES / "synthetic_chat.jsonl"]).conversations.head(8)
+    export("prompt", prompt_rows(chats), root, ExportConfig(eval_fraction=0.0))
+    return root / "prompt"
+
+
+def candidates_run(prompts: Path, checkpoint: Path, out: Path, monkeypatch) -> tuple[list, int]:
+    """The stage's candidates.parquet rows and how many batches it sampled."""
+    import pyarrow.parquet as pq
+
+    import training.candidates as stage
+
+    real, calls = stage.sample, []
+    monkeypatch.setattr(stage, "sample", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    config = stage.CandidatesConfig(
+        prompt_dataset=str(prompts),
+        checkpoints=[str(checkpoint)],
+        output_dir=str(out),
+        num_candidates=2,
+        max_new_tokens=4,
+        batch_size=2,
+        max_prompts=4,
+        use_cpu=True,
+    )
+    rows = pq.read_table(stage.main(config)).to_pylist()
+    monkeypatch.setattr(stage, "sample", real)
+    return rows, len(calls)
+
+
+def publish_policy(target: Path, seed: int) -> Path:
+    tokenizer = make_tokenizer(400)
+    model = build_causal_lm(
+        ModelConfig(preset="tiny", max_position_embeddings=128, seed=seed), tokenizer
+    )
+    return publish(model, tokenizer, target, {"stage": "sft", "seed": seed})
+
+
+def test_candidates_regenerate_for_a_checkpoint_republished_at_the_same_path(
+    prompt_data, tmp_path, monkeypatch, capsys
+):
+    checkpoint = publish_policy(tmp_path / "sft", seed=0)
+    first, sampled = candidates_run(prompt_data, checkpoint, tmp_path / "out", monkeypatch)
+    assert sampled == 2
+    again, sampled = candidates_run(prompt_data, checkpoint, tmp_path / "out", monkeypatch)
+    assert (again, sampled) == (first, 0)  # unchanged inputs: every batch reused
+
+    publish_policy(checkpoint, seed=1)  # retrained, published at the same path
+    capsys.readouterr()
+    resumed, sampled = candidates_run(prompt_data, checkpoint, tmp_path / "out", monkeypatch)
+    assert sampled == 2
+    assert "changed since: checkpoint_stamps" in capsys.readouterr().out
+    fresh, _ = candidates_run(prompt_data, checkpoint, tmp_path / "fresh", monkeypatch)
+    assert resumed == fresh and resumed != first
+
+
+def test_candidates_regenerate_for_prompts_edited_under_the_same_ids(
+    prompt_data, tmp_path, monkeypatch
+):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    checkpoint = publish_policy(tmp_path / "sft", seed=0)
+    prompts = tmp_path / "prompt"
+    shutil.copytree(prompt_data, prompts)
+    shutil.rmtree(prompts / "hf")  # the stage reads the Parquet pair, the file edited below
+    first, _ = candidates_run(prompts, checkpoint, tmp_path / "out", monkeypatch)
+
+    table = pq.read_table(prompts / "train.parquet")
+    rows = table.to_pylist()
+    rows[0]["prompt"][-1]["content"] = "EDITED " + rows[0]["prompt"][-1]["content"]
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), prompts / "train.parquet")
+
+    resumed, sampled = candidates_run(prompts, checkpoint, tmp_path / "out", monkeypatch)
+    assert sampled == 2
+    assert resumed[0]["id"] == first[0]["id"]
+    assert resumed[0]["prompt"][-1]["content"].startswith("EDITED ")
+    fresh, _ = candidates_run(prompts, checkpoint, tmp_path / "fresh", monkeypatch)
+    assert resumed == fresh  # the edited prompt's candidates were sampled for its new text

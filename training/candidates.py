@@ -4,7 +4,9 @@ settings, sample index), so a ranking can later be traced back to the policy tha
 
 Sampling is seeded per (checkpoint, batch of prompts): the same config on the same device gives
 the same candidates, and a killed run regenerates nothing it already wrote, because every batch
-lands in its own shard, written atomically, before the next starts. ``candidates.parquet`` is
+lands in its own shard, written atomically, before the next starts. Shards are reused only for
+the same settings, the same checkpoints (by lineage: one republished at the same path is new)
+and the same prompt texts (an edit under the same id counts). ``candidates.parquet`` is
 assembled from the shards at the end (pyarrow, temp file + rename); existing completions of the
 sources (UltraFeedback, OpenAssistant siblings, reference answers) are merged in later by
 ``curation.feedback`` (this module must not import polars).
@@ -27,6 +29,7 @@ import pyarrow.parquet as pq
 
 from training.checkpoint import verify
 from training.common import load_splits, load_training_tokenizer
+from training.datafiles import files_digest
 from training.files import write_atomic_text
 from training.ranks import (
     is_main_process,
@@ -38,6 +41,7 @@ from training.ranks import (
     world_size,
 )
 from training.reporting import Reporter
+from training.runs import lineage_sha256
 
 MIN_CANDIDATES = 2
 MAX_CANDIDATES = 9  # what a listwise judge (or a person) can rank in one go
@@ -192,11 +196,32 @@ def load_prompts(config: CandidatesConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def manifest(config: CandidatesConfig, checkpoints: Sequence[str], ids: Sequence[str]) -> dict:
-    """What a shard's content depends on; a resumed run reuses shards only when it matches."""
-    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+def checkpoint_stamp(checkpoint: str) -> str:
+    """What names a checkpoint's weights beyond its path: the digest of its lineage (a new one
+    whenever a stage publishes again, even at the same path), else of its config and weights."""
+    stamp = lineage_sha256(checkpoint)
+    if stamp is not None:
+        return stamp
+    folder = Path(checkpoint)
+    files = [folder / "config.json", *sorted(folder.glob("*.safetensors"))]
+    return hashlib.sha256(
+        "\n".join(files_digest(f) for f in files if f.is_file()).encode()
+    ).hexdigest()
+
+
+def prompts_sha256(rows: Sequence[dict]) -> str:
+    """The ids and messages of the prompts answered, in order: an edited prompt under the same
+    id must not be paired with answers sampled for its old text."""
+    payload = [[row["id"], row["prompt"]] for row in rows]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def manifest(config: CandidatesConfig, checkpoints: Sequence[str], rows: Sequence[dict]) -> dict:
+    """What a shard's content depends on; a resumed run reuses shards only when it matches.
+    Checkpoints count by path and by lineage, prompts by id and text."""
     return {
         "checkpoints": list(checkpoints),
+        "checkpoint_stamps": [checkpoint_stamp(c) for c in checkpoints],
         "num_candidates": config.num_candidates,
         "temperature": config.temperature,
         "top_p": config.top_p,
@@ -205,7 +230,7 @@ def manifest(config: CandidatesConfig, checkpoints: Sequence[str], ids: Sequence
         "batch_size": config.batch_size,
         "seed": config.seed,
         "dtype": config.dtype,
-        "prompt_ids_sha256": digest,
+        "prompts_sha256": prompts_sha256(rows),
     }
 
 
@@ -215,7 +240,14 @@ def prepare_shards(shards: Path, expected: dict, resume: bool, reporter: Reporte
         previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
         if resume and previous == expected:
             return
-        reason = "resume is off" if not resume else "the settings or prompts changed"
+        if not resume:
+            reason = "resume is off"
+        elif not isinstance(previous, dict):
+            reason = f"no {MANIFEST} says what they were made from"
+        else:
+            keys = sorted({*expected, *previous})
+            changed = [k for k in keys if previous.get(k) != expected.get(k)]
+            reason = f"changed since: {', '.join(changed)}"
         reporter.log(f"candidates: discarding earlier shards in {shards} ({reason})")
         shutil.rmtree(shards)
     shards.mkdir(parents=True)
@@ -434,7 +466,7 @@ def main(config: CandidatesConfig) -> Path:
     join_process_group()
     try:
         if is_main_process():
-            prepare_shards(shards, manifest(config, checkpoints, ids), config.resume, reporter)
+            prepare_shards(shards, manifest(config, checkpoints, rows), config.resume, reporter)
     finally:
         wait_for_everyone()  # no rank writes a shard before stale ones are gone
     reporter.log(
