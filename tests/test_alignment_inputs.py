@@ -36,6 +36,11 @@ def workspace(tmp_path_factory) -> Path:
     publish(reward, tokenizer, root / "reward", {"stage": "reward"})
     other = make_tokenizer(300)
     publish(build_causal_lm(TINY, other), other, root / "other_tok", {"stage": "sft"})
+    # as many tokens as the reference's, other ids: shapes agree, so only a check can tell
+    texts = [text.upper() for text in corpus_texts(SAMPLES / "pretrain.jsonl")]
+    same_size = to_transformers(train_tokenizer(texts, TokenizerConfig(vocab_size=400)))
+    assert len(same_size) == len(tokenizer)
+    publish(build_causal_lm(TINY, same_size), same_size, root / "same_size", {"stage": "sft"})
     return root
 
 
@@ -153,3 +158,90 @@ def test_candidates_regenerate_for_prompts_edited_under_the_same_ids(
     assert resumed[0]["prompt"][-1]["content"].startswith("EDITED ")
     fresh, _ = candidates_run(prompts, checkpoint, tmp_path / "fresh", monkeypatch)
     assert resumed == fresh  # the edited prompt's candidates were sampled for its new text
+
+
+# --- the alignment report: prompts file, policies' tokenizers and architectures, context ---
+
+
+def prompt_line(i: int, content: str | None = None) -> str:
+    message = {"role": "user", "content": content or f"Add {i} and 2."}
+    return json.dumps({"id": f"p{i}", "prompt": [message]}) + "\n"
+
+
+def alignment(workspace: Path, prompts: Path, out: Path, **overrides):
+    from training.alignment import AlignmentConfig, main
+
+    values = dict(
+        policies={"sft": str(workspace / "sft")},
+        reference=str(workspace / "sft"),
+        prompts=str(prompts),
+        output=str(out),
+        max_new_tokens=4,
+        kl_samples=2,
+        batch_size=4,
+        use_cpu=True,
+    )
+    values.update(overrides)
+    return main(AlignmentConfig(**values))
+
+
+@pytest.mark.parametrize("policy", ["other_tok", "same_size"])
+def test_alignment_refuses_a_policy_with_another_tokenizer_before_generating(
+    workspace, tmp_path, policy
+):
+    from training.rewards import TokenizerMismatchError
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(prompt_line(0) + prompt_line(1))
+    path = str(workspace / policy)
+    policies = {"sft": str(workspace / "sft"), "x": path}
+    with pytest.raises(TokenizerMismatchError) as caught:
+        alignment(workspace, prompts, tmp_path / "out", policies=policies)
+    message = str(caught.value)
+    assert f"policy 'x' ({path})" in message and str(workspace / "sft") in message
+    assert "vocabulary" in message
+    assert not (tmp_path / "out").exists()  # refused before any answer was generated
+
+
+def test_alignment_refuses_a_reward_checkpoint_as_a_policy(workspace, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(prompt_line(0))
+    with pytest.raises(CheckpointError, match="LlamaForSequenceClassification"):
+        alignment(workspace, prompts, tmp_path / "out", policies={"x": str(workspace / "reward")})
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (prompt_line(0) + '{"id": "p1", "messages": []}\n', ":2: no 'prompt'"),
+        (prompt_line(0) + '{"id": "p1", "prompt": [\n', ":2: not valid JSON"),
+        ("", ": no prompts"),
+        ("\n\n", ": no prompts"),
+        (None, ": no such prompts file"),
+    ],
+    ids=["missing-prompt", "bad-json", "empty", "blank-lines", "missing-file"],
+)
+def test_alignment_prompts_errors_name_the_file_and_line(workspace, tmp_path, content, expected):
+    prompts = tmp_path / "prompts.jsonl"
+    if content is not None:
+        prompts.write_text(content)
+    with pytest.raises(ValueError) as caught:
+        alignment(workspace, prompts, tmp_path / "out")
+    assert str(caught.value).startswith(f"{prompts}{expected}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_alignment_skips_and_counts_prompts_longer_than_the_context_leaves(workspace, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    long = "Add these numbers please: " + " ".join(str(i) for i in range(200))
+    prompts.write_text(prompt_line(0) + prompt_line(1, long) + prompt_line(2) + prompt_line(3))
+    out = tmp_path / "out"
+    report = alignment(workspace, prompts, out, reward_model=str(workspace / "reward"))
+    assert (report["prompts"], report["prompts_too_long"]) == (3, 1)
+    assert report["skipped_prompt_ids"] == ["p1"]
+    lines = (out / "generations_sft.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["p0", "p2", "p3"]
+    measured = report["policies"]["sft"]
+    assert measured["kl_to_reference"] == pytest.approx(0.0, abs=1e-4)
+    assert "reward_model_score" in measured
