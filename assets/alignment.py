@@ -17,6 +17,7 @@ from assets.resources import StorageResource
 from assets.training import (
     POOL,
     RecipeResource,
+    answers_by_id,
     dataset_path,
     launch,
     run_stage,
@@ -299,8 +300,9 @@ def alignment_report(
     measured = json.loads((folder / "alignment.json").read_text())["policies"]
 
     def outputs(name: str) -> list[str]:
-        path = folder / f"generations_{name}.jsonl"
-        return [json.loads(line)["output"] for line in path.read_text().splitlines()]
+        """The policy's answer to each task, in task order; a skipped prompt's is empty."""
+        answers = answers_by_id(folder / f"generations_{name}.jsonl")
+        return [answers.get(t.id, "") for t in tasks]
 
     built = judge.build(storage.path("feedback", "judge_cache.sqlite"))
     sft_answers = outputs("sft")

@@ -491,14 +491,19 @@ def training_evaluation(
 EVALUATION_COUNTS = ("rows_truncated", "rows_without_scored_tokens", "prompts_too_long")
 
 
+def answers_by_id(generations: Path) -> dict[str, str]:
+    """A ``generations*.jsonl`` file (evaluate, alignment) as prompt id → answer: a stage
+    skips prompts too long for its context, so answers are matched to tasks by id, never by
+    position."""
+    rows = map(json.loads, generations.read_text(encoding="utf-8").splitlines())
+    return {row["id"]: row["output"] for row in rows}
+
+
 def evaluation_row(stage: str, out: Path, tasks: list[SyntheticTask]) -> dict:
     """One stage's summary from the ``evaluate`` stage's files in ``out``. Answers are matched
     by id: a prompt evaluate skipped (too long for the context) has none and counts as wrong."""
     result = json.loads((out / "evaluation.json").read_text())
-    answers = {
-        row["id"]: row["output"]
-        for row in map(json.loads, (out / "generations.jsonl").read_text().splitlines())
-    }
+    answers = answers_by_id(out / "generations.jsonl")
     correct = sum(check_answer(t, answers[t.id]) for t in tasks if t.id in answers)
     return {
         "stage": stage,
