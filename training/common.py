@@ -85,6 +85,33 @@ class RunConfig:
     resume: bool = True
     inputs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Settings no run can use, refused when the config is built (a recipe names its file,
+        section and key) instead of inside a trainer: ``max_steps: 0`` published the starting
+        weights as a trained stage, a zero batch size failed in transformers' sampler after
+        every model was loaded. Each stage's own ``__post_init__`` calls this first."""
+        at_least("max_steps", self.max_steps, 1)
+        at_least("per_device_train_batch_size", self.per_device_train_batch_size, 1)
+        at_least("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        at_least("learning_rate", self.learning_rate, 0)
+        at_least("max_length", self.max_length, 1)
+        at_least("save_steps", self.save_steps, 1)
+        at_least("logging_steps", self.logging_steps, 1)
+        if self.torch_threads is not None:
+            at_least("torch_threads", self.torch_threads, 1)
+
+
+def at_least(key: str, value: float, minimum: float) -> None:
+    """Raise ValueError naming ``key`` unless ``value`` is a finite number >= ``minimum``."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= minimum):
+        raise ValueError(f"{key}: must be >= {minimum}, got {value!r}")
+
+
+def above(key: str, value: float, bound: float) -> None:
+    """Raise ValueError naming ``key`` unless ``value`` is a finite number > ``bound``."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > bound):
+        raise ValueError(f"{key}: must be > {bound}, got {value!r}")
+
 
 def load_training_tokenizer(source: str | Path, max_length: int = 2048):
     """Our tokenizer.json (wrapped with the chat template) or a transformers tokenizer folder,
@@ -127,9 +154,43 @@ def load_splits(path: str | Path, required: Sequence[str] = ()):
         files = {s: [f for f in fs if parquet_rows(f)] for s, fs in located.files.items()}
         if not files.get("train"):
             raise ValueError(f"{path}: the train split has no rows")
-        splits = datasets.load_dataset("parquet", data_files={s: f for s, f in files.items() if f})
+        try:
+            splits = datasets.load_dataset(
+                "parquet", data_files={s: f for s, f in files.items() if f}
+            )
+        except Exception as error:  # datasets' DatasetGenerationError names no file
+            mismatch = schema_mismatch(path, [f for fs in files.values() for f in fs])
+            if mismatch is None:
+                raise
+            raise ValueError(mismatch) from error
     check_columns(path, splits, required)
     return splits
+
+
+def schema_mismatch(path: str | Path, files: Sequence[str | Path]) -> str | None:
+    """Which two files disagree on a column (one conversational split and one plain-text, a
+    column one lacks), or None when every file has the first one's columns and types."""
+    import pyarrow.parquet as pq
+
+    def columns(file: str | Path) -> dict[str, Any]:
+        return {f.name: f.type for f in pq.read_schema(file)}
+
+    if not files:
+        return None
+    first, reference = files[0], columns(files[0])
+    for other in files[1:]:
+        theirs = columns(other)
+        differ = [
+            f"{name}: {reference.get(name, 'missing')} vs {theirs.get(name, 'missing')}"
+            for name in sorted(set(reference) | set(theirs))
+            if str(reference.get(name)) != str(theirs.get(name))
+        ]
+        if differ:
+            return (
+                f"{path}: {first} and {other} have different schemas ({'; '.join(differ)}); "
+                "every split must have the same columns and types"
+            )
+    return None
 
 
 def parquet_rows(file: str | Path) -> int:

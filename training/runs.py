@@ -153,6 +153,24 @@ def _claim_runs(runs: Path, fingerprint: str, log: Callable[[str], None], resume
         started.write_text(f"{time.time():.3f}\n")
 
 
+def train_or_restore(trainer: Any, resume: str | None, max_steps: int) -> bool:
+    """``trainer.train``, continuing from the save ``resume``; or, when that save already
+    reached ``max_steps`` (the run was killed after its last save, before it published),
+    its weights and trainer state restored without training. transformers checks the step
+    count only after a step, so resuming there trained one step past ``max_steps``, changing
+    the weights and the loss the lineage records. Returns whether anything was trained; either
+    way ``whole_run_loss`` then reads the run's loss from the restored ``log_history``."""
+    if resume is None or saved_step(resume) < max_steps:
+        trainer.train(resume_from_checkpoint=resume)
+        return True
+    from transformers.trainer_callback import TrainerState
+
+    trainer._load_from_checkpoint(resume)
+    trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+    trainer._total_loss_scalar = 0.0  # this process trained no step
+    return False
+
+
 def whole_run_loss(trainer: Any, resumed_from: str | None) -> float:
     """The mean training loss over every step of the run, from the sum of the step losses this
     process trained (transformers' ``training_loss`` divides that sum by this process's steps
