@@ -20,6 +20,7 @@ from training.common import (
     MetricsCallback,
     RunConfig,
     TokensCountedOnHost,
+    at_least,
     data_digests,
     ids_digest,
     load_splits,
@@ -34,6 +35,7 @@ from training.runs import (
     claim_runs,
     lineage_record,
     run_fingerprint,
+    train_or_restore,
     whole_run_loss,
 )
 
@@ -74,6 +76,7 @@ class CausalLMConfig(RunConfig):
     min_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.stage not in CAUSAL_LM_STAGES:
             # the type hint is checked for recipes only; lineage must never record another name
             raise ValueError(f"stage: {self.stage!r} is not one of {list(CAUSAL_LM_STAGES)}")
@@ -81,6 +84,11 @@ class CausalLMConfig(RunConfig):
             raise ValueError("data: a dataset folder is required")
         if not self.tokenizer and not self.init_from:
             raise ValueError("tokenizer: required unless init_from names a checkpoint")
+        at_least("min_lr_ratio", self.min_lr_ratio, 0)
+        if self.min_lr_ratio > 1:
+            raise ValueError(
+                f"min_lr_ratio: must be <= 1 (a floor below the peak), got {self.min_lr_ratio!r}"
+            )
         stable = self.stable_steps
         if stable is None:
             stable = self.max_steps - self.warmup_steps - self.decay_steps
@@ -180,7 +188,7 @@ def main(config: CausalLMConfig) -> Path:
         f"{config.max_length}, resume from {resume or 'scratch'}"
     )
     with resource_errors(config.stage, out / "runs", lambda: trainer.state.global_step):
-        trainer.train(resume_from_checkpoint=resume)
+        train_or_restore(trainer, resume, config.max_steps)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"{config.stage}: non-finite loss at step {metrics.nan_step}; the last good state is "

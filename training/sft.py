@@ -21,6 +21,7 @@ from training.common import (
     MetricsCallback,
     RunConfig,
     TokensCountedOnHost,
+    at_least,
     data_digests,
     ids_digest,
     load_splits,
@@ -35,6 +36,7 @@ from training.runs import (
     claim_runs,
     lineage_record,
     run_fingerprint,
+    train_or_restore,
     whole_run_loss,
 )
 
@@ -80,8 +82,10 @@ class SFTStageConfig(RunConfig):
     learning_rate: float = 5e-4
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.data:
             raise ValueError("data: the sft dataset folder is required")
+        at_least("warmup_steps", self.warmup_steps, 0)
         if not self.init_from and not self.tokenizer:
             raise ValueError("init_from or tokenizer is required")
         if self.loss_type is not None and self.loss_type not in LOSS_TYPES:
@@ -278,7 +282,7 @@ def main(config: SFTStageConfig) -> Path:
         f"no assistant token within them), resume from {resume or 'scratch'}"
     )
     with resource_errors("sft", out / "runs", lambda: trainer.state.global_step):
-        trainer.train(resume_from_checkpoint=resume)
+        train_or_restore(trainer, resume, config.max_steps)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"sft: non-finite loss at step {metrics.nan_step}; the last good state is the latest "
