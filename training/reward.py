@@ -35,13 +35,14 @@ from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
+    at_least,
+    data_digests,
     ids_digest,
     load_splits,
     load_training_tokenizer,
     resource_errors,
     training_arguments,
 )
-from training.datafiles import content_digest
 from training.models import ModelConfig, check_context, count_parameters, llama_config
 from training.reporting import Reporter
 from training.rewards import (
@@ -50,16 +51,20 @@ from training.rewards import (
     prompt_key,
     synthetic_answer_key,
 )
+from training.rows import usable_rows
 from training.runs import (
     already_published,
     claim_runs,
     last_run_checkpoint,
     lineage_record,
     run_fingerprint,
+    train_or_restore,
     whole_run_loss,
 )
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+# what each column must hold (training.rows): a question, and two answers
+PREFERENCE_FIELDS = {"prompt": "prompt", "chosen": "answer", "rejected": "answer"}
 
 
 @dataclass(frozen=True)
@@ -109,10 +114,15 @@ class RewardStageConfig(RunConfig):
     eval_batch_size: int = 32
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.data:
             raise ValueError("data: the preference dataset folder is required")
         if not self.init_from and not self.tokenizer:
             raise ValueError("init_from or tokenizer is required")
+        at_least("warmup_steps", self.warmup_steps, 0)
+        at_least("eval_batch_size", self.eval_batch_size, 1)
+        if self.center_rewards_coefficient is not None:
+            at_least("center_rewards_coefficient", self.center_rewards_coefficient, 0)
 
 
 def right_vs_wrong(row: Mapping[str, Any], answer_key: Mapping[str, SyntheticTask]) -> bool | None:
@@ -131,9 +141,10 @@ def load_preferences(
     answer_key: Mapping[str, SyntheticTask] | None = None,
 ) -> tuple[Any, dict[str, dict[str, int]]]:
     """The train/test splits of a preference folder, in memory (later maps must not write cache
-    files into the dataset folder), without the pairs that teach nothing: chosen equal to
-    rejected (both splits), and, when ``min_pair_margin`` is set, train pairs whose recorded
-    margin is below it (pairs with no recorded margin are kept).
+    files into the dataset folder), without the pairs that teach nothing: a prompt without a
+    user's text or an answer without the assistant's (``training.rows``; a malformed row is
+    refused, named), chosen equal to rejected (both splits), and, when ``min_pair_margin`` is
+    set, train pairs whose recorded margin is below it (pairs with no recorded margin are kept).
 
     With an ``answer_key``, a train pair whose prompt has a checkable answer is kept exactly when
     it puts a right answer over a wrong one, whatever its margin: the answer decides, where a
@@ -148,7 +159,13 @@ def load_preferences(
     if missing:
         raise ValueError(f"{path}: not a preference dataset, missing column(s) {missing}")
     kept: dict[str, Any] = {}
-    dropped: dict[str, dict[str, int]] = {"chosen_equals_rejected": {}}
+    dropped: dict[str, dict[str, int]] = {}
+    for name, split in splits.items():
+        rows, empty = usable_rows(path, name, split, PREFERENCE_FIELDS)
+        for reason, count in empty.items():
+            dropped.setdefault(reason, {})[name] = count
+        splits[name] = split.select(rows) if len(rows) < len(split) else split
+    dropped["chosen_equals_rejected"] = {}
     for name, split in splits.items():
         # flatten_indices copies the rows into memory: no later map writes beside the source.
         kept[name] = split.filter(
@@ -192,7 +209,11 @@ def without_none(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_dropped(dropped: dict[str, dict[str, int]]) -> str:
-    return ", ".join(f"{n.get('train', 0)} {why.replace('_', ' ')}" for why, n in dropped.items())
+    """The train split's drops by reason, the reasons that dropped nothing left out."""
+    described = [
+        f"{n['train']} {why.replace('_', ' ')}" for why, n in dropped.items() if n.get("train")
+    ]
+    return ", ".join(described) or "none"
 
 
 def dropped_metrics(dropped: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -431,6 +452,13 @@ def main(config: RewardStageConfig) -> Path:
     out = Path(config.output_dir)
     reporter = Reporter(out / "metrics.jsonl")
     parent = str(verify(config.init_from)) if config.init_from else None
+    # Before any data is read or model built: an unchanged re-run has nothing to train. A
+    # model trained from scratch takes its tokenizer from the recipe, so the tokenizer's files
+    # count too (a tokenizer rebuilt at the same path trains again).
+    data_sha256, data_digest = data_digests(config.data, None if parent else config.tokenizer)
+    fingerprint = run_fingerprint(config, data_digest, [parent])
+    if published := already_published(config, fingerprint, reporter, "reward"):
+        return published
     tokenizer = load_training_tokenizer(parent or config.tokenizer)
     key = synthetic_answer_key(config.answer_key_tasks, config.answer_key_seed)
     splits, dropped = load_preferences(
@@ -478,10 +506,6 @@ def main(config: RewardStageConfig) -> Path:
         processing_class=tokenizer,
         callbacks=[metrics],
     )
-    data_digest = content_digest(config.data)
-    fingerprint = run_fingerprint(config, data_digest, [parent])
-    if published := already_published(config, fingerprint, reporter, "reward"):
-        return published
     resume, started = claim_runs(out / "runs", fingerprint, reporter, config.resume)
     grouping = f"grouped into {len(train)} prompts" if config.group_by_prompt else "ungrouped"
     reporter.log(
@@ -490,7 +514,7 @@ def main(config: RewardStageConfig) -> Path:
         f"{config.max_length} tokens; resume from {resume or 'scratch'}"
     )
     with resource_errors("reward", out / "runs", lambda: trainer.state.global_step):
-        trainer.train(resume_from_checkpoint=resume)
+        train_or_restore(trainer, resume, config.max_steps)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"reward: non-finite loss at step {metrics.nan_step}; the last good state is "
@@ -518,7 +542,7 @@ def main(config: RewardStageConfig) -> Path:
         {
             **config.inputs,
             "data": config.data,
-            "data_sha256": data_digest,
+            "data_sha256": data_sha256,
             # the split as published (a trace re-hashes it); splits["train"] survived drops
             "row_ids_sha256": ids_digest(load_splits(config.data)["train"]),
             "row_ids_used_sha256": ids_digest(splits["train"]),
