@@ -26,6 +26,8 @@ from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
+    above,
+    at_least,
     ids_digest,
     load_splits,
     load_training_tokenizer,
@@ -50,6 +52,7 @@ from training.runs import (
     last_run_checkpoint,
     lineage_record,
     run_fingerprint,
+    train_or_restore,
     whole_run_loss,
 )
 
@@ -80,7 +83,10 @@ class DPOStageConfig(RunConfig):
             may contain (the embedded samples' stream).
         precompute_ref_log_probs: score every pair with the reference once, before training.
         precompute_ref_batch_size: batch size of that pass (the train batch size when empty).
-        truncation_mode: which end of a pair longer than ``max_length`` TRL keeps.
+        truncation_mode: which end of a pair longer than ``max_length`` TRL keeps. With
+            ``keep_start`` a pair whose prompt alone fills ``max_length`` keeps no answer
+            token; TRL drops those, so the stage drops and counts them first
+            (``prompt_fills_max_length``), and they are not among the rows used.
         warmup_steps: linear warmup, then cosine decay.
     """
 
@@ -102,10 +108,17 @@ class DPOStageConfig(RunConfig):
     learning_rate: float = 5e-6
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.data:
             raise ValueError("data: the preference dataset folder is required")
         if not self.init_from:
             raise ValueError("init_from: the checkpoint DPO starts from is required")
+        # 0 makes every DPO loss flat (sigmoid: nothing trains; ipo divides by it), and a
+        # negative beta inverts the objective: the policy would learn the rejected answers
+        above("beta", self.beta, 0)
+        at_least("warmup_steps", self.warmup_steps, 0)
+        if self.precompute_ref_batch_size is not None:
+            at_least("precompute_ref_batch_size", self.precompute_ref_batch_size, 1)
 
 
 def frozen_reference(config: DPOStageConfig, tokenizer: Any, path: str) -> Any:
@@ -113,6 +126,44 @@ def frozen_reference(config: DPOStageConfig, tokenizer: Any, path: str) -> Any:
     reference = build_causal_lm(config.model, tokenizer, path=path)
     reference.requires_grad_(False)
     return reference.eval()
+
+
+def prompt_fills(split: Any, tokenizer: Any, max_length: int) -> list[bool]:
+    """Per pair, whether its prompt rendered for generation (as TRL renders it) holds at least
+    ``max_length`` tokens: truncated at the end, such a pair keeps no answer token."""
+    if len(split) == 0:
+        return []
+    rendered = tokenizer.apply_chat_template(
+        list(split["prompt"]), add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return [len(ids) >= max_length for ids in rendered]
+
+
+def without_full_prompts(
+    splits: dict[str, Any],
+    dropped: dict[str, dict[str, int]],
+    tokenizer: Any,
+    path: str,
+    max_length: int,
+) -> dict[str, Any]:
+    """The splits without the pairs whose prompt fills ``max_length`` (``keep_start``
+    truncation), counted in ``dropped['prompt_fills_max_length']``. TRL drops them silently
+    inside the trainer, after the log and lineage had counted them as trained, and with none
+    left failed after both models loaded (``num_samples=0``)."""
+    kept, counts = {}, {}
+    for name, split in splits.items():
+        full = prompt_fills(split, tokenizer, max_length)
+        counts[name] = sum(full)
+        kept[name] = split.select([i for i, f in enumerate(full) if not f]) if any(full) else split
+    dropped["prompt_fills_max_length"] = counts
+    if len(kept["train"]) == 0:
+        raise ValueError(
+            f"{path}: no usable preference pairs left in the train split (dropped: "
+            f"{describe_dropped(dropped)}); the prompts left all fill max_length={max_length} "
+            "tokens, leaving no room for an answer: raise max_length or use truncation_mode: "
+            "keep_end"
+        )
+    return kept
 
 
 def too_long_pairs(split: Any, tokenizer: Any, max_length: int) -> int:
@@ -182,6 +233,8 @@ def build_trainer(
         else None
     )
     splits, dropped = load_preferences(config.data, config.min_pair_margin, key)
+    if config.truncation_mode == "keep_start":
+        splits = without_full_prompts(splits, dropped, tokenizer, config.data, config.max_length)
     train = splits["train"]
     truncated = too_long_pairs(train, tokenizer, config.max_length)
     test = splits["test"] if "test" in splits and len(splits["test"]) else None
@@ -264,7 +317,7 @@ def main(config: DPOStageConfig) -> Path:
     resume, started = claim_runs(out / "runs", fingerprint, reporter, config.resume)
     reporter.log(f"dpo: resume from {resume or 'scratch'}")
     with resource_errors("dpo", out / "runs", lambda: trainer.state.global_step):
-        trainer.train(resume_from_checkpoint=resume)
+        train_or_restore(trainer, resume, config.max_steps)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"dpo: non-finite loss at step {metrics.nan_step}; the last good state is "
