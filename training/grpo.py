@@ -18,6 +18,8 @@ from training.checkpoint import publish, verify
 from training.common import (
     MetricsCallback,
     RunConfig,
+    above,
+    at_least,
     ids_digest,
     load_splits,
     load_training_tokenizer,
@@ -25,6 +27,7 @@ from training.common import (
     training_arguments,
 )
 from training.datafiles import content_digest
+from training.models import require_causal_lm
 from training.ranks import local_device
 from training.reporting import Reporter, read_metrics
 from training.rewards import (
@@ -35,12 +38,14 @@ from training.rewards import (
     check_same_tokenizer,
     synthetic_answer_key,
 )
+from training.rows import usable_rows
 from training.runs import (
     already_published,
     claim_runs,
     last_run_checkpoint,
     lineage_record,
     run_fingerprint,
+    train_or_restore,
     whole_run_loss,
 )
 
@@ -50,7 +55,7 @@ REWARDS = ("reward_model", "checkable_answer")
 @dataclass(frozen=True)
 class GroupRLConfig(RunConfig):
     """Settings GRPO and RLOO share (see ``RunConfig`` too; ``max_length`` caps prompt tokens:
-    longer prompts are left out and counted).
+    longer prompts are left out and counted, as are prompts without a user's text).
 
     Attributes:
         data: the ``prompt_dataset`` folder (conversational ``prompt``; an ``answer`` column,
@@ -64,8 +69,8 @@ class GroupRLConfig(RunConfig):
             known (the others would give no signal).
         num_generations: completions per prompt (the group).
         max_completion_length: tokens per completion.
-        beta: weight of the KL penalty to the reference.
-        temperature: sampling temperature.
+        beta: weight of the KL penalty to the reference (0: none, and no reference is loaded).
+        temperature: sampling temperature (> 0).
     """
 
     data: str = ""
@@ -82,10 +87,18 @@ class GroupRLConfig(RunConfig):
     learning_rate: float = 1e-5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.init_from:
             raise ValueError("init_from: the SFT checkpoint (policy and reference) is required")
         if not self.data:
             raise ValueError("data: the prompt dataset folder is required")
+        # a negative beta pays the policy for drifting from the reference
+        at_least("beta", self.beta, 0)
+        above("temperature", self.temperature, 0)
+        at_least("max_completion_length", self.max_completion_length, 1)
+        at_least("answer_key_tasks", self.answer_key_tasks, 0)
+        for name, weight in self.reward_weights.items():
+            at_least(f"reward_weights.{name}", weight, 0)
         unknown = sorted(set(self.reward_weights) - set(REWARDS))
         if unknown:
             raise ValueError(f"reward_weights: unknown reward {unknown}; expected {list(REWARDS)}")
@@ -136,16 +149,24 @@ def reward_functions(config: GroupRLConfig, tokenizer: Any) -> tuple[list[Any], 
 
 def training_prompts(config: GroupRLConfig, tokenizer: Any) -> tuple[Any, dict[str, int]]:
     """The prompt split with ``answer``/``task_kind`` attached where the checkable reward is
-    used; prompts too long, or (checkable reward alone) without an answer, are left out and
-    counted."""
+    used; prompts without a user's text (``training.rows``; a malformed one is refused, named),
+    too long, or (checkable reward alone) without an answer, are left out and counted."""
     train = load_splits(config.data)["train"]
     if "prompt" not in train.column_names:
         raise ValueError(f"{config.data}: no 'prompt' column (expected the prompt dataset)")
+    rows, empty = usable_rows(config.data, "train", train, {"prompt": "prompt"})
+    if not rows:
+        raise ValueError(
+            f"{config.data}: no usable prompt: none of the {len(train)} prompts of the train "
+            "split has a user message with text"
+        )
+    if len(rows) < len(train):
+        train = train.select(rows).flatten_indices(keep_in_memory=True)
     rendered = tokenizer.apply_chat_template(
         list(train["prompt"]), add_generation_prompt=True, tokenize=True, return_dict=False
     )
     fits = [len(ids) <= config.max_length for ids in rendered]
-    stats = {"prompts_too_long": fits.count(False)}
+    stats = {**empty, "prompts_too_long": fits.count(False)}
     columns = ["prompt"]
     if "checkable_answer" in config.reward_weights:
         key = synthetic_answer_key(config.answer_key_tasks, config.answer_key_seed)
@@ -177,10 +198,19 @@ def run_group_stage(
     out = Path(config.output_dir)
     runs = out / "runs"
     parent = str(verify(config.init_from))
-    tokenizer = load_training_tokenizer(parent)
-    functions, weights = reward_functions(config, tokenizer)
-    train, stats = training_prompts(config, tokenizer)
+    # TRL loads the policy from this path itself: a reward checkpoint there failed mid-run
+    # ("'LlamaForSequenceClassification' object has no attribute 'generate'")
+    require_causal_lm(parent)
     reporter = Reporter(out / "metrics.jsonl")
+    # Before the reward model, the prompts or the policy are loaded: an unchanged re-run has
+    # nothing to train.
+    data_digest = content_digest(config.data)
+    fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
+    if published := already_published(config, fingerprint, reporter, stage):
+        return published
+    tokenizer = load_training_tokenizer(parent)
+    train, stats = training_prompts(config, tokenizer)
+    functions, weights = reward_functions(config, tokenizer)
     args = training_arguments(
         config,
         runs,
@@ -203,10 +233,6 @@ def run_group_stage(
         processing_class=tokenizer,
         callbacks=[metrics],
     )
-    data_digest = content_digest(config.data)
-    fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
-    if published := already_published(config, fingerprint, reporter, stage):
-        return published
     resume, started = claim_runs(runs, fingerprint, reporter, config.resume)
     reporter.log(
         f"{stage}: {stats['prompts']} prompts ({stats}), {config.num_generations} completions "
@@ -214,7 +240,7 @@ def run_group_stage(
         f"resume from {resume or 'scratch'}"
     )
     with resource_errors(stage, runs, lambda: trainer.state.global_step):
-        trainer.train(resume_from_checkpoint=resume)
+        train_or_restore(trainer, resume, config.max_steps)
     if metrics.nan_step is not None:
         raise FloatingPointError(
             f"{stage}: non-finite loss at step {metrics.nan_step}; nothing was published, the last "

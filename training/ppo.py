@@ -36,6 +36,8 @@ from transformers import TrainerCallback
 from training.checkpoint import publish, verify
 from training.common import (
     RunConfig,
+    above,
+    at_least,
     ids_digest,
     load_splits,
     load_training_tokenizer,
@@ -46,6 +48,7 @@ from training.datafiles import content_digest
 from training.models import ModelConfig, build_causal_lm, count_parameters
 from training.reporting import Reporter
 from training.rewards import check_same_tokenizer, load_reward_model
+from training.rows import usable_rows
 from training.runs import already_published, last_run_checkpoint, lineage_record, run_fingerprint
 
 
@@ -53,19 +56,20 @@ from training.runs import already_published, last_run_checkpoint, lineage_record
 class PPOStageConfig(RunConfig):
     """PPO (see ``RunConfig`` for the shared settings; ``max_steps`` counts PPO updates, each on
     ``per_device_train_batch_size * gradient_accumulation_steps`` freshly sampled episodes, and
-    ``max_length`` caps prompt tokens: longer prompts are left out and counted).
+    ``max_length`` caps prompt tokens: longer prompts are left out and counted, as are prompts
+    without a user's text).
 
     Attributes:
         data: the ``prompt_dataset`` folder (conversational ``prompt`` column).
         init_from: the SFT checkpoint: the policy starts from it and it is the frozen reference.
         reward_model: the reward checkpoint (the value model starts as a copy of it).
         implementation: which ``PolicyOptimizer`` runs the updates (``trl``).
-        kl_coef: weight of the per-token KL penalty to the reference.
+        kl_coef: weight of the per-token KL penalty to the reference (>= 0).
         kl_estimator: ``k1`` (log-ratio) or ``k3`` (lower variance).
         response_length: tokens sampled per response.
         stop_token: ``eos`` ends a response at the tokenizer's EOS; ``none`` never stops early.
         missing_eos_penalty: subtracted from the score of a response that never emitted EOS.
-        temperature: sampling temperature of the rollouts.
+        temperature: sampling temperature of the rollouts (> 0).
         num_ppo_epochs: passes over each batch of episodes.
         num_mini_batches: minibatches per PPO epoch.
         cliprange: PPO's policy ratio clip.
@@ -95,6 +99,7 @@ class PPOStageConfig(RunConfig):
     learning_rate: float = 1e-5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.reward_model:
             raise ValueError(
                 "reward_model: PPO needs a reward checkpoint to optimise against (the reward "
@@ -104,8 +109,15 @@ class PPOStageConfig(RunConfig):
             raise ValueError("init_from: the SFT checkpoint (policy and reference) is required")
         if not self.data:
             raise ValueError("data: the prompt dataset folder is required")
-        if self.ptx_coef < 0:
-            raise ValueError(f"ptx_coef: must be >= 0, got {self.ptx_coef}")
+        at_least("ptx_coef", self.ptx_coef, 0)
+        # a negative KL coefficient pays the policy for drifting from the reference
+        at_least("kl_coef", self.kl_coef, 0)
+        above("temperature", self.temperature, 0)
+        at_least("response_length", self.response_length, 1)
+        at_least("num_ppo_epochs", self.num_ppo_epochs, 1)
+        at_least("num_mini_batches", self.num_mini_batches, 1)
+        above("cliprange", self.cliprange, 0)
+        at_least("vf_coef", self.vf_coef, 0)
         if self.ptx_coef > 0 and not self.ptx_data:
             raise ValueError("ptx_data: PPO-ptx (ptx_coef > 0) needs a pretraining text dataset")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
@@ -359,6 +371,8 @@ OPTIMIZERS: dict[str, Callable[[PolicySetup], PolicyOptimizer]] = {"trl": TRLPol
 def prompt_ids(rows: Any, tokenizer: Any, max_length: int) -> tuple[list[list[int]], int]:
     """Prompts rendered for generation (chat template + assistant header); prompts longer than
     ``max_length`` tokens are left out and counted rather than cut mid-question."""
+    if len(rows) == 0:
+        return [], 0
     ids = tokenizer.apply_chat_template(
         list(rows["prompt"]), add_generation_prompt=True, tokenize=True, return_dict=False
     )
@@ -374,19 +388,28 @@ def main(config: PPOStageConfig) -> Path:
     out = Path(config.output_dir)
     runs = out / "runs"
     parent = str(verify(config.init_from))
+    # Before any model is loaded: an unchanged re-run has nothing to train.
+    reporter = Reporter(out / "metrics.jsonl")
+    data_digest = content_digest(config.data)
+    if config.ptx_coef > 0:
+        data_digest += " " + content_digest(config.ptx_data)
+    fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
+    if published := already_published(config, fingerprint, reporter, "ppo"):
+        return published
     tokenizer = load_training_tokenizer(parent)
-    reward_model, reward_tokenizer = load_reward_model(config.reward_model)
-    check_same_tokenizer(tokenizer, reward_tokenizer, config.reward_model)
     splits = load_splits(config.data)
     train = splits["train"]
     if "prompt" not in train.column_names:
         raise ValueError(f"{config.data}: no 'prompt' column (expected the prompt dataset)")
-    ids, too_long = prompt_ids(train, tokenizer, config.max_length)
+    rows, empty = usable_rows(config.data, "train", train, {"prompt": "prompt"})
+    usable = train.select(rows) if len(rows) < len(train) else train
+    ids, too_long = prompt_ids(usable, tokenizer, config.max_length)
     episodes = config.per_device_train_batch_size * config.gradient_accumulation_steps
     if len(ids) < episodes:
         raise ValueError(
             f"{config.data}: {len(ids)} usable prompts ({too_long} longer than max_length "
-            f"{config.max_length}), fewer than the {episodes} episodes of one update"
+            f"{config.max_length}, {len(train) - len(rows)} without a user's text), fewer than "
+            f"the {episodes} episodes of one update"
         )
     ptx_blocks = None
     if config.ptx_coef > 0:
@@ -395,14 +418,8 @@ def main(config: PPOStageConfig) -> Path:
         ptx_blocks, _ = pack(load_splits(config.ptx_data)["train"], tokenizer, config.max_length)
         if len(ptx_blocks) < config.per_device_train_batch_size:
             raise ValueError(f"{config.ptx_data}: too little text for one PPO-ptx batch")
-
-    reporter = Reporter(out / "metrics.jsonl")
-    data_digest = content_digest(config.data)
-    if config.ptx_coef > 0:
-        data_digest += " " + content_digest(config.ptx_data)
-    fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
-    if published := already_published(config, fingerprint, reporter, "ppo"):
-        return published
+    reward_model, reward_tokenizer = load_reward_model(config.reward_model)
+    check_same_tokenizer(tokenizer, reward_tokenizer, config.reward_model)
     reporter.start_run(0)  # PPO has no resume: a new attempt starts a new curve
     tokenizer.padding_side = "left"  # generation continues the prompt's last token
     policy = build_causal_lm(ModelConfig(), tokenizer, path=parent)
@@ -431,7 +448,8 @@ def main(config: PPOStageConfig) -> Path:
     metrics.ptx_losses = getattr(optimizer, "ptx_loss", metrics.ptx_losses)
     reporter.log(
         f"ppo: {count_parameters(policy) / 1e6:.2f}M parameters, {len(ids)} prompts "
-        f"({too_long} longer than {config.max_length} tokens left out), {config.max_steps} "
+        f"({too_long} longer than {config.max_length} tokens and {len(train) - len(rows)} "
+        f"without a user's text left out), {config.max_steps} "
         f"updates of {episodes} episodes, reward model {config.reward_model}"
     )
     try:
@@ -444,7 +462,7 @@ def main(config: PPOStageConfig) -> Path:
         ) from error
     policy.__dict__.pop("generate", None)  # the timing wrapper, an instance attribute
     final = summarise(metrics.records)
-    final.update(prompts=len(ids), prompts_too_long=too_long)
+    final.update(prompts=len(ids), prompts_too_long=too_long, **empty)
     lineage = lineage_record(
         "ppo",
         config,
