@@ -86,6 +86,15 @@ def test_an_unknown_section_and_a_wrong_type_are_named(outputs, tmp_path, instan
     assert "dpo.beta: expected float, got str 'high'" in message
 
 
+def test_a_value_no_later_stage_can_use_stops_the_first_stage(outputs, tmp_path, instance):
+    # ppo's data, init_from and reward_model are the assets' to fill: only its own value is
+    # the recipe's fault, and it is found before pretraining runs
+    recipe = recipe_with(tmp_path, "ppo", kl_coef=-1.0)
+    _, message = failure_of(materialize_base(outputs, recipe, instance), "base_checkpoint")
+    assert f"{recipe}: ppo: kl_coef: must be >= 0, got -1.0" in message
+    assert not (outputs / "checkpoints" / "pretrain" / "stage.yaml").exists()
+
+
 def test_a_failing_stage_fails_the_asset_with_its_own_reason(outputs, tmp_path, instance):
     recipe = recipe_with(tmp_path, "pretrain", learning_rate=1e30, max_steps=6, logging_steps=1)
     result = materialize_base(outputs, recipe, instance)

@@ -6,6 +6,7 @@ section is checked), so one stage's heavy or optional imports never slow down an
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from collections.abc import Callable, Mapping
@@ -57,10 +58,11 @@ def check_section_names(recipe: Mapping[str, Any], path: str | Path) -> None:
 
 
 def check_recipe(path: str | Path, other_sections: Mapping[str, type] = {}) -> None:
-    """Every section of a recipe, keys and types, before any stage runs: a typo in the sft
-    section must not wait for pretraining to finish to be found. The settings a launcher fills
-    in (data, output_dir, init_from) and checks between settings are the stage's own, at its
-    start. Raises ``RecipeError`` naming the file, the section and the key."""
+    """Every section of a recipe, keys, types and the values of the keys it sets, before any
+    stage runs: a typo or a negative ``kl_coef`` in the ppo section must not wait for
+    pretraining to finish to be found. The settings a launcher fills in (data, output_dir,
+    init_from) and the checks that need them are the stage's own, at its start. Raises
+    ``RecipeError`` naming the file, the section and the key."""
     recipe = read_recipe(path)
     check_section_names(recipe, path)
     for name, section in recipe.items():
@@ -68,7 +70,33 @@ def check_recipe(path: str | Path, other_sections: Mapping[str, type] = {}) -> N
             check_section(other_sections[name], section, f"{path}: {name}")
         elif name in STAGES:
             cls, _ = stage(name)
-            check_section(cls, section, f"{path}: {name}")
+            check_values(cls, check_section(cls, section, f"{path}: {name}"), f"{path}: {name}")
+
+
+# Stands in for a path a launcher fills in (data, init_from, reward_model) while a recipe's
+# own values are checked.
+LAUNCHER_FILLS = "<filled in by the launcher>"
+TEXT_TYPES = (str, "str", "str | None")
+
+
+def check_values(cls: type, values: Mapping[str, Any], where: str) -> None:
+    """The config's own checks on a section as the recipe writes it. Configs name the key
+    first (``kl_coef: must be >= 0``): an error about a key the section sets is the recipe's;
+    a required setting it leaves out is a launcher's to fill, so it gets a stand-in and the
+    checks go on (a missing one the stage reports at its start)."""
+    filled = dict(values)
+    text_fields = {f.name for f in dataclasses.fields(cls) if f.type in TEXT_TYPES}
+    for _ in range(len(text_fields) + 1):
+        try:
+            cls(**filled)
+            return
+        except (TypeError, ValueError) as error:
+            key = str(error).split(":", 1)[0].strip()
+            if key in values:
+                raise RecipeError(f"{where}: {error}") from None
+            if key in filled or key not in text_fields:
+                return  # a check between settings the launcher fills: the stage's own
+            filled[key] = LAUNCHER_FILLS
 
 
 def record_failure(error: BaseException) -> None:
