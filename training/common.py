@@ -368,6 +368,14 @@ class MetricsCallback(TrainerCallback):
             self.peak = peak_flops(torch.cuda.get_device_name(0))
         return control
 
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        # The last step is always logged: the whole-run loss of a run restored from its last
+        # save (runs.train_or_restore) is read from the log history, which must reach its end
+        # when logging_steps does not divide max_steps.
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         logs = dict(logs or {})
         loss = logs.get("loss")

@@ -168,6 +168,9 @@ def train_or_restore(trainer: Any, resume: str | None, max_steps: int) -> bool:
     trainer._load_from_checkpoint(resume)
     trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
     trainer._total_loss_scalar = 0.0  # this process trained no step
+    # and the optimizer: the stable phase publishes it for the decay phase to continue
+    trainer.create_optimizer_and_scheduler(num_training_steps=max_steps)
+    trainer._load_optimizer_and_scheduler(resume)
     return False
 
 
