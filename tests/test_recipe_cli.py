@@ -166,3 +166,39 @@ def test_every_shipped_recipe_is_valid(recipe):
         if name in ("grpo", "rloo") and "reward_model" not in section.get("reward_weights", {}):
             values.pop("reward_model", None)  # the assets pass it only when it is weighed
         build(cls, {**values, **section}, f"{recipe}: {name}")
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "error"),
+    [
+        ("ppo", {"kl_coef": -1.0}, "ppo: kl_coef: must be >= 0, got -1.0"),
+        ("reward", {"warmup_steps": -1}, "reward: warmup_steps: must be >= 0"),
+        ("sft", {"loss_type": "bogus"}, "sft: loss_type: 'bogus' is not one of"),
+        # between a value the recipe sets and a default it keeps
+        ("grpo", {"per_device_train_batch_size": 3}, "grpo: num_generations: 4 does not divide"),
+        ("candidates", {"temperature": 0.0}, "candidates: temperature: expected > 0"),
+        # what the assets fill in (data, init_from, policies...) is not the recipe's to set
+        ("dpo", {"init_from": ""}, None),
+        ("alignment", {}, None),
+        ("ppo", {"kl_coef": 0.5}, None),
+    ],
+)
+def test_the_recipe_check_before_a_run_applies_each_stages_value_checks(
+    tmp_path, section, values, error
+):
+    from training.stages import check_recipe
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(__import__("yaml").safe_dump({section: values}))
+    if error is None:
+        check_recipe(recipe)
+        return
+    with pytest.raises(RecipeError, match=f"^{tmp_path}/recipe.yaml: {error}"):
+        check_recipe(recipe)
+
+
+def test_the_shipped_recipes_pass_the_recipe_check():
+    from training.stages import check_recipe
+
+    for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
+        check_recipe(recipe)

@@ -70,8 +70,9 @@ class AlignmentConfig:
     def __post_init__(self) -> None:
         if not self.policies:
             raise ValueError("policies: at least one checkpoint is required")
-        if not self.reference or not self.prompts or not self.output:
-            raise ValueError("reference, prompts and output are required")
+        for key in ("reference", "prompts", "output"):
+            if not getattr(self, key):
+                raise ValueError(f"{key}: required")
 
 
 def load_policy(path: str, device: str = "cpu") -> tuple[Any, Any]:

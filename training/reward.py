@@ -118,7 +118,7 @@ class RewardStageConfig(RunConfig):
         if not self.data:
             raise ValueError("data: the preference dataset folder is required")
         if not self.init_from and not self.tokenizer:
-            raise ValueError("init_from or tokenizer is required")
+            raise ValueError("init_from: required unless tokenizer is set (a model from scratch)")
         at_least("warmup_steps", self.warmup_steps, 0)
         at_least("eval_batch_size", self.eval_batch_size, 1)
         if self.center_rewards_coefficient is not None:

@@ -87,7 +87,7 @@ class SFTStageConfig(RunConfig):
             raise ValueError("data: the sft dataset folder is required")
         at_least("warmup_steps", self.warmup_steps, 0)
         if not self.init_from and not self.tokenizer:
-            raise ValueError("init_from or tokenizer is required")
+            raise ValueError("init_from: required unless tokenizer is set (a model from scratch)")
         if self.loss_type is not None and self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type: {self.loss_type!r} is not one of {sorted(LOSS_TYPES)}")
         if self.use_liger_kernel and self.loss_type == "chunked_nll":

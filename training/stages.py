@@ -81,22 +81,47 @@ TEXT_TYPES = (str, "str", "str | None")
 
 def check_values(cls: type, values: Mapping[str, Any], where: str) -> None:
     """The config's own checks on a section as the recipe writes it. Configs name the key
-    first (``kl_coef: must be >= 0``): an error about a key the section sets is the recipe's;
-    a required setting it leaves out is a launcher's to fill, so it gets a stand-in and the
-    checks go on (a missing one the stage reports at its start)."""
+    first (``kl_coef: must be >= 0``). A setting the section leaves empty whose default is
+    empty (``data``, ``init_from``, ``policies``) is a launcher's to fill: a path gets a
+    stand-in and the checks go on; any other waits for the stage's start. Every other error
+    naming a setting is the recipe's, also one between a setting it sets and a default
+    (``num_generations: 4 does not divide the 3 completions``)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     filled = dict(values)
-    text_fields = {f.name for f in dataclasses.fields(cls) if f.type in TEXT_TYPES}
-    for _ in range(len(text_fields) + 1):
+    for _ in range(len(fields) + 1):
         try:
             cls(**filled)
             return
         except (TypeError, ValueError) as error:
             key = str(error).split(":", 1)[0].strip()
-            if key in values:
-                raise RecipeError(f"{where}: {error}") from None
-            if key in filled or key not in text_fields:
-                return  # a check between settings the launcher fills: the stage's own
-            filled[key] = LAUNCHER_FILLS
+            if key not in fields:
+                return  # names no setting: the stage reports it at its start
+            if not values.get(key) and not default_of(fields[key]):
+                if (
+                    key in filled
+                    and filled[key] == stand_in(fields[key])
+                    or not stand_in(fields[key])
+                ):
+                    return
+                filled[key] = stand_in(fields[key])
+                continue
+            raise RecipeError(f"{where}: {error}") from None
+
+
+def stand_in(field: dataclasses.Field) -> Any:
+    """A value of the field's kind that a launcher might fill in; None when there is none."""
+    empty = default_of(field)
+    if isinstance(empty, list):
+        return [LAUNCHER_FILLS]
+    if isinstance(empty, dict):
+        return {LAUNCHER_FILLS: LAUNCHER_FILLS}
+    return LAUNCHER_FILLS if field.type in TEXT_TYPES else None
+
+
+def default_of(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
 
 
 def record_failure(error: BaseException) -> None:
