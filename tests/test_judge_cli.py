@@ -170,6 +170,30 @@ def test_failed_sets_give_exit_3_after_the_outputs_are_written(candidates_dir, t
     assert bad.returncode == 2 and "expected a number from 0 to 1" in bad.stderr
 
 
+def test_a_set_the_endpoint_refuses_outright_is_recorded_but_not_a_failure(
+    candidates_dir, tmp_path
+):
+    """A 400 (a content filter, a prompt past the judge's context) comes back the same on
+    every retry: the step would fail on every run and the pairs of every other set wait."""
+    from curation.judge.stub import Reply, longest_first
+
+    def filtered_item_0(body: dict, n: int) -> Reply:
+        if "Explain item 0." in body["messages"][1]["content"]:
+            return Reply(400, {"error": {"message": "content filtered"}})
+        return longest_first(body, n)
+
+    out = tmp_path / "out"
+    with StubServer(filtered_item_0) as server:
+        done = run(str(candidates_dir), "--out", str(out), "--base-url", server.base_url)
+    assert done.returncode == 0, done.stderr
+    rankings = pl.read_parquet(out / "rankings.parquet")
+    assert rankings["status"].to_list() == ["error"] + ["ok"] * (PROMPTS - 1)
+    meta = __import__("json").loads(rankings["meta"][0])
+    assert meta["rejected"] is True and "HTTP 400: content filtered" in meta["errors"][0]
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert summary["failed_sets"] == 0 and summary["error"] == 1
+
+
 def test_a_repeated_prompt_id_is_refused_before_any_call(candidates_dir, tmp_path):
     path = candidates_dir / "candidates.parquet"
     table = pl.read_parquet(path)

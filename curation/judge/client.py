@@ -62,7 +62,14 @@ class JudgeEndpointError(RuntimeError):
 
 
 class CallFailed(Exception):
-    """One chat call failed for good (retries spent, or an error a retry cannot fix)."""
+    """One chat call failed for good (retries spent, or an error a retry cannot fix).
+    ``rejected``: the endpoint refused this very request (an HTTP status no retry changes,
+    such as a content filter's 400), so asking again, now or in a later run, pays for the
+    same refusal."""
+
+    def __init__(self, message: str, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -319,9 +326,11 @@ class _Run:
             without_usage,
         )["cost"]
         ids = request.candidate_ids
-        failures = [self.scrub(str(o)) for o in outcomes if isinstance(o, CallFailed)]
-        if failures:
-            meta["errors"] = failures
+        failed = [o for o in outcomes if isinstance(o, CallFailed)]
+        if failed:
+            meta["errors"] = [self.scrub(str(o)) for o in failed]
+            if all(o.rejected for o in failed):
+                meta["rejected"] = True  # not a failure a retry can mend
             return RankResult(request.prompt_id, ids, None, "error", None, "", meta)
         bad = [o.problem for o in answers if o.problem is not None]
         if bad:
@@ -475,7 +484,7 @@ class _Run:
                 except openai.APIStatusError as error:
                     failure = f"HTTP {error.status_code}: {self.scrub(_message(error))}"
                     if error.status_code not in RETRYABLE_STATUS:
-                        raise CallFailed(failure) from None
+                        raise CallFailed(failure, rejected=True) from None
                     delay = retry_after_s(error.response.headers)
                 except openai.APIConnectionError as error:  # timeouts included
                     failure = f"{type(error).__name__}: {self.scrub(str(error))}"

@@ -100,12 +100,13 @@ def judge_candidates(candidates: pl.DataFrame, judge: Judge) -> pl.DataFrame:
 def failed_sets(rankings: pl.DataFrame) -> list[tuple[str, str]]:
     """(prompt id, first reason) of every set the judge failed on: status ``error`` from calls
     that failed (HTTP errors after the retries, timeouts, protocol errors). Sets skipped for
-    their input (too few or too many candidates: ``meta.reason``) are not failures of the
-    judge, and a retry would not change them."""
+    their input (too few or too many candidates: ``meta.reason``) and sets the endpoint
+    refused outright (``meta.rejected``: a content filter's 400) are not failures a retry
+    would change: they stay in the table with their reason, and do not fail the step."""
     failed = []
     for row_id, meta in rankings.filter(pl.col("status") == "error").select("id", "meta").rows():
         parsed = _meta(meta)
-        if "reason" in parsed:
+        if "reason" in parsed or parsed.get("rejected"):
             continue
         errors = parsed.get("errors") or []
         if errors:
