@@ -298,11 +298,15 @@ def alignment_report(
     }
     launch(context, pipes_subprocess_client, "alignment", section, folder / "stage.yaml")
     measured = json.loads((folder / "alignment.json").read_text())["policies"]
+    # Prompts too long for a model's context are skipped for every policy: scored as wrong,
+    # or judged as "" against "", they would only add noise, so the report leaves them out.
+    answered = answers_by_id(folder / "generations_sft.jsonl")
+    tasks = [t for t in tasks if t.id in answered]
 
     def outputs(name: str) -> list[str]:
-        """The policy's answer to each task, in task order; a skipped prompt's is empty."""
+        """The policy's answer to each task, in task order."""
         answers = answers_by_id(folder / f"generations_{name}.jsonl")
-        return [answers.get(t.id, "") for t in tasks]
+        return [answers[t.id] for t in tasks]
 
     built = judge.build(storage.path("feedback", "judge_cache.sqlite"))
     sft_answers = outputs("sft")
