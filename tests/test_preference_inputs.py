@@ -350,7 +350,8 @@ def test_pairs_that_teach_nothing_are_left_out_and_counted(workspace, tmp_path):
     data = preference_variant(
         workspace, tmp_path / "empty", lambda i, row: row.update(emptied.get(i, {}))
     )
-    total = len(rows_of(workspace, "preference"))
+    rows = rows_of(workspace, "preference")
+    total = len(rows)
     for run, config in ((reward, reward_config), (dpo, dpo_config)):
         lineage = read_lineage(run(config(workspace, f"empty-{run.__module__}", data=str(data))))
         dropped = lineage["inputs"]["dropped"]
@@ -359,6 +360,10 @@ def test_pairs_that_teach_nothing_are_left_out_and_counted(workspace, tmp_path):
         ties = dropped["chosen_equals_rejected"]["train"]
         assert lineage["inputs"]["rows_used"] == total - 6 - ties
         assert lineage["metrics"]["dropped_prompt_without_user_text"] == 3
+        # named in lineage, so a forward trace does not claim the checkpoint learnt them
+        left_out = set(lineage["inputs"]["row_ids_left_out"])
+        assert {str(rows[i]["id"]) for i in emptied} <= left_out
+        assert len(left_out) == 6 + ties
 
 
 def test_malformed_prompts_stop_ppo_and_grpo_before_a_model_loads(workspace, tmp_path, no_model):

@@ -234,6 +234,24 @@ def data_digests(data: str | Path, tokenizer: str | Path | None) -> tuple[str, s
     return data_sha256, f"{data_sha256} {files_digest(resolve_tokenizer_source(tokenizer))}"
 
 
+def ids_left_out(offered: Any, used: Any, column: str = "id") -> list[str] | None:
+    """The ids of ``offered`` rows a stage did not train on (``used`` is what it trained on),
+    sorted, for lineage: a forward trace must not claim a checkpoint learnt from them. None
+    when ``used`` has no ids to compare."""
+    if column not in offered.column_names:
+        return []
+    if column not in used.column_names:
+        return None
+    kept = {str(i) for i in used[column]}
+    return sorted({str(i) for i in offered[column]} - kept)
+
+
+def left_out_entry(offered: Any, used: Any) -> dict[str, list[str]]:
+    """``{"row_ids_left_out": [...]}`` for a lineage's inputs, or nothing when unknown."""
+    left_out = ids_left_out(offered, used)
+    return {} if left_out is None else {"row_ids_left_out": left_out}
+
+
 def ids_digest(dataset: Any, column: str = "id") -> str:
     """A hash of the row ids a stage trained on: lineage can prove which rows were used."""
     if column not in dataset.column_names:

@@ -29,6 +29,7 @@ from training.common import (
     above,
     at_least,
     ids_digest,
+    left_out_entry,
     load_splits,
     load_training_tokenizer,
     resource_errors,
@@ -335,6 +336,7 @@ def main(config: DPOStageConfig) -> Path:
         for key in ("eval_loss", "eval_rewards/margins", "eval_rewards/accuracies"):
             if key in evaluation:
                 final[key.replace("/", "_")] = evaluation[key]
+    offered = load_splits(config.data)["train"]  # the split as published
     lineage = lineage_record(
         "dpo",
         config,
@@ -344,8 +346,10 @@ def main(config: DPOStageConfig) -> Path:
             # the dataset's train split as published (a trace re-hashes it), then the pairs
             # actually used after dropping
             "data_sha256": data_digest,
-            "row_ids_sha256": ids_digest(load_splits(config.data)["train"]),
+            "row_ids_sha256": ids_digest(offered),
             "row_ids_used_sha256": ids_digest(train),
+            # no usable text, too long, chosen equal to rejected: a trace must not claim them
+            **left_out_entry(offered, train),
             "rows_used": len(train),
             "reference_checkpoint": reference_path,
             "dropped": dropped,

@@ -21,6 +21,7 @@ from training.common import (
     above,
     at_least,
     ids_digest,
+    left_out_entry,
     load_splits,
     load_training_tokenizer,
     resource_errors,
@@ -251,6 +252,7 @@ def run_group_stage(
         **stats,
         **reward_summary(out),
     }
+    offered = load_splits(config.data)["train"]  # the split as published
     lineage = lineage_record(
         stage,
         config,
@@ -261,8 +263,10 @@ def run_group_stage(
             "reward_weights": dict(config.reward_weights),
             # the prompt split as published (a trace re-hashes it), then the prompts used
             "data_sha256": data_digest,
-            "row_ids_sha256": ids_digest(load_splits(config.data)["train"]),
+            "row_ids_sha256": ids_digest(offered),
             "row_ids_used_sha256": ids_digest(train),
+            # no usable text, too long, chosen equal to rejected: a trace must not claim them
+            **left_out_entry(offered, train),
             "rows_used": len(train),
         },
         parent,

@@ -38,6 +38,7 @@ from training.common import (
     at_least,
     data_digests,
     ids_digest,
+    left_out_entry,
     load_splits,
     load_training_tokenizer,
     resource_errors,
@@ -536,6 +537,7 @@ def main(config: RewardStageConfig) -> Path:
         "dropped_too_long_test": test_too_long,
         **heldout,
     }
+    offered = load_splits(config.data)["train"]  # the split as published
     lineage = lineage_record(
         "reward",
         config,
@@ -544,8 +546,10 @@ def main(config: RewardStageConfig) -> Path:
             "data": config.data,
             "data_sha256": data_sha256,
             # the split as published (a trace re-hashes it); splits["train"] survived drops
-            "row_ids_sha256": ids_digest(load_splits(config.data)["train"]),
+            "row_ids_sha256": ids_digest(offered),
             "row_ids_used_sha256": ids_digest(splits["train"]),
+            # no usable text, too long, chosen equal to rejected: a trace must not claim them
+            **left_out_entry(offered, splits["train"]),
             "rows_used": len(splits["train"]),
             "tokenizer_sha256": tokenizer_digest(tokenizer),
             "dropped": {

@@ -24,6 +24,7 @@ from training.common import (
     at_least,
     data_digests,
     ids_digest,
+    ids_left_out,
     load_splits,
     load_training_tokenizer,
     resource_errors,
@@ -174,14 +175,6 @@ def assistant_turns(dataset) -> int:  # noqa: ANN001
     )
 
 
-def left_out_ids(train: Any, used: list[int]) -> list[str]:
-    """The ids of the rows not in ``used`` (none when the set has no ``id`` column)."""
-    if "id" not in train.column_names:
-        return []
-    kept = set(used)
-    return sorted(str(i) for n, i in enumerate(train["id"]) if n not in kept)
-
-
 def build_trainer(
     config: SFTStageConfig, callbacks: list | None = None
 ) -> tuple[SFTTrainer, dict[str, Any]]:
@@ -256,7 +249,7 @@ def build_trainer(
         "row_ids_used_sha256": ids_digest(train.select(used)),
         "rows_used": len(used),
         # no assistant token within max_length: a forward trace must not claim them
-        "row_ids_left_out": left_out_ids(train, used),
+        "row_ids_left_out": ids_left_out(train, train.select(used)),
     }
 
 
