@@ -359,12 +359,26 @@ def run_stage(
             "loss_curve": dg.MetadataValue.md(loss_plot(metrics, f"{stage} loss")),
             "tokens_per_s": speeds[-1] if speeds else None,
             **({"mfu": utilization[-1]} if utilization else {}),
-            "lineage": dg.MetadataValue.json(lineage),
+            "lineage": dg.MetadataValue.json(lineage_for_metadata(lineage)),
             "trained": trained,
             "recipe": recipe.path,
         },
         data_version=version,
     )
+
+
+# Ids listed in a lineage (the rows a stage left out) beyond this many are counted in the
+# asset's metadata, not copied: the event log keeps every materialization's metadata.
+LISTED_IDS = 100
+
+
+def lineage_for_metadata(lineage: dict) -> dict:
+    """The lineage as the asset shows it: long id lists become a count and where to read them."""
+    inputs = dict(lineage.get("inputs") or {})
+    for key, value in inputs.items():
+        if isinstance(value, list) and len(value) > LISTED_IDS:
+            inputs[key] = f"{len(value)} ids, listed in the checkpoint's lineage.json"
+    return {**lineage, "inputs": inputs}
 
 
 def dataset_path(storage: StorageResource, name: str) -> str:

@@ -301,3 +301,17 @@ def test_materializing_unchanged_data_again_keeps_versions_and_trains_nothing(de
     midtrain_version = materialization(again, "midtrain_checkpoint").tags[version]
     assert sft_lineage["parent_lineage_sha256"] == midtrain_version
     assert midtrain_version == hashlib.sha256(lineages["midtrain"]).hexdigest()
+
+
+def test_long_id_lists_of_a_lineage_are_counted_in_the_assets_metadata():
+    from assets.training import LISTED_IDS, lineage_for_metadata
+
+    many = [f"row-{i}" for i in range(LISTED_IDS + 1)]
+    lineage = {"stage": "sft", "inputs": {"row_ids_left_out": many, "data": "d"}}
+    shown = lineage_for_metadata(lineage)
+    assert shown["inputs"]["row_ids_left_out"] == (
+        f"{LISTED_IDS + 1} ids, listed in the checkpoint's lineage.json"
+    )
+    assert shown["inputs"]["data"] == "d" and lineage["inputs"]["row_ids_left_out"] == many
+    few = {"stage": "sft", "inputs": {"row_ids_left_out": many[:3]}}
+    assert lineage_for_metadata(few) == few
