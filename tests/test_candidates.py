@@ -2,6 +2,7 @@
 schema of the shared data model, reproducible under the seed, resumable after a crash."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,6 +19,7 @@ from training.candidates import (
     CandidatesConfig,
     candidate_id,
     samples_per_checkpoint,
+    weights_stamp,
 )
 from training.checkpoint import CheckpointError, publish
 from training.models import ModelConfig, build_causal_lm
@@ -88,10 +90,11 @@ def test_every_prompt_gets_n_candidates_with_distinct_origins(workspace, first_r
             assert sampling["temperature"] == 1.0 and sampling["top_p"] == 0.95
             assert sampling["seed"] == 0 and sampling["max_new_tokens"] == 8
             assert c["origin"] == "model"
-            assert c["candidate_id"] == candidate_id("model", c["model"], c["sampling"], c["text"])
+            stamp = weights_stamp(c["model"])
+            assert c["candidate_id"] == candidate_id("model", stamp, c["sampling"], c["text"])
             # the same hash the curation side computes for dataset candidates
             assert c["candidate_id"] == stable_id(
-                "model", f"{c['model']}\x1f{c['sampling']}\x1f{c['text']}"
+                "model", f"{stamp}\x1f{c['sampling']}\x1f{c['text']}"
             )
     texts = [c["text"] for row in data for c in row["candidates"]]
     assert len(set(texts)) > len(texts) // 2  # sampling, not one repeated answer
@@ -104,6 +107,29 @@ def test_same_seed_same_candidates_other_seed_different(workspace, first_run):
     first_texts = [c["text"] for r in rows(first_run) for c in r["candidates"]]
     other_texts = [c["text"] for r in rows(other) for c in r["candidates"]]
     assert first_texts != other_texts
+
+
+def test_ids_do_not_depend_on_where_the_checkpoints_lie(workspace, first_run):
+    # pair ids, the preference split and the order pairs train in all follow candidate ids:
+    # a checkout in another folder must get the same ones
+    moved = workspace / "elsewhere"
+    for name in ("a", "b"):
+        shutil.copytree(workspace / name, moved / name)
+    again = candidates_stage.main(
+        config(
+            workspace,
+            "moved",
+            checkpoints=[str(moved / "a"), str(moved / "b")],
+        )
+    )
+    ids = [[c["candidate_id"] for c in r["candidates"]] for r in rows(first_run)]
+    assert [[c["candidate_id"] for c in r["candidates"]] for r in rows(again)] == ids
+    assert {c["model"] for r in rows(again) for c in r["candidates"]} == {
+        str(moved / "a"),
+        str(moved / "b"),
+    }
+    # other weights at the same path are another model: new ids
+    assert weights_stamp(str(workspace / "a")) != weights_stamp(str(workspace / "b"))
 
 
 def test_a_killed_run_resumes_without_regenerating_finished_batches(

@@ -200,8 +200,14 @@ def checkpoint_stamp(checkpoint: str) -> str:
     """What names a checkpoint's weights beyond its path: the digest of its lineage (a new one
     whenever a stage publishes again, even at the same path), else of its config and weights."""
     stamp = lineage_sha256(checkpoint)
-    if stamp is not None:
-        return stamp
+    return stamp if stamp is not None else weights_stamp(checkpoint)
+
+
+def weights_stamp(checkpoint: str) -> str:
+    """sha256 of a checkpoint's config and safetensors by content, wherever it lies. Candidate
+    ids hash this rather than the path (or the lineage, which names paths): the preference split
+    and the order pairs train in follow the ids, so a checkout in another folder must get the
+    same ones for the demo's numbers to reproduce."""
     folder = Path(checkpoint)
     files = [folder / "config.json", *sorted(folder.glob("*.safetensors"))]
     return hashlib.sha256(
@@ -321,8 +327,9 @@ def sample(
 
 
 def candidate_rows(
-    answers: list[str], checkpoint: str, config: CandidatesConfig, first_sample: int
+    answers: list[str], checkpoint: str, stamp: str, config: CandidatesConfig, first_sample: int
 ) -> list[dict[str, str]]:
+    """``model`` keeps the checkpoint's path for people; the id hashes its ``weights_stamp``."""
     rows = []
     for offset, text in enumerate(answers):
         sampling = json.dumps(
@@ -337,7 +344,7 @@ def candidate_rows(
         )
         rows.append(
             {
-                "candidate_id": candidate_id("model", checkpoint, sampling, text),
+                "candidate_id": candidate_id("model", stamp, sampling, text),
                 "text": text,
                 "origin": "model",
                 "model": checkpoint,
@@ -381,6 +388,7 @@ def generate_shards(
         if not pending:
             continue
         model, tokenizer = load_model(checkpoint, config)
+        stamp = weights_stamp(checkpoint)
         first_sample = sum(counts[:index])
         for batch in pending:
             started = time.perf_counter()
@@ -401,7 +409,9 @@ def generate_shards(
                 [
                     {
                         "id": row["id"],
-                        "candidates": candidate_rows(texts, checkpoint, config, first_sample),
+                        "candidates": candidate_rows(
+                            texts, checkpoint, stamp, config, first_sample
+                        ),
                     }
                     for (row, _), texts in zip(kept, answers, strict=True)
                 ],

@@ -70,7 +70,9 @@ def files_digest(path: str | Path) -> str:
     for file in files:
         name = file.relative_to(path).as_posix() if path.is_dir() else file.name
         digest.update(f"\n{name}\n{file.stat().st_size}\n".encode())
-        digest.update(file.read_bytes())
+        with file.open("rb") as handle:  # a 374M checkpoint's weights are 1.5 GB
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
