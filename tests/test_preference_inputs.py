@@ -432,6 +432,26 @@ def test_prompts_without_a_question_are_left_out_of_ppo_and_grpo_and_counted(
     assert seen == [len(train) - emptied]
 
 
+def test_ppo_lineage_names_the_prompts_it_left_out(workspace, tmp_path):
+    """PPO's lineage hashed the whole prompt split as if it trained on every prompt; the
+    prompts it skips (no user's text, longer than max_length) must be named, as SFT, reward,
+    DPO and GRPO name theirs, so a forward trace does not claim the checkpoint learnt them."""
+    from training.ppo import main as ppo
+
+    train = rows_of(workspace, "prompt")
+    train[0]["prompt"] = message("user", "")
+    train[1]["prompt"] = message("user", " ".join(["word"] * 300))  # past max_length 128
+    like = workspace / "data" / "prompt" / "train.parquet"
+    data = write_variant(tmp_path / "skips", train, like=like)
+
+    lineage = read_lineage(ppo(ppo_config(workspace, "ppo-skips", data=str(data), max_length=128)))
+    inputs = lineage["inputs"]
+    assert inputs["row_ids_left_out"] == sorted({str(train[0]["id"]), str(train[1]["id"])})
+    assert inputs["rows_used"] == len(train) - 2 == lineage["metrics"]["prompts"]
+    assert inputs["row_ids_used_sha256"] != inputs["row_ids_sha256"]
+    assert lineage["metrics"]["prompts_too_long"] == 1
+
+
 # --- DPO pairs whose prompt fills max_length (D3) ---------------------------------------------
 
 

@@ -39,6 +39,7 @@ from training.common import (
     above,
     at_least,
     ids_digest,
+    left_out_entry,
     load_splits,
     load_training_tokenizer,
     resource_errors,
@@ -368,16 +369,17 @@ class TRLPolicyOptimizer:
 OPTIMIZERS: dict[str, Callable[[PolicySetup], PolicyOptimizer]] = {"trl": TRLPolicyOptimizer}
 
 
-def prompt_ids(rows: Any, tokenizer: Any, max_length: int) -> tuple[list[list[int]], int]:
-    """Prompts rendered for generation (chat template + assistant header); prompts longer than
-    ``max_length`` tokens are left out and counted rather than cut mid-question."""
+def prompt_ids(rows: Any, tokenizer: Any, max_length: int) -> tuple[list[list[int]], list[int]]:
+    """Prompts rendered for generation (chat template + assistant header) and the positions in
+    ``rows`` of those kept: prompts longer than ``max_length`` tokens are left out (lineage
+    names them) rather than cut mid-question."""
     if len(rows) == 0:
-        return [], 0
+        return [], []
     ids = tokenizer.apply_chat_template(
         list(rows["prompt"]), add_generation_prompt=True, tokenize=True, return_dict=False
     )
-    kept = [row for row in ids if len(row) <= max_length]
-    return kept, len(ids) - len(kept)
+    kept = [i for i, row in enumerate(ids) if len(row) <= max_length]
+    return [ids[i] for i in kept], kept
 
 
 def main(config: PPOStageConfig) -> Path:
@@ -403,7 +405,9 @@ def main(config: PPOStageConfig) -> Path:
         raise ValueError(f"{config.data}: no 'prompt' column (expected the prompt dataset)")
     rows, empty = usable_rows(config.data, "train", train, {"prompt": "prompt"})
     usable = train.select(rows) if len(rows) < len(train) else train
-    ids, too_long = prompt_ids(usable, tokenizer, config.max_length)
+    ids, positions = prompt_ids(usable, tokenizer, config.max_length)
+    too_long = len(usable) - len(positions)
+    used = usable.select(positions) if too_long else usable
     episodes = config.per_device_train_batch_size * config.gradient_accumulation_steps
     if len(ids) < episodes:
         raise ValueError(
@@ -471,8 +475,13 @@ def main(config: PPOStageConfig) -> Path:
             "data": config.data,
             "reward_model": config.reward_model,
             "ptx_data": config.ptx_data if config.ptx_coef > 0 else None,
+            # the prompt split as published (a trace re-hashes it), then the prompts used
             "data_sha256": data_digest,
             "row_ids_sha256": ids_digest(train),
+            "row_ids_used_sha256": ids_digest(used),
+            # no user's text or too long: a forward trace must not claim them
+            **left_out_entry(train, used),
+            "rows_used": len(used),
         },
         parent,
         final,
