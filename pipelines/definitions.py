@@ -19,14 +19,15 @@ OUTPUTS = os.environ.get("POSTFORGE_OUTPUTS", str(PROJECT_ROOT / "outputs"))
 
 
 def judge_resource() -> feedback.JudgeResource:
-    """The offline judge unless POSTFORGE_JUDGE_URL names an endpoint; the key is read from
-    POSTFORGE_JUDGE_API_KEY through EnvVar at run time, so it never enters config or metadata."""
-    url = os.environ.get("POSTFORGE_JUDGE_URL")
-    if not url:
+    """The offline judge unless POSTFORGE_JUDGE_URL names an endpoint. The URL and the key
+    (POSTFORGE_JUDGE_API_KEY) are bound through EnvVar and read at run time: a URL may carry a
+    credential, and a plain value would be stored in every run's job snapshot and shown in the
+    UI's resource view."""
+    if not os.environ.get("POSTFORGE_JUDGE_URL"):
         return feedback.JudgeResource()
     return feedback.JudgeResource(
         backend="openai",
-        base_url=url,
+        base_url=dg.EnvVar("POSTFORGE_JUDGE_URL"),
         model=os.environ.get("POSTFORGE_JUDGE_MODEL", "judge"),
         api_key=dg.EnvVar("POSTFORGE_JUDGE_API_KEY")
         if "POSTFORGE_JUDGE_API_KEY" in os.environ

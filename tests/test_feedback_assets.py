@@ -173,3 +173,41 @@ def test_failed_sets_within_max_error_share_are_written_and_counted(tmp_path):
     metadata = result.asset_materializations_for_node("ai_rankings")[0].metadata
     assert metadata["failed_sets"].value == 1
     assert metadata["statuses"].value == {"ok": 3, "error": 1}
+
+
+def test_the_endpoint_url_is_bound_through_envvar_and_never_stored(tmp_path, monkeypatch):
+    """A URL may carry a credential (a token in its path or query, a user:password host); bound
+    as a plain string it went into the job snapshot the instance stores and the UI shows."""
+    from pipelines.definitions import judge_resource
+
+    out, home = tmp_path / "out", tmp_path / "home"
+    out.mkdir()
+    home.mkdir()
+    candidate_table().write_parquet(out / "candidate_sets.parquet")
+    pl.DataFrame(schema=PREFERENCES).write_parquet(out / "curated_preferences.parquet")
+    with StubServer() as server, dg.instance_for_test(temp_dir=str(home)) as instance:
+        monkeypatch.setenv("POSTFORGE_JUDGE_URL", server.base_url)
+        monkeypatch.setenv("POSTFORGE_JUDGE_API_KEY", SECRET)
+        judge = judge_resource()
+        assert judge.backend == "openai"
+        result = dg.materialize(
+            [dg.SourceAsset("candidate_sets"), dg.SourceAsset("curated_preferences"), ai_rankings],
+            instance=instance,
+            resources={
+                "io_manager": PolarsParquetIOManager(base_dir=str(out)),
+                "storage": StorageResource(base_dir=str(out)),
+                "judge": judge,
+            },
+        )
+        assert result.success and len(server.log) >= 4  # the endpoint was reached
+        address = server.base_url.split("//")[1]
+        run = instance.get_run_by_id(result.run_id)
+        # the instance stores snapshots compressed: read them back rather than grep its files
+        stored = dg.serialize_value(instance.get_job_snapshot(run.job_snapshot_id))
+        assert "POSTFORGE_JUDGE_URL" in stored  # the variable's name stands in for its value
+        assert address not in stored and SECRET not in stored
+        assert address not in dg.serialize_value(run)
+    for path in [*out.rglob("*"), *home.rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert SECRET.encode() not in data and address.encode() not in data, path
