@@ -41,15 +41,35 @@ def candidate_table(prompts: int = 4, k: int = 3) -> pl.DataFrame:
     )
 
 
+def rankings_inputs(folder) -> tuple:
+    """``out`` holding the inputs ai_rankings reads, and an empty ``home`` for an instance."""
+    out, home = folder / "out", folder / "home"
+    out.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    candidate_table().write_parquet(out / "candidate_sets.parquet")
+    pl.DataFrame(schema=PREFERENCES).write_parquet(out / "curated_preferences.parquet")
+    return out, home
+
+
+def rank_with(judge, out, instance, asset=ai_rankings, **kwargs):
+    return dg.materialize(
+        # inputs read from out/ as rankings_inputs wrote them
+        [dg.SourceAsset("candidate_sets"), dg.SourceAsset("curated_preferences"), asset],
+        instance=instance,
+        resources={
+            "io_manager": PolarsParquetIOManager(base_dir=str(out)),
+            "storage": StorageResource(base_dir=str(out)),
+            "judge": judge,
+        },
+        **kwargs,
+    )
+
+
 def test_endpoint_judge_gets_its_key_from_the_environment_and_never_stores_it(
     tmp_path, monkeypatch
 ):
     monkeypatch.setenv("POSTFORGE_JUDGE_API_KEY", SECRET)
-    out, home = tmp_path / "out", tmp_path / "home"
-    out.mkdir()
-    home.mkdir()
-    candidate_table().write_parquet(out / "candidate_sets.parquet")
-    pl.DataFrame(schema=PREFERENCES).write_parquet(out / "curated_preferences.parquet")
+    out, home = rankings_inputs(tmp_path)
     with StubServer() as server, dg.instance_for_test(temp_dir=str(home)) as instance:
         judge = JudgeResource(
             backend="openai",
@@ -57,16 +77,7 @@ def test_endpoint_judge_gets_its_key_from_the_environment_and_never_stores_it(
             model="stub",
             api_key=dg.EnvVar("POSTFORGE_JUDGE_API_KEY"),
         )
-        result = dg.materialize(
-            # inputs read from out/ as written above
-            [dg.SourceAsset("candidate_sets"), dg.SourceAsset("curated_preferences"), ai_rankings],
-            instance=instance,
-            resources={
-                "io_manager": PolarsParquetIOManager(base_dir=str(out)),
-                "storage": StorageResource(base_dir=str(out)),
-                "judge": judge,
-            },
-        )
+        result = rank_with(judge, out, instance)
         assert result.success
         keys = {
             {k.lower(): v for k, v in headers.items()}.get("authorization")
@@ -101,24 +112,10 @@ def fails_on_question_zero(times: int):
 
 
 def materialize_rankings(folder, server, asset=ai_rankings, run_config=None):
-    out, home = folder / "out", folder / "home"
-    out.mkdir(parents=True, exist_ok=True)
-    home.mkdir(parents=True, exist_ok=True)
-    candidate_table().write_parquet(out / "candidate_sets.parquet")
-    pl.DataFrame(schema=PREFERENCES).write_parquet(out / "curated_preferences.parquet")
+    out, home = rankings_inputs(folder)
     judge = JudgeResource(backend="openai", base_url=server.base_url, model="stub", max_retries=0)
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        return dg.materialize(
-            [dg.SourceAsset("candidate_sets"), dg.SourceAsset("curated_preferences"), asset],
-            instance=instance,
-            raise_on_error=False,
-            run_config=run_config,
-            resources={
-                "io_manager": PolarsParquetIOManager(base_dir=str(out)),
-                "storage": StorageResource(base_dir=str(out)),
-                "judge": judge,
-            },
-        )
+        return rank_with(judge, out, instance, asset, raise_on_error=False, run_config=run_config)
 
 
 def failure_messages(result) -> list[str]:
@@ -180,25 +177,13 @@ def test_the_endpoint_url_is_bound_through_envvar_and_never_stored(tmp_path, mon
     as a plain string it went into the job snapshot the instance stores and the UI shows."""
     from pipelines.definitions import judge_resource
 
-    out, home = tmp_path / "out", tmp_path / "home"
-    out.mkdir()
-    home.mkdir()
-    candidate_table().write_parquet(out / "candidate_sets.parquet")
-    pl.DataFrame(schema=PREFERENCES).write_parquet(out / "curated_preferences.parquet")
+    out, home = rankings_inputs(tmp_path)
     with StubServer() as server, dg.instance_for_test(temp_dir=str(home)) as instance:
         monkeypatch.setenv("POSTFORGE_JUDGE_URL", server.base_url)
         monkeypatch.setenv("POSTFORGE_JUDGE_API_KEY", SECRET)
         judge = judge_resource()
         assert judge.backend == "openai"
-        result = dg.materialize(
-            [dg.SourceAsset("candidate_sets"), dg.SourceAsset("curated_preferences"), ai_rankings],
-            instance=instance,
-            resources={
-                "io_manager": PolarsParquetIOManager(base_dir=str(out)),
-                "storage": StorageResource(base_dir=str(out)),
-                "judge": judge,
-            },
-        )
+        result = rank_with(judge, out, instance)
         assert result.success and len(server.log) >= 4  # the endpoint was reached
         address = server.base_url.split("//")[1]
         run = instance.get_run_by_id(result.run_id)
