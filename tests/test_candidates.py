@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from torchrun_support import torchrun
@@ -21,7 +22,7 @@ from training.candidates import (
     samples_per_checkpoint,
     weights_stamp,
 )
-from training.checkpoint import CheckpointError, publish
+from training.checkpoint import OPTIMIZER_TENSORS, CheckpointError, publish
 from training.models import ModelConfig, build_causal_lm
 from training.recipe import RecipeError, build
 from training.tokenizer import TokenizerConfig, corpus_texts, to_transformers, train_tokenizer
@@ -179,6 +180,39 @@ def test_changed_settings_discard_old_shards(workspace, first_run):
     assert all(
         json.loads(c["sampling"])["max_new_tokens"] == 4 for r in rows(out) for c in r["candidates"]
     )
+
+
+def test_shards_with_path_hashed_ids_are_not_reused(workspace, capsys):
+    """Shards written before ids hashed the weights have a manifest without ``candidate_ids``;
+    resuming from them would mix the two id schemes in one table."""
+    cfg = config(workspace, "legacy")
+    candidates_stage.main(cfg)
+    shards = Path(cfg.output_dir) / "shards"
+    manifest = json.loads((shards / "manifest.json").read_text())
+    del manifest["candidate_ids"]
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    for shard in shards.glob("c*.parquet"):
+        table = pq.read_table(shard).to_pylist()
+        for row in table:
+            for c in row["candidates"]:
+                c["candidate_id"] = candidate_id("model", c["model"], c["sampling"], c["text"])
+        pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(shard)), shard)
+    capsys.readouterr()
+    again = rows(candidates_stage.main(cfg))
+    assert "discarding earlier shards" in capsys.readouterr().out
+    found = [c for r in again for c in r["candidates"]]
+    assert len(found) == PROMPTS * 3
+    for c in found:
+        stamp = weights_stamp(c["model"])
+        assert c["candidate_id"] == candidate_id("model", stamp, c["sampling"], c["text"])
+
+
+def test_the_weights_stamp_leaves_optimizer_state_out(workspace, tmp_path):
+    copy = shutil.copytree(workspace / "a", tmp_path / "a")
+    (copy / OPTIMIZER_TENSORS).write_bytes(b"not the model")
+    assert weights_stamp(str(copy)) == weights_stamp(str(workspace / "a"))
+    (copy / "model.safetensors").write_bytes(b"other weights")
+    assert weights_stamp(str(copy)) != weights_stamp(str(workspace / "a"))
 
 
 def test_prompts_longer_than_the_limit_are_skipped_and_counted(workspace):

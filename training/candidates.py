@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training.checkpoint import verify
+from training.checkpoint import OPTIMIZER_TENSORS, verify
 from training.common import load_splits, load_training_tokenizer
 from training.datafiles import files_digest
 from training.files import write_atomic_text
@@ -154,6 +154,10 @@ def samples_per_checkpoint(num_candidates: int, checkpoints: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(checkpoints)]
 
 
+# How a sampled candidate's id names its model (see ``weights_stamp``); in each shard manifest.
+CANDIDATE_IDS = "weights-sha256"
+
+
 def candidate_id(origin: str, model: str, sampling: str, text: str) -> str:
     """Stable hash of a candidate's text and origin; equals
     ``curation.schema.stable_id(origin, f"{model}\\x1f{sampling}\\x1f{text}")``."""
@@ -207,9 +211,11 @@ def weights_stamp(checkpoint: str) -> str:
     """sha256 of a checkpoint's config and safetensors by content, wherever it lies. Candidate
     ids hash this rather than the path (or the lineage, which names paths): the preference split
     and the order pairs train in follow the ids, so a checkout in another folder must get the
-    same ones for the demo's numbers to reproduce."""
+    same ones for the demo's numbers to reproduce. Optimizer state is not the model: a stable
+    checkpoint published with it samples what one without it does."""
     folder = Path(checkpoint)
-    files = [folder / "config.json", *sorted(folder.glob("*.safetensors"))]
+    weights = sorted(f for f in folder.glob("*.safetensors") if f.name != OPTIMIZER_TENSORS)
+    files = [folder / "config.json", *weights]
     return hashlib.sha256(
         "\n".join(files_digest(f) for f in files if f.is_file()).encode()
     ).hexdigest()
@@ -224,8 +230,10 @@ def prompts_sha256(rows: Sequence[dict]) -> str:
 
 def manifest(config: CandidatesConfig, checkpoints: Sequence[str], rows: Sequence[dict]) -> dict:
     """What a shard's content depends on; a resumed run reuses shards only when it matches.
-    Checkpoints count by path and by lineage, prompts by id and text."""
+    Checkpoints count by path and by lineage, prompts by id and text, and ``candidate_ids``
+    names how ids are made: shards from before ids hashed the weights are not reused."""
     return {
+        "candidate_ids": CANDIDATE_IDS,
         "checkpoints": list(checkpoints),
         "checkpoint_stamps": [checkpoint_stamp(c) for c in checkpoints],
         "num_candidates": config.num_candidates,
