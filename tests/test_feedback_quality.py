@@ -216,3 +216,41 @@ def test_against_the_sample_human_ranks_and_synthetic_answers(sample_sets):
     assert 0 <= lengthy["reference_pairwise_accuracy"] <= 1
     assert set(table["source"]) == {"oasst", "ultrafeedback"}
     assert json.dumps(lengthy)  # plain values, ready for asset metadata
+
+
+def test_quality_scores_the_verdicts_pairs_are_made_from():
+    """Ranks alone said more than the judge did: a pair its presentation orders disagreed on is
+    a tie in the pairs stage, and a pairwise judge's own verdicts decide its pairs; judge quality
+    read the ranks and counted both as decided."""
+    from curation.feedback.pairs import rankings_to_pairs
+
+    texts = ["ref answer", "bb", "cccc"]
+    human = {
+        **judged("h", ["a", "b", "c"], texts, [1, 2, 3]),
+        "judge": "oasst:human",
+        "origin": "human",
+        "consistent": None,
+    }
+    # ranks put b over a and c; the orders disagreed on (a, b) and on (b, c)
+    disagreed = judged("h", ["a", "b", "c"], texts, [2, 1, 3])
+    disagreed["meta"] = json.dumps({"disagreed_pairs": [["a", "b"], ["b", "c"]]})
+    summary, _ = judge_quality(
+        rankings_frame([disagreed]), hand_candidates(), rankings_frame([human])
+    )
+    assert summary["tie_rate"] == pytest.approx(2 / 3)
+    assert summary["reference_judge_ties"] == 2 and summary["reference_pairwise_accuracy"] == 1 / 3
+    # the model answer b no longer counts as preferred over the reference a
+    assert summary["generation_judgment_gap"] == 0.0
+    # the same ties as the pairs stage: only (a, c) becomes a pair
+    pairs = rankings_to_pairs(rankings_frame([disagreed]), hand_candidates()).pairs
+    assert pairs["source_ids"].to_list() == [["h", "a", "c"]]
+
+    # a pairwise judge: a > b and c > a agreed in every order (a cycle the ranks cannot hold)
+    pairwise = judged("h", ["a", "b", "c"], texts, [1, 3, 1])
+    pairwise["meta"] = json.dumps({"preferred_pairs": [["a", "b"], ["c", "a"]]})
+    summary, _ = judge_quality(
+        rankings_frame([pairwise]), hand_candidates(), rankings_frame([human])
+    )
+    assert summary["tie_rate"] == pytest.approx(1 / 3)  # (b, c): no verdict
+    assert summary["reference_pairwise_accuracy"] == pytest.approx(1 / 3)  # a>b agrees, c>a not
+    assert summary["reference_judge_ties"] == 1

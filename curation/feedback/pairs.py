@@ -22,7 +22,7 @@ Two answers with the same text (``schema.same_text``) never become a pair, whate
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Literal
@@ -150,6 +150,33 @@ def _id_pairs(value: Any, index: dict[str, int]) -> list[tuple[int, int]]:
         if isinstance(pair, list) and len(pair) == 2 and all(p in index for p in pair):
             out.append((index[pair[0]], index[pair[1]]))
     return out
+
+
+# which of two answers (by index) a ranking prefers; None for a tie
+Better = Callable[[int, int], "int | None"]
+
+
+def verdicts(meta: str | None, ids: Sequence[str], ranks: Sequence[int]) -> Better:
+    """``better(i, j)``: the index of the answer a ranking prefers of two, None for a tie, with
+    ``meta`` taking precedence over the ranks as this module's docstring says. Judge quality
+    scores the same verdicts the pairs are made from."""
+    parsed = parse_meta(meta)
+    index = {cid: i for i, cid in enumerate(ids)}
+    if "preferred_pairs" in parsed:
+        preferred = set(_id_pairs(parsed["preferred_pairs"], index))
+
+        def better(i: int, j: int) -> int | None:
+            return i if (i, j) in preferred else j if (j, i) in preferred else None
+
+        return better
+    disagreed = {frozenset(p) for p in _id_pairs(parsed.get("disagreed_pairs"), index)}
+
+    def ranked(i: int, j: int) -> int | None:
+        if ranks[i] == ranks[j] or frozenset((i, j)) in disagreed:
+            return None
+        return i if ranks[i] < ranks[j] else j
+
+    return ranked
 
 
 def judge_json(judge: str, origin: str, meta: str | None) -> str | None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from curation.feedback.pairs import Better, verdicts
 from curation.feedback.schema import same_text
 from curation.synthetic import SyntheticTask, check_answer
 
@@ -102,25 +103,36 @@ class _Tally:
         return out
 
 
-def _compare(tally: _Tally, judged: dict[str, int], reference: dict[str, int]) -> None:
+def _compare(
+    tally: _Tally, judged: dict[str, int], better: Better, reference: dict[str, int]
+) -> None:
     common = [c for c in judged if c in reference]
     if len(common) < 2:
         return
+    index = {c: i for i, c in enumerate(judged)}
     tally.ref["prompts"] += 1
     for a, b in combinations(common, 2):
         if reference[a] == reference[b]:
             continue
         tally.ref["pairs"] += 1
-        if judged[a] == judged[b]:
+        winner = better(index[a], index[b])
+        if winner is None:
             tally.ref["judge_tied"] += 1
-        elif (judged[a] < judged[b]) == (reference[a] < reference[b]):
+        elif (winner == index[a]) == (reference[a] < reference[b]):
             tally.ref["agree"] += 1
     tau = kendall_tau_b([judged[c] for c in common], [reference[c] for c in common])
     if tau is not None:
         tally.ref["taus"].append(tau)
 
 
-def _answers(tally: _Tally, ids: list[str], texts: list[str], ranks: list[int], row: dict) -> None:
+def _answers(
+    tally: _Tally,
+    ids: list[str],
+    texts: list[str],
+    ranks: list[int],
+    better: Better,
+    row: dict,
+) -> None:
     correct = [is_correct(row["answer"], row["task"], text) for text in texts]
     if all(correct) or not any(correct):
         return
@@ -130,7 +142,7 @@ def _answers(tally: _Tally, ids: list[str], texts: list[str], ranks: list[int], 
             continue
         right, wrong = (i, j) if correct[i] else (j, i)
         tally.ans["pairs"] += 1
-        tally.ans["agree"] += ranks[right] < ranks[wrong]
+        tally.ans["agree"] += better(right, wrong) == right
     best = min(ranks)
     tally.ans["best_correct"] += all(c for c, r in zip(correct, ranks, strict=True) if r == best)
     tau = kendall_tau_b(ranks, [1 if c else 2 for c in correct])
@@ -138,7 +150,7 @@ def _answers(tally: _Tally, ids: list[str], texts: list[str], ranks: list[int], 
         tally.ans["taus"].append(tau)
 
 
-def _gap(tally: _Tally, ids: list[str], texts: list[str], ranks: list[int], row: dict) -> None:
+def _gap(tally: _Tally, ids: list[str], texts: list[str], better: Better, row: dict) -> None:
     reference = same_text(row["reference"] or "")
     if not reference:
         return
@@ -147,7 +159,7 @@ def _gap(tally: _Tally, ids: list[str], texts: list[str], ranks: list[int], row:
     if not at or not models:
         return
     tally.gap_prompts += 1
-    tally.model_preferred += any(ranks[i] < ranks[at[0]] for i in models)
+    tally.model_preferred += any(better(i, at[0]) == i for i in models)
 
 
 def judge_quality(
@@ -192,23 +204,25 @@ def judge_quality(
         if row["status"] != "ok" or row["ranks"] is None:
             continue
         ids, texts, ranks = row["candidate_ids"], row["texts"], row["ranks"]
+        # pairs the presentation orders disagreed on are ties here too, as in the pairs stage
+        better = verdicts(row.get("meta"), ids, ranks)
         for tally in tallies:
             for i, j in combinations(range(len(ids)), 2):
                 tally.pairs += 1
-                if ranks[i] == ranks[j]:
+                winner = better(i, j)
+                if winner is None:
                     tally.tied += 1
                 elif len(texts[i]) != len(texts[j]):
                     tally.decided_by_length += 1
-                    winner = i if ranks[i] < ranks[j] else j
                     loser = j if winner == i else i
                     tally.longer_wins += len(texts[winner]) > len(texts[loser])
             judged_ranks = dict(zip(ids, ranks, strict=True))
             for reference in truth.get(row["id"], []):
-                _compare(tally, judged_ranks, reference)
+                _compare(tally, judged_ranks, better, reference)
             if found is not None and found["answer"]:
-                _answers(tally, ids, texts, ranks, found)
+                _answers(tally, ids, texts, ranks, better, found)
             if found is not None:
-                _gap(tally, ids, texts, ranks, found)
+                _gap(tally, ids, texts, better, found)
     table = pl.DataFrame(
         [{"source": source, **tally.summary()} for source, tally in sorted(by_source.items())]
     )
