@@ -22,7 +22,7 @@ Two answers with the same text (``schema.same_text``) never become a pair, whate
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Literal
@@ -30,6 +30,7 @@ from typing import Any, Literal
 import polars as pl
 
 from curation.feedback.schema import same_text
+from curation.judge.aggregate import Better, id_pairs, ranking_verdicts
 from curation.schema import PREFERENCES, empty, stable_id, stable_id_expr
 
 STAGE_SOURCE = "feedback"
@@ -142,41 +143,12 @@ def parse_meta(meta: str | None) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _id_pairs(value: Any, index: dict[str, int]) -> list[tuple[int, int]]:
-    """[[id, id], ...] from a meta field as index pairs; pairs naming an unknown id are left
-    out (they belong to candidates not in this ranking)."""
-    out = []
-    for pair in value if isinstance(value, list) else []:
-        if isinstance(pair, list) and len(pair) == 2 and all(p in index for p in pair):
-            out.append((index[pair[0]], index[pair[1]]))
-    return out
-
-
-# which of two answers (by index) a ranking prefers; None for a tie
-Better = Callable[[int, int], "int | None"]
-
-
 def verdicts(meta: str | None, ids: Sequence[str], ranks: Sequence[int]) -> Better:
     """``better(i, j)``: the index of the answer a ranking prefers of two, None for a tie, with
     ``meta`` taking precedence over the ranks as this module's docstring says. Judge quality
-    scores the same verdicts the pairs are made from."""
-    parsed = parse_meta(meta)
-    index = {cid: i for i, cid in enumerate(ids)}
-    if "preferred_pairs" in parsed:
-        preferred = set(_id_pairs(parsed["preferred_pairs"], index))
-
-        def better(i: int, j: int) -> int | None:
-            return i if (i, j) in preferred else j if (j, i) in preferred else None
-
-        return better
-    disagreed = {frozenset(p) for p in _id_pairs(parsed.get("disagreed_pairs"), index)}
-
-    def ranked(i: int, j: int) -> int | None:
-        if ranks[i] == ranks[j] or frozenset((i, j)) in disagreed:
-            return None
-        return i if ranks[i] < ranks[j] else j
-
-    return ranked
+    scores the same verdicts the pairs are made from, and a judge panel votes with them
+    (``curation.judge.aggregate.ranking_verdicts``, the rule itself)."""
+    return ranking_verdicts(parse_meta(meta), ids, ranks)
 
 
 def judge_json(judge: str, origin: str, meta: str | None) -> str | None:
@@ -232,11 +204,11 @@ def rankings_to_pairs(
         ids, texts, ranks = ranking["candidate_ids"], ranking["texts"], ranking["ranks"]
         meta = parse_meta(ranking["meta"])
         index = {cid: i for i, cid in enumerate(ids)}
-        disagreed = {frozenset(p) for p in _id_pairs(meta.get("disagreed_pairs"), index)}
+        disagreed = {frozenset(p) for p in id_pairs(meta.get("disagreed_pairs"), index)}
         counts["order_disagreements"] += len(disagreed)
         direct = "preferred_pairs" in meta
         if direct:
-            verdicts = _id_pairs(meta["preferred_pairs"], index)
+            verdicts = id_pairs(meta["preferred_pairs"], index)
             pairs, skipped = direct_pairs(
                 verdicts, len(ids), ranks, config.strategy, config.min_margin
             )
