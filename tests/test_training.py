@@ -332,6 +332,43 @@ def test_an_interrupted_sft_run_resumes_from_its_last_save(workspace, stable):
     assert state["global_step"] == 4
 
 
+def test_a_parent_republished_while_its_child_trains_is_not_recorded_as_its_parent(
+    workspace, stable, monkeypatch
+):
+    import training.sft
+    from training.runs import ParentChangedError, lineage_sha256
+
+    parent = workspace / "parent-republished"
+    shutil.copytree(stable, parent)
+    at_start = lineage_sha256(parent)
+    config = SFTStageConfig(
+        output_dir=str(workspace / "sft-parent-republished"),
+        data=str(workspace / "data" / "sft"),
+        init_from=str(parent),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        max_length=48,
+        use_cpu=True,
+    )
+    train = training.sft.train_or_restore
+
+    def train_while_the_parent_is_republished(*args, **kwargs):
+        trained = train(*args, **kwargs)
+        lineage = read_lineage(parent)
+        lineage["finished_at"] = "2099-01-01T00:00:00Z"  # another run of the parent stage
+        (parent / "lineage.json").write_text(json.dumps(lineage))
+        return trained
+
+    monkeypatch.setattr(training.sft, "train_or_restore", train_while_the_parent_is_republished)
+    with pytest.raises(ParentChangedError, match=str(parent)):
+        sft(config)
+    assert not (workspace / "sft-parent-republished" / "checkpoint").exists()
+
+    monkeypatch.setattr(training.sft, "train_or_restore", train)
+    lineage = read_lineage(sft(config))  # starts over from the checkpoint there now
+    assert lineage["parent_lineage_sha256"] == lineage_sha256(parent) != at_start
+
+
 def test_sft_from_a_local_pretrained_model_names_it_as_the_parent(workspace, stable):
     from training.models import ModelConfig
 

@@ -34,6 +34,7 @@ from training.runs import (
     already_published,
     claim_runs,
     lineage_record,
+    pin_parent,
     run_fingerprint,
     train_or_restore,
     whole_run_loss,
@@ -143,6 +144,7 @@ def main(config: CausalLMConfig) -> Path:
     tokenizer = load_training_tokenizer(parent or config.tokenizer)
     splits = load_splits(config.data, required=("text",))
     data_sha256, data_digest = data_digests(config.data, None if parent else config.tokenizer)
+    parent_pin = pin_parent(config, parent)
     fingerprint = run_fingerprint(config, data_digest, [parent])
     if published := already_published(config, fingerprint, reporter, config.stage):
         return published
@@ -220,6 +222,7 @@ def main(config: CausalLMConfig) -> Path:
         final,
         started,
         fingerprint,
+        parent_pin=parent_pin,
     )
     with resource_errors(config.stage, out / "runs"):
         checkpoint = publish(

@@ -52,6 +52,7 @@ from training.runs import (
     claim_runs,
     last_run_checkpoint,
     lineage_record,
+    pin_parent,
     run_fingerprint,
     train_or_restore,
     whole_run_loss,
@@ -304,6 +305,7 @@ def main(config: DPOStageConfig) -> Path:
     # a reference replaced in place (without lineage) keeps its path: refused even unchanged
     check_reference_tokenizer(load_training_tokenizer(parent), parent, reference_path)
     data_digest = content_digest(config.data)
+    parent_pin = pin_parent(config, parent)
     fingerprint = run_fingerprint(config, data_digest, [parent, reference_path])
     if published := already_published(config, fingerprint, reporter, "dpo"):
         return published
@@ -358,6 +360,7 @@ def main(config: DPOStageConfig) -> Path:
         final,
         started,
         fingerprint,
+        parent_pin=parent_pin,
     )
     with resource_errors("dpo", out / "runs"):
         checkpoint = publish(

@@ -45,6 +45,7 @@ from training.runs import (
     claim_runs,
     last_run_checkpoint,
     lineage_record,
+    pin_parent,
     run_fingerprint,
     train_or_restore,
     whole_run_loss,
@@ -206,6 +207,7 @@ def run_group_stage(
     # Before the reward model, the prompts or the policy are loaded: an unchanged re-run has
     # nothing to train.
     data_digest = content_digest(config.data)
+    parent_pin = pin_parent(config, parent)
     fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
     if published := already_published(config, fingerprint, reporter, stage):
         return published
@@ -273,6 +275,7 @@ def run_group_stage(
         final,
         started,
         fingerprint,
+        parent_pin=parent_pin,
     )
     with resource_errors(stage, runs):
         checkpoint = publish(

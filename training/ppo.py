@@ -50,7 +50,13 @@ from training.models import ModelConfig, build_causal_lm, count_parameters
 from training.reporting import Reporter
 from training.rewards import check_same_tokenizer, load_reward_model
 from training.rows import usable_rows
-from training.runs import already_published, last_run_checkpoint, lineage_record, run_fingerprint
+from training.runs import (
+    already_published,
+    last_run_checkpoint,
+    lineage_record,
+    pin_parent,
+    run_fingerprint,
+)
 
 
 @dataclass(frozen=True)
@@ -395,6 +401,7 @@ def main(config: PPOStageConfig) -> Path:
     data_digest = content_digest(config.data)
     if config.ptx_coef > 0:
         data_digest += " " + content_digest(config.ptx_data)
+    parent_pin = pin_parent(config, parent)
     fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
     if published := already_published(config, fingerprint, reporter, "ppo"):
         return published
@@ -487,6 +494,7 @@ def main(config: PPOStageConfig) -> Path:
         final,
         started,
         fingerprint,
+        parent_pin=parent_pin,
     )
     tokenizer.padding_side = "right"
     with resource_errors("ppo", runs):

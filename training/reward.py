@@ -58,6 +58,7 @@ from training.runs import (
     claim_runs,
     last_run_checkpoint,
     lineage_record,
+    pin_parent,
     run_fingerprint,
     train_or_restore,
     whole_run_loss,
@@ -457,6 +458,7 @@ def main(config: RewardStageConfig) -> Path:
     # model trained from scratch takes its tokenizer from the recipe, so the tokenizer's files
     # count too (a tokenizer rebuilt at the same path trains again).
     data_sha256, data_digest = data_digests(config.data, None if parent else config.tokenizer)
+    parent_pin = pin_parent(config, parent)
     fingerprint = run_fingerprint(config, data_digest, [parent])
     if published := already_published(config, fingerprint, reporter, "reward"):
         return published
@@ -561,6 +563,7 @@ def main(config: RewardStageConfig) -> Path:
         final,
         started,
         fingerprint,
+        parent_pin=parent_pin,
     )
     with resource_errors("reward", out / "runs"):
         checkpoint = publish(

@@ -215,6 +215,23 @@ def already_published(
     return checkpoint
 
 
+class ParentChangedError(RuntimeError):
+    """The checkpoint a run started from was republished at its path while the run trained."""
+
+
+def starting_point(config: Any, parent: str | None) -> str | None:
+    """The checkpoint a run starts from: its verified ``init_from``, else a pretrained
+    ``model.path`` (a stage started from a model of someone else's)."""
+    return parent or getattr(getattr(config, "model", None), "path", None)
+
+
+def pin_parent(config: Any, parent: str | None) -> str | None:
+    """The digest of the parent's lineage.json as the run starts, taken with its fingerprint.
+    ``lineage_record`` records this one, not the one there at publish time: a parent retrained
+    while its child ran is another checkpoint than the child's weights came from."""
+    return lineage_sha256(starting_point(config, parent))
+
+
 def lineage_record(
     stage: str,
     config: Any,
@@ -223,9 +240,23 @@ def lineage_record(
     metrics: Mapping[str, Any],
     started: float,
     fingerprint: str,
+    *,
+    parent_pin: str | None,
 ) -> dict[str, Any]:
-    # a stage started from a pretrained model (model.path) rather than a checkpoint of ours
-    parent = parent or getattr(getattr(config, "model", None), "path", None)
+    """What ``publish`` writes as lineage.json. Refuses (``ParentChangedError``) when the
+    parent's lineage is no longer ``parent_pin``, the one ``pin_parent`` read as the run
+    started: its weights (or optimizer state) may have come from either, and a lineage naming
+    one of them would be a guess. The run's fingerprint holds the earlier parent too, so the
+    next run starts over from the new one."""
+    parent = starting_point(config, parent)
+    now = lineage_sha256(parent)
+    if now != parent_pin:
+        raise ParentChangedError(
+            f"{stage}: {parent} was republished while this run trained (its lineage.json was "
+            f"{(parent_pin or 'absent')[:12]} at the start, {(now or 'absent')[:12]} now); "
+            "nothing was published, since the weights may come from either. Run the stage "
+            "again to train from the checkpoint there now."
+        )
     return {
         "stage": stage,
         "fingerprint": fingerprint,
@@ -233,7 +264,7 @@ def lineage_record(
         "inputs": dict(inputs),
         "parent_checkpoint": parent,
         # pins the parent run: a parent retrained at the same path later is another checkpoint
-        "parent_lineage_sha256": lineage_sha256(parent),
+        "parent_lineage_sha256": parent_pin,
         "metrics": dict(metrics),
         "code_version": code_version(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

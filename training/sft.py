@@ -36,6 +36,7 @@ from training.runs import (
     already_published,
     claim_runs,
     lineage_record,
+    pin_parent,
     run_fingerprint,
     train_or_restore,
     whole_run_loss,
@@ -260,6 +261,7 @@ def main(config: SFTStageConfig) -> Path:
     # Before the trainer: building it tokenizes every conversation, which an unchanged re-run
     # must not wait for.
     data_sha256, data_digest = data_digests(config.data, None if parent else config.tokenizer)
+    parent_pin = pin_parent(config, parent)
     fingerprint = run_fingerprint(config, data_digest, [parent])
     if published := already_published(config, fingerprint, reporter, "sft"):
         return published
@@ -308,6 +310,7 @@ def main(config: SFTStageConfig) -> Path:
         final,
         started,
         fingerprint,
+        parent_pin=parent_pin,
     )
     with resource_errors("sft", out / "runs"):
         checkpoint = publish(
