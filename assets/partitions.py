@@ -163,8 +163,8 @@ def qualify_positional_ids(frame: pl.DataFrame, drop: str) -> pl.DataFrame:
     ``id`` column) keep them: a later drop delivering one again is a newer version of it."""
     if frame.height == 0 or "provenance" not in frame.columns:
         return frame
-    file_name = pl.col("provenance").struct.field("file").str.split("/").list.last()
-    positional = pl.col("source_id").str.starts_with(file_name + pl.lit(":")).fill_null(False)
+    files = frame.get_column("provenance").struct.field("file")
+    positional = _positional(int(files.str.count_matches("/").max() or 0) + 1)
     return frame.with_columns(
         pl.when(positional)
         .then(stable_id_expr(drop, pl.col("id")))
@@ -175,6 +175,23 @@ def qualify_positional_ids(frame: pl.DataFrame, drop: str) -> pl.DataFrame:
         .otherwise(pl.col("source_id"))
         .alias("source_id"),
     )
+
+
+def _positional(depth: int) -> pl.Expr:
+    """Whether ``source_id`` is a positional id: ``LABEL:...`` where the label is a trailing
+    part of the row's file path. A reader labels by the file name, or by more of the path when
+    two files of one read share a name (``a/part.jsonl`` and ``b/part.jsonl`` in
+    ``flan/``), so every trailing part up to ``depth`` (the deepest path's) is tried, not the
+    name alone. Paths are a few folders deep: a handful of expressions."""
+    parts = pl.col("provenance").struct.field("file").str.split("/")
+    source_id = pl.col("source_id")
+    found = pl.lit(False)
+    for size in range(1, depth + 1):
+        label = parts.list.slice(-size).list.join("/")
+        found = found | (
+            (parts.list.len() >= size) & source_id.str.starts_with(label + pl.lit(":"))
+        )
+    return found.fill_null(False)
 
 
 class DropRecord(NamedTuple):

@@ -9,10 +9,12 @@ No per-row dicts are built for a whole frame, which is what keeps a million rows
 from __future__ import annotations
 
 import gc
+import os
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import accumulate
+from pathlib import PurePath, PurePosixPath
 from typing import TypeVar
 
 import msgspec
@@ -30,8 +32,41 @@ def source_name(options: ReadOptions, default: str) -> str:
     return options.source or default
 
 
+def positional_labels(paths: Sequence[P]) -> dict[P, str]:
+    """The label each input's rows are known by when they carry no id of their own
+    (``label:line``): the file name, or, where two inputs of one read share a name, the
+    shortest trailing part of the path that tells them apart (``d1/train.jsonl``).
+
+    Why this rule: a row's id must be unique across the inputs read together and the same on
+    every run, and ``name:line`` is what every existing id, golden file, ledger and trace of
+    inputs with distinct names already holds, so it must not change where it was unique. The
+    full path would be unique too, but it would change every id whenever the data moved folder
+    (or the command ran from another directory); a suffix changes only with the folders that
+    actually distinguish the colliding files, and ``trace --row d1/train.jsonl:1`` still finds
+    the row by its provenance path. Paths are made absolute first, so ``a/x.jsonl`` and
+    ``../a/x.jsonl`` are told apart by the folder above ``a``. A path given twice is the same
+    input twice and keeps one label: its rows are the same rows, and duplicates of each other.
+    A label depends on which inputs are read together: a file read alone keeps its name.
+    """
+    parts = {path: PurePath(os.path.abspath(path)).parts for path in paths}
+    by_name: dict[str, set[tuple[str, ...]]] = {}
+    for full in parts.values():
+        by_name.setdefault(full[-1], set()).add(full)
+    labels = {}
+    for path, full in parts.items():
+        others = by_name[full[-1]] - {full}
+        depth = 1
+        # Distinct absolute paths differ in some component (the root counts as one), so the
+        # loop ends by the full path at the latest.
+        while any(other[-depth:] == full[-depth:] for other in others):
+            depth += 1
+        labels[path] = PurePosixPath(*full[-depth:]).as_posix()
+    return labels
+
+
 def source_ids(ids: Sequence[object], lines: Sequence[int], label: str) -> list[str]:
-    """The input's own id when it has one, else ``label:line`` (unique across files)."""
+    """The input's own id when it has one, else ``label:line``; ``label`` comes from
+    ``positional_labels`` so that it is unique across the inputs of one read."""
     return [
         f"{label}:{line}" if raw is None else str(raw) for raw, line in zip(ids, lines, strict=True)
     ]
@@ -147,7 +182,9 @@ def paused_gc() -> Iterator[None]:
 
 
 def read_each(paths: Sequence[P], read_one: Callable[[P], IngestResult]) -> IngestResult:
-    """Read every path on its own (its name labels its rows) and stack the results."""
+    """Read every path on its own and stack the results. A reader labels positional ids with
+    ``positional_labels(paths)[path]``, not the path's name, so that two inputs of one read
+    with the same file name never give two rows one id."""
     with paused_gc():
         return IngestResult.concat([read_one(path) for path in paths])
 

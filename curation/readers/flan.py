@@ -17,6 +17,7 @@ from curation.filters.options import has_options as has_options  # the flag, for
 from curation.ingest import IngestResult, ReadOptions
 from curation.readers.common import (
     meta_for_groups,
+    positional_labels,
     read_each,
     rejected_frame,
     source_name,
@@ -44,10 +45,12 @@ class FlanRow(msgspec.Struct, gc=False):  # gc=False: a million structs, no GC t
 
 def read_flan(paths: Sequence[Path], options: ReadOptions) -> IngestResult:
     source = source_name(options, "flan")
-    return read_each(paths, lambda path: _read_file(path, source))
+    labels = positional_labels(paths)
+    return read_each(paths, lambda path: _read_file(path, source, labels[path]))
 
 
-def _read_file(path: Path, source: str) -> IngestResult:
+def _read_file(path: Path, source: str, label: str) -> IngestResult:
+    """One file; ``label`` names its rows that have no id (``label:line``)."""
     records = read_records(path, FlanRow, source)
     items = records.items
     ids = [row.id for row in items]
@@ -78,9 +81,7 @@ def _read_file(path: Path, source: str) -> IngestResult:
     data = data.with_columns(has_options=pl.col("inputs").str.contains(OPTIONS_PATTERN))
     data = data.with_columns(meta=meta_for_groups(data, META_KEYS))
     conversations = data.select(
-        source_id=pl.coalesce(
-            pl.col("raw_id"), pl.format("{}:{}", pl.lit(path.name), pl.col("line"))
-        ),
+        source_id=pl.coalesce(pl.col("raw_id"), pl.format("{}:{}", pl.lit(label), pl.col("line"))),
         lang=pl.col("lang").fill_null("en"),
         messages=text_messages(data, ("user", "inputs"), ("assistant", "targets")),
         meta=pl.col("meta"),

@@ -32,6 +32,7 @@ from curation.readers.common import (
     Turn,
     message_lists,
     messages_series,
+    positional_labels,
     read_each,
     reject,
     rejected_frame,
@@ -171,16 +172,20 @@ def detect_layout(found: Iterable[str], mapping: dict[str, str], where: str) -> 
 
 
 def read_jsonl(paths: Sequence[Path], options: ReadOptions) -> IngestResult:
+    labels = positional_labels(paths)
+
     def read_one(path: Path) -> IngestResult:
         source = source_name(options, path.stem)
         layout = detect_layout(jsonl_columns(path), options.columns, str(path))
         records = read_records(path, layout.record_type(), source)
-        return build(records, layout, source, str(path), path.name)
+        return build(records, layout, source, str(path), labels[path])
 
     return read_each(paths, read_one)
 
 
 def read_parquet(paths: Sequence[Path], options: ReadOptions) -> IngestResult:
+    labels = positional_labels(paths)
+
     def read_one(path: Path) -> IngestResult:
         source = source_name(options, path.stem)
         if not path.is_file():
@@ -192,7 +197,7 @@ def read_parquet(paths: Sequence[Path], options: ReadOptions) -> IngestResult:
         layout = detect_layout(found, options.columns, str(path))
         # Not read_records: it picks the format by suffix, and this reader was told it is Parquet.
         records = parquet_rows(path, layout.record_type(), source)
-        return build(records, layout, source, str(path), path.name)
+        return build(records, layout, source, str(path), labels[path])
 
     return read_each(paths, read_one)
 
@@ -200,6 +205,8 @@ def read_parquet(paths: Sequence[Path], options: ReadOptions) -> IngestResult:
 def read_hf(paths: Sequence[str | Path], options: ReadOptions) -> IngestResult:
     """HF datasets: a ``save_to_disk`` folder, a local data file or folder, or a hub id (which
     needs the network unless cached; nothing here forces a download)."""
+    # Hub ids are labelled like paths: ``a/data`` and ``b/data`` share the name ``data``.
+    labels = positional_labels([str(path).rstrip("/") for path in paths])
 
     def read_one(path: str | Path) -> IngestResult:
         name = str(path)
@@ -215,7 +222,7 @@ def read_hf(paths: Sequence[str | Path], options: ReadOptions) -> IngestResult:
             raise SourceError(
                 name, f"no row could be read (row {first['line']}: {first['reason']})"
             )
-        return build(records, layout, source, name, Path(name.rstrip("/")).name)
+        return build(records, layout, source, name, labels[name.rstrip("/")])
 
     return read_each(paths, read_one)
 
