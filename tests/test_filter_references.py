@@ -13,10 +13,13 @@ import pytest
 from curation.filters.base import FINDINGS, REWRITES, Batch, Findings, Policy
 from curation.filters.references import (
     PREFILTER,
+    REQUESTED,
     RULE_NAMES,
     RULES,
     ReferenceFilter,
     detect,
+    left_nothing,
+    requested,
     strip,
 )
 from curation.ingest import ingest
@@ -356,6 +359,169 @@ def test_emptied_turn_drops_the_whole_conversation() -> None:
     assert findings.rewrites.height == 0
 
 
+# Realistic answers with numbered citations and a bibliography, written the ways models and
+# wikis write them, and what must be left: no marker, no blank before punctuation, no double
+# blank, no ",." from a removed "et al.".
+CLEAN_STRIPS = [
+    (
+        "Gauss was a German mathematician.[1][2]\n\n"
+        "[1] Dunnington, G. W. (1955). Gauss: Titan of Science. Hafner.\n"
+        "[2] Bühler, W. K. (1981). Gauss: A Biographical Study. Springer.",
+        "Gauss was a German mathematician.",
+    ),
+    (
+        "Gauss was a German mathematician [1][2]. He was born in 1777 [3].\n\nReferences\n"
+        "[1] Dunnington, G. W. (1955). Gauss. Hafner.\n[2] Bühler, W. K. (1981). Gauss. "
+        "Springer.\n[3] Hall, T. (1970). Carl Friedrich Gauss. MIT Press.",
+        "Gauss was a German mathematician. He was born in 1777.",
+    ),
+    (
+        "Transformers replaced recurrence with attention [1, 2]. They scale well [1–3], and are "
+        "used widely [2-3] .\n\nReferences\n[1] Vaswani, A. et al. (2017). Attention is all "
+        "you need. NeurIPS.\n[2] Devlin, J. et al. (2019). BERT. NAACL.\n[3] Brown, T. et al. "
+        "(2020). Language models are few-shot learners. NeurIPS.",
+        "Transformers replaced recurrence with attention. They scale well, and are used widely.",
+    ),
+    (
+        "Attention [1] [2] is key, as is scale [3],[4].\n\n[1] Vaswani, A. (2017). Attention. "
+        "NeurIPS.\n[2] Lee, K. (2018). X. https://example.org\n[3] Kaplan, J. (2020). Scaling."
+        " arXiv.\n[4] Hoffmann, J. (2022). Chinchilla. arXiv.",
+        "Attention is key, as is scale.",
+    ),
+    (
+        "Water boils at 100 °C at sea level.[1] It freezes at 0 °C.[2][3]\n\n## References\n\n"
+        "1. Lide, D. R. (2004). CRC Handbook. CRC Press.\n2. Atkins, P. (2010). Physical "
+        "Chemistry. OUP.\n3. Smith, J. (2012). Ice. Nature.",
+        "Water boils at 100 °C at sea level. It freezes at 0 °C.",
+    ),
+    (
+        "Photosynthesis converts light to chemical energy [1]; it happens in chloroplasts [2]."
+        "\n\nSources:\n[1] https://example.org/photo\n[2] https://example.org/chloro",
+        "Photosynthesis converts light to chemical energy; it happens in chloroplasts.",
+    ),
+    (
+        "Some say it works.[1] Others disagree.[2]\n\nNotes:\n\n[1] Smith, J. (2019). A. "
+        "Nature.\n[2] Lee, K. (2020). B. Science.",
+        "Some say it works. Others disagree.",
+    ),
+    (
+        "Mood improves (Smith, 2019), and sleep too (Lee & Park, 2020; Kim, 2021) .",
+        "Mood improves, and sleep too.",
+    ),
+    (
+        "Key papers include Vaswani, A., Shazeer, N., et al. (2017). Attention is all you need.",
+        "Key papers include Vaswani, A., Shazeer, N. Attention is all you need.",
+    ),
+    (
+        "Attention was introduced by Vaswani et al., and BERT followed (Devlin et al., 2019).",
+        "Attention was introduced by Vaswani, and BERT followed.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CLEAN_STRIPS)
+def test_rewrite_removes_marker_runs_and_sections_cleanly(text: str, expected: str) -> None:
+    assert strip(text) == expected
+    assert rewritten(run(text)) == expected
+    assert not re.search(r"  |[ \t][.,;:!?]|\[[0-9]|,\.|\w\.\.", expected)
+
+
+def test_a_list_of_citations_alone_is_dropped_not_cut_to_its_intro() -> None:
+    answer = (
+        "Here are three papers on transformers:\n\n"
+        "1. Vaswani, A., Shazeer, N., et al. (2017). Attention is all you need. NeurIPS.\n"
+        "2. Devlin, J., et al. (2019). BERT. NAACL."
+    )
+    findings = run(answer)
+    assert findings.rewrites.height == 0
+    assert set(findings.ledger["verdict"]) == {"drop"}
+    assert left_nothing(answer, strip(answer))
+    # A stripped answer that ends in a colon only counts when the colon was not there before.
+    assert not left_nothing("Run this:", "Run this:")
+
+
+# ---- references the prompt asked for ---------------------------------------------------------
+
+PAPERS = (
+    "Here are three papers on transformers:\n\n"
+    "1. Vaswani, A., Shazeer, N., Parmar, N., et al. (2017). Attention is all you need. NeurIPS."
+    "\n2. Devlin, J., Chang, M.-W., Lee, K., & Toutanova, K. (2019). BERT: Pre-training of deep "
+    "bidirectional transformers. NAACL.\n"
+    "3. Brown, T. B., Mann, B., et al. (2020). Language models are few-shot learners. NeurIPS."
+)
+PAPERS_SHORT = (
+    "1. Vaswani et al. Attention is all you need. NeurIPS 2017.\n"
+    "2. Devlin et al. BERT. NAACL 2019.\n"
+    "3. Brown et al. Language Models are Few-Shot Learners. NeurIPS 2020."
+)
+
+
+@pytest.mark.parametrize("answer", [PAPERS, PAPERS_SHORT, ANSWER])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "Give me three papers on transformers with authors.",
+        "What are the seminal papers on attention? Include the authors.",
+        "Explain transformers and cite your sources.",
+        "Any references for that?",
+        "List 3 peer-reviewed articles about it, APA style.",
+    ],
+)
+def test_an_answer_the_prompt_asked_for_is_kept_unchanged(answer: str, prompt: str) -> None:
+    assert requested(prompt)
+    assert pl.Series([prompt]).str.contains(REQUESTED).item() is True
+    findings = ReferenceFilter()(batch(conversation("r0", answer, prompt=prompt)))
+    assert findings.rewrites.height == 0  # the answer stays exactly as it was
+    assert findings.ledger.height > 0 and set(findings.ledger["verdict"]) == {"keep"}
+    assert findings.ledger["reason"].str.starts_with("asked for by the prompt ('").all()
+
+
+def test_the_same_answer_unasked_is_stripped_and_a_system_turn_can_ask() -> None:
+    plain = conversation("a", PAPERS_SHORT, prompt="Tell me about transformers.")
+    system = conversation("b", PAPERS_SHORT, prompt="Tell me about transformers.")
+    system["messages"].insert(0, {"role": "system", "content": "Always cite your sources."})
+    findings = ReferenceFilter()(batch(plain, system))
+    verdicts = dict(zip(findings.ledger["row_id"], findings.ledger["verdict"], strict=True))
+    assert verdicts == {"a": "rewrite", "b": "keep"}
+    assert findings.rewrites["row_id"].to_list() == ["a"]
+    assert "et al" not in findings.rewrites["content"].item()
+
+
+def test_asked_for_overrides_drop_not_flag_and_can_be_switched_off() -> None:
+    prompt = "Give me three papers on transformers with authors."
+    rows = [
+        conversation("a", PAPERS_SHORT, prompt=prompt, source="flan"),
+        conversation("b", PAPERS_SHORT, prompt=prompt, source="hh"),
+    ]
+    policy = Policy("rewrite", per_source={"flan": "drop", "hh": "flag"})
+    findings = ReferenceFilter(policy=policy)(batch(*rows))
+    verdicts = dict(zip(findings.ledger["row_id"], findings.ledger["verdict"], strict=True))
+    assert verdicts == {"a": "keep", "b": "flag"}
+    off = ReferenceFilter(keep_requested=False)(batch(rows[0]))
+    assert set(off.ledger["verdict"]) == {"rewrite"} and off.rewrites.height == 1
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "Tell me about transformers.",
+        "How do I book a flight to Rome?",
+        "What are the best study habits?",
+        "What are the sources of vitamin D?",
+        "How do references work in C++?",
+        "What's the source code license?",
+        "Summarise Smith et al. (2019).",
+    ],
+)
+def test_prompts_that_do_not_ask_for_references(prompt: str) -> None:
+    assert not requested(prompt)
+    assert pl.Series([prompt]).str.contains(REQUESTED).item() is False
+    findings = ReferenceFilter()(
+        batch(conversation("r0", "Sleep helps (Smith, 2019).", prompt=prompt))
+    )
+    assert findings.ledger["verdict"].to_list() == ["rewrite"]
+
+
 # ---- policies --------------------------------------------------------------------------------
 
 
@@ -478,7 +644,10 @@ def test_filter_rewrites_equal_python_strip() -> None:
     dropped = set(findings.ledger.filter(pl.col("verdict") == "drop")["row_id"])
     for i, text in enumerate(texts):
         row_id = f"r{i}"
-        assert strip(text) == ("" if row_id in dropped else got.get(row_id, text)), text
+        if row_id in dropped:
+            assert left_nothing(text, strip(text)), text
+        else:
+            assert strip(text) == got.get(row_id, text), text
 
 
 # ---- odd input -------------------------------------------------------------------------------

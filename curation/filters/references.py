@@ -2,7 +2,9 @@
 
 Why: an answer that ends in "References:\\n[1] Smith, J. et al. (2019) ..." teaches a model the
 shallow pattern "answers cite things", and a small model then invents citations that look real.
-The facts in the answer are worth keeping; the citation apparatus is not.
+The facts in the answer are worth keeping; the citation apparatus is not. Unless the prompt asked
+for it ("give me three papers with authors", "cite your sources": ``REQUESTED``): then the
+citations are the answer, and the row keeps it unchanged.
 
 Every rule is one regex in ``RULES`` (``reference.<name>``). A cheap ``PREFILTER`` (a necessary
 condition of every rule, made of short literals) runs over all assistant messages; the rules run
@@ -68,7 +70,7 @@ _PAREN_CITE = (
 _INITIALS = r"(?:[A-Z]\.[ \t]?-?){1,3}"
 _APA_REST = (
     rf",[ \t]+{_INITIALS}(?:,?[ \t]*(?:(?:&|and)[ \t]+)?{_NAME},[ \t]+{_INITIALS})*"
-    rf"(?:[ \t]*{_ET_AL})?[ \t]*\({_YEAR}[a-z]?\)"
+    rf"(?:,?[ \t]*{_ET_AL})?[ \t]*\({_YEAR}[a-z]?\)"
 )
 _APA_ENTRY = rf"{_NAME}{_APA_REST}"
 # Narrative form: "Smith et al. (2019) showed". A plain "Name (2019)" reads the same as "Titanic
@@ -187,9 +189,12 @@ AUTHOR_YEAR = (
 )
 
 # ---- reference.numbered ------------------------------------------------------------------------
-# An inline marker "[1]", "[2, 3]", "[4-6]" after punctuation or after a word and a space, never
-# glued to an identifier ("items[1]", "matrix[2][3]", "x[0]").
-INLINE_MARKER = r"(?:[.,;:!?)\"'’”]|[A-Za-z][ \t])\[[0-9]{1,3}(?:[ \t]*[-–,][ \t]*[0-9]{1,3})*\]"
+# An inline marker "[1]", "[2, 3]", "[4-6]", or a run of them ("[1][2]", "[1], [2]"), after
+# punctuation or after a word or number and a space, never glued to an identifier ("items[1]",
+# "matrix[2][3]", "x[0]").
+_ONE_MARKER = r"\[[0-9]{1,3}(?:[ \t]*[-–,][ \t]*[0-9]{1,3})*\]"
+_MARKER_RUN = rf"{_ONE_MARKER}(?:[ \t]*,?[ \t]*{_ONE_MARKER})*"
+INLINE_MARKER = rf"(?:[.,;:!?)\"'’”]|[A-Za-z0-9%°][ \t])[ \t]*{_MARKER_RUN}"
 # A bibliography line: "[1] Smith ... 2019" (a name or initial first, and a year, URL or DOI on
 # the line: R prints "[1] 5", "[1] TRUE" and "[1] "2019-05-01"") or "1. Smith, J." (a markdown
 # list "1. Preheat the oven" has no "Name, I.").
@@ -310,6 +315,45 @@ URL = (
     r"|^[ \t]*\[[0-9]{1,3}\][ \t]*:?[ \t]*<?https?://"
 )
 
+# ---- asked for: a prompt that wants references -----------------------------------------------
+# "Give me three papers on transformers with authors", "cite your sources", "any references for
+# that?": the citations are the answer, and stripping them leaves "1. Vaswani. Attention is all
+# you need." So when a user or system turn asks for them, a row keeps its answer as it is (the
+# ledger still records the rules, with verdict ``keep``). Words that mean a citation on their own
+# count anywhere; "sources"/"references" only after a word that asks for them ("the sources of
+# vitamin D" is food, "references in C++" is code); works ("papers", "books") after a verb or
+# adjective that asks for a list of them, at most four words before.
+_W0 = r"(?:^|[^A-Za-z])"  # word start (consumes the character before it, like the rules above)
+_W1 = r"(?:[^A-Za-z]|$)"
+_ASK_WORK = (
+    r"give|list|recommend|suggest|name|provide|find|share|point|mention|show|know[ \t]+of"
+    r"|what[ \t]+are|which|any|good|key|seminal|landmark|influential|important|classic"
+    r"|foundational|famous|notable|best|top|relevant|recent|main|major|academic|scientific"
+    r"|scholarly|published|peer-reviewed|one|two|three|four|five|six|seven|eight|nine|ten"
+    r"|[0-9]{1,2}"
+)
+# Plural "books", "studies", "readings" only: "how to book a flight", "best study habits" and
+# "reading glasses" ask for no references.
+_WORKS = (
+    r"papers?|articles?|publications?|studies|books|textbooks?|readings|literature|journals?"
+    r"|monographs?|theses|thesis|preprints?"
+)
+REQUESTED = (
+    rf"(?i:{_W0}(?:cite|cites|citing|citations?|bibliograph(?:y|ies)|works[ \t]+cited"
+    r"|reading[ \t]+list|further[ \t]+reading|dois?|apa|mla|(?:harvard|chicago|ieee|vancouver)"
+    r"[ \t]+(?:style|format)|peer-reviewed|literature[ \t]+review|quellen(?:angaben)?"
+    r"|literaturangaben|literaturverzeichnis|références|bibliographie|referencias|bibliografía"
+    r"|bibliografia|fuentes|citas"
+    r"|(?:with|include|including|add|adding|give|list|provide|providing|need|want|plus|and"
+    r"|any|your|cite)[ \t]+(?:[a-z-]+[ \t]+){0,2}(?:references|sources)"
+    r"|(?:references|sources)[ \t]*(?:please|pls|\?|:|for[ \t]+(?:this|that|it|these|those"
+    r"|your|each|every))"
+    rf"|(?:{_ASK_WORK})[ \t]+(?:[a-z0-9'-]+[ \t]+){{0,4}}?(?:{_WORKS})"
+    r"|(?:recommend|suggest|name|cite)[ \t]+(?:[a-z-]+[ \t]+){0,3}?book"
+    r"|who[ \t]+(?:wrote|authored)|(?:with|and|include|including|list|name|who[ \t]+(?:are|were))"
+    rf"[ \t]+(?:the[ \t]+|their[ \t]+|its[ \t]+)?authors?){_W1})"
+)
+
 RULES: list[tuple[str, str]] = [
     ("reference.list", LIST),
     ("reference.et_al", ET_AL),
@@ -366,6 +410,18 @@ _ARXIV_TOKEN = (
     r"(?:v[0-9]+)?|https?://(?:www\.)?(?i:arxiv\.org)/(?:abs|pdf)/[^ \t\r\n]*[^ \t\r\n.,;:)\]])"
 )
 _URL_TOKEN = r"<?https?://[^ \t\r\n>]*[^ \t\r\n>.,;:)\]]>?"
+# Blanks between a removed citation and the punctuation after it go too (the punctuation is
+# group 1 of this pattern, so a step that uses it puts it back).
+_TO_PUNCT = r"(?:[ \t]+([.,;:!?]))?"
+# A run of inline markers after punctuation or a word (glued, as Wikipedia prints them, or after
+# a blank), or after a number and a blank ("born in 1777 [3]"), with the blank before it.
+_STRIP_MARKERS = (
+    rf"([.,;:!?)\"'’”A-Za-z])[ \t]*{_MARKER_RUN}{_TO_PUNCT}"
+    rf"|([0-9%°])[ \t]+{_MARKER_RUN}{_TO_PUNCT}"
+)
+_ORPHAN_HEADERS = _casings(
+    *_HEADER_WORDS_STRONG, *_HEADER_WORDS_WEAK, "notes", "footnotes", "endnotes", "links"
+)
 # What a rule's score counts and its reason quotes: the whole block or token, not just enough of
 # it to decide; for numbered citations the bibliography lines and the inline markers.
 QUOTE: dict[str, str] = {
@@ -417,8 +473,9 @@ STRIP: list[tuple[str, str, str]] = [
     ),
     ("reference.source", rf"{_SOURCE_LINE}[^\n]*\n?", ""),
     ("reference.source", rf"[ \t]*{_SOURCE_PAREN}", ""),
-    # Inline: "(Smith, 2019)" and "(see Lee et al., 2020; Park 2021)" vanish with their blank.
-    ("reference.author_year", rf"[ \t]*{_PAREN_CITE}", ""),
+    # Inline: "(Smith, 2019)" and "(see Lee et al., 2020; Park 2021)" vanish with their blank
+    # (and with a blank after them that stood before punctuation: "memory (Lee, 2020) .").
+    ("reference.author_year", rf"[ \t]*{_PAREN_CITE}{_TO_PUNCT}", "${1}"),
     # Narrative: "Knuth (1974) argued" → "Knuth argued", "according to Lee (2020)" → "according
     # to Lee", "LeCun, Bengio and Hinton (2015)" → "LeCun, Bengio and Hinton".
     ("reference.author_year", rf"({_AUTHORS})[ \t]+{_YEAR_PAREN}({_AFTER_YEAR})", "${1}${2}"),
@@ -431,17 +488,20 @@ STRIP: list[tuple[str, str, str]] = [
     # "Smith et al. (2019) showed" → "Smith showed"; at a sentence end "by Smith et al. The" keeps
     # its full stop ("by Smith. The"). ``strip`` appends a newline first so the end of the text
     # is a line end here too (no "$", whose meaning differs between the engines).
-    ("reference.et_al", rf"[ \t]+{_ET_AL_WORD}\.([ \t]+[A-Z]|[ \t]*\n)", ".${1}"),
+    # After an initial the full stop is already there: "Shazeer, N., et al. (2017). Attention"
+    # → "Shazeer, N. Attention", not "N.,. Attention" or "N.. Attention".
+    ("reference.et_al", rf"\.,?[ \t]+{_ET_AL}(?:,?[ \t]*\({_YEAR}[a-z]?\))?\.", "."),
+    ("reference.et_al", rf",?[ \t]+{_ET_AL_WORD}\.([ \t]+[A-Z]|[ \t]*\n)", ".${1}"),
     (
         "reference.et_al",
-        rf"[ \t]+{_ET_AL}(?:,?[ \t]*\({_YEAR}[a-z]?\))?",
+        rf",?[ \t]+{_ET_AL}(?:,?[ \t]*\({_YEAR}[a-z]?\))?",
         "",
     ),
-    (
-        "reference.numbered",
-        r"([.,;:!?)\"'’”A-Za-z])[ \t]*\[[0-9]{1,3}(?:[ \t]*[-–,][ \t]*[0-9]{1,3})*\]",
-        "${1}",
-    ),
+    # Inline markers go where a bibliography, a reference list or numbered source links stand
+    # for them: "mathematician.[1][2]" → "mathematician.", "attention [1, 2] ." → "attention.".
+    ("reference.numbered", _STRIP_MARKERS, "${1}${2}${3}${4}"),
+    ("reference.list", _STRIP_MARKERS, "${1}${2}${3}${4}"),
+    ("reference.url", _STRIP_MARKERS, "${1}${2}${3}${4}"),
     (
         "reference.journal",
         rf"[ \t]*(?:{_JOURNAL_ISSUE}|[,;]?[ \t]*(?:{_JOURNAL_VOLUME}|{_JOURNAL_PAGES}))"
@@ -455,6 +515,15 @@ STRIP: list[tuple[str, str, str]] = [
         rf"[ \t]*[(\[]?(?:{_URL_LABEL}|{_RETRIEVED})[ \t]*[:\-–]?[ \t]*{_URL_TOKEN}[)\]]?",
         "",
     ),
+    # A header left last, its entries gone ("Notes:" over numbered entries). ``strip`` appended
+    # a newline, and the pattern takes every line end to the end of the text, so "$" means the
+    # end of the text in both engines.
+    (
+        "*",
+        rf"\n[ \t]*(?:#{{1,6}}[ \t]*)?(?:\*\*|__)?{_ORPHAN_HEADERS}"
+        r"(?:\*\*|__)?[ \t]*:?[ \t]*(?:\*\*|__)?(?:[ \t]*\n)+$",
+        "\n",
+    ),
     # Leftover blank runs: at most one empty line in a row.
     ("*", r"\n[ \t]*\n(?:[ \t]*\n)+", "\n\n"),
 ]
@@ -462,6 +531,7 @@ STRIP: list[tuple[str, str, str]] = [
 # explicitly: Python's str.strip() and Rust's char::is_whitespace disagree on a few characters.
 WHITESPACE = " \t\r\n\f\v\u00a0\u200b\u3000"
 REASON_CHARS = 300  # characters of removed text quoted in a ledger reason
+_ASKED_TRIM = " \t\r\n.,;:!?()\"'"  # around the prompt's words quoted in a reason
 
 
 def _python_repl(replacement: str) -> str:
@@ -479,6 +549,16 @@ def _compiled_rules() -> tuple[tuple[str, re.Pattern[str]], ...]:
 @cache
 def _compiled_strip() -> tuple[tuple[str, re.Pattern[str], str], ...]:
     return tuple((rule, re.compile(pattern), _python_repl(repl)) for rule, pattern, repl in STRIP)
+
+
+def requested(prompt: str) -> bool:
+    """Whether a user or system turn asks for references (``REQUESTED``), as the filter reads it."""
+    return _compiled_requested().search(prompt) is not None
+
+
+@cache
+def _compiled_requested() -> re.Pattern[str]:
+    return re.compile(REQUESTED)
 
 
 def detect(text: str) -> list[str]:
@@ -513,6 +593,19 @@ def _strip_frame(frame: pl.DataFrame) -> pl.Series:
     return text.str.strip_chars(WHITESPACE)
 
 
+def nothing_left(before: pl.Expr, after: pl.Expr) -> pl.Expr:
+    """Whether stripping left nothing of an answer worth training on: nothing at all, or only
+    the line that introduced the removed list ("Here are three papers on transformers:")."""
+    return (after == "") | (
+        after.str.ends_with(":") & ~before.str.strip_chars(WHITESPACE).str.ends_with(":")
+    )
+
+
+def left_nothing(before: str, after: str) -> bool:
+    """``nothing_left`` for one answer and its ``strip``."""
+    return after == "" or (after.endswith(":") and not before.strip(WHITESPACE).endswith(":"))
+
+
 def quote(text: pl.Expr, width: int = REASON_CHARS) -> pl.Expr:
     """Removed text for a reason: newlines shown as "\\n", cut to ``width`` characters."""
     cut = text.str.slice(0, width)
@@ -531,12 +624,16 @@ class ReferenceFilter:
     e.g. ``reference.url`` for a source whose answers are meant to carry links.
     ``min_score``: a row is reported only when it has at least this many citation matches in
     all (1 = any citation; raise it to tolerate a lone "et al." in otherwise plain answers).
+    ``keep_requested``: a row whose user or system turns ask for references (``REQUESTED``:
+    "give me three papers with authors", "cite your sources") keeps its answer unchanged: a
+    ``rewrite`` or ``drop`` becomes ``keep`` in the ledger, with the prompt's words in the reason.
     """
 
     category: ClassVar[str] = "reference"
     policy: Policy = Policy("rewrite")
     rules: tuple[str, ...] = field(default_factory=lambda: tuple(RULE_NAMES))
     min_score: float = 1.0
+    keep_requested: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.rules) - set(RULE_NAMES)
@@ -588,8 +685,18 @@ class ReferenceFilter:
                 for n in names
             ),
         )
-        # Rewriting: strip the rules that fired on each message, in rows whose policy rewrites.
-        hits = hits.with_columns(verdict=self.policy.expr())
+        # Rewriting: strip the rules that fired on each message, in rows whose policy rewrites
+        # and whose prompt did not ask for the citations.
+        hits = hits.with_columns(verdict=self.policy.expr()).join(
+            self._asked(batch, hits), on="row_id", how="left", maintain_order="left"
+        )
+        hits = hits.with_columns(
+            verdict=pl.when(
+                pl.col("asked").is_not_null() & pl.col("verdict").is_in(["rewrite", "drop"])
+            )
+            .then(pl.lit("keep"))
+            .otherwise(pl.col("verdict"))
+        )
         rewritten = hits.filter(pl.col("verdict") == "rewrite")
         for name in RULE_NAMES:  # the strip chain names every rule; absent ones never fire
             if name not in rewritten.columns:
@@ -600,7 +707,7 @@ class ReferenceFilter:
             .filter(pl.col("new") != pl.col("content"))
         )
         emptied = (
-            rewritten.filter(pl.col("new") == "")
+            rewritten.filter(nothing_left(pl.col("content"), pl.col("new")))
             .group_by("row_id")
             .agg(empty_turns=pl.col("turn").sort())
         )
@@ -610,11 +717,12 @@ class ReferenceFilter:
         counts = [f"{n}#count" for n in names]
         quotes = [f"{n}#quote" for n in names]
         if hits.get_column("row_id").is_unique().all():
-            per_row = hits.select("row_id", "source", "verdict", *counts, *quotes)
+            per_row = hits.select("row_id", "source", "verdict", "asked", *counts, *quotes)
         else:
             per_row = hits.group_by("row_id", maintain_order=True).agg(
                 pl.col("source").first(),
                 pl.col("verdict").first(),
+                pl.col("asked").first(),
                 *(pl.col(c).sum() for c in counts),
                 *(pl.col(q).drop_nulls().str.join(" … ") for q in quotes),
             )
@@ -632,6 +740,22 @@ class ReferenceFilter:
         ).select("row_id", "turn", content="new")
         return Findings(ledger=ledger, rewrites=rewrites)
 
+    def _asked(self, batch: Batch, hits: pl.DataFrame) -> pl.DataFrame:
+        """row_id and the words of the first user or system turn that asks for references, for
+        the rows with a hit (none when ``keep_requested`` is off)."""
+        if not self.keep_requested:
+            return pl.DataFrame(schema={"row_id": pl.String, "asked": pl.String})
+        return (
+            batch.messages.filter(
+                (pl.col("role") != "assistant")
+                & pl.col("row_id").is_in(hits.get_column("row_id").implode())
+            )
+            .select("row_id", asked=pl.col("content").str.extract(REQUESTED, 0))
+            .drop_nulls("asked")
+            .group_by("row_id", maintain_order=True)
+            .agg(pl.col("asked").first().str.strip_chars(_ASKED_TRIM))
+        )
+
     def _ledger(self, per_row: pl.DataFrame, names: list[str]) -> pl.DataFrame:
         """One row per (conversation, rule that fired), in input order then rule order."""
         long = pl.concat(
@@ -640,6 +764,7 @@ class ReferenceFilter:
                     "row_id",
                     "verdict",
                     "empty_turns",
+                    "asked",
                     pl.lit(i, dtype=pl.UInt32).alias("order"),
                     pl.lit(n).alias("rule"),
                     pl.col(f"{n}#count").cast(pl.Float64).alias("score"),
@@ -657,13 +782,16 @@ class ReferenceFilter:
             pl.when(emptied)
             .then(
                 pl.format(
-                    "stripping citations left nothing of answer turn(s) {}: '{}'",
+                    "stripping citations left nothing of answer turn(s) {} (at most a line"
+                    " introducing them): '{}'",
                     turns,
                     pl.col("quoted"),
                 )
             )
             .when(pl.col("verdict") == "rewrite")
             .then(pl.format("stripped: '{}'", pl.col("quoted")))
+            .when(pl.col("asked").is_not_null() & (pl.col("verdict") == "keep"))
+            .then(pl.format("asked for by the prompt ('{}'): '{}'", "asked", "quoted"))
             .otherwise(pl.format("citation: '{}'", pl.col("quoted")))
         )
         return long.select(
