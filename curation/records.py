@@ -3,6 +3,8 @@
 Each reader declares its record as a ``msgspec.Struct``; decoding validates types in C, so a row
 with a wrong type, a missing field, a truncated line or a bad UTF-8 byte becomes a rejected row that
 names the file, the line and the field, and every good row keeps its line number for provenance.
+A file holding one JSON array of records reads the same way, its elements' positions standing
+in for line numbers.
 
 Speed: lines are decoded a chunk at a time as one JSON array (one C call per chunk). Only a chunk
 that holds a bad line is decoded again line by line, so clean data never pays for the slow path.
@@ -76,22 +78,89 @@ def read_bytes(path: Path) -> bytes:
     return data
 
 
-def json_lines(
-    path: Path, record_type: type[T], source: str, chunk_lines: int = CHUNK_LINES
-) -> Records:
-    """Decode a JSONL file into ``record_type`` items, rejecting bad lines with their reason."""
+@dataclass
+class JsonUnits:
+    """A JSON file cut into one undecoded value per record: the lines of a JSONL file, or the
+    elements of a file holding one JSON array (Alpaca-style ``.json``). ``array`` says which, so
+    that messages name an "element N" where a JSONL file has a "line N"; either way the 1-based
+    position is what ids, provenance and rejected rows record as the line."""
+
+    path: Path
+    units: list[bytes] | list[msgspec.Raw]
+    array: bool
+
+    @property
+    def unit(self) -> str:
+        return "element" if self.array else "line"
+
+
+def json_units(path: Path) -> JsonUnits:
+    """Read a JSON Lines file, or a JSON array file (its first non-blank byte is ``[``).
+
+    An array is checked whole, for syntax only (msgspec's ``Raw`` keeps each element as a slice
+    of the file's bytes, undecoded): a malformed array has no trustworthy element boundaries, so
+    it is one error for the file, naming where it breaks, rather than a rejected row per line.
+    Either shape is held in memory whole, as JSONL always was: a few hundred MB is fine.
+    """
     data = read_bytes(path)
     if data.startswith(UTF8_BOM):  # written by some Windows tools; harmless, so read through it
         data = data[len(UTF8_BOM) :]
+    if data.lstrip()[:1] == b"[":
+        return JsonUnits(path, _array_elements(path, data), array=True)
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the final newline ends the last line, it does not start a new one
+    return JsonUnits(path, lines, array=False)
+
+
+_AT_BYTE = re.compile(r"\s*\(byte (\d+)\)$")
+
+
+def _array_elements(path: Path, data: bytes) -> list[msgspec.Raw]:
+    try:
+        elements = msgspec.json.decode(data, type=list[msgspec.Raw])
+    except msgspec.DecodeError as error:
+        raise SourceError(path, f"malformed JSON array: {_where(str(error), data)}") from None
+    except RecursionError:
+        raise SourceError(path, "malformed JSON array: nested too deeply to decode") from None
+    if not elements:
+        raise SourceError(path, "empty JSON array: no records")
+    return elements
+
+
+def _where(message: str, data: bytes) -> str:
+    """msgspec's message with its byte offset also given as a line and column of the file."""
+    if "truncated" in message:
+        return "the file ends before the array does (no closing ']')"
+    message = message.removeprefix("JSON is malformed: ")
+    at = _AT_BYTE.search(message)
+    if at is None:
+        return message
+    offset = int(at.group(1))
+    line = data.count(b"\n", 0, offset) + 1
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return f"{message[: at.start()]} at line {line}, column {column} (byte {offset})"
+
+
+def json_lines(
+    path: Path, record_type: type[T], source: str, chunk_lines: int = CHUNK_LINES
+) -> Records:
+    """Decode a JSONL (or JSON array) file into ``record_type`` items, rejecting bad records
+    with their reason."""
+    return decode_units(json_units(path), record_type, source, chunk_lines)
+
+
+def decode_units(
+    units: JsonUnits, record_type: type[T], source: str, chunk_lines: int = CHUNK_LINES
+) -> Records:
+    """Decode each unit into ``record_type``; a unit that fails becomes a rejected row."""
     out = Records()
+    values = units.units
     array_decoder = msgspec.json.Decoder(list[record_type])
     line_decoder = msgspec.json.Decoder(record_type)
-    name = str(path)
-    for start in range(0, len(lines), chunk_lines):
-        chunk = lines[start : start + chunk_lines]
+    name = str(units.path)
+    for start in range(0, len(values), chunk_lines):
+        chunk = values[start : start + chunk_lines]
         try:
             items = array_decoder.decode(b"[" + b",".join(chunk) + b"]")
         except DECODE_ERRORS:
@@ -103,7 +172,7 @@ def json_lines(
             out.lines.extend(range(start + 1, start + len(chunk) + 1))
             continue
         for number, raw in enumerate(chunk, start=start + 1):
-            raw = raw.removesuffix(b"\r")
+            raw = bytes(raw).removesuffix(b"\r")
             if not raw.strip():
                 out.rejected.append(rejected_row(source, name, number, "blank line"))
                 continue
@@ -116,10 +185,12 @@ def json_lines(
             out.items.append(item)
             out.lines.append(number)
     if not out.items:
+        unit = units.unit
         first = out.rejected[0] if out.rejected else {"line": None, "reason": "no records"}
         raise SourceError(
-            path,
-            f"not a {source} file: no line could be read (line {first['line']}: {first['reason']})",
+            units.path,
+            f"not a {source} file: no {unit} could be read "
+            f"({unit} {first['line']}: {first['reason']})",
         )
     return out
 
@@ -167,7 +238,8 @@ def convert_rows(
 
 
 def read_records(path: Path, record_type: type[T], source: str) -> Records:
-    """JSONL or Parquet by suffix: the two on-disk shapes every source format comes in."""
+    """Parquet by suffix, else JSONL or a JSON array by content: the on-disk shapes every source
+    format comes in."""
     suffix = path.suffix.lower()
     if suffix in {".parquet", ".pq"}:
         return parquet_rows(path, record_type, source)

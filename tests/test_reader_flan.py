@@ -184,6 +184,15 @@ def test_bad_lines_become_rejected_rows(tmp_path: Path) -> None:
     assert rejected.filter(pl.col("line") == 3)["field"].item() == "targets"
 
 
+def test_a_json_array_of_flan_records(tmp_path: Path) -> None:
+    path = tmp_path / "flan.json"
+    path.write_text(json.dumps([flan_row(), flan_row(targets=5), flan_row("Is snow cold?")]))
+    result = read_flan([path], ReadOptions())
+    assert result.conversations["source_id"].to_list() == ["flan.json:1", "flan.json:3"]
+    assert result.rejected["line"].to_list() == [2]
+    assert result.rejected["field"].to_list() == ["targets"]
+
+
 def test_empty_and_missing_files_are_source_errors(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")

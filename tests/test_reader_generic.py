@@ -290,6 +290,74 @@ def test_empty_missing_and_unreadable_files(tmp_path: Path) -> None:
         read_jsonl([garbage], ReadOptions())
 
 
+# ---- JSON array files --------------------------------------------------------------------------
+
+
+def alpaca(index: int) -> dict:
+    return {"instruction": f"Spell the number {index}.", "input": "", "output": f"It is {index}."}
+
+
+def test_a_json_array_file_is_read_element_by_element(tmp_path: Path) -> None:
+    path = tmp_path / "alpaca.json"
+    # Pretty-printed as dataset tools write it: an element spans several lines.
+    path.write_text(json.dumps([alpaca(i) for i in range(1000)], indent=2))
+    result = read_jsonl([path], ReadOptions())
+    assert result.rejected.height == 0
+    conversations = result.conversations
+    assert conversations.height == 1000
+    assert conversations["source_id"][:2].to_list() == ["alpaca.json:1", "alpaca.json:2"]
+    assert conversations["provenance"].struct.field("line").to_list() == list(range(1, 1001))
+    assert conversations["messages"][999].to_list()[1]["content"] == "It is 999."
+
+
+def test_bad_elements_of_a_json_array_are_rejected_by_position(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.json"
+    elements = [alpaca(0), {**alpaca(1), "output": 5}, "not an object", alpaca(3)]
+    path.write_text("[\n" + ",\n".join(json.dumps(e) for e in elements) + "\n]\n")
+    result = read_jsonl([path], ReadOptions())
+    assert result.conversations["source_id"].to_list() == ["mixed.json:1", "mixed.json:4"]
+    rejected = result.rejected
+    assert rejected["line"].to_list() == [2, 3]
+    assert rejected["field"][0] == "output"
+    assert "object" in rejected["reason"][1]
+
+
+def test_an_array_of_no_usable_element_names_the_element(tmp_path: Path) -> None:
+    path = tmp_path / "wrong.json"
+    path.write_text(json.dumps([{"instruction": "a", "output": 1}]))
+    with pytest.raises(SourceError, match=r"no element could be read \(element 1: field 'output'"):
+        read_jsonl([path], ReadOptions())
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ('[\n{"instruction": "a", "output": "b"},\n]', r"trailing comma .* at line 3, column 1"),
+        (
+            '[\n{"instruction": "a", "output": "b"}\n{"a": 1}]',
+            r"expected .,. or .]. at line 3, column 1 \(byte 38\)",
+        ),
+        ('[{"instruction": "a", "output": "b"}', r"ends before the array does"),
+        ("[]", r"empty JSON array"),
+    ],
+)
+def test_a_malformed_json_array_is_one_error_for_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture, text: str, problem: str
+) -> None:
+    from pipelines.cli import main
+
+    path = tmp_path / "broken.json"
+    path.write_text(text)
+    with pytest.raises(SourceError, match=problem) as error:
+        read_jsonl([path], ReadOptions())
+    assert error.value.path == str(path)
+    # At the CLI: exit status 2 and one line naming the file, nothing written.
+    out = tmp_path / "out"
+    assert main(["ingest", "--format", "jsonl", str(path), "--out", str(out)]) == 2
+    assert f"{path}: " in capsys.readouterr().err
+    assert not out.exists()
+
+
 # ---- Parquet ---------------------------------------------------------------------------------
 
 

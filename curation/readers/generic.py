@@ -1,4 +1,5 @@
-"""Generic readers: any JSONL file, Parquet file or HF dataset in a common chat/instruction layout.
+"""Generic readers: any JSONL file (or JSON array file), Parquet file or HF dataset in a common
+chat/instruction layout.
 
 The layout is detected from the columns present (after ``options.columns`` renames them):
 
@@ -42,12 +43,12 @@ from curation.readers.common import (
     with_ids,
 )
 from curation.records import (
-    UTF8_BOM,
+    JsonUnits,
     Records,
     convert_rows,
+    decode_units,
+    json_units,
     parquet_rows,
-    read_bytes,
-    read_records,
 )
 
 CANONICAL = (
@@ -176,8 +177,9 @@ def read_jsonl(paths: Sequence[Path], options: ReadOptions) -> IngestResult:
 
     def read_one(path: Path) -> IngestResult:
         source = source_name(options, path.stem)
-        layout = detect_layout(jsonl_columns(path), options.columns, str(path))
-        records = read_records(path, layout.record_type(), source)
+        units = json_units(path)
+        layout = detect_layout(json_columns(units), options.columns, str(path))
+        records = decode_units(units, layout.record_type(), source)
         return build(records, layout, source, str(path), labels[path])
 
     return read_each(paths, read_one)
@@ -263,29 +265,26 @@ _HF_BUILDERS = {
 }
 
 
-def jsonl_columns(path: Path) -> set[str]:
-    """The keys of the first objects in a JSONL file: enough to pick the layout without
-    decoding the file twice. (A key that first appears after them is not seen: layouts are
-    expected to be uniform, as every dataset tool writes them.)"""
-    if not path.is_file():
-        read_bytes(path)  # raises the shared "no such file" / "is a directory" errors
+def json_columns(units: JsonUnits) -> set[str]:
+    """The keys of the first objects of a JSONL or JSON array file: enough to pick the layout.
+    (A key that first appears after them is not seen: layouts are expected to be uniform, as
+    every dataset tool writes them.)"""
     keys: set[str] = set()
-    seen = read = lines = 0
-    with path.open("rb") as handle:
-        for lines, raw in enumerate(handle, start=1):
-            read += len(raw)
-            try:
-                value = msgspec.json.decode(raw.removeprefix(UTF8_BOM) if lines == 1 else raw)
-            except (msgspec.DecodeError, UnicodeDecodeError):
-                value = None  # a bad line is reported when the file is read for real
-            if isinstance(value, dict):
-                keys.update(value)
-                seen += 1
-            if seen >= SNIFF_LINES or read >= SNIFF_BYTES:
-                break
+    seen = read = count = 0
+    for raw in units.units:
+        count += 1
+        read += len(raw)
+        try:
+            value = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            value = None  # a bad record is reported when the file is decoded for real
+        if isinstance(value, dict):
+            keys.update(value)
+            seen += 1
+        if seen >= SNIFF_LINES or read >= SNIFF_BYTES:
+            break
     if not keys:
-        read_bytes(path)  # raises "empty file" when it is
-        raise SourceError(path, f"no JSON object in the first {lines} line(s)")
+        raise SourceError(units.path, f"no JSON object in the first {count} {units.unit}(s)")
     return keys
 
 
