@@ -166,6 +166,17 @@ def test_panel_rejects_duplicate_names_and_bad_weights():
         JudgePanel([Fixed("a", [])], weights=[1, 2])
 
 
+@pytest.mark.parametrize(
+    "weights", [[0, 0], [0.0, float("nan")], [1.0, float("nan")], [float("inf"), 1.0]]
+)
+def test_panel_refuses_weights_that_cannot_vote(weights):
+    # all zero: nobody votes, every set would fail with every member "ok"; NaN or inf: the
+    # tallies and Borda points become NaN and compare false both ways
+    with pytest.raises(ValueError, match="weights"):
+        JudgePanel([Fixed("a", []), Fixed("b", [])], weights=weights)
+    JudgePanel([Fixed("a", []), Fixed("b", [])], weights=[0, 1])  # one zero is fine
+
+
 def test_panel_of_two_endpoints_and_the_offline_judge():
     batch = [
         RankRequest(f"p{i}", f"Explain photosynthesis ({i}).", [("cited", CITED), ("clean", CLEAN)])

@@ -179,3 +179,181 @@ def test_kappa_reads_a_pairwise_members_verdicts_not_its_ranks():
     judge_candidates(table(4), panel)
     agreement = panel.summary["agreement"]["pairs"]["pairwise|agrees"]
     assert agreement["agreement"] == 1.0 and agreement["kappa"] == pytest.approx(1.0)
+
+
+# --- majority keeps rank margins unless a cycle contradicts them -------------------------------
+
+
+def test_majority_keeps_rank_margins_when_its_ranks_agree_with_the_vote():
+    # Every pair decided, no cycle: the Copeland ranks [1, 2, 3, 4] say what the vote said, so
+    # the pairs keep rank margins like any ranking judge's (min_margin=2 keeps three of six).
+    members = [
+        Member("a", {"p0": ([1, 2, 3, 4], {})}),
+        Member("b", {"p0": ([1, 2, 3, 4], {})}),
+        Member("c", {"p0": ([2, 1, 3, 4], {})}),
+    ]
+    panel = JudgePanel(members, vote="majority")
+    (row,) = judge_candidates(table(4), panel).to_dicts()
+    assert row["ranks"] == [1, 2, 3, 4] and "preferred_pairs" not in json.loads(row["meta"])
+    assert pairs_of(panel, 4, PairsConfig(min_margin=2)) == {(0, 2), (0, 3), (1, 3)}
+    assert made(panel, 4, PairsConfig("best_vs_worst"))[0] == [("c0>c3", 3.0)]
+
+
+def test_majority_ties_what_its_vote_tied_and_counts_the_members_disagreements():
+    # "pairwise" and "listwise" oppose each other on c0 vs c1, c2 and c3: the vote ties those.
+    # Copeland ranks [2, 1, 2, 4] separate c0|c1 and c0|c3 (so they must be listed as ties)
+    # and put c0 and c2 level (a tie already, listed so the pairs stage counts it).
+    pairwise = Member("pairwise", {"p0": ([3, 1, 1, 3], {"preferred_pairs": ids(*sorted(BEATS))})})
+    listwise = Member("listwise", {"p0": ([2, 1, 3, 4], {})})
+    panel = JudgePanel([pairwise, listwise], vote="majority")
+    (row,) = judge_candidates(table(4), panel).to_dicts()
+    assert row["ranks"] == [2, 1, 2, 4]
+    pairs, counts = made(panel, 4)
+    assert pairs == [("c1>c2", 1.0), ("c1>c3", 3.0), ("c2>c3", 2.0)]
+    assert counts["order_disagreements"] == 3 and counts["tied"] == 3
+    # A cycle: the Copeland ranks tie everything, so the vote's decisions are listed and decide;
+    # the pairs "heavy" balanced out are ties counted as the members' disagreements.
+    cycle = [
+        Member("a", {"p0": ([1, 2, 3, 4], {})}),
+        Member("b", {"p0": ([3, 1, 2, 4], {})}),
+        Member("c", {"p0": ([2, 3, 1, 4], {})}),
+        Member("heavy", {"p0": ([2, 2, 2, 1], {})}),
+    ]
+    panel = JudgePanel(cycle, weights=[1, 1, 1, 3], vote="majority")
+    (row,) = judge_candidates(table(4), panel).to_dicts()
+    assert row["ranks"] == [1, 1, 1, 1]
+    assert json.loads(row["meta"])["preferred_pairs"] == ids((0, 1), (2, 0), (1, 2))
+    pairs, counts = made(panel, 4)
+    assert pairs == [("c0>c1", 1.0), ("c1>c2", 1.0), ("c2>c0", 1.0)]
+    assert counts["order_disagreements"] == 3
+
+
+# --- one usable member is that member ----------------------------------------------------------
+
+
+class Failing:
+    """A judge whose every call failed."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.summary = name, {"cost": 0.0}
+
+    def rank(self, requests):
+        return [
+            RankResult(q.prompt_id, q.candidate_ids, None, "error", None, self.name, {})
+            for q in requests
+        ]
+
+
+def made(judge, k: int, config: PairsConfig | None = None) -> tuple[list, dict]:
+    """(source pair, margin) of every pair the pairs stage makes of ``judge``'s rankings, and
+    the counts that say what became of the other pairs."""
+    candidates = table(k)
+    result = rankings_to_pairs(
+        judge_candidates(candidates, judge), candidates, config or PairsConfig()
+    )
+    pairs = sorted(
+        (source_id.split(":")[1], margin)
+        for source_id, margin in zip(result.pairs["source_id"], result.pairs["margin"], strict=True)
+    )
+    kept = ("rankings_used", "tied", "order_disagreements", "below_margin", "pairs")
+    return pairs, {key: result.counts[key] for key in kept}
+
+
+CONFIGS = (PairsConfig(), PairsConfig(min_margin=2), PairsConfig("best_vs_worst"))
+# pairwise: its consistent verdicts c0 > c1 > c2 > c0, all above c3; wins minus losses [1,1,1,4]
+CYCLE = ids((0, 1), (1, 2), (2, 0), (0, 3), (1, 3), (2, 3))
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        pytest.param(([1, 2, 3, 4], {}), id="listwise"),
+        pytest.param(([1, 2, 3, 4], {"disagreed_pairs": ids((0, 1), (2, 3))}), id="disagreed"),
+        pytest.param(([1, 1, 3, 4], {"disagreed_pairs": ids((0, 1), (1, 3))}), id="disagreed_ties"),
+        pytest.param(([1, 1, 1, 4], {"disagreed_pairs": [], "preferred_pairs": CYCLE}), id="cycle"),
+    ],
+)
+def test_a_panel_with_one_usable_member_makes_that_members_pairs(said):
+    alone = {config: made(Member("m", {"p0": said}), 4, config) for config in CONFIGS}
+    for vote in ("borda", "majority"):
+        for config in CONFIGS:
+            one = JudgePanel([Member("m", {"p0": said})], vote=vote)
+            assert made(one, 4, config) == alone[config], (vote, config)
+            # the others failed on this set: what is left is still the member alone
+            rest = JudgePanel([Failing("x"), Member("m", {"p0": said}), Failing("y")], vote=vote)
+            assert made(rest, 4, config) == alone[config], (vote, config)
+    (row,) = judge_candidates(table(4), JudgePanel([Member("m", {"p0": said})])).to_dicts()
+    meta = json.loads(row["meta"])
+    assert row["ranks"] == said[0] and meta["voters"] == 1 and meta["vote"] == "borda"
+    assert {k: meta[k] for k in said[1]} == said[1] and set(said[1]) == set(meta) & {
+        "preferred_pairs",
+        "disagreed_pairs",
+    }
+
+
+# --- Borda and float rounding ------------------------------------------------------------------
+
+
+def test_borda_weights_that_balance_in_decimal_are_a_tie():
+    # 0.1 + 0.2 for c0 against 0.3 for c1 is the same tie as 1 + 2 against 3, although in
+    # floats 0.1 + 0.2 > 0.3: no pair, and equal ranks.
+    members = [
+        Member("a", {"p0": ([1, 2], {})}),
+        Member("b", {"p0": ([1, 2], {})}),
+        Member("c", {"p0": ([2, 1], {})}),
+    ]
+    for weights in ([0.1, 0.2, 0.3], [1, 2, 3]):
+        panel = JudgePanel(members, weights=weights, vote="borda")
+        (row,) = judge_candidates(table(2), panel).to_dicts()
+        assert row["ranks"] == [1, 1], weights
+        assert made(panel, 2)[0] == [], weights
+
+
+# --- members are read by candidate id ------------------------------------------------------------
+
+
+class Reordered(Member):
+    """Answers with the candidates in reverse order (ranks given in that order), or with only
+    the first ``keep`` of them reversed."""
+
+    def __init__(self, name: str, ranks: list[int], keep: int | None = None) -> None:
+        super().__init__(name, {})
+        self.ranks, self.keep = ranks, keep
+
+    def rank(self, requests):
+        results = []
+        for request in requests:
+            ids_ = list(reversed(request.candidate_ids))[: self.keep]
+            results.append(
+                RankResult(request.prompt_id, ids_, self.ranks, "ok", None, self.name, {})
+            )
+        return results
+
+
+def test_a_member_listing_the_candidates_in_another_order_is_read_by_id():
+    # It ranks c2 first (it lists c2, c1, c0): the panel must too, under both votes.
+    reordered = Reordered("r", [1, 2, 3])
+    alone = made(reordered, 3)
+    assert alone[0] == [("c1>c0", 1.0), ("c2>c0", 2.0), ("c2>c1", 1.0)]
+    for vote in ("borda", "majority"):
+        assert made(JudgePanel([reordered], vote=vote), 3) == alone, vote
+        # and it agrees fully with a member that said the same in the request's order
+        same = Member("same", {"p0": ([3, 2, 1], {})})
+        panel = JudgePanel([reordered, same], vote=vote)
+        assert made(panel, 3)[0] == alone[0], vote
+        agreement = panel.summary["agreement"]["pairs"]["r|same"]
+        assert agreement["pairs"] == 3 and agreement["agreement"] == 1.0
+
+
+def test_a_member_ranking_other_candidates_than_asked_is_left_out():
+    # It ranks only c2 and c1 of three: no vote, and the row says why.
+    subset = Reordered("subset", [1, 2], keep=2)
+    other = Member("other", {"p0": ([1, 2, 3], {})})
+    for vote in ("borda", "majority"):
+        panel = JudgePanel([subset, other], vote=vote)
+        assert made(panel, 3) == made(other, 3), vote
+        (row,) = judge_candidates(table(3), panel).to_dicts()
+        meta = json.loads(row["meta"])
+        assert meta["voters"] == 1 and "c1" in meta["judges"]["subset"]["left_out"]
+    (row,) = judge_candidates(table(3), JudgePanel([subset])).to_dicts()
+    assert row["status"] == "error" and row["ranks"] is None
