@@ -467,6 +467,24 @@ def test_hf_missing_dataset_is_a_source_error(tmp_path: Path) -> None:
         read_hf([str(tmp_path / "no_such_dataset")], ReadOptions())
 
 
+def test_hf_on_a_json_file_with_a_bad_line_names_the_file_line_and_cause(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path / "chat.jsonl",
+        [{"messages": HI}, '{"messages": [oops', {"messages": HI}],
+    )
+    with pytest.raises(SourceError) as error:
+        read_hf([str(path)], ReadOptions())
+    message = str(error.value)
+    assert message.startswith(f"{path}: cannot load dataset (ArrowInvalid: ")
+    assert f"first bad record: {path} line 2: malformed JSON" in message
+    assert "--format jsonl reads row by row" in message
+    assert "An error occurred while generating" not in message
+    # The advice holds: the JSONL reader keeps the good lines and rejects the bad one.
+    result = read_jsonl([path], ReadOptions())
+    assert result.conversations.height == 2
+    assert result.rejected["line"].to_list() == [2]
+
+
 # ---- embedded sample -------------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ from curation.records import (
     Records,
     convert_rows,
     decode_units,
+    describe_error,
     json_units,
     parquet_rows,
 )
@@ -252,8 +253,52 @@ def load_hf_dataset(name: str, split: str) -> Any:
         return datasets.load_dataset(name, split=split)
     except SourceError:
         raise
+    except datasets.exceptions.DatasetGenerationError as error:
+        raise SourceError(name, _generation_problem(local, error)) from None
     except Exception as error:  # datasets raises many types (missing path, offline, bad split)
         raise SourceError(name, f"cannot load dataset ({type(error).__name__}: {error})") from None
+
+
+def _generation_problem(local: Path, error: Exception) -> str:
+    """Why ``datasets`` could not build a split, in words a user can act on.
+
+    Its own message ("An error occurred while generating the dataset") names neither file nor
+    row: the cause it wraps (pyarrow's parse error) says what broke, and for local JSON files
+    our own reader finds the first bad record's file and line, which pyarrow does not give.
+    """
+    cause = error.__cause__ or error.__context__
+    problem = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
+    where = _first_bad_json_record(local)
+    if where:
+        problem = f"{problem}; first bad record: {where}"
+    return (
+        f"cannot load dataset ({problem}); the HF loader fails the whole input on one bad "
+        "record, while --format jsonl reads row by row and rejects bad lines one by one"
+    )
+
+
+def _first_bad_json_record(local: Path) -> str | None:
+    """``FILE line N: reason`` of the first record that is not valid JSON in a local JSON file
+    (or folder of them); None when there is none, or the input is not local JSON."""
+    if local.is_file():
+        files = [local]
+    elif local.is_dir():
+        files = sorted(p for p in local.rglob("*") if p.suffix.lower() in {".json", ".jsonl"})
+    else:
+        return None
+    for path in files:
+        try:
+            units = json_units(path)
+        except SourceError as error:
+            return str(error)
+        for number, raw in enumerate(units.units, start=1):
+            if not bytes(raw).strip():
+                continue  # the HF JSON loader skips blank lines
+            try:
+                msgspec.json.decode(raw)
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+                return f"{path} {units.unit} {number}: {describe_error(error)[0]}"
+    return None
 
 
 _HF_BUILDERS = {
