@@ -12,6 +12,7 @@ that holds a bad line is decoded again line by line, so clean data never pays fo
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,10 +48,15 @@ class Records:
         self.rejected.extend(other.rejected)
 
 
-def describe_error(error: Exception) -> tuple[str, str | None]:
-    """A readable reason and the offending field (when the decoder names one)."""
+def describe_error(
+    error: Exception, raw: bytes | None = None, unit: str = "line"
+) -> tuple[str, str | None]:
+    """A readable reason and the offending field (when the decoder names one). ``raw`` is the
+    record's bytes (a ``unit`` of the file), which places a bad UTF-8 byte."""
     if isinstance(error, UnicodeDecodeError):
-        return f"invalid UTF-8 byte at offset {error.start}", None
+        if raw is not None:
+            return _bad_utf8(raw, unit)
+        return f"invalid UTF-8 byte at offset {error.start} of a string value", None
     if isinstance(error, RecursionError):
         return "nested too deeply to decode", None
     message = str(error)
@@ -65,6 +71,53 @@ def describe_error(error: Exception) -> tuple[str, str | None]:
         return f"missing required field '{missing.group(1)}'", missing.group(1)
     reason = _FIELD_AT.sub("", message).strip(" -")
     return (f"field '{field_name}': {reason}" if field_name else reason), field_name
+
+
+def _bad_utf8(raw: bytes, unit: str) -> tuple[str, str | None]:
+    """The first invalid UTF-8 byte of a record, by its offset in the record (msgspec gives the
+    offset inside the string value it was decoding, which locates nothing) and character
+    column, with the top-level field holding it."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        start = error.start
+    else:  # msgspec found one, so this is not reached; say so rather than guess
+        return "invalid UTF-8", None
+    column = len(raw[:start].decode("utf-8")) + 1
+    reason = (
+        f"invalid UTF-8 byte 0x{raw[start]:02x} at byte {start} of the {unit} (column {column})"
+    )
+    # Characters before the bad byte are unchanged by the replacement, so its column holds.
+    return reason, _key_at(raw.decode("utf-8", "replace"), column - 1)
+
+
+_BLANK = re.compile(r"[ \t\r\n]*")
+
+
+def _key_at(text: str, position: int) -> str | None:
+    """The key of the top-level object member whose value spans ``position``; None when the
+    text is not an object or the position is not inside a member's value."""
+    scan = json.JSONDecoder()
+    at = _BLANK.match(text).end()
+    if text[at : at + 1] != "{":
+        return None
+    at += 1
+    try:
+        while True:
+            key, at = scan.raw_decode(text, _BLANK.match(text, at).end())
+            at = _BLANK.match(text, at).end()
+            if not isinstance(key, str) or text[at : at + 1] != ":":
+                return None
+            start = _BLANK.match(text, at + 1).end()
+            _, at = scan.raw_decode(text, start)
+            if start <= position < at:
+                return key
+            at = _BLANK.match(text, at).end()
+            if text[at : at + 1] != ",":
+                return None
+            at += 1
+    except ValueError:  # json.JSONDecodeError: past the last member
+        return None
 
 
 def read_bytes(path: Path) -> bytes:
@@ -179,7 +232,7 @@ def decode_units(
             try:
                 item = line_decoder.decode(raw)
             except DECODE_ERRORS as error:
-                reason, field_name = describe_error(error)
+                reason, field_name = describe_error(error, raw, units.unit)
                 out.rejected.append(rejected_row(source, name, number, reason, raw, field_name))
                 continue
             out.items.append(item)

@@ -180,7 +180,10 @@ def test_bad_lines_become_rejected_rows(tmp_path: Path) -> None:
     reasons = dict(zip(rejected["line"], rejected["reason"], strict=True))
     assert "truncated" in reasons[2]
     assert reasons[4] == "blank line"
-    assert "UTF-8" in reasons[5]
+    # The bad byte is placed in the line (not in the string value msgspec was decoding).
+    at = good.index("sky") + 2
+    assert reasons[5] == f"invalid UTF-8 byte 0xff at byte {at} of the line (column {at + 1})"
+    assert rejected.filter(pl.col("line") == 5)["field"].item() == "inputs"
     assert rejected.filter(pl.col("line") == 3)["field"].item() == "targets"
 
 

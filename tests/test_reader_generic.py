@@ -278,6 +278,27 @@ def test_bad_lines_become_rejected_rows(tmp_path: Path) -> None:
     assert "UTF-8" in rejected["reason"][3]
 
 
+def test_a_bad_utf8_byte_is_placed_by_byte_column_and_field(tmp_path: Path) -> None:
+    line = '{"id": "été-1", "prompt": "Café ou thé ?", "completion": "Thé XY"}'
+    bad = line.encode().replace(b"XY", b"X\xffY")
+    at = bad.index(b"\xff")
+    path = tmp_path / "fr.jsonl"
+    path.write_bytes(line.encode() + b"\n" + bad + b"\n")
+    rejected = read_jsonl([path], ReadOptions()).rejected
+    # Five two-byte characters come before it: byte and column differ by five.
+    expected = f"invalid UTF-8 byte 0xff at byte {at} of the line (column {at - 5 + 1})"
+    assert rejected.select("line", "field", "reason").row(0) == (2, "completion", expected)
+
+    array = tmp_path / "fr.json"
+    array.write_bytes(b"[" + line.encode() + b",\n " + bad + b"]")
+    rejected = read_jsonl([array], ReadOptions()).rejected
+    assert rejected.select("line", "field", "reason").row(0) == (
+        2,
+        "completion",
+        expected.replace("of the line", "of the element"),
+    )
+
+
 def test_empty_missing_and_unreadable_files(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.touch()

@@ -297,7 +297,8 @@ def _first_bad_json_record(local: Path) -> str | None:
             try:
                 msgspec.json.decode(raw)
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
-                return f"{path} {units.unit} {number}: {describe_error(error)[0]}"
+                reason = describe_error(error, bytes(raw), units.unit)[0]
+                return f"{path} {units.unit} {number}: {reason}"
     return None
 
 
