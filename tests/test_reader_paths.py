@@ -109,15 +109,20 @@ def test_a_drop_with_two_files_of_one_name_keeps_both_rows(tmp_path):
     write_jsonl(drop / "flan" / "a" / "part.jsonl", FLAN[:1])
     write_jsonl(drop / "flan" / "b" / "part.jsonl", FLAN[1:2])
     write_jsonl(drop / "flan.jsonl", FLAN[2:])
+    # An Alpaca-style JSON array file (a drop routes .json to the JSONL reader).
+    (drop / "chat.json").write_text(json.dumps(CHAT, indent=2))
     files = drop_files(drop)
     result = IngestResult.concat([ingest(fmt, paths) for fmt, paths in files.items()])
     frame = qualify_positional_ids(result.conversations, drop.name)
     assert sorted(frame["source_id"]) == [
         "2026-01-02/a/part.jsonl:1",
         "2026-01-02/b/part.jsonl:1",
+        "2026-01-02/chat.json:1",
+        "2026-01-02/chat.json:2",
         "2026-01-02/flan.jsonl:1",
     ]
-    assert frame["id"].n_unique() == 3
+    assert frame["id"].n_unique() == 5
+    assert result.rejected.height == 0
     # The same files in another drop are other rows.
     other = qualify_positional_ids(result.conversations, "2026-01-03")
     assert not set(other["id"]) & set(frame["id"])
