@@ -84,6 +84,30 @@ def test_pair_becomes_preference_and_conversation(tmp_path: Path) -> None:
     assert conversation["id"] != pair["id"]  # the ledger's row_id must name one row
 
 
+def test_two_files_of_one_name_give_their_rows_distinct_ids(tmp_path: Path) -> None:
+    """Two ``hh.jsonl`` of one read: their line-1 rows are two pairs and two conversations, each
+    pair pointing at its own conversation, so curation keeps both and trace tells them apart."""
+    first = tmp_path / "d1"
+    second = tmp_path / "d2"
+    first.mkdir()
+    second.mkdir()
+    answer = "\n\nHuman: Hi\n\nAssistant: "
+    paths = [
+        write_lines(folder / "hh.jsonl", [{"chosen": answer + good, "rejected": answer + "No."}])
+        for folder, good in ((first, "Hello!"), (second, "Hi there!"))
+    ]
+    result = read_hh(paths, ReadOptions())
+    pairs, conversations = result.preferences, result.conversations
+    assert pairs["source_id"].to_list() == ["d1/hh.jsonl:1", "d2/hh.jsonl:1"]
+    assert pairs["source_ids"].to_list() == [["d1/hh.jsonl:1"], ["d2/hh.jsonl:1"]]
+    assert conversations["source_id"].to_list() == pairs["source_id"].to_list()
+    assert pairs["id"].n_unique() == 2 and conversations["id"].n_unique() == 2
+    # Read alone, a file keeps the label it always had.
+    alone = read_hh(paths[:1], ReadOptions()).preferences
+    assert alone["source_id"].to_list() == ["hh.jsonl:1"]
+    assert alone["id"].to_list() == [stable_id("hh/pair", "hh.jsonl:1")]
+
+
 def test_single_turn_pair_and_ids_from_input(tmp_path: Path) -> None:
     path = write_lines(
         tmp_path / "hh.jsonl",

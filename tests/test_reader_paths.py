@@ -12,6 +12,7 @@ from assets.partitions import drop_files, qualify_positional_ids
 from curation.curate import build_filters, curate
 from curation.ingest import IngestResult, ingest
 from curation.readers.common import positional_labels
+from curation.readers.text import read_text_corpus
 from curation.trace import trace_row
 
 FLAN = [
@@ -84,6 +85,23 @@ def test_files_sharing_a_name_give_their_rows_distinct_ids(tmp_path, fmt):
     assert alone["source_id"].to_list() == [f"{name}:1"]
     # And ids are stable from run to run.
     assert ingest(fmt, paths).conversations["id"].to_list() == both["id"].to_list()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_text_files_sharing_a_name_give_their_documents_distinct_ids(tmp_path, suffix):
+    paths = []
+    for folder, text in (("d1", "The first corpus document."), ("d2", "The second one.")):
+        path = tmp_path / folder / f"train{suffix}"
+        if suffix == ".txt":
+            path.parent.mkdir(parents=True)
+            path.write_text(text + "\n")
+        else:
+            write_jsonl(path, [{"text": text}])
+        paths.append(path)
+    texts = read_text_corpus(paths).texts
+    assert texts["source_id"].to_list() == [f"d1/train{suffix}:1", f"d2/train{suffix}:1"]
+    assert texts["id"].n_unique() == 2
+    assert read_text_corpus(paths[:1]).texts["source_id"].to_list() == [f"train{suffix}:1"]
 
 
 def test_shared_names_are_curated_and_traced_as_two_rows(tmp_path):
@@ -169,3 +187,6 @@ def test_sample_data_ids_are_unchanged():
     flan = ingest("flan", [samples / "flan.jsonl", samples / "synthetic_flan.jsonl"])
     names = flan.conversations["source_id"].str.extract(r"^([^:]+):\d+$").unique().to_list()
     assert sorted(names) == ["flan.jsonl", "synthetic_flan.jsonl"]
+    hh = ingest("hh", [samples / "hh_rlhf.jsonl"]).preferences
+    assert hh["source_id"][0] == "hh_rlhf.jsonl:1"
+    assert hh["source_ids"].list.first().to_list() == hh["source_id"].to_list()

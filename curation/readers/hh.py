@@ -18,6 +18,7 @@ from curation.ingest import IngestResult, ReadOptions, meta_json
 from curation.readers.common import (
     Turn,
     messages_series,
+    positional_labels,
     read_each,
     reject,
     rejected_frame,
@@ -90,13 +91,15 @@ def split_pair(chosen: str, rejected: str) -> tuple[list[Turn], Turn, Turn]:
 
 def read_hh(paths: Sequence[Path], options: ReadOptions) -> IngestResult:
     source = source_name(options, "hh")
-    return read_each(paths, lambda path: _read_file(path, source))
+    labels = positional_labels(paths)
+    return read_each(paths, lambda path: _read_file(path, source, labels[path]))
 
 
-def _read_file(path: Path, source: str) -> IngestResult:
+def _read_file(path: Path, source: str, label: str) -> IngestResult:
+    """One file; ``label`` names its rows that have no id (``label:line``)."""
     file = str(path)
     records = read_records(path, HHRow, source)
-    ids = source_ids([row.id for row in records.items], records.lines, path.name)
+    ids = source_ids([row.id for row in records.items], records.lines, label)
     rejected = list(records.rejected)
     kept_ids: list[str] = []
     kept_lines: list[int] = []

@@ -11,6 +11,7 @@ import msgspec
 import polars as pl
 
 from curation.errors import SourceError
+from curation.readers.common import positional_labels, source_ids
 from curation.records import Records, read_bytes, read_records
 from curation.schema import PROVENANCE, REJECTED, frame, stable_id_expr
 
@@ -38,18 +39,17 @@ class TextCorpus:
 
 def read_text_corpus(paths: Sequence[Path], source: str = "pretrain") -> TextCorpus:
     parts, rejected = [], []
+    paths = [Path(path) for path in paths]
+    # Two inputs named ``train.jsonl`` must not give their id-less documents one id.
+    labels = positional_labels(paths)
     for path in paths:
-        path = Path(path)
         records = (
             _plain_text(path)
             if path.suffix.lower() == ".txt"
             else read_records(path, TextRecord, source)
         )
         rejected.extend(records.rejected)
-        ids = [
-            str(item.id) if item.id is not None else f"{path.name}:{line}"
-            for item, line in zip(records.items, records.lines, strict=True)
-        ]
+        ids = source_ids([item.id for item in records.items], records.lines, labels[path])
         parts.append(
             pl.DataFrame(
                 {
