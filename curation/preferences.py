@@ -3,19 +3,35 @@
 A pair is judged on its prompt and chosen answer, which the model is trained towards. The
 rejected answer is *meant* to be bad (unsafe, rambling, citing), so content filters leave it
 alone; only PII is removed from it too, because it is still text we would store and train on.
+
+Duplicates are the exception: they are a property of the whole pair. UltraFeedback gives one
+prompt's best answer in several pairs, each against a different worse answer, and OpenAssistant
+ranks several siblings under one prompt; judged as prompt + chosen, every such pair would be a
+"duplicate" of the first. Two pairs are duplicates only when prompt, chosen and rejected all
+match: exactly (the same normalised text in each of the three), or near, under the rule
+conversations use (``DedupFilter``: MinHash estimate of the shingles' Jaccard and the answer
+guard), applied to the pair as one text and to each side alone: judged only as one text, two
+short, different rejected answers would pass as alike behind a long shared prompt and chosen
+answer. The duplicate pass runs last, over pairs that survived every other rule, so the copy
+kept of a cluster is one that passed them all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
-from curation.curate import STATES, CurationResult, curate
-from curation.filters.base import Filter
+from curation.curate import STATES, CurationResult, curate, repeated_ids, with_repeated
+from curation.filters.base import FINDINGS, Batch, Filter, Findings, Policy
+from curation.filters.dedup import DedupFilter
 from curation.schema import LEDGER, MESSAGES
 
 STAGE = "curate"
+SIDES = ("prompt", "chosen", "rejected")
+AGREEMENT_STEP = 32_768  # candidate pairs compared at once: bounds the signature copies
 
 
 def _as_conversations(pairs: pl.DataFrame, messages: pl.Expr) -> pl.DataFrame:
@@ -30,33 +46,51 @@ def _as_conversations(pairs: pl.DataFrame, messages: pl.Expr) -> pl.DataFrame:
     )
 
 
+def _blank_prompt_and_rejected() -> pl.Expr:
+    """The conversation prompt + rejected with the prompt's text emptied: the structural checks
+    see the conversation's roles, while PII finds only what is in the rejected answer (the
+    prompt's text is judged, once, with the chosen answer)."""
+    blank = pl.col("prompt").list.eval(pl.element().struct.with_fields(content=pl.lit("")))
+    return pl.concat_list(blank, "rejected")
+
+
 def curate_preferences(preferences: pl.DataFrame, filters: Sequence[Filter]) -> CurationResult:
     """Returns kept pairs (rewrites applied), the ledger and one final state per pair."""
+    columns = preferences.columns
+    preferences, repeated = repeated_ids(preferences)
     identical = preferences.filter(pl.col("chosen") == pl.col("rejected"))
-    pairs = preferences.join(identical.select("id"), on="id", how="anti")
-    judged = curate(_as_conversations(pairs, pl.concat_list("prompt", "chosen")), filters)
+    pairs = preferences.join(identical.select("id"), on="id", how="anti", maintain_order="left")
+    dedups = [f for f in filters if isinstance(f, DedupFilter)]
+    content = [f for f in filters if not isinstance(f, DedupFilter)]
     pii = [f for f in filters if getattr(f, "category", "") == "pii"]
-    rejected_side = curate(_as_conversations(pairs, pl.col("rejected")), pii)
 
-    kept = pairs.join(judged.curated.select("id", "messages"), on="id", how="inner")
+    judged = curate(_as_conversations(pairs, pl.concat_list("prompt", "chosen")), content)
     prompt_len = pl.col("prompt").list.len()
-    kept = kept.with_columns(
-        pl.col("messages").list.slice(0, prompt_len).alias("prompt"),
-        pl.col("messages").list.slice(prompt_len).alias("chosen"),
-    ).drop("messages")
-    kept = (
-        kept.join(
-            rejected_side.curated.select("id", pl.col("messages").alias("new_rejected")),
-            on="id",
-            how="left",
+    survivors = (
+        pairs.join(judged.curated.select("id", "messages"), on="id", maintain_order="left")
+        .with_columns(
+            pl.col("messages").list.slice(0, prompt_len).alias("prompt"),
+            pl.col("messages").list.slice(prompt_len).alias("chosen"),
         )
-        .with_columns(pl.coalesce("new_rejected", "rejected").alias("rejected"))
-        .drop("new_rejected")
-        .select(preferences.columns)
+        .drop("messages")
     )
-    # With a PII drop policy, PII in the rejected answer drops the whole pair.
-    dropped_rejected = rejected_side.states.filter(pl.col("state") == "dropped")
-    kept = kept.join(dropped_rejected.select(pl.col("row_id").alias("id")), on="id", how="anti")
+    rejected_side = curate(_as_conversations(survivors, _blank_prompt_and_rejected()), pii)
+    survivors = survivors.join(
+        rejected_side.curated.select("id", pl.col("messages").alias("new")),
+        on="id",
+        maintain_order="left",
+    ).with_columns(pl.col("new").list.slice(prompt_len).alias("rejected"))
+    survivors = survivors.drop("new")
+
+    duplicates = [pl.DataFrame(schema=FINDINGS)]
+    for dedup in dedups:
+        alive = survivors.join(
+            _dropped(duplicates), left_on="id", right_on="row_id", how="anti", maintain_order="left"
+        )
+        duplicates.append(pair_duplicates(alive, dedup).ledger)
+    kept = survivors.join(
+        _dropped(duplicates), left_on="id", right_on="row_id", how="anti", maintain_order="left"
+    ).select(columns)
 
     identical_ledger = identical.select(
         pl.col("id").alias("row_id"),
@@ -66,9 +100,16 @@ def curate_preferences(preferences: pl.DataFrame, filters: Sequence[Filter]) -> 
         reason=pl.lit("chosen equals rejected"),
         score=pl.lit(None, dtype=pl.Float64),
     ).cast(LEDGER)
-    ledger = pl.concat([identical_ledger, judged.ledger, rejected_side.ledger])
-    states = _states(preferences, identical, judged, rejected_side, kept)
-    return CurationResult(curated=kept, ledger=ledger, states=states)
+    duplicate_ledger = (
+        pl.concat(duplicates).with_columns(stage=pl.lit(STAGE)).select(LEDGER.names()).cast(LEDGER)
+    )
+    ledger = pl.concat([identical_ledger, judged.ledger, rejected_side.ledger, duplicate_ledger])
+    states = _states(preferences, identical, judged, rejected_side, duplicate_ledger, kept)
+    return with_repeated(CurationResult(curated=kept, ledger=ledger, states=states), repeated)
+
+
+def _dropped(findings: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat(findings).filter(pl.col("verdict") == "drop").select("row_id").unique()
 
 
 def _states(
@@ -76,29 +117,37 @@ def _states(
     identical: pl.DataFrame,
     judged: CurationResult,
     rejected_side: CurationResult,
+    duplicates: pl.DataFrame,
     kept: pl.DataFrame,
 ) -> pl.DataFrame:
+    """One final state per pair, in the order the pair met the rules: content (prompt and
+    chosen), then the rejected side, then duplicates; the first drop names the rule."""
+    rejected_states = rejected_side.states.select(
+        "row_id",
+        pl.col("state").alias("r_state"),
+        pl.col("rule").alias("r_rule"),
+        pl.col("reason").alias("r_reason"),
+    )
+    duplicate_drops = (
+        duplicates.filter(pl.col("verdict") == "drop")
+        .group_by("row_id", maintain_order=True)
+        .agg(pl.col("rule").first().alias("d_rule"), pl.col("reason").first().alias("d_reason"))
+    )
+    dropped_by_rejected = pl.col("r_state") == "dropped"
+    dropped = (pl.col("state") == "dropped") | dropped_by_rejected | pl.col("d_rule").is_not_null()
     both = (
-        judged.states.join(
-            rejected_side.states.select(
-                "row_id",
-                pl.col("state").alias("r_state"),
-                pl.col("rule").alias("r_rule"),
-                pl.col("reason").alias("r_reason"),
-            ),
-            on="row_id",
-            how="left",
-        )
+        judged.states.join(rejected_states, on="row_id", how="left", maintain_order="left")
+        .join(duplicate_drops, on="row_id", how="left", maintain_order="left")
         .with_columns(
-            state=pl.when(pl.col("state") == "dropped")
-            .then(pl.lit("dropped"))
-            .when(pl.col("r_state") == "dropped")
+            state=pl.when(dropped)
             .then(pl.lit("dropped"))
             .when((pl.col("state") == "rewritten") | (pl.col("r_state") == "rewritten"))
             .then(pl.lit("rewritten"))
             .otherwise(pl.lit("kept")),
-            rule=pl.coalesce("rule", "r_rule"),
-            reason=pl.coalesce("reason", "r_reason"),
+            rule=pl.coalesce("rule", pl.when(dropped_by_rejected).then("r_rule"), pl.col("d_rule")),
+            reason=pl.coalesce(
+                "reason", pl.when(dropped_by_rejected).then("r_reason"), pl.col("d_reason")
+            ),
         )
         .select(STATES.names())
     )
@@ -110,6 +159,190 @@ def _states(
         reason=pl.lit("chosen equals rejected"),
     )
     states = pl.concat([identical_states.cast(STATES), both.cast(STATES)])
+    if states.height != preferences.height:
+        raise RuntimeError("preference curation lost pairs: a pair has no final state")
     if states.filter(pl.col("state") != "dropped").height != kept.height:
         raise RuntimeError("preference curation lost pairs: states and kept rows disagree")
     return states
+
+
+# --- duplicates of whole pairs ----------------------------------------------------------------
+
+
+def pair_duplicates(pairs: pl.DataFrame, dedup: DedupFilter) -> Findings:
+    """``dedup``'s verdicts on pairs (id, source, lang, prompt, chosen, rejected; in batch
+    order, the first of a cluster kept): ``duplicate.exact`` when prompt, chosen and rejected
+    all have the normalised text of an earlier pair's, ``duplicate.near`` when the pair as a
+    whole and each side alone are near duplicates under ``dedup``'s rule. A pair without text
+    is never a duplicate, as for conversations."""
+    # Each side as ``DedupFilter.turns`` sees it (idx: the pair's place in ``pairs``).
+    sides = [dedup.turns(_batch(pairs, pl.col(side))) for side in SIDES]
+    keys = _side_keys(sides, pairs.height)
+    exact = _exact_pairs(pairs, keys) if dedup.exact else pl.DataFrame(schema=_FOUND)
+    parts = [exact]
+    if dedup.near:
+        parts.append(_near_pairs(pairs, sides, keys, exact["idx"], dedup))
+    found = pl.concat(parts).sort("idx")
+    near_policy = dedup.near_policy if isinstance(dedup.near_policy, Policy) else dedup.policy
+    ledger = found.select(
+        "row_id",
+        "rule",
+        pl.when(pl.col("rule") == "duplicate.exact")
+        .then(dedup.policy.expr())
+        .otherwise(near_policy.expr())
+        .alias("verdict"),
+        "reason",
+        "score",
+    )
+    return Findings(ledger=ledger.cast(FINDINGS))
+
+
+_FOUND = pl.Schema(
+    {
+        "idx": pl.UInt32,
+        "row_id": pl.String,
+        "source": pl.String,
+        "rule": pl.String,
+        "reason": pl.String,
+        "score": pl.Float64,
+    }
+)
+Side = tuple[pl.DataFrame, pl.DataFrame]  # DedupFilter.turns: (rows, turns)
+
+
+def _side_keys(sides: list[Side], height: int) -> pl.DataFrame:
+    """Per pair (in order): for each side, a code equal between two pairs exactly when that
+    side's key is (the role-tagged normalised user and assistant turns the conversation pass
+    compares), whether the side has text, and ``filled``: whether any side has."""
+    frame = pl.DataFrame({"idx": pl.arange(0, height, dtype=pl.UInt32, eager=True)})
+    for side, (rows, turns) in zip(SIDES, sides, strict=True):
+        key = turns.group_by("idx", maintain_order=True).agg(
+            pl.concat_str(pl.col("role").str.head(1), pl.lit(":"), "norm")
+            .str.join("\n")
+            .alias(side)
+        )
+        frame = frame.join(
+            key,
+            on="idx",
+            how="left",
+            maintain_order="left",
+        ).with_columns(
+            pl.col(side).fill_null("").rank("dense").cast(pl.UInt32),
+            rows["has_text"].alias(f"{side}_text"),
+        )
+    return frame.with_columns(filled=pl.any_horizontal([f"{side}_text" for side in SIDES]))
+
+
+def _exact_pairs(pairs: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    """Pairs whose three sides have the keys of an earlier pair's."""
+    whole = pl.struct(SIDES)
+    return (
+        keys.with_columns(pl.Series("row_id", pairs["id"]), pl.Series("source", pairs["source"]))
+        .filter("filled")
+        .with_columns(kept_id=pl.col("row_id").first().over(whole))
+        .filter(~whole.is_first_distinct())
+        .select(
+            "idx",
+            "row_id",
+            "source",
+            rule=pl.lit("duplicate.exact"),
+            reason=pl.format(
+                "exact duplicate of {} (same normalised prompt, chosen and rejected)", "kept_id"
+            ),
+            score=pl.lit(1.0),
+        )
+        .cast(_FOUND)
+    )
+
+
+def _near_pairs(
+    pairs: pl.DataFrame,
+    sides: list[Side],
+    keys: pl.DataFrame,
+    exact: pl.Series,
+    dedup: DedupFilter,
+) -> pl.DataFrame:
+    """Near duplicates among the pairs with text the exact pass did not find. Candidates, their
+    verification and the clusters are ``DedupFilter.near_from_signatures``' on the whole pair
+    (its three sides as one text); the guard it calls then requires each side, compared alone,
+    to pass the conversation rule too: signature estimate >= ``threshold`` and answer guard
+    (so "I think it is 797." and "I think it is 26." are not alike whatever they share)."""
+    alive = (
+        keys.with_columns(pl.Series("row_id", pairs["id"]), pl.Series("source", pairs["source"]))
+        .filter(pl.col("filled") & ~pl.col("idx").is_in(exact.implode()))
+        .select("idx", "row_id", "source")
+    )
+    if alive.height < 2:
+        return pl.DataFrame(schema=_FOUND)
+    positions = alive["idx"].to_numpy().astype(np.int64)
+    # The whole pair's turns: each side's, in prompt, chosen, rejected order within a pair.
+    tagged = [turns.with_columns(side=pl.lit(k)) for k, (_, turns) in enumerate(sides)]
+    whole = pl.concat(tagged).sort("idx", "side", maintain_order=True).drop("side")
+    signatures = dedup.row_signatures(positions, whole)
+    codes = [keys[side].to_numpy() for side in SIDES]
+    with_text = [keys[f"{side}_text"].to_numpy() for side in SIDES]
+
+    def guard(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        similarity = np.ones(i.size, dtype=np.float64)
+        a, b = positions[i], positions[j]
+        for (_, turns), code, text in zip(sides, codes, with_text, strict=True):
+            similarity = np.minimum(similarity, _side_similarity(dedup, turns, code, text, a, b))
+        return similarity
+
+    # Without the answer guard the filter would not call ours: give it a threshold our 0/1
+    # verdicts on the sides can pass or fail.
+    judge = dedup
+    if dedup.answer_threshold is None:
+        judge = dataclasses.replace(dedup, answer_threshold=1.0)
+    near = judge.near_from_signatures(alive.select("idx", "row_id"), signatures, guard)
+    return (
+        near.join(alive.select("idx", "source"), on="idx", how="left", maintain_order="left")
+        .with_columns(reason=pl.format("{}; prompt, chosen and rejected each alike", "reason"))
+        .select(_FOUND.names())
+        .cast(_FOUND)
+    )
+
+
+def _side_similarity(
+    dedup: DedupFilter,
+    turns: pl.DataFrame,
+    code: np.ndarray,
+    text: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+) -> np.ndarray:
+    """1.0 where one side of pairs ``a`` and ``b`` passes the conversation rule (signature
+    estimate >= threshold, and the answer guard when set), else 0.0. ``code``/``text``: that
+    side's key code and whether it has text, per pair. Equal keys pass; a side with text
+    against one without fails. Each distinct text is signed once: a prompt repeats in all
+    its pairs, an answer in every pair it is part of."""
+    distinct, first, inverse = np.unique(
+        code[np.concatenate([a, b])], return_index=True, return_inverse=True
+    )
+    delegates = np.concatenate([a, b])[first]  # one pair per distinct key
+    ka, kb = inverse[: a.size], inverse[a.size :]
+    # Signed in pair order (``row_signatures`` reads the turns in one pass); column[k] is the
+    # signature column of distinct key k, -1 for a side without text.
+    signed = np.flatnonzero(text[delegates])
+    signed = signed[np.argsort(delegates[signed], kind="stable")]
+    column = np.full(distinct.size, -1, dtype=np.int64)
+    column[signed] = np.arange(signed.size)
+    signatures = dedup.row_signatures(delegates[signed], turns)
+    ca, cb = column[ka], column[kb]
+    agree = np.where(ka == kb, 1.0, 0.0)
+    both = np.flatnonzero((ka != kb) & (ca >= 0) & (cb >= 0))
+    for s in range(0, both.size, AGREEMENT_STEP):
+        k = both[s : s + AGREEMENT_STEP]
+        agree[k] = (signatures[:, ca[k]] == signatures[:, cb[k]]).mean(axis=0)
+    passed = (agree >= dedup.threshold - 1e-12).astype(np.float64)
+    if dedup.answer_threshold is None:
+        return passed
+    answers = dedup.answers(turns, delegates)
+    guarded = dedup.answer_similarity(answers, ka, kb) >= dedup.answer_threshold - 1e-12
+    return passed * guarded
+
+
+def _batch(pairs: pl.DataFrame, messages: pl.Expr) -> Batch:
+    return Batch.from_conversations(
+        pairs.select("id", "source", "lang", pl.lit("{}").alias("meta"), messages.alias("messages"))
+    )
