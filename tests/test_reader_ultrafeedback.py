@@ -221,6 +221,62 @@ def test_parquet_input(tmp_path: Path) -> None:
         read_ultrafeedback([missing], ReadOptions())
 
 
+def strict_json(text: str) -> object:
+    """json.loads that refuses NaN and Infinity, which are not JSON."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_fine_grained_score_counts_as_unscored(tmp_path: Path) -> None:
+    # Parquet exports write a missing fine-grained_score as NaN. It is no score: the completion
+    # must neither win the SFT conversation nor reach a pair with a NaN margin.
+    path = tmp_path / "uf.parquet"
+    nan = float("nan")
+    completions = [
+        {**completion("m-nan", "Unscored.", None, "N/A", "N/A"), "fine-grained_score": nan},
+        {**completion("m-three", "Three.", None), "fine-grained_score": 3.0},
+        {**completion("m-one", "One.", None), "fine-grained_score": 1.0},
+        # NaN beside numeric ratings: the ratings' mean stands in, as when the field is absent.
+        {**completion("m-rated", "Rated.", None, "2", "2"), "fine-grained_score": nan},
+    ]
+    pl.DataFrame([{"instruction": "Q", "completions": completions}]).write_parquet(path)
+    result = read_ultrafeedback([path], ReadOptions())
+    assert result.rejected.height == 0
+
+    conversation = result.conversations.row(0, named=True)
+    assert conversation["messages"][1] == {"role": "assistant", "content": "Three."}
+    meta = strict_json(conversation["meta"])
+    assert meta["score"] == 3.0
+    assert meta["ranking"] == [
+        {"model": "m-three", "score": 3.0},
+        {"model": "m-rated", "score": 2.0},
+        {"model": "m-one", "score": 1.0},
+    ]
+
+    pairs = result.preferences
+    assert pairs.height == 3
+    assert pairs["margin"].is_finite().all()
+    chosen = pairs["chosen"].list.first().struct.field("content").to_list()
+    rejected = pairs["rejected"].list.first().struct.field("content").to_list()
+    assert "Unscored." not in chosen + rejected
+    assert sorted(zip(chosen, rejected, pairs["margin"], strict=True)) == [
+        ("Rated.", "One.", 1.0),
+        ("Three.", "One.", 2.0),
+        ("Three.", "Rated.", 1.0),
+    ]
+    for judge in pairs["judge"]:
+        strict_json(judge)
+
+    ledger = result.ledger.select("rule", "verdict", "reason").rows()
+    assert len(ledger) == 1
+    rule, verdict, reason = ledger[0]
+    assert (rule, verdict) == ("ingest.unscored", "drop")
+    assert reason.startswith("completion 0 (m-nan) has no")
+
+
 # ---- embedded sample -------------------------------------------------------------------------
 
 

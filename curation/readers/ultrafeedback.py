@@ -7,8 +7,8 @@ from GPT-4, so the pairs are AI feedback (origin "ai") and name their judge.
 Scores: UltraFeedback's ``overall_score`` (the critique's 1-10 rating) and the per-aspect ratings
 (1-5) are on different scales, so one instruction never mixes them. It is ranked by
 ``overall_score`` when every completion has one, otherwise by each completion's mean aspect rating
-(``fine-grained_score`` when given, which is that mean); a completion with no usable score is left
-out of the ranking with a ledger row.
+(``fine-grained_score`` when given, which is that mean); a completion with no usable score
+(missing, "N/A", NaN) is left out of the ranking with a ledger row.
 """
 
 from __future__ import annotations
@@ -77,8 +77,11 @@ def rating_value(value: Number) -> float | None:
 
 
 def aspect_mean(completion: Completion) -> float | None:
-    if completion.fine_grained_score is not None:
-        return float(completion.fine_grained_score)
+    """``fine-grained_score`` when it is a number (Parquet exports write NaN for "none"), else
+    the mean of the numeric aspect ratings; None when there is neither."""
+    given = rating_value(completion.fine_grained_score)
+    if given is not None:
+        return given
     ratings = []
     for aspect in completion.annotations.values():
         for entry in aspect if isinstance(aspect, list) else [aspect] if aspect else []:
