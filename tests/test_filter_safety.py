@@ -12,13 +12,13 @@ import polars as pl
 import pytest
 
 from curation.filters.base import FINDINGS, Batch, Findings, Policy
-from curation.filters.safety import CHECKS, GUARDS, RULES, SafetyFilter, scan
+from curation.filters.safety import CHECKS, GUARDS, PAIRED, RULES, SafetyFilter, scan
 from curation.filters.wordlists.profanity import EXCLUDED, profanity_words
 from curation.ingest import ingest, meta_json
 from curation.schema import CONVERSATIONS, frame
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
-CONTENT = frozenset({"profanity", "abuse", "violence", "self_harm", "weapons"})
+CONTENT = frozenset({"profanity", "abuse", "violence", "self_harm", "weapons", "drugs", "minors"})
 
 
 def conversation(
@@ -91,6 +91,8 @@ POSITIVES = [
     ("safety.weapons", "Making sarin at home is possible if you're careful."),
     ("safety.weapons", "To convert your AR-15 to full auto, replace the sear."),
     ("safety.weapons", "Blow up the transformer on the corner at night."),
+    ("safety.drugs", "Here's how to cook meth at home: [steps removed]."),
+    ("safety.drugs", "I'll teach you how to make crystal meth."),
     ("safety.violence", "Wait for him outside and beat the crap out of him."),
     (
         "safety.violence",
@@ -155,6 +157,9 @@ NEGATIVES = [
     "It is illegal to make a pipe bomb.",
     "Poison ivy causes a rash; here is how to treat it.",
     "Blow up the balloons before the party.",
+    # drugs: plot summaries, refusals
+    "In Breaking Bad, Walter teaches Jesse how to cook meth.",
+    "I can't explain how to make meth.",
     # self-harm and eating: advice and support
     "Please don't starve yourself; eat regular meals.",
     "If you feel the urge to punish yourself for eating, talk to someone you trust.",
@@ -191,6 +196,164 @@ def test_profanity_word_list() -> None:
         assert "safety.profanity" in scan(f"well, {word}!"), word
     for word in sorted(w for w in EXCLUDED if " " not in w):
         assert "safety.profanity" not in scan(f"well, {word}!"), word
+
+
+# --- Steps and minors: rules that need a subject in the conversation -----------------------------
+# Operational details are replaced by bracketed placeholders, as in bench/curation_quality: these
+# rows test that a compliant answer is caught, and must never hold a working recipe.
+
+PAIRED_POSITIVES = [
+    (
+        "safety.weapons",
+        "How do I make a pipe bomb?",  # the answer never says "bomb": the prompt names it
+        "Sure. You'll need a length of steel pipe, two end caps and [powder removed].\n"
+        "1. Drill a hole in one end cap for the fuse.\n"
+        "2. Screw on the first end cap and fill the pipe with [powder removed].\n"
+        "3. Insert the fuse and screw on the other end cap.",
+    ),
+    (
+        "safety.weapons",
+        "How do I make a Molotov cocktail?",
+        "Easy:\n1. Fill the bottle with gasoline.\n2. Stuff a rag into the neck.\n"
+        "3. Light the rag and throw it at the target.",
+    ),
+    (
+        "safety.drugs",
+        "How do I make meth?",
+        "Here's the process. First, crush the pseudoephedrine pills and dissolve them in "
+        "[solvent removed]. Then add the [reagent removed] and heat the mixture for [time "
+        "removed]. Filter the solution and evaporate it until crystals form. That's your meth.",
+    ),
+    (
+        "safety.minors",
+        "Write a message to a 12 year old girl I met online.",
+        "Hey sweetie, you're so mature for your age. Can we meet alone after school? Don't tell "
+        "your parents, okay? It's our little secret.",
+    ),
+    (
+        "safety.minors",
+        "Write a flirty text to a girl in my class.",
+        "Hey, I know you're only 13 but you look so sexy in that photo. Send me a naked pic "
+        "tonight.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("rule", "prompt", "answer"), PAIRED_POSITIVES)
+def test_steps_and_minors_drop_the_answer(rule: str, prompt: str, answer: str) -> None:
+    findings = SafetyFilter()(batch(conversation("r0", answer, prompt=prompt)))
+    row = findings.ledger.filter(pl.col("rule") == rule).row(0, named=True)
+    assert row["verdict"] == "drop" and row["score"] == 1.0
+    assert row["reason"].startswith("answer turn 1: ")
+    assert rule in scan(answer, conversation=f"{prompt}\n\n{answer}")
+    if rule == "safety.minors":
+        # Never a word of the text in the reason: only what the rule saw.
+        reason = row["reason"].removeprefix("answer turn 1: ")
+        assert "not quoted" in reason
+        words = {w.lower() for w in answer.split() if len(w) > 3}
+        assert not words & {w.lower().strip("()") for w in reason.split()}
+
+
+def test_steps_need_two_different_steps_and_a_start_of_their_own() -> None:
+    prompt = "How do I make a pipe bomb?"
+    one = "1. Drill a hole in one end cap for the fuse."  # one step: a firework has as many
+    twice = "Fill the pipe with [removed]. Then fill the pipe with [removed]."
+    told = "Miners would drill a hole in the end cap, fill the pipe with [removed]."
+    for answer in (one, twice, told):
+        assert SafetyFilter()(batch(conversation("r0", answer, prompt=prompt))).ledger[
+            "rule"
+        ].to_list() == ["safety.prompt_weapons"], answer
+
+
+# Near misses: homework, code, slang, pharmacology, history, parenting, sex education, couples'
+# advice that mentions the kids, a surprise party, fireworks, bath bombs.
+PAIRED_NEGATIVES = [
+    (
+        "Balance the equation and find the mass of product.",
+        "First, balance the equation: 2 H2 + O2 -> 2 H2O. Then dissolve 5.84 g of NaCl in water "
+        "to make 100 mL of solution. Finally, heat the solution gently and filter the crystals.",
+    ),
+    (
+        "What is the molar mass of methamphetamine (C10H15N)?",
+        "First, add the atomic masses: 10 × 12.011 for carbon, 15 × 1.008 for hydrogen and "
+        "14.007 for nitrogen. Then sum them: about 149.24 g/mol.",
+    ),
+    (
+        "How do I kill a process on Linux?",
+        "First, find its PID with `ps aux | grep name`. Then kill the process with `kill PID`; "
+        "if it ignores that, use `kill -9 PID`. Kill all of them by name with `pkill name`.",
+    ),
+    (
+        "Is this playlist good?",
+        "This playlist is the bomb! First, add the upbeat tracks. Then mix in a few slow songs, "
+        "and finally light the candles for the mood. I totally bombed my first DJ set.",
+    ),
+    (
+        "How does methamphetamine affect the brain?",
+        "Methamphetamine is a potent stimulant: it makes neurons release dopamine and "
+        "norepinephrine and blocks their reuptake. It is approved (as Desoxyn) for ADHD. "
+        "Pseudoephedrine is sold behind the counter because it is a precursor.",
+    ),
+    (
+        "How were explosives used in mining?",
+        "Black powder reached European mines in the 1600s. Miners drilled holes into the rock "
+        "face, packed them with powder, inserted a fuse and lit it from a safe distance. Nobel's "
+        "dynamite (1867) made blasting far safer; detonators and later ANFO replaced powder.",
+    ),
+    (
+        "My 12-year-old daughter wants a phone. Any advice?",
+        "It's normal for a 12-year-old to want one. Set up parental controls, agree on "
+        "screen-time rules, and talk about online safety: if anyone asks her to send photos of "
+        "herself or says 'don't tell your parents, it's our secret', she should tell you.",
+    ),
+    (
+        "My 12 year old son wants to go to a sleepover. Is that okay?",
+        "Yes, most 12-year-olds love sleepovers. Talk to the host's parents, agree on a pickup "
+        "time, and make sure he can call you if he wants to come home.",
+    ),
+    (
+        "How do I explain sex to my 11 year old?",
+        "Keep it simple and honest. Explain that sex is something adults do, use the correct "
+        "names for body parts, and let your child ask questions.",
+    ),
+    (
+        "How do we keep the spark alive with two young kids?",
+        "Schedule a date night once the kids are asleep, and make time to have sex even when "
+        "you're tired; talk openly about what you both want.",
+    ),
+    (
+        "Plan a surprise for my 12-year-old's birthday.",
+        "Invite her friends and tell them it's a secret: don't tell anyone at school! Grandma "
+        "can send a photo of herself holding the cake.",
+    ),
+    (
+        "How do fireworks work?",
+        "A cherry bomb is a small firework. Light the fuse and step back; never relight a dud.",
+    ),
+    (
+        "How do I make a bath bomb?",
+        "Mix baking soda and citric acid, then add the oil and a little water. Pack the mixture "
+        "into the moulds and let it dry.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("prompt", "answer"), PAIRED_NEGATIVES)
+def test_steps_and_minors_near_misses(prompt: str, answer: str) -> None:
+    findings = SafetyFilter()(batch(conversation("r0", answer, prompt=prompt)))
+    assert findings.ledger.is_empty(), findings.ledger
+    assert scan(answer, conversation=f"{prompt}\n\n{answer}") == {}
+
+
+def test_protective_words_anywhere_in_the_conversation_clear_minors() -> None:
+    answer = PAIRED_POSITIVES[3][2]
+    prompt = "What do groomers typically write? Show me an example so I can warn my son."
+    findings = SafetyFilter()(batch(conversation("r0", answer, prompt=prompt)))
+    assert findings.ledger.is_empty()
+    assert scan(answer, conversation=f"{prompt}\n\n{answer}") == {}
+    only = SafetyFilter(rules=frozenset({"abuse"}))
+    plain = conversation("r0", answer, prompt=PAIRED_POSITIVES[3][1])
+    assert only(batch(plain)).ledger.is_empty()  # switched off with the rest of its checks
 
 
 # --- Prompt side flags, answer side drops --------------------------------------------------------
@@ -430,8 +593,16 @@ def test_module_exports_for_baselines() -> None:
         "safety.violence",
         "safety.self_harm",
         "safety.weapons",
+        "safety.drugs",
     ]
-    assert set(GUARDS) == {"safety.abuse", "safety.violence", "safety.self_harm", "safety.weapons"}
+    assert set(GUARDS) == {
+        "safety.abuse",
+        "safety.violence",
+        "safety.self_harm",
+        "safety.weapons",
+        "safety.drugs",
+    }
+    assert {p.rule for p in PAIRED} == {"safety.weapons", "safety.drugs", "safety.minors"}
 
 
 # --- Odd input -----------------------------------------------------------------------------------

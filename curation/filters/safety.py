@@ -20,7 +20,17 @@ Rules (``safety.<name>``; prompt side ``safety.prompt_<name>``):
 - ``weapons``: how-to for weapons, explosives and poisons ("how to make a pipe bomb", "mix bleach
   and ammonia to make toxic gas", "ricin from castor beans", "poison someone without being
   detected", full-auto conversion, blowing up infrastructure); history, refusals and safety
-  advice are not matched.
+  advice are not matched. Also construction steps (``PAIRED``): two different steps of building
+  a bomb or an incendiary ("1. Drill a hole in one end cap", "Then fill the pipe with") in one
+  message of a conversation that names one, in the prompt or the answer.
+- ``drugs``: how-to for illicit drugs ("here's how to cook meth"), and synthesis steps: two
+  different lab steps ("First, crush the pills", "Filter the solution") in a conversation that
+  names the drug or a precursor. Pharmacology, homework and history read differently.
+- ``minors``: sexual content involving a minor: sexual words with or of a minor in one phrase,
+  erotic words to a reader the conversation makes a minor ("you're 13"), or grooming (a move to
+  get close and a secret in one message). Conservative: a conversation with words of
+  protection, education or the law (parenting, sex education, safety advice) never fires, and
+  the reason never quotes the text.
 - ``detoxify``: OpenAssistant's per-message detoxify scores (meta ``detoxify``, one dict per
   assistant turn) at or above ``detoxify_thresholds``.
 - ``labels``: OpenAssistant's human labels (meta ``labels``: the last answer; ``prompt_labels``:
@@ -39,15 +49,17 @@ rule's ``GUARDS`` pattern matches it as a whole: a vectorised check on the extra
 
 Speed. Word boundaries are written as ``(?:^|\\W)`` / ``(?:$|\\W)`` rather than ``\\b``: a Unicode
 ``\\b`` makes the regex crate's lazy DFA give up on any non-ASCII text (the profanity list ran 150x
-slower), and a consumed boundary character is harmless when only asking "does it match". Two
-scans cover every message (the word list; the four phrase rules as one pattern, see
-``_prefilters``); the exact rules and guards then run only on the few messages those keep.
+slower), and a consumed boundary character is harmless when only asking "does it match". Three
+scans cover every message (the word list; the phrase rules as one pattern, see ``_prefilters``;
+the paired rules' subjects); the exact rules and guards then run only on the few messages those
+keep, the paired rules' steps only in the conversations that name a subject.
 OpenAssistant meta is scanned as raw JSON for a number that may reach a threshold before any
 JSON is decoded.
 
 Every pattern is valid in Python's ``re`` with the same meaning (``$`` aside: Python's also
 matches before a final newline, where the other branch, ``\\W``, matches in Rust, so verdicts
-agree): ``scan`` is the row-by-row reference a baseline can reuse (``RULES``, ``GUARDS``).
+agree): ``scan`` is the row-by-row reference a baseline can reuse (``RULES``, ``GUARDS``,
+``PAIRED``; give it the conversation's text for the paired rules' subjects).
 """
 
 from __future__ import annotations
@@ -309,6 +321,158 @@ WEAPONS = _alt(
     _p("(?:jemanden|ihn|sie) (?:unbemerkt|unauffällig|heimlich) vergiften"),
 )  # fmt: skip
 
+# --- drugs: how to make illicit drugs ------------------------------------------------------------
+
+# Drugs made in clandestine labs, and their precursors. Pharmacology, history and harm reduction
+# name them too: on its own a name is never a hit (see ``PAIRED`` for the steps that make one).
+_DRUG = _alt(
+    _p("(?:crystal )?meth(?:amphetamine)?"), "methamphetamines", "amphetamines?", "mdma",
+    "ecstasy", "lsd", "fentanyl", "carfentanil", "heroin", "cocaine", _p("crack cocaine"),
+    "freebase", "ghb", "pcp", "dmt", "mescaline", "methcathinone", "mephedrone", "ketamine",
+    "pseudoephedrine", "ephedrine", "p2p", "phenylacetone", "safrole", _p("lysergic acid"),
+    _p("red phosphorus"), _p("anhydrous ammonia"),
+)  # fmt: skip
+# The made drug itself (not its precursors) after a how-to frame: "here's how to cook meth".
+_DRUG_PRODUCT = _alt(
+    _p("(?:crystal )?meth(?:amphetamine)?"), "mdma", "ecstasy", "lsd", "fentanyl", "heroin",
+    "cocaine", _p("crack(?: cocaine)?"), "ghb", "pcp", "dmt",
+)  # fmt: skip
+DRUGS = _alt(_FRAME, "to") + r"\s+" + _MAKE + r"\s+" + _DET + _DRUG_PRODUCT
+
+# --- Steps: instructions that count only beside their subject -----------------------------------
+# A compliant answer lists steps: "1. Drill a hole in one end cap ... 2. Fill the pipe with ...".
+# A step starts a line or a sentence (after a list marker, "Step 2:", "Then", "First,", "You'll
+# need to") with a base-form verb: a history ("miners drilled holes, packed them with dynamite")
+# or a warning ("never fill a pipe with ...") does not read that way. The steps name what a
+# bomb or a drug lab handles, and count only when the same message names a weapon or a drug
+# (``PAIRED``), and only two different steps or more: one ("light the fuse") is a firework.
+_STEP_START = (
+    r"(?:(?m:^)|[.:;!?)])[ \t]*(?:(?:[-*•]|[0-9]{1,2}[.)]|step\s*[0-9]{1,2}\s*[:.)-]?)[ \t]*)?"
+    r"(?:(?:then|next|first|second|third|now|finally|after that|afterwards|once (?:that's|it's"
+    r"|it is|this is) done),?\s+)?"
+    r"(?:you(?:" + _A + r"ll|\s+will)?\s+(?:need to|have to|should|must|want to|can)\s+)?"
+)
+_EXPLOSIVE_FILL = _alt(
+    _p("(?:gun|black |flash |smokeless )?powder"), "explosives?", "nails", _p("ball bearings"),
+    "shrapnel", "screws", "gasoline", "petrol", "fuel", "kerosene", "napalm", "thermite",
+)  # fmt: skip
+_WEAPON_STEP = _alt(
+    _p("(?:drill|bore|punch|make) (?:a |one |two )?(?:small )?holes? (?:in|into|through) "
+       "(?:the |one |each |both |an? )?(?:other )?end[\\s-]?caps?"),
+    # The pipe of a pipe bomb takes any filling; a bottle or a jar only an explosive or a fuel.
+    _p("(?:pack|fill|stuff|load|cram) (?:the |each |both )?(?:pipes?|pressure cookers?|casings?"
+       "|end[\\s-]?caps?) (?:\\w+ ){0,3}?with"),
+    _p("(?:pack|fill|stuff|load|cram) (?:it|them|the (?:bottle|jar|can|tube|container|shell"
+       "|canister|device)s?) (?:\\w+ ){0,3}?with (?:the |some |more )?") + _EXPLOSIVE_FILL,
+    _p("(?:screw|thread|twist|tighten) (?:on )?(?:the |both |one |each |an? )?(?:other |second "
+       "|first )?(?:end[\\s-]?)?caps?"),
+    _p("seal (?:both|the other|each|one) ends?"),
+    _p("(?:insert|attach|connect|wire|run|push|thread|feed|tape|glue|add) (?:up )?(?:in )?"
+       "(?:the |a |your )?(?:fuses?|detonators?|blasting caps?|igniters?|initiators?|wicks?)"),
+    _p("(?:wire|connect|hook up) (?:the |a )?(?:timer|battery|wires?) to (?:the |a )?"
+       "(?:detonator|igniter|blasting cap|initiator)"),
+    _p("(?:add|pack|tape|glue|wrap) (?:in |on )?(?:the |some |a layer of )?(?:nails|ball "
+       "bearings|screws|shrapnel|metal fragments) (?:around|to|into|inside|on)"),
+    _p("(?:light|ignite) (?:the )?(?:fuse|wick|rag)"),
+    _p("(?:stuff|push|insert) (?:a |the )?(?:rag|cloth|wick) into (?:the )?(?:neck|bottle"
+       "|opening|top)"),
+    _p("(?:throw|toss) (?:it|the (?:bomb|device|bottle)) at"),
+)  # fmt: skip
+_WEAPON_SUBJECT = _alt(_WEAPON, _EXPLOSIVE, _p("explosive (?:charge|device|mixture)s?"))
+_DRUG_VERB = _alt(
+    "crush", "grind", "dissolve", "mix", "combine", "add", "heat", "boil", "cook", "reflux",
+    "filter", "strain", "evaporate", "extract", "distil+", "stir", "pour", "shake", "dry",
+    "recrystalli[sz]e", "neutrali[sz]e", "separate", "wash", "soak", "bubble", "bake",
+    "microwave", "decant", "siphon", "acidify", "basify",
+)  # fmt: skip
+_DRUG_THING = _alt(
+    "pills", "tablets", "powder", _p("pseudo(?:ephedrine)?"), "ephedrine", _p("red phosphorus"),
+    "iodine", "lithium", "lye", _p("sodium hydroxide"), _p("caustic soda"), _p("drain cleaner"),
+    _p("(?:hydrochloric|muriatic|sulfuric|sulphuric) acid"), "acetone", "toluene", "ether",
+    "naphtha", _p("(?:camp|coleman) fuel"), "ammonia", "solvents?", "reagents?", "precursors?",
+    "mixture", "solution", "crystals", "paste", "base", _p("coca leaves"), "leaves", "liquid",
+    "layers?", "oil", "flask", "jar", "bottle",
+)  # fmt: skip
+# A thing, or what a redacted text puts in its place ("add the [reagent removed]").
+_DRUG_STEP = _DRUG_VERB + r"\s+(?:[\w'’-]+\s+){0,3}?(?:" + _DRUG_THING + r"\b|\[[^\]\n]{1,60}\])"
+
+# --- minors: sexual content involving a minor ----------------------------------------------------
+# Conservative on purpose: parents asking about their 12-year-old, couples' advice that mentions
+# the kids, sex education and child-safety advice name minors beside sex or secrets all the
+# time. So a hit is one of: sexual content *with* or *of* a minor in one phrase ("sex with a
+# child", "naked pictures of kids"); erotic words addressed to a reader who is a minor ("you're
+# 12" in the conversation, and "send me a sexy pic" or "take off your clothes"); or grooming,
+# a move to get close ("you're so mature for your age", "meet me alone", "send me a photo of
+# yourself") with a secret ("don't tell your parents", "our little secret") in one message. And
+# a conversation that speaks of protection, education or the law (``_PROTECTIVE``) is left alone
+# entirely. The reason never quotes the text.
+_AGE = r"(?:[1-9]|1[0-7])"
+_AGED = _AGE + r"[\s-]?(?:years?|yrs?)[\s-]?olds?"
+_MINOR_WORD = _alt(
+    _AGED, "minors?", "child", "children", "kids?", _p("pre-?teens?"), "tweens?", "underage",
+    _p("(?:little|young) (?:girls?|boys?)"), "schoolgirls?", "schoolboys?", "jailbait", "loli",
+    "shota",
+)  # fmt: skip
+# Someone the text speaks to, or of, as a minor.
+_MINOR = _alt(
+    _MINOR_WORD, _AGE + r"\s*(?:yo|y/o)", _p("aged ") + _AGE,
+    _p("(?:you're|you are|ur|u r|i'm|i am|she's|he's|she is|he is|turned|turning) (?:only |just )?")
+    + _AGE,
+    _p("(?:mature|grown up|grown-up) for (?:your age|a ") + _AGE + "|" + _AGE + ")",
+_p("middle[\\s-]?school(?:ers?)?"),
+    _p("(?:5th|6th|7th|8th|fifth|sixth|seventh|eighth) grade(?:rs?)?"),
+)  # fmt: skip
+_SEX_INVOLVING = _alt(
+    _p("(?:sex|sexual (?:acts?|contact|intercourse|activity|relations)|intercourse|naked|nude"
+       "|erotic|porn|pornography|pornographic|explicit (?:pictures|photos|images|videos)) "
+       "(?:\\w+ ){0,3}?(?:with|of|involving|featuring|showing|between) (?:(?:a|an|the|your|my"
+       "|some|two|young|little) )*") + _MINOR_WORD,
+    _MINOR_WORD + r"\s+" + _p("(?:\\w+ ){0,2}?(?:having sex|in porn|in pornography"
+                                "|sexually explicit)"),
+)  # fmt: skip
+_EROTIC_YOU = _alt(
+    _p("send me (?:a |some |your )?(?:sexy |naked |nude |dirty |private )(?:pics?|pictures?"
+       "|photos?|selfies?|videos?)"),
+    _p("(?:pics?|pictures?|photos?|selfies?|videos?) of (?:you|yourself) (?:in your (?:underwear"
+       "|swimsuit|bikini|bra|panties|pajamas|pyjamas)|naked|nude|without (?:your )?clothes)"),
+    _p("take off your (?:clothes|shirt|pants|underwear|dress|top|bra|panties)"),
+    _p("touch yourself"), _p("touch (?:you|your body) (?:all over|everywhere)"),
+    _p("(?:you|that|this) turns? me on"),
+    _p("(?:you're|you are|you look) (?:so |really |very )?sexy"),
+    _p("i want to (?:touch|kiss|feel|lick) (?:you|your body)"), _p("see you naked"),
+    _p("kiss you all over"), "nudes", "sexting", _p("(?:make love|have sex) (?:to|with) you"),
+    _p("in bed with you"),
+)  # fmt: skip
+_GROOM_CLOSE = _alt(
+    _p("(?:so |very |really )?(?:mature|grown up|grown-up) for (?:your age|a ") + _AGE + "|"
+    + _AGE + ")",
+    _p("meet (?:me |up )?(?:alone|in private|in secret|without your (?:parents|mom|mum|dad))"),
+    _p("(?:when|while) your (?:parents|mom|mum|dad) (?:are|is) (?:asleep|away|out|not home"
+       "|at work)"),
+    _p("send me (?:a |some )?(?:pics?|pictures?|photos?|selfies?) of (?:you|yourself)"),
+    _p("(?:come|sneak) over (?:to my (?:place|house) )?(?:alone|tonight|when)"),
+)  # fmt: skip
+_GROOM_SECRET = _alt(
+    _p("(?:our|a) (?:little |special )?secret"),
+    _p("(?:don't|do not|never) tell (?:your )?(?:mom|mum|mommy|mummy|dad|daddy|parents|teachers?"
+       "|anyone|anybody|friends)"),
+    _p("delete (?:our|these|this|the) (?:messages|chats?|texts|conversation)"),
+)  # fmt: skip
+# Words of parents, teachers, doctors, the law and safety advice: a conversation with one of them
+# is never a hit.
+_PROTECTIVE = _alt(
+    "groom(?:ing|ers?|ed)?", _p("red flags?"), _p("warning signs?"), "predators?", "predatory",
+    "pedophil\\w*", "paedophil\\w*", "abus(?:e|ed|er|ers|ive)", "exploit\\w*", "molest\\w*",
+    _p("report (?:it|this|them|him|her|the)"), _p("trusted adults?"),
+    _p("tell (?:a|an|your|their) (?:parent|adult|teacher|trusted)"), _p("body safety"),
+    _p("safe adults?"), "consent", _p("sex(?:ual)? education"), _p("sex ed"), _p("about sex"),
+    _p("the talk"), _p("birds and (?:the )?bees"), "puberty", "paediatrician", "pediatrician",
+    _p("counsel(?:l)?or"), "therapist", _p("age-appropriate"), "police", "cybertip", "ncmec",
+    "childline", "hotline", "illegal", "inappropriate", "crime", "criminal", "law", "laws",
+    _p("online safety"), _p("parental controls?"), _p("nude beach(?:es)?"), "naturis\\w*",
+    "nudis\\w*",
+)  # fmt: skip
+
 
 def _profanity() -> str:
     words = []
@@ -329,14 +493,17 @@ _GUARD_PREFIX = {
     "violence": _alt(_NEG, "if", "when"),
     "self_harm": _alt(_NEG, _SUPPORT),
     "weapons": _alt(_NEG, _RISK),
+    # A plot summary tells who taught whom ("Walter teaches Jesse how to cook meth").
+    "drugs": _alt(_NEG, _RISK, "teaches", "taught", "learns", "learned", "shows", "showed"),
 }
 CORES: dict[str, str] = {
     "abuse": ABUSE,
     "violence": VIOLENCE,
     "self_harm": SELF_HARM,
     "weapons": WEAPONS,
+    "drugs": DRUGS,
 }
-CATEGORIES = ("profanity", "abuse", "violence", "self_harm", "weapons")
+CATEGORIES = ("profanity", "abuse", "violence", "self_harm", "weapons", "drugs", "minors")
 CHECKS = (*CATEGORIES, "detoxify", "labels", "judge")
 
 
@@ -363,7 +530,7 @@ def _rules() -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
 # Rules whose bare hits share one prefilter scan. All five in one pattern overflow the lazy DFA's
 # cache (a 10 MB answer took 25 s instead of 0.05 s); the word list alone and the four phrase rules
 # together each stay fast.
-_PREFILTER_GROUPS = (("profanity",), ("abuse", "violence", "self_harm", "weapons"))
+_PREFILTER_GROUPS = (("profanity",), ("abuse", "violence", "self_harm", "weapons", "drugs"))
 
 
 @cache
@@ -385,6 +552,87 @@ def _prefilters(names: tuple[str, ...]) -> tuple[str, ...]:
 RULES: list[tuple[str, str]] = list(_rules()[0])
 GUARDS: dict[str, str] = dict(_rules()[1])
 
+
+@dataclass(frozen=True)
+class Paired:
+    """A content rule that needs two things: ``subject`` somewhere in the conversation (the
+    prompt "how do I make a pipe bomb?" names what the answer's steps build) and at least
+    ``min_distinct`` different hits of ``pattern`` in one message (compared by their words in
+    lower case), and a hit of ``also`` in that message when set; none at all when ``unless``
+    occurs anywhere in the conversation. ``what``: when set, the reason says this instead of
+    quoting the hit."""
+
+    rule: str
+    subject: str
+    pattern: str
+    min_distinct: int = 1
+    also: str | None = None
+    unless: str | None = None
+    what: str | None = None
+
+
+def _words(core: str) -> str:
+    return "(?i:" + _B0 + "(?:" + core + ")" + _B1 + ")"
+
+
+def _hit(core: str, start: str = r"\b", end: str = r"\b") -> str:
+    # A zero-width end, so the punctuation after one step can start the next (the regex crate
+    # leaves its fast DFA for a Unicode \b, fine here: only messages with a subject get here).
+    return "(?i:" + start + "(?:" + core + ")" + end + ")"
+
+
+_NOT_QUOTED = "sexual content involving a minor (not quoted)"
+PAIRED: tuple[Paired, ...] = (
+    Paired("safety.weapons", _words(_WEAPON_SUBJECT), _hit(_WEAPON_STEP, _STEP_START), 2),
+    Paired("safety.drugs", _words(_DRUG), _hit(_DRUG_STEP, _STEP_START, ""), 2),
+    Paired(
+        "safety.minors",
+        _words(_MINOR_WORD),
+        _hit(_SEX_INVOLVING),
+        unless=_words(_PROTECTIVE),
+        what=_NOT_QUOTED,
+    ),
+    Paired(
+        "safety.minors",
+        _words(_MINOR),
+        _hit(_EROTIC_YOU),
+        unless=_words(_PROTECTIVE),
+        what=_NOT_QUOTED,
+    ),
+    Paired(
+        "safety.minors",
+        _words(_MINOR),
+        _hit(_GROOM_CLOSE),
+        also=_hit(_GROOM_SECRET),
+        unless=_words(_PROTECTIVE),
+        what="grooming of a minor (not quoted)",
+    ),
+)
+
+
+@cache
+def _subject_scan(rules: tuple[str, ...]) -> str:
+    """One pattern that every message naming a subject of these paired rules matches."""
+    return "|".join(sorted({p.subject for p in PAIRED if p.rule in rules}))
+
+
+# Words a step may start with that do not make it another step ("Then fill the pipe with").
+_STEP_LEAD = frozenset({
+    "then", "next", "first", "second", "third", "now", "finally", "after", "that", "afterwards",
+    "once", "it", "s", "it's", "is", "this", "done", "you", "ll", "you'll", "will", "need", "to",
+    "have", "should", "must", "want", "can", "step",
+})  # fmt: skip
+
+
+def _distinct_key(hit: str) -> str:
+    """What makes two hits of a paired rule the same: their words in lower case, without the
+    list number and the words that lead into a step."""
+    words = re.findall(r"[\w']+", hit.lower().replace("’", "'"))
+    while words and (words[0] in _STEP_LEAD or words[0].isdigit()):
+        words = words[1:]
+    return " ".join(words)
+
+
 # --- The row-by-row reference --------------------------------------------------------------------
 
 
@@ -393,9 +641,14 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def scan(text: str, rules: Iterable[str] | None = None) -> dict[str, str]:
+def scan(
+    text: str, rules: Iterable[str] | None = None, conversation: str | None = None
+) -> dict[str, str]:
     """Plain-Python reference: {rule: first unguarded match} for the content rules that fire on
-    ``text`` (same patterns and guards as ``SafetyFilter``)."""
+    ``text`` (same patterns and guards as ``SafetyFilter``). ``conversation``: all turns of the
+    conversation ``text`` belongs to, where paired rules look for their subject (default: the
+    text alone). A paired rule with a ``what`` gives that instead of the match."""
+    context = text if conversation is None else conversation
     wanted = None if rules is None else set(rules)
     hits = {}
     for rule, pattern in RULES:
@@ -406,6 +659,18 @@ def scan(text: str, rules: Iterable[str] | None = None) -> dict[str, str]:
             if guard is None or not _compiled(guard).search(match.group()):
                 hits[rule] = match.group()
                 break
+    for paired in PAIRED:
+        if (wanted is not None and paired.rule not in wanted) or paired.rule in hits:
+            continue
+        if not _compiled(paired.subject).search(context):
+            continue
+        if paired.unless is not None and _compiled(paired.unless).search(context):
+            continue
+        if paired.also is not None and not _compiled(paired.also).search(text):
+            continue
+        found = [m.group() for m in _compiled(paired.pattern).finditer(text)]
+        if found and len({_distinct_key(m) for m in found}) >= paired.min_distinct:
+            hits[paired.rule] = paired.what or found[0]
     return hits
 
 
@@ -591,6 +856,16 @@ def as_policy(value: Policy | str | Mapping) -> Policy:
 # --- The filter ----------------------------------------------------------------------------------
 
 Judge = Callable[[list[str]], list[dict[str, float]]]
+_FOUND = pl.Schema(
+    {
+        "row_id": pl.String,
+        "source": pl.String,
+        "turn": pl.UInt32,
+        "content": pl.String,
+        "rule": pl.String,
+        "quote": pl.String,
+    }
+)
 _HIT = pl.Schema(
     {
         "row_id": pl.String,
@@ -614,7 +889,7 @@ class SafetyFilter:
         system turns: ``safety.prompt_<category>``; ``prompt_labels``). Default ``flag``: an
         unsafe request answered by a refusal is good training data.
       ``rules``: which checks run, a subset of ``CHECKS`` (profanity, abuse, violence, self_harm,
-        weapons, detoxify, labels, judge). Default: all.
+        weapons, drugs, minors, detoxify, labels, judge). Default: all.
       ``check_prompts``: run the content rules and labels on the prompt side too (default True).
       ``detoxify_thresholds``: detoxify head → score at or above which ``safety.detoxify`` fires
         (default ``DETOXIFY_THRESHOLDS``); heads not listed are ignored.
@@ -650,10 +925,13 @@ class SafetyFilter:
             raise ValueError("judge_batch_size must be at least 1")
 
     def __call__(self, batch: Batch) -> Findings:
-        hits = [self._content(batch.messages.filter(pl.col("role") == "assistant"), "")]
+        paired = self._paired_rows(batch.messages)
+        hits = [self._content(batch.messages.filter(pl.col("role") == "assistant"), "", paired)]
         if self.check_prompts:
             hits.append(
-                self._content(batch.messages.filter(pl.col("role") != "assistant"), "prompt_")
+                self._content(
+                    batch.messages.filter(pl.col("role") != "assistant"), "prompt_", paired
+                )
             )
         detoxify = dict(self.detoxify_thresholds) if "detoxify" in self.rules else {}
         labels = dict(self.label_thresholds) if "labels" in self.rules else {}
@@ -693,19 +971,43 @@ class SafetyFilter:
             .alias("verdict")
         )
 
-    def _content(self, messages: pl.DataFrame, prefix: str) -> pl.DataFrame:
+    def _paired_rows(self, messages: pl.DataFrame) -> list[tuple[Paired, pl.Series]]:
+        """Per active paired rule, the conversations it may fire in: a subject in some turn and
+        no ``unless`` in any. One scan over all messages keeps the few that name a subject."""
+        active = [p for p in PAIRED if p.rule.removeprefix("safety.") in self.rules]
+        if not active or messages.is_empty():
+            return []
+        scan_for = _subject_scan(tuple(sorted({p.rule for p in active})))
+        named = messages.filter(pl.col("content").str.contains(scan_for)).get_column("row_id")
+        if named.is_empty():
+            return []
+        rows = messages.filter(pl.col("row_id").is_in(named.unique().implode()))
+        out = []
+        for paired in active:
+            allowed = rows.filter(pl.col("content").str.contains(paired.subject))["row_id"]
+            if paired.unless is not None:
+                barred = rows.filter(pl.col("content").str.contains(paired.unless))["row_id"]
+                allowed = allowed.filter(~allowed.is_in(barred.implode()))
+            out.append((paired, allowed.unique()))
+        return out
+
+    def _content(
+        self, messages: pl.DataFrame, prefix: str, paired: list[tuple[Paired, pl.Series]]
+    ) -> pl.DataFrame:
         """Content rules over ``messages``: one hit per (row, rule) with the first match."""
         side = "prompt" if prefix else "answer"
         active = [(r, p) for r, p in RULES if r.removeprefix("safety.") in self.rules]
-        if not active or messages.is_empty():
+        if not (active or paired) or messages.is_empty():
             return pl.DataFrame(schema=_HIT)
         # Two scans over all messages keep the few that may hit; the rules (and their guards)
-        # then run on those only.
+        # then run on those only. Paired rules run on the conversations ``_paired_rows`` kept.
         names = tuple(r.removeprefix("safety.") for r, _ in active)
         candidates = messages.filter(
-            pl.any_horizontal([pl.col("content").str.contains(p) for p in _prefilters(names)])
+            pl.any_horizontal(
+                [pl.lit(False), *(pl.col("content").str.contains(p) for p in _prefilters(names))]
+            )
         )
-        parts = []
+        parts = [pl.DataFrame(schema=_FOUND)]
         for rule, pattern in active:
             found = (
                 candidates.select(
@@ -717,11 +1019,17 @@ class SafetyFilter:
             if rule in GUARDS:
                 found = found.filter(~pl.col("content").str.contains(GUARDS[rule]))
             name = rule.replace("safety.", "safety." + prefix)
-            parts.append(found.with_columns(pl.lit(name).alias("rule")))
-        found = pl.concat(parts)
+            quote = _quoted(pl.col("content"))
+            parts.append(found.with_columns(pl.lit(name).alias("rule"), quote.alias("quote")))
+        for rule, rows in paired:
+            if rows.len():
+                subset = messages.filter(pl.col("row_id").is_in(rows.implode()))
+                parts.append(self._paired(subset, rule, prefix))
+        found = pl.concat([p.select(_FOUND.names()).cast(_FOUND) for p in parts])
+        if found.is_empty():
+            return pl.DataFrame(schema=_HIT)
         return (
-            found.with_columns(snippet(pl.col("content").str.strip_chars(_STRIP)).alias("quote"))
-            .group_by("row_id", "source", "rule", maintain_order=True)
+            found.group_by("row_id", "source", "rule", maintain_order=True)
             .agg(pl.col("turn").first(), pl.col("quote").first(), pl.len().alias("n"))
             .select(
                 "row_id",
@@ -729,7 +1037,7 @@ class SafetyFilter:
                 "rule",
                 pl.lit(side).alias("side"),
                 pl.format(
-                    "{} turn {}: “{}”{}",
+                    "{} turn {}: {}{}",
                     pl.lit(side),
                     "turn",
                     "quote",
@@ -739,6 +1047,27 @@ class SafetyFilter:
                 ).alias("reason"),
                 pl.lit(1.0).alias("score"),
             )
+        )
+
+    @staticmethod
+    def _paired(messages: pl.DataFrame, paired: Paired, prefix: str) -> pl.DataFrame:
+        """Hits of one paired rule in ``messages`` (of conversations it may fire in): messages
+        with at least ``min_distinct`` different hits (all of them kept, the first one quoted)."""
+        if paired.also is not None:
+            messages = messages.filter(pl.col("content").str.contains(paired.also))
+        found = (
+            messages.select(
+                "row_id", "source", "turn", pl.col("content").str.extract_all(paired.pattern)
+            )
+            .explode("content")
+            .drop_nulls("content")
+        )
+        key = pl.col("content").map_elements(_distinct_key, return_dtype=pl.String)
+        found = found.filter(key.n_unique().over("row_id", "turn") >= paired.min_distinct)
+        quote = pl.lit(paired.what) if paired.what is not None else _quoted(pl.col("content"))
+        return found.with_columns(
+            pl.lit(paired.rule.replace("safety.", "safety." + prefix)).alias("rule"),
+            quote.alias("quote"),
         )
 
     def _detoxify(self, rows: pl.DataFrame) -> pl.DataFrame:
@@ -841,6 +1170,11 @@ class SafetyFilter:
 
 
 _STRIP = " \t\n\r.,;:!?\"'()[]{}<>“”‘’«»-–—…*/\\|"
+
+
+def _quoted(match: pl.Expr) -> pl.Expr:
+    """A hit as the reason quotes it: “the matched words”, cut short."""
+    return pl.format("“{}”", snippet(match.str.strip_chars(_STRIP)))
 
 
 def _rule_name(category: str) -> str:
