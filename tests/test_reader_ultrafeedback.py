@@ -155,6 +155,72 @@ def test_too_few_scored_completions(tmp_path: Path) -> None:
     ]
 
 
+def test_a_completion_without_any_score_leaves_the_others_ranked(tmp_path: Path) -> None:
+    # Completion 1 has no score at all: it is left out, not the instruction, and the ledger
+    # names it, not completion 0, which has its overall_score.
+    row = {
+        "instruction": "Q",
+        "completions": [
+            {"model": "m1", "response": "Eight.", "overall_score": 8},
+            {"model": "m2", "response": "None."},
+        ],
+    }
+    result = read_ultrafeedback([write_rows(tmp_path / "uf.jsonl", [row])], ReadOptions())
+    conversation = result.conversations.row(0, named=True)
+    assert conversation["messages"][1]["content"] == "Eight."
+    meta = json.loads(conversation["meta"])
+    assert (meta["score_scale"], meta["score"]) == ("overall_score", 8.0)
+    assert result.preferences.height == 0
+    ledger = result.ledger.select("rule", "verdict", "reason").rows()
+    assert ledger == [
+        (
+            "ingest.unscored",
+            "drop",
+            "completion 1 (m2) has no numeric overall_score and no numeric aspect rating",
+        ),
+        (
+            "ingest.too_few_completions",
+            "flag",
+            "1 scored completion(s) of 2; a preference pair needs 2",
+        ),
+    ]
+
+
+def test_mixed_scales_rank_on_the_scale_most_completions_have(tmp_path: Path) -> None:
+    no_ratings = {"annotations": {}}
+    rows = [
+        {
+            "instruction": "two overall scores, one aspect rating",
+            "completions": [
+                {**completion("a", "A", 8.0), **no_ratings},
+                {**completion("b", "B", 6.0), **no_ratings},
+                completion("c", "C", None, "4"),
+            ],
+        },
+        {
+            # A tie: overall_score, the critique's own rating, ranks.
+            "instruction": "one of each",
+            "completions": [
+                {**completion("d", "D", 7.0), **no_ratings},
+                completion("e", "E", None, "5"),
+            ],
+        },
+    ]
+    result = read_ultrafeedback([write_rows(tmp_path / "uf.jsonl", rows)], ReadOptions())
+    scales = [json.loads(m)["score_scale"] for m in result.conversations["meta"]]
+    assert scales == ["overall_score", "overall_score"]
+    assert [m[1]["content"] for m in result.conversations["messages"].to_list()] == ["A", "D"]
+    assert result.preferences["margin"].to_list() == [2.0]
+    unscored = result.ledger.filter(rule="ingest.unscored")["reason"].to_list()
+    assert [reason.split(" has ")[0] for reason in unscored] == [
+        "completion 2 (c)",
+        "completion 1 (e)",
+    ]
+    for reason in unscored:
+        assert "no numeric overall_score, which ranks this instruction" in reason
+        assert "aspect ratings are on another scale" in reason
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("4", 4.0), (" 5 ", 5.0), ("N/A", None), ("", None), (3, 3.0), (None, None), ("nan", None)],
@@ -274,7 +340,9 @@ def test_nan_fine_grained_score_counts_as_unscored(tmp_path: Path) -> None:
     assert len(ledger) == 1
     rule, verdict, reason = ledger[0]
     assert (rule, verdict) == ("ingest.unscored", "drop")
-    assert reason.startswith("completion 0 (m-nan) has no")
+    assert (
+        reason == "completion 0 (m-nan) has no numeric overall_score and no numeric aspect rating"
+    )
 
 
 # ---- embedded sample -------------------------------------------------------------------------

@@ -5,10 +5,12 @@ margin = score difference); the best completion also becomes an SFT conversation
 from GPT-4, so the pairs are AI feedback (origin "ai") and name their judge.
 
 Scores: UltraFeedback's ``overall_score`` (the critique's 1-10 rating) and the per-aspect ratings
-(1-5) are on different scales, so one instruction never mixes them. It is ranked by
-``overall_score`` when every completion has one, otherwise by each completion's mean aspect rating
-(``fine-grained_score`` when given, which is that mean); a completion with no usable score
-(missing, "N/A", NaN) is left out of the ranking with a ledger row.
+(1-5) are on different scales, so one instruction never mixes them. It is ranked on the scale
+that scores the most of its completions, ``overall_score`` on a tie (so whenever every completion
+has one); the aspect scale is each completion's mean aspect rating (``fine-grained_score`` when
+given, which is that mean). A completion with no usable score on that scale (missing, "N/A",
+NaN) is left out of the ranking with a ledger row that says what it lacks; the others are still
+ranked, and one scored completion is still an SFT conversation.
 """
 
 from __future__ import annotations
@@ -94,9 +96,32 @@ def aspect_mean(completion: Completion) -> float | None:
 def score_completions(completions: Sequence[Completion]) -> tuple[str, list[float | None]]:
     """The scale used for this instruction and each completion's score (None: unscored)."""
     overall = [rating_value(c.overall_score) for c in completions]
-    if completions and all(value is not None for value in overall):
+    aspects = [aspect_mean(c) for c in completions]
+    if _scored(overall) >= _scored(aspects):
         return "overall_score", overall
-    return "aspect_mean", [aspect_mean(c) for c in completions]
+    return "aspect_mean", aspects
+
+
+def _scored(scores: list[float | None]) -> int:
+    return sum(score is not None for score in scores)
+
+
+def unscored_reason(index: int, completion: Completion, scale: str) -> str:
+    """Why completion ``index`` is out of a ranking on ``scale``: what it lacks, and that a
+    score it has on the other scale cannot stand in (one instruction never mixes scales)."""
+    name = f"completion {index} ({completion.model or 'unknown model'})"
+    ranked_by = "the scale that scores the most of its completions"
+    if scale == "overall_score" and aspect_mean(completion) is not None:
+        return (
+            f"{name} has no numeric overall_score, which ranks this instruction ({ranked_by}); "
+            "its aspect ratings are on another scale"
+        )
+    if scale == "aspect_mean" and rating_value(completion.overall_score) is not None:
+        return (
+            f"{name} has no numeric aspect rating, which ranks this instruction ({ranked_by}); "
+            "its overall_score is on another scale"
+        )
+    return f"{name} has no numeric overall_score and no numeric aspect rating"
 
 
 def read_ultrafeedback(paths: Sequence[Path], options: ReadOptions) -> IngestResult:
@@ -157,12 +182,7 @@ def _add_row(
     scale, scores = score_completions(row.completions)
     ledger = [
         ledger_row(
-            row_id,
-            "ingest",
-            "ingest.unscored",
-            "drop",
-            f"completion {index} ({completion.model or 'unknown model'}) has no "
-            "overall_score and no numeric aspect rating",
+            row_id, "ingest", "ingest.unscored", "drop", unscored_reason(index, completion, scale)
         )
         for index, (completion, score) in enumerate(zip(row.completions, scores, strict=True))
         if score is None
