@@ -394,6 +394,53 @@ def test_parquet_missing_column_raises(tmp_path: Path) -> None:
 # --- Depth and several files ----------------------------------------------------------------------
 
 
+def wrong_role_order() -> list[dict]:
+    """tb: an assistant root answered by an assistant. t1's prompter p1 also has a prompter
+    reply (pp) answered by an assistant (pa), and a2's thread goes on with an assistant (aa)."""
+    return [
+        msg("r", None, "assistant", tree="tb"),
+        msg("r2", "r", "assistant", tree="tb"),
+        *tree_one(),
+        msg("pp", "p1", "prompter"),
+        msg("pa", "pp", "assistant", rank=0),
+        msg("aa", "a3", "assistant"),
+        msg("ab", "aa", "prompter"),
+    ]
+
+
+@pytest.mark.parametrize("shape", ["flat", "trees"])
+def test_roles_out_of_order_are_rejected_with_descendants(tmp_path: Path, shape: str) -> None:
+    rows = wrong_role_order() if shape == "flat" else nest(wrong_role_order())
+    path = write_jsonl(tmp_path / f"m_{shape}.jsonl", rows)
+    result = read(path)
+    rejected = {
+        json.loads(r["raw"])["message_id"]: r for r in result.rejected.iter_rows(named=True)
+    }
+    assert set(rejected) == {"r", "r2", "pp", "pa", "aa", "ab"}
+    assert {r["field"] for r in rejected.values()} == {"role"}
+    assert {r["file"] for r in rejected.values()} == {str(path)}
+    root = "tree tb starts with an assistant message; a tree's root is a prompt"
+    assert rejected["r"]["reason"] == root
+    assert rejected["r2"]["reason"] == f"ancestor r: {root}"
+    reply = (
+        "prompter message replies to prompter message p1; prompter and assistant turns alternate"
+    )
+    assert rejected["pp"]["reason"] == reply
+    assert rejected["pa"]["reason"] == f"ancestor pp: {reply}"
+    assert rejected["aa"]["reason"].startswith("assistant message replies to assistant message a3")
+    assert rejected["ab"]["reason"].startswith("ancestor aa: ")
+    if shape == "flat":
+        assert rejected["r"]["line"] == 1 and rejected["pp"]["line"] == 12
+    # The good part of t1 is untouched: the same thread and pairs as without the bad messages.
+    threads = [[m["role"] for m in t] for t in result.conversations["messages"].to_list()]
+    assert threads == [["user", "assistant", "user", "assistant"]]
+    assert result.conversations["source_id"].to_list() == ["a3"]
+    assert result.preferences.height == 3
+    assert not {i for ids in result.preferences["source_ids"] for i in ids} & set(rejected)
+    # Every message is in exactly one place.
+    assert not {row_id(i) for i in rejected} & set(result.ledger["row_id"])
+
+
 def test_deep_chain_does_not_recurse(tmp_path: Path) -> None:
     depth = 5000
     rows = [msg("m0", None, "prompter", tree="deep")]

@@ -5,7 +5,12 @@ and every later step (exclusions, SFT threads, preference pairs) is written once
 read ends in exactly one place: a conversation thread or a preference pair (or valid but unused,
 e.g. a lower-ranked branch that only appears in pairs or nowhere), the ledger (read fine but
 excluded: deleted, failed review, spam tree), or the rejected table (bad input: wrong types,
-missing parent, cycle, duplicate id).
+missing parent, cycle, duplicate id, roles out of order).
+
+Roles must alternate from a prompter root: a tree whose root is an assistant message, or a reply
+with its parent's role, would give threads such as [assistant, assistant] or [user, user,
+assistant] that no chat template accepts. Such a message is rejected (field ``role``) with
+everything below it, as a message below a missing parent is.
 
 All tree walks use explicit stacks: OpenAssistant threads are shallow, but parent links in a flat
 file can chain arbitrarily deep and must not hit Python's recursion limit.
@@ -40,6 +45,7 @@ from curation.schema import (
 
 Role = Literal["prompter", "assistant"]
 ROLES = {"prompter": "user", "assistant": "assistant"}
+OASST_ROLES = {canonical: name for name, canonical in ROLES.items()}  # for reasons
 
 # Tree states that mean moderators or the grading step threw the tree away. Other unfinished
 # states ("growing", "ready_for_scoring", ...) hold fine messages, so they are kept.
@@ -415,6 +421,12 @@ class _Builder:
         if excluded is not None:
             self._drop_subtree(root, *excluded)
             return
+        if root.role != "user":
+            role = OASST_ROLES[root.role]
+            self._reject_subtree(
+                root, f"tree {root.tree} starts with an {role} message; a tree's root is a prompt"
+            )
+            return
         kept: dict[str, list[Message]] = {}
         path: list[Message] = []
         stack: list[tuple[Message, int]] = [(root, 0)]
@@ -433,11 +445,31 @@ class _Builder:
         replies = []
         for reply in self.children.get(message.id, ()):
             excluded = _exclusion(reply)
-            if excluded is None:
-                replies.append(reply)
-            else:
+            if excluded is not None:
                 self._drop_subtree(reply, *excluded)
+            elif reply.role == message.role:
+                role = OASST_ROLES[reply.role]
+                self._reject_subtree(
+                    reply,
+                    f"{role} message replies to {role} message {message.id}; "
+                    "prompter and assistant turns alternate",
+                )
+            else:
+                replies.append(reply)
         return replies
+
+    def _reject_subtree(self, top: Message, reason: str) -> None:
+        """Reject ``top``, whose role breaks the alternation, and everything below it: every
+        thread through it would carry the broken order."""
+        top.visited = True
+        self._reject(top, reason, "role")
+        inherited = f"ancestor {top.id}: {reason}"
+        stack = list(self.children.get(top.id, ()))
+        while stack:
+            message = stack.pop()
+            message.visited = True
+            self._reject(message, inherited, "role")
+            stack.extend(self.children.get(message.id, ()))
 
     def _conversation(self, root: Message, kept: dict[str, list[Message]]) -> None:
         thread = [root]
@@ -507,10 +539,10 @@ class _Builder:
         for member in reversed(chain):
             yield member, inherited
 
-    def _reject(self, message: Message, reason: str) -> None:
+    def _reject(self, message: Message, reason: str, field_name: str = "parent_id") -> None:
         self.rejected.append(
             rejected_row(
-                self.source, message.file, message.line, reason, _preview(message), "parent_id"
+                self.source, message.file, message.line, reason, _preview(message), field_name
             )
         )
 
