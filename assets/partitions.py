@@ -160,37 +160,65 @@ def qualify_positional_ids(frame: pl.DataFrame, drop: str) -> pl.DataFrame:
     """Rows without ids of their own are known by position (``flan.jsonl:5``), and every drop
     has its own ``flan.jsonl``: those get the drop in ``source_id`` and a new ``id``, so two
     drops never claim the same row. Rows with the source's ids (OpenAssistant message ids, an
-    ``id`` column) keep them: a later drop delivering one again is a newer version of it."""
+    ``id`` column) keep them: a later drop delivering one again is a newer version of it.
+
+    A preference pair's ``source_ids`` name the rows it was cut from (an UltraFeedback or HH
+    pair: its conversation's ``source_id``), so positional ones are qualified the same way:
+    left as ``ultrafeedback.jsonl:5`` they would point at no row of the drop, whose
+    conversation is ``<drop>/ultrafeedback.jsonl:5``, and trace could not join the two."""
     if frame.height == 0 or "provenance" not in frame.columns:
         return frame
     files = frame.get_column("provenance").struct.field("file")
-    positional = _positional(int(files.str.count_matches("/").max() or 0) + 1)
-    return frame.with_columns(
+    depth = int(files.str.count_matches("/").max() or 0) + 1
+    positional = _positional(depth, pl.col("source_id"))
+    qualified = frame.with_columns(
         pl.when(positional)
         .then(stable_id_expr(drop, pl.col("id")))
         .otherwise(pl.col("id"))
         .alias("id"),
-        pl.when(positional)
-        .then(pl.lit(f"{drop}/") + pl.col("source_id"))
-        .otherwise(pl.col("source_id"))
-        .alias("source_id"),
+        _qualified(pl.col("source_id"), positional, drop).alias("source_id"),
     )
+    if "source_ids" in frame.columns:
+        qualified = qualified.with_columns(_qualified_lists(frame, depth, drop))
+    return qualified
 
 
-def _positional(depth: int) -> pl.Expr:
-    """Whether ``source_id`` is a positional id: ``LABEL:...`` where the label is a trailing
-    part of the row's file path. A reader labels by the file name, or by more of the path when
-    two files of one read share a name (``a/part.jsonl`` and ``b/part.jsonl`` in
-    ``flan/``), so every trailing part up to ``depth`` (the deepest path's) is tried, not the
-    name alone. Paths are a few folders deep: a handful of expressions."""
+def _qualified(value: pl.Expr, positional: pl.Expr, drop: str) -> pl.Expr:
+    return pl.when(positional).then(pl.lit(f"{drop}/") + value).otherwise(value)
+
+
+def _qualified_lists(frame: pl.DataFrame, depth: int, drop: str) -> pl.Series:
+    """``source_ids`` with each positional element qualified by the drop. Whether an element is
+    positional depends on its row's file, which ``list.eval`` cannot see, so the lists are
+    exploded beside the file and gathered back in row order."""
+    original = frame.get_column("source_ids")
+    element = pl.col("source_ids")
+    gathered = (
+        frame.select(pl.int_range(pl.len()).alias("row"), "provenance", "source_ids")
+        # One row per list, even an empty or null one, so the lists gather back one per row.
+        .explode("source_ids", empty_as_null=True, keep_nulls=True)
+        .select("row", _qualified(element, _positional(depth, element), drop).alias("source_ids"))
+        .group_by("row", maintain_order=True)
+        .agg("source_ids")
+        .get_column("source_ids")
+    )
+    # An empty or null list came back as [null]: it stays as it was.
+    unchanged = original.list.len().fill_null(0) == 0
+    return original.zip_with(unchanged, gathered.cast(original.dtype))
+
+
+def _positional(depth: int, value: pl.Expr) -> pl.Expr:
+    """Whether ``value`` (a row's ``source_id``, or one of its ``source_ids``) is a positional
+    id: ``LABEL:...`` where the label is a trailing part of the row's file path. A reader labels
+    by the file name, or by more of the path when two files of one read share a name
+    (``a/part.jsonl`` and ``b/part.jsonl`` in ``flan/``), so every trailing part up to ``depth``
+    (the deepest path's) is tried, not the name alone. Paths are a few folders deep: a handful
+    of expressions."""
     parts = pl.col("provenance").struct.field("file").str.split("/")
-    source_id = pl.col("source_id")
     found = pl.lit(False)
     for size in range(1, depth + 1):
         label = parts.list.slice(-size).list.join("/")
-        found = found | (
-            (parts.list.len() >= size) & source_id.str.starts_with(label + pl.lit(":"))
-        )
+        found = found | ((parts.list.len() >= size) & value.str.starts_with(label + pl.lit(":")))
     return found.fill_null(False)
 
 

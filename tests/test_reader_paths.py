@@ -5,10 +5,13 @@ one drop. Real files on disk, read by the real readers, curated and traced."""
 import json
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 
-from assets.partitions import drop_files, qualify_positional_ids
+from assets.ingest import raw_drops
+from assets.io_manager import PolarsParquetIOManager
+from assets.partitions import DROPS, drop_files, qualify_positional_ids
 from curation.curate import build_filters, curate
 from curation.ingest import IngestResult, ingest
 from curation.readers.common import positional_labels
@@ -27,6 +30,19 @@ CHAT = [
         ("What colour is a clear daytime sky?", "A clear daytime sky is blue."),
     )
 ]
+
+
+HH = {
+    "chosen": "\n\nHuman: How do I look after a fern?\n\nAssistant: Water it weekly.",
+    "rejected": "\n\nHuman: How do I look after a fern?\n\nAssistant: No idea.",
+}
+ULTRAFEEDBACK = {
+    "instruction": "Name a prime number.",
+    "completions": [
+        {"model": m, "response": r, "overall_score": score}
+        for m, r, score in (("m1", "Seven.", 8.0), ("m2", "Six.", 3.0), ("m3", "Nine.", 5.0))
+    ],
+}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -169,7 +185,27 @@ def test_drop_qualification_tells_positional_ids_from_the_sources_own():
             ],
         }
     )
+    frame = frame.with_columns(
+        pl.Series(
+            "source_ids",
+            [
+                [],
+                None,
+                ["ultrafeedback.jsonl:7"],  # the conversation the pair was cut from
+                ["msg-1", "msg-2", "msg-3"],  # OpenAssistant message ids
+                ["a/part.jsonl:1"],  # the look-alike again
+            ],
+            dtype=pl.List(pl.String),
+        )
+    )
     qualified = qualify_positional_ids(frame, "d")
+    assert qualified["source_ids"].to_list() == [
+        [],
+        None,
+        ["d/ultrafeedback.jsonl:7"],
+        ["msg-1", "msg-2", "msg-3"],
+        ["a/part.jsonl:1"],
+    ]
     assert qualified["source_id"].to_list() == [
         "d/flan.jsonl:5",
         "d/a/part.jsonl:1",
@@ -179,6 +215,49 @@ def test_drop_qualification_tells_positional_ids_from_the_sources_own():
     ]
     changed = [old != new for old, new in zip(frame["id"], qualified["id"], strict=True)]
     assert changed == [True, True, True, False, False]
+
+
+def test_a_pair_is_traced_to_its_conversation_inside_a_drop(tmp_path):
+    """Two drops deliver the same UltraFeedback and HH-RLHF lines, read by the real drop asset:
+    each pair's source_ids name its own drop's conversation, so tracing that conversation finds
+    the pairs cut from it, and not the other drop's."""
+    root, outputs = tmp_path / "drops", tmp_path / "outputs"
+    names = ["2026-02-01", "2026-02-02"]
+    for name in names:
+        write_jsonl(root / name / "ultrafeedback.jsonl", [ULTRAFEEDBACK])
+        write_jsonl(root / name / "hh_rlhf.jsonl", [HH])
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(DROPS.name, names)
+        for name in names:
+            assert dg.materialize(
+                [raw_drops],
+                partition_key=name,
+                instance=instance,
+                resources={"io_manager": PolarsParquetIOManager(base_dir=str(outputs))},
+                run_config={"ops": {"raw_drops": {"config": {"root": str(root)}}}},
+            ).success
+    stored = {
+        name: {
+            table: pl.read_parquet(outputs / "raw_drops" / name / f"{table}.parquet")
+            for table in ("conversations", "preferences")
+        }
+        for name in names
+    }
+    first = stored[names[0]]
+    for file, count in (("ultrafeedback.jsonl", 3), ("hh_rlhf.jsonl", 1)):
+        source_id = f"{names[0]}/{file}:1"
+        conversation = first["conversations"].filter(pl.col("source_id") == source_id)
+        report = trace_row(conversation["id"].item(), outputs)
+        pairs = [row for row in report["read"] if row["kind"] == "preference"]
+        assert len(pairs) == count
+        assert {row["asset"] for row in pairs} == {"raw_drops"}
+        assert all(row["source_ids"] == [source_id] for row in pairs)
+    assert sorted(first["preferences"]["source_ids"].to_list()) == [
+        [f"{names[0]}/hh_rlhf.jsonl:1"],
+        *[[f"{names[0]}/ultrafeedback.jsonl:1"]] * 3,  # three scores, three pairs
+    ]
+    # The other drop's pairs are rows of their own, linked to that drop's conversation.
+    assert not set(stored[names[1]]["preferences"]["id"]) & set(first["preferences"]["id"])
 
 
 def test_sample_data_ids_are_unchanged():
