@@ -98,6 +98,15 @@ POSITIVES = [
     ("pii.ip", "Failed login from 198.51.100.77 port 52144", "Failed login from <IP> port 52144"),
     ("pii.ip", "Docs use 203.0.113.7 and 2001:db8::1.", "Docs use <IP> and <IP>."),
     ("pii.ip", "server=93.184.216.34", "server=<IP>"),
+    # An address after a word of prose or a network word, even capitalised; the word stays.
+    ("pii.ip", "connect to 203.0.113.20", "connect to <IP>"),
+    ("pii.ip", "Server 203.0.113.7 is down.", "Server <IP> is down."),
+    ("pii.ip", "From 198.51.100.23 we saw 40 logins.", "From <IP> we saw 40 logins."),
+    # A phone number beside words, a dash or a field name, never arithmetic.
+    ("pii.phone", "call me at 555-1234", "call me at <PHONE>"),
+    ("pii.phone", "John Smith - 555-1234", "John Smith - <PHONE>"),
+    ("pii.phone", "phone=555-1234", "phone=<PHONE>"),
+    ("pii.phone", "Call 555-1234 - ask for Bob.", "Call <PHONE> - ask for Bob."),
     ("pii.credential", "password: hunter2", "password: <CREDENTIAL>"),
     ("pii.credential", "The password is Tr0ub4dor&3 ok", "The password is <CREDENTIAL> ok"),
     ("pii.credential", 'config = {"password": "s3cret!"}', 'config = {"password": <CREDENTIAL>}'),
@@ -148,6 +157,16 @@ NEGATIVES = [
     "Requires version 1.2.3.4 or later.",
     "Tagged v1.2.3.4 yesterday.",
     "Release 1.2.3.4.5 is out.",
+    # four parts after the name of a product or a software word, any case
+    "Python 3.11.4.2 fixes it; node 18.17.1.0 too.",
+    "Firmware 5.4.1.2 adds Wi-Fi 6. Qt5 5.15.2.1 is the last.",
+    # arithmetic with a phone-shaped number: after "=" or an operator, or before one
+    "x = 555-1234",
+    "Solve: y = 555-1234 + 3",
+    "3 × 555-1234 and 2 * 555-0199",
+    "555-1234 = -679",
+    "12 + 555-1234 = 555-1246",
+    "a - 555-1234 is negative",
     # dates, times, math, prices, quantities
     "The meeting is on 2023-10-05 at 10:30:45.",
     "12 - 34 = -22 and 555 + 123 = 678",
@@ -169,6 +188,7 @@ NEGATIVES = [
     "000-12-3456, 666-12-3456, 912-34-5678, 123-00-4567, 123-45-0000",
     # private, loopback, reserved, documentation addresses; times; MACs; C++ scopes
     "Router 192.168.1.1, localhost 127.0.0.1, subnet 10.0.0.0, mask 255.255.255.0.",
+    "connect to 192.168.1.20",  # a private address: network setup, nobody's (judgment call)
     "Loopback is ::1, link-local fe80::1, multicast 224.0.0.251, CGNAT 100.64.0.1.",
     "At 12:30:45 the MAC 00:1a:2b:3c:4d:5e rebooted; std::vector<int> v; a::b",
     "Invalid 256.1.1.1 and 999.999.999.999",

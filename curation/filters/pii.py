@@ -36,12 +36,16 @@ pii.phone       <PHONE>        US ``(555) 123-4567``, ``555-123-4567``, ``555.12
                                math (``12 - 34``), round-number ranges (``200-3000``), ``#``
                                ticket numbers, ISBNs, day/month lists (``01 02 03 04 05``),
                                toll-free and freephone numbers (``1-800-222-1222``, ``0800``):
-                               hotlines and businesses, not people.
+                               hotlines and businesses, not people; a number in arithmetic:
+                               after ``=`` or an operator, or before one (``x = 555-1234``,
+                               ``555-1234 + 3``; ``phone=555-1234`` does fire).
 pii.ip          <IP>           public IPv4 (valid octets) and global-unicast IPv6 addresses,
                                documentation ranges included (``203.0.113.7``, ``2001:db8::1``:
                                like example.com, they stand for someone's real address). Not:
                                versions (``Python 3.11.7``; four parts after ``version``,
-                               ``ver``, ``v`` or a pin ``==``/``>=``/``~=``/``^``), dotted
+                               ``ver``, ``v``, a pin ``==``/``>=``/``~=``/``^``, or a name:
+                               ``Python 3.11.4.2``, ``firmware 5.4.1.2``, a capitalised word
+                               that is no network word, "Server 203.0.113.7" fires), dotted
                                numbers with more than four parts (``1.2.3.4.5``), private,
                                loopback, link-local, CGNAT, multicast and reserved addresses
                                (``192.168.0.1``, ``127.0.0.1``, ``255.255.255.0``, ``fe80::1``):
@@ -116,26 +120,48 @@ EMAIL = (
 # Optional leading "#": an order/ticket number, rejected by the check (no lookbehind available).
 CARD = r"#?\b(?:[0-9]{4}[ -]?){3}[0-9]{1,7}\b|#?\b[0-9]{4}[ -]?[0-9]{6}[ -]?[0-9]{4,5}\b"
 SSN = r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b|\b[0-9]{3} [0-9]{2} [0-9]{4}\b"
+# Arithmetic around a number ("x = 555-1234", "2 × 555-1234", "555-1234 + 3 = ..."): the check
+# rejects a match with one of these. An "=" after a name of a phone field ("phone=555-1234") is
+# no arithmetic; "-" or "+" counts only between blanks after a number or a one-letter variable
+# ("x - 555-1234"), never in "1-555-..." or "Smith - 555-1234".
+_MATH_BEFORE = (
+    r"(?P<keep_math>(?:(?i:phone|tel|mobile|cell|fax|contact|number)[ \t]*)?[=≈][ \t]*"
+    r"|[*/×÷^<>][ \t]*"
+    r"|(?:[0-9)][ \t]+|(?:^|[^A-Za-z])[A-Za-z][ \t]*)[-+−][ \t]*)?"
+)
+# After the number, the operator and the number it takes, so that in "555-1234 = 555-1246" the
+# result goes with the sum instead of starting a match of its own without the "=".
+_MATH_AFTER = (
+    r"(?P<tail_math>[ \t]*[=≈*/×÷^<>][ \t]*[-+−]?[0-9().,-]*|[ \t]+[-+−][ \t]+[0-9(][0-9().,-]*)?"
+)
 PHONE = (
-    # US / NANP, optionally +1 or 1: (555) 123-4567, 555-123-4567, 555.123.4567, 1-555-123-4567.
-    r"(?:\+1[ .-]?|\b1[ .-])?(?:\([2-9][0-9]{2}\)[ .-]?|#?\b[2-9][0-9]{2}[ .-])[0-9]{3}[ .-]"
-    r"[0-9]{4}\b"
-    # International, E.164-like: +44 20 7946 0958, +49 30 123456, +33 (0)1 23 45 67 89.
-    r"|\+[1-9][0-9]{0,2}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-]?[0-9]{2,4}){0,4}"
-    r"[ .-]?[0-9]{2,12}\b"
-    # Local 7-digit US numbers: 555-0142 (dash only; spaces and dots are too common in prose).
-    r"|#?\b[2-9][0-9]{2}-[0-9]{4}\b"
-    # National numbers with a trunk 0, grouped: 01 99 00 27 48 (FR), 020 7946 0958 (UK),
-    # 0491 570 156 (AU), 030 1234 5678 (DE). Separators are required: a bare 0-led run of digits
-    # is as likely an id.
-    r"|\b0[1-9](?:[ .-][0-9]{2}){4}\b|\b0[1-9][0-9]{1,3}[ -][0-9]{3,4}[ -][0-9]{3,4}\b"
+    _MATH_BEFORE
+    + "(?:"
+    + (
+        # US / NANP, optionally +1 or 1: (555) 123-4567, 555-123-4567, 555.123.4567, 1-555-123-4567.
+        r"(?:\+1[ .-]?|\b1[ .-])?(?:\([2-9][0-9]{2}\)[ .-]?|#?\b[2-9][0-9]{2}[ .-])[0-9]{3}[ .-]"
+        r"[0-9]{4}\b"
+        # International, E.164-like: +44 20 7946 0958, +49 30 123456, +33 (0)1 23 45 67 89.
+        r"|\+[1-9][0-9]{0,2}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-]?[0-9]{2,4}){0,4}"
+        r"[ .-]?[0-9]{2,12}\b"
+        # Local 7-digit US numbers: 555-0142 (dash only; spaces and dots are too common in prose).
+        r"|#?\b[2-9][0-9]{2}-[0-9]{4}\b"
+        # National numbers with a trunk 0, grouped: 01 99 00 27 48 (FR), 020 7946 0958 (UK),
+        # 0491 570 156 (AU), 030 1234 5678 (DE). Separators are required: a bare 0-led run of digits
+        # is as likely an id.
+        r"|\b0[1-9](?:[ .-][0-9]{2}){4}\b|\b0[1-9][0-9]{1,3}[ -][0-9]{3,4}[ -][0-9]{3,4}\b"
+    )
+    + ")"
+    + _MATH_AFTER
 )
 _V4 = r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:\.[0-9]{1,10}){0,4}"
 _H = r"[0-9A-Fa-f]{1,4}"
 IP = (
     # IPv4, with an optional version prefix so the check can reject "version 1.2.3.4" and
-    # "pkg==1.2.3.4", and any further ".N" parts so it can reject "1.2.3.4.5".
-    r"(?:(?i:\bv(?:ersion|er)?[.:]?\s*)|(?:==|>=|<=|~=|!=|\^|~)\s*)?\b" + _V4 + r"\b"
+    # "pkg==1.2.3.4", the word before it so it can reject "Python 3.11.4.2" (kept when the
+    # address is redacted: "from <IP>"), and any further ".N" parts so it can reject "1.2.3.4.5".
+    r"(?:(?i:\bv(?:ersion|er)?[.:]?\s*)|(?:==|>=|<=|~=|!=|\^|~)\s*"
+    r"|(?P<keep_word>\b[A-Za-z][A-Za-z0-9+#_-]{0,30}[ \t]))?\b" + _V4 + r"\b"
     # IPv6: the full form, or a compressed one with "::".
     r"|\b(?:" + _H + r":){7}" + _H + r"\b"
     r"|\b(?:" + _H + r":){1,7}:(?:" + _H + r"(?::" + _H + r"){0,6}\b)?"
@@ -219,7 +245,17 @@ def ssn_valid(match: str) -> bool:
 _TOLL_FREE = re.compile(r"^(?:\+?1[ .-]?)?\(?8(?:00|33|44|55|66|77|88)\b|^0800|^0808")
 
 
+_MATH_AROUND = re.compile(_MATH_BEFORE + r"(?P<number>.*?)" + _MATH_AFTER + r"\Z", re.S)
+_PHONE_FIELD = re.compile(r"(?:phone|tel|mobile|cell|fax|contact|number)$", re.I)
+
+
 def phone_valid(match: str) -> bool:
+    around = _MATH_AROUND.match(match)
+    if around is not None and (around.group("keep_math") or around.group("tail_math")):
+        before = (around.group("keep_math") or "").rstrip(" \t=≈")
+        if around.group("tail_math") or not _PHONE_FIELD.search(before):
+            return False  # "x = 555-1234", "555-1234 + 3": arithmetic
+        match = around.group("number")
     if match.startswith("#") or _TOLL_FREE.match(match):
         return False
     digits = re.sub(r"[^0-9]", "", match)
@@ -278,7 +314,46 @@ _GLOBAL_V6 = ipaddress.IPv6Network("2000::/3")
 _VERSION_PREFIX = re.compile(r"^(?:v(?:ersion|er)?[.:]?\s*|(?:==|>=|<=|~=|!=|\^|~)\s*)", re.I)
 
 
+# Words that come before an address in prose and logs ("from", "server", "DNS", "ping"), and
+# names of software that come before a version. A capitalised word not in the first list names a
+# product ("Python 3.11.4.2", "Firmware 5.4.1.2"), as does a word of the second list in any case.
+_ADDRESS_WORDS = frozenset((
+    "ip", "ipv4", "address", "addresses", "addr", "host", "hostname", "hosts", "server",
+    "servers", "gateway", "dns", "router", "proxy", "peer", "client", "endpoint", "destination",
+    "dest", "source", "src", "dst", "remote", "vpn", "nat", "public", "external", "internal",
+    "wan", "lan", "static", "from", "to", "at", "via", "on", "of", "with", "by", "for", "is",
+    "was", "be", "and", "or", "the", "a", "an", "use", "using", "try", "set", "connect",
+    "connected", "connecting", "visit", "ping", "ssh", "telnet", "curl", "wget", "traceroute",
+    "nslookup", "dig", "block", "blocked", "allow", "allowed", "ban", "banned", "whitelist",
+    "blacklist", "deny", "denied", "permit", "route", "forward", "reach", "resolve", "resolves",
+    "resolved", "open", "scan", "into", "in", "as", "than", "like", "me", "my", "your", "his",
+    "her", "their", "our", "its", "it", "this", "that", "login", "logged", "failed", "user",
+    "seen", "came", "sent", "request", "requests", "attacker", "origin", "then", "but", "so",
+    "if", "when", "also", "now", "here", "there", "see", "check", "got", "get", "not", "no",
+    "any", "all", "every", "new", "old", "same", "another", "other", "both", "only", "just",
+))  # fmt: skip
+_SOFTWARE_WORDS = frozenset((
+    "release", "build", "rev", "revision", "update", "patch", "firmware", "driver", "kernel",
+    "python", "node", "nodejs", "java", "jdk", "gcc", "clang", "llvm", "chrome", "chromium",
+    "firefox", "windows", "ubuntu", "debian", "linux", "openssl", "nginx", "apache", "postgres",
+    "postgresql", "mysql", "redis", "docker", "kubernetes", "go", "rust", "ruby", "php", "perl",
+    "sdk", "app", "ios", "android", "macos",
+))  # fmt: skip
+
+
+def _names_version(word: str) -> bool:
+    lower = word.lower()
+    if lower in _SOFTWARE_WORDS:
+        return True
+    return lower not in _ADDRESS_WORDS and (word[0].isupper() or any(c.isdigit() for c in word))
+
+
 def ip_valid(match: str) -> bool:
+    word, _, rest = match.partition(" ") if " " in match else match.partition("\t")
+    if rest and word[:1].isalpha() and not _VERSION_PREFIX.match(match):
+        if _names_version(word):
+            return False  # "Python 3.11.4.2", "Firmware 5.4.1.2"
+        match = rest
     if _VERSION_PREFIX.match(match) and "." in match and ":" not in match:
         return False  # "version 1.2.3.4", "v1.2.3.4", "==1.2.3.4"
     try:
