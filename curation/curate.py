@@ -52,7 +52,8 @@ class CurationResult:
 
 
 def structural_findings(conversations: pl.DataFrame) -> Findings:
-    """Rows no filter can judge: no messages, null content, roles outside system/user/assistant."""
+    """Rows no filter can judge, or no trainer can use: no messages, null content, roles outside
+    system/user/assistant, roles out of order (``role_order``)."""
     messages = conversations.select(pl.col("id").alias("row_id"), "messages")
     exploded = messages.explode("messages").select(
         "row_id",
@@ -80,10 +81,70 @@ def structural_findings(conversations: pl.DataFrame) -> Findings:
             reason=pl.format("unknown role(s): {}", pl.col("role")),
         ),
     ]
+    unknown = problems[-1].select("row_id")
+    problems.append(
+        role_order(messages.join(unknown, on="row_id", how="anti", maintain_order="left"))
+    )
     ledger = pl.concat(problems).with_columns(
         verdict=pl.lit("drop"), score=pl.lit(None, dtype=pl.Float64)
     )
     return Findings(ledger=ledger.select(FINDINGS.names()).cast(FINDINGS))
+
+
+def role_order(messages: pl.DataFrame) -> pl.DataFrame:
+    """row_id, rule, reason of the conversations (row_id, messages; in row order) whose roles do
+    not alternate user, assistant, user, ... after an optional leading system message, or that
+    do not end on an assistant turn. Chat templates refuse such a conversation, or train on it
+    silently wrong (two user turns read as one, an answer to nothing); no source should give
+    one, but a reader bug or a hand-made file can."""
+    roles = (
+        messages.filter(pl.col("messages").list.len() > 0)
+        .select(
+            "row_id",
+            pl.col("messages").list.eval(pl.element().struct.field("role")).alias("role"),
+            pl.int_ranges(pl.col("messages").list.len()).alias("turn"),
+        )
+        .explode("role", "turn")
+    )
+    lead = (pl.col("role").first().over("row_id") == "system").fill_null(False).cast(pl.Int64)
+    expected = (
+        pl.when(pl.col("turn") < lead)
+        .then(pl.lit("system"))
+        .when((pl.col("turn") - lead) % 2 == 0)
+        .then(pl.lit("user"))
+        .otherwise(pl.lit("assistant"))
+    )
+    wrong = pl.col("role").is_null() | (pl.col("role") != pl.col("expected"))
+    verdicts = (
+        roles.with_columns(expected=expected)
+        .group_by("row_id", maintain_order=True)
+        .agg(
+            pl.col("turn").filter(wrong).first().alias("bad_turn"),
+            pl.col("role").filter(wrong).first().alias("bad_role"),
+            pl.col("expected").filter(wrong).first().alias("bad_expected"),
+            pl.col("role").last().alias("last_role"),
+        )
+        .filter(pl.col("bad_turn").is_not_null() | (pl.col("last_role") != "assistant"))
+    )
+    found = (
+        pl.when(pl.col("bad_role").is_null())
+        .then(pl.lit("has no role"))
+        .otherwise(pl.format("is {}", "bad_role"))
+    )
+    reason = (
+        pl.when(pl.col("bad_turn").is_not_null())
+        .then(
+            pl.format(
+                "message {} {}, expected {} (turns alternate user/assistant after an optional "
+                "leading system message)",
+                "bad_turn",
+                found,
+                "bad_expected",
+            )
+        )
+        .otherwise(pl.format("ends with a {} message, not an assistant answer", "last_role"))
+    )
+    return verdicts.select("row_id", rule=pl.lit("structure.role_order"), reason=reason)
 
 
 def with_string_content(conversations: pl.DataFrame) -> tuple[pl.DataFrame, Findings]:

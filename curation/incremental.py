@@ -86,7 +86,13 @@ from curation.storage import write_parquet
 
 VERSION = 1  # bump when what the state means changes
 HASH_SEED = 0x1C2E
-STRUCTURAL_RULES = ("quality.empty_conversation", "quality.null_content", "quality.unknown_role")
+# In the order ``structural_findings`` lists them (its ledger is ordered by rule, then row).
+STRUCTURAL_RULES = (
+    "quality.empty_conversation",
+    "quality.null_content",
+    "quality.unknown_role",
+    "structure.role_order",
+)
 ROWS = pl.Schema(
     {
         "row_id": pl.String,

@@ -1,5 +1,6 @@
 """The curation pipeline's mechanics, with small filters whose behaviour is obvious."""
 
+import json
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -194,3 +195,94 @@ def test_preferences_are_judged_on_prompt_and_chosen_and_redacted_everywhere():
     assert row["rejected"][0]["content"] == "<X> too"
     assert result.curated.columns == pairs.columns
     assert "preference.identical" in set(result.ledger["rule"])
+
+
+def write_chats(path, chats: list[list[tuple[str, str]]]):
+
+    lines = [
+        json.dumps({"messages": [{"role": r, "content": c} for r, c in chat]}) for chat in chats
+    ]
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+CHATS = [
+    [("user", "Name a colour."), ("assistant", "Blue.")],
+    [("assistant", "Hello there."), ("assistant", "How can I help?")],
+    [("user", "Hi."), ("user", "Anyone there?"), ("assistant", "Yes, here.")],
+    [("system", "Be brief."), ("user", "Capital of France?"), ("assistant", "Paris.")],
+    [("user", "Count to two."), ("assistant", "One, two."), ("user", "Now three.")],
+    [("system", "Be brief."), ("system", "Be kind."), ("user", "Hi."), ("assistant", "Hello.")],
+]
+
+
+def test_roles_out_of_order_are_dropped_whatever_the_source(tmp_path):
+    """A generic chat file the reader accepts as it is: curation drops the conversations no
+    chat template takes, and they never reach the SFT set."""
+    from curation.datasets import sft_rows
+    from curation.ingest import ingest
+
+    conversations = ingest("jsonl", [write_chats(tmp_path / "chat.jsonl", CHATS)]).conversations
+    result = curate(conversations, build_filters({"duplicates": {"enabled": False}}))
+    by_line = {
+        line: (r["state"], r["rule"], r["reason"])
+        for line, r in zip(
+            conversations["provenance"].struct.field("line"),
+            result.states.iter_rows(named=True),
+            strict=True,
+        )
+    }
+    assert [by_line[line][:2] for line in range(1, 7)] == [
+        ("kept", None),
+        ("dropped", "structure.role_order"),
+        ("dropped", "structure.role_order"),
+        ("kept", None),
+        ("dropped", "structure.role_order"),
+        ("dropped", "structure.role_order"),
+    ]
+    assert by_line[2][2].startswith("message 0 is assistant, expected user (turns alternate")
+    assert by_line[3][2].startswith("message 1 is user, expected assistant")
+    assert by_line[5][2] == "ends with a user message, not an assistant answer"
+    assert by_line[6][2].startswith("message 1 is system, expected user")
+    ledger = result.ledger.filter(rule="structure.role_order")
+    assert set(ledger["verdict"]) == {"drop"} and set(ledger["stage"]) == {"curate"}
+    sft = sft_rows(result.curated)
+    roles = [[m["role"] for m in chat] for chat in sft["messages"].to_list()]
+    assert roles == [["user", "assistant"], ["system", "user", "assistant"]]
+
+
+def test_incremental_curation_gives_the_same_role_order_verdicts(tmp_path):
+    from curation.incremental import curate_incremental
+    from curation.ingest import ingest
+
+    conversations = ingest("jsonl", [write_chats(tmp_path / "chat.jsonl", CHATS)]).conversations
+    filters = build_filters({})
+    full = curate(conversations, filters)
+    first, state, run = curate_incremental(conversations[:3], filters, None)
+    again, _, run = curate_incremental(conversations, filters, state)
+    assert run.mode == "incremental"
+    assert again.states.equals(full.states)
+    assert again.ledger.equals(full.ledger)
+    assert again.curated.equals(full.curated)
+
+
+def test_preferences_out_of_role_order_are_dropped_on_either_side():
+    from curation.preferences import curate_preferences
+    from curation.schema import PREFERENCES
+
+    two_users = pair("users", "q", "fine", "worse")
+    two_users["prompt"] = [{"role": "user", "content": "q"}, {"role": "user", "content": "q2"}]
+    rejected_ends_on_user = pair("ends", "q", "fine", "worse")
+    rejected_ends_on_user["rejected"].append({"role": "user", "content": "and you?"})
+    pairs = frame([pair("ok", "q", "fine", "worse"), two_users, rejected_ends_on_user], PREFERENCES)
+    result = curate_preferences(pairs, [DropBad()])
+    states = {r["row_id"]: (r["state"], r["rule"]) for r in result.states.iter_rows(named=True)}
+    assert states == {
+        "ok": ("kept", None),
+        "users": ("dropped", "structure.role_order"),
+        "ends": ("dropped", "structure.role_order"),
+    }
+    reasons = dict(result.ledger.select("row_id", "reason").iter_rows())
+    assert reasons["users"].startswith("message 1 is user, expected assistant")
+    assert reasons["ends"] == "ends with a user message, not an assistant answer"
+    assert result.curated["id"].to_list() == ["ok"]
