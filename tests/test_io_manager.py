@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -169,3 +170,190 @@ def test_a_whole_file_reads_as_one_part_whose_tag_follows_the_file(tmp_path):
     assert [p.rows for p in (*first.parts, *second.parts)] == [1, 2]
     assert first.parts[0].tag != second.parts[0].tag
     assert second.read()["id"].to_list() == ["a", "b"]
+
+
+# --- a named set of frames is replaced whole ------------------------------------------------------
+
+# Writes ``new`` over ``raw_hh`` through the IO manager and SIGKILLs itself at one point of the
+# write: after the first table (between tables), after the old folder is moved aside (between
+# the renames), or after the new folder is in place (before the old one is removed).
+KILLED_WRITER = """
+import os, shutil, signal, sys
+from pathlib import Path
+import dagster as dg
+import polars as pl
+from assets.io_manager import PolarsParquetIOManager
+
+base, point = sys.argv[1], sys.argv[2]
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+if point == "between_tables":
+    write, written = pl.DataFrame.write_parquet, []
+    def write_then_die(self, *args, **kwargs):
+        if written:
+            die()
+        write(self, *args, **kwargs)
+        written.append(1)
+    pl.DataFrame.write_parquet = write_then_die
+elif point == "between_renames":
+    rename = Path.rename
+    def rename_then_die(self, target):
+        moved = rename(self, target)
+        if self.name == "raw_hh":
+            die()
+        return moved
+    Path.rename = rename_then_die
+elif point == "before_cleanup":
+    shutil.rmtree = lambda *args, **kwargs: die()
+new = {
+    "conversations": pl.DataFrame({"id": [f"n{i}" for i in range(300)]}),
+    "preferences": pl.DataFrame({"id": [f"p{i}" for i in range(200)]}),
+}
+context = dg.build_output_context(asset_key=dg.AssetKey("raw_hh"))
+PolarsParquetIOManager(base_dir=base).handle_output(context, new)
+print("not killed")
+"""
+
+ANY_TYPE = dg.DagsterType(lambda _, __: True, name="AnyTables")  # a loader not asking for parts
+OLD_SET = {"conversations": 3, "preferences": 3, "ledger": 1}
+NEW_SET = {"conversations": 300, "preferences": 200}
+
+
+def _store(io: PolarsParquetIOManager, rows: dict[str, int]) -> None:
+    tables = {
+        name: pl.DataFrame({"id": [f"{name}{i}" for i in range(n)]}) for name, n in rows.items()
+    }
+    io.handle_output(dg.build_output_context(asset_key=dg.AssetKey("raw_hh")), tables)
+
+
+def _load(io: PolarsParquetIOManager) -> dict[str, int]:
+    tables = io.load_input(
+        dg.build_input_context(asset_key=dg.AssetKey("raw_hh"), dagster_type=ANY_TYPE)
+    )
+    return {name: frame.height for name, frame in tables.items()}
+
+
+@pytest.mark.parametrize(
+    ("point", "expected"),
+    [("between_tables", OLD_SET), ("between_renames", OLD_SET), ("before_cleanup", NEW_SET)],
+)
+def test_a_set_killed_mid_write_loads_whole_and_the_next_write_succeeds(tmp_path, point, expected):
+    """A real SIGKILL at each point of a set's write: a load then sees the whole previous set
+    or the whole new one (never new conversations beside old preferences), and the next write
+    replaces it and sweeps what the kill left."""
+    import subprocess
+    import sys
+
+    from assets.io_manager import PolarsParquetIOManager as Manager
+
+    io = Manager(base_dir=str(tmp_path))
+    _store(io, OLD_SET)
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(tmp_path), point],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == -9, child.stderr  # killed where we said, not before
+    assert _load(io) == expected
+    # a reader annotated PartSet sees the same set
+    parts = Manager._as_parts(tmp_path / "raw_hh")
+    assert {m: parts.read(m).height for m in parts.members} == expected
+    if point == "between_renames":
+        assert not (tmp_path / "raw_hh").exists()  # the state this test is about
+    _store(io, {"conversations": 7})
+    assert _load(io) == {"conversations": 7}
+    assert os.listdir(tmp_path) == ["raw_hh"]  # no staging or old folder left
+    assert os.listdir(tmp_path / "raw_hh") == ["conversations.parquet"]
+
+
+def test_a_reader_never_mixes_two_sets_when_a_write_swaps_them_mid_read(tmp_path, monkeypatch):
+    """A write that completes between a reader's first and second table: the reader reads
+    again and gets the new set whole."""
+    from assets import io_manager
+
+    io = PolarsParquetIOManager(base_dir=str(tmp_path))
+    _store(io, OLD_SET)
+    read, calls = pl.read_parquet, []
+
+    def read_then_replace(source, *args, **kwargs):
+        frame = read(source, *args, **kwargs)
+        calls.append(frame.height)
+        if len(calls) == 1:  # another process replaces the set right now
+            _store(io, NEW_SET)
+        return frame
+
+    monkeypatch.setattr(io_manager.pl, "read_parquet", read_then_replace)
+    assert _load(io) == NEW_SET
+    assert len(calls) > len(NEW_SET)  # it did read the old set first
+
+
+def test_a_set_write_drops_tables_the_new_set_lacks_and_keeps_lazy_frames(tmp_path):
+    io = PolarsParquetIOManager(base_dir=str(tmp_path))
+    _store(io, OLD_SET)
+    lazy = pl.LazyFrame({"id": ["a", "b"]})
+    io.handle_output(dg.build_output_context(asset_key=dg.AssetKey("raw_hh")), {"texts": lazy})
+    assert _load(io) == {"texts": 2}
+
+
+def test_a_write_sweeps_what_dead_writers_left_and_not_a_running_writers_folders(tmp_path):
+    """Two runs may write one asset at once: a sweep must not remove (or put back) folders
+    of a writer that is still running, only those of writers that died."""
+    import subprocess
+    import sys
+
+    from assets.io_manager import current_folder, sweep_folder
+
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    try:
+
+        def leftover(kind: str, pid: int, at: int) -> Path:
+            folder = tmp_path / f".raw_hh.{kind}-{at:020d}-{pid}-0123abcd"
+            folder.mkdir()
+            write_parquet(pl.DataFrame({"at": [at]}), folder / "conversations.parquet")
+            return folder
+
+        dead_tmp, live_tmp = leftover("tmp", finished.pid, 1), leftover("tmp", running.pid, 2)
+        dead_old, live_old = leftover("old", finished.pid, 3), leftover("old", running.pid, 4)
+        assert current_folder(tmp_path / "raw_hh") == live_old  # readers take the newest
+        sweep_folder(tmp_path / "raw_hh")  # the running writer is between its renames
+        assert not (tmp_path / "raw_hh").exists() and live_old.exists() and live_tmp.exists()
+        assert not dead_tmp.exists() and not dead_old.exists()
+        running.kill()
+        running.wait()
+        sweep_folder(tmp_path / "raw_hh")  # it died there: its old set is put back
+        assert os.listdir(tmp_path) == ["raw_hh"]
+        assert pl.read_parquet(tmp_path / "raw_hh" / "conversations.parquet")["at"][0] == 4
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_a_set_on_an_object_store_becomes_current_when_its_pointer_is_written(monkeypatch):
+    """No folder rename on an object store: a write that fails between tables leaves the
+    previous set current; a complete one replaces it and removes the older versions."""
+    import uuid
+
+    from assets import io_manager
+
+    io = PolarsParquetIOManager(base_dir=f"memory://postforge-sets-{uuid.uuid4().hex}")
+    _store(io, OLD_SET)
+    write, written = io_manager.write_frame, []
+
+    def write_then_fail(frame, path):
+        if written:
+            raise OSError("connection reset")
+        write(frame, path)
+        written.append(path)
+
+    monkeypatch.setattr(io_manager, "write_frame", write_then_fail)
+    with pytest.raises(OSError, match="connection reset"):
+        _store(io, NEW_SET)
+    monkeypatch.undo()
+    assert _load(io) == OLD_SET
+    _store(io, NEW_SET)
+    assert _load(io) == NEW_SET
+    root = UPath(io.base_dir) / "raw_hh"
+    assert sorted(p.name for p in root.iterdir()) == ["_set.json", "_sets"]
+    assert len(list((root / "_sets").iterdir())) == 1
