@@ -404,6 +404,11 @@ CLEAN_STRIPS = [
         "Nature.\n[2] Lee, K. (2020). B. Science.",
         "Some say it works. Others disagree.",
     ),
+    (  # a header the filter does not know, left with nothing under it
+        "Die Hanse prägte den Handel im Ostseeraum.\n\nLiteratur:\n"
+        "- Dollinger, P. (1998). Die Hanse. Kröner.",
+        "Die Hanse prägte den Handel im Ostseeraum.",
+    ),
     (
         "Mood improves (Smith, 2019), and sleep too (Lee & Park, 2020; Kim, 2021) .",
         "Mood improves, and sleep too.",

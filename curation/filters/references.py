@@ -515,13 +515,16 @@ STRIP: list[tuple[str, str, str]] = [
         rf"[ \t]*[(\[]?(?:{_URL_LABEL}|{_RETRIEVED})[ \t]*[:\-–]?[ \t]*{_URL_TOKEN}[)\]]?",
         "",
     ),
-    # A header left last, its entries gone ("Notes:" over numbered entries). ``strip`` appended
-    # a newline, and the pattern takes every line end to the end of the text, so "$" means the
-    # end of the text in both engines.
+    # A header left last, its entries gone: a references word ("Notes" over numbered entries) or
+    # any line that ends in a colon ("Literatur:", "Further details:"), after other lines (a
+    # first line that is all that is left, "Here are three papers:", makes the row a drop, see
+    # ``left_nothing``). ``strip`` appended a newline, and the pattern takes every line end to
+    # the end of the text, so "$" means the end of the text in both engines.
     (
         "*",
-        rf"\n[ \t]*(?:#{{1,6}}[ \t]*)?(?:\*\*|__)?{_ORPHAN_HEADERS}"
-        r"(?:\*\*|__)?[ \t]*:?[ \t]*(?:\*\*|__)?(?:[ \t]*\n)+$",
+        r"\n[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?"
+        rf"(?:{_ORPHAN_HEADERS}(?:\*\*|__)?[ \t]*:?|[^\n]{{0,80}}:)"
+        r"[ \t]*(?:\*\*|__)?(?:[ \t]*\n)+$",
         "\n",
     ),
     # Leftover blank runs: at most one empty line in a row.
