@@ -93,10 +93,11 @@ def structural_findings(conversations: pl.DataFrame) -> Findings:
 
 def role_order(messages: pl.DataFrame) -> pl.DataFrame:
     """row_id, rule, reason of the conversations (row_id, messages; in row order) whose roles do
-    not alternate user, assistant, user, ... after an optional leading system message, or that
-    do not end on an assistant turn. Chat templates refuse such a conversation, or train on it
-    silently wrong (two user turns read as one, an answer to nothing); no source should give
-    one, but a reader bug or a hand-made file can."""
+    not alternate user, assistant, user, ... after an optional leading system message. Chat
+    templates refuse such a conversation, or train on it silently wrong (two user turns read as
+    one, an answer to nothing); no source should give one, but a reader bug or a hand-made file
+    can. A conversation may end on a user turn: it is a prompt (``prompt_rows``), and SFT counts
+    what has no answer; a preference pair's answers must end on one (``curation.preferences``)."""
     roles = (
         messages.filter(pl.col("messages").list.len() > 0)
         .select(
@@ -122,27 +123,20 @@ def role_order(messages: pl.DataFrame) -> pl.DataFrame:
             pl.col("turn").filter(wrong).first().alias("bad_turn"),
             pl.col("role").filter(wrong).first().alias("bad_role"),
             pl.col("expected").filter(wrong).first().alias("bad_expected"),
-            pl.col("role").last().alias("last_role"),
         )
-        .filter(pl.col("bad_turn").is_not_null() | (pl.col("last_role") != "assistant"))
+        .filter(pl.col("bad_turn").is_not_null())
     )
     found = (
         pl.when(pl.col("bad_role").is_null())
         .then(pl.lit("has no role"))
         .otherwise(pl.format("is {}", "bad_role"))
     )
-    reason = (
-        pl.when(pl.col("bad_turn").is_not_null())
-        .then(
-            pl.format(
-                "message {} {}, expected {} (turns alternate user/assistant after an optional "
-                "leading system message)",
-                "bad_turn",
-                found,
-                "bad_expected",
-            )
-        )
-        .otherwise(pl.format("ends with a {} message, not an assistant answer", "last_role"))
+    reason = pl.format(
+        "message {} {}, expected {} (turns alternate user/assistant after an optional "
+        "leading system message)",
+        "bad_turn",
+        found,
+        "bad_expected",
     )
     return verdicts.select("row_id", rule=pl.lit("structure.role_order"), reason=reason)
 

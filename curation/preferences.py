@@ -58,7 +58,7 @@ def curate_preferences(preferences: pl.DataFrame, filters: Sequence[Filter]) -> 
     """Returns kept pairs (rewrites applied), the ledger and one final state per pair."""
     columns = preferences.columns
     preferences, repeated = repeated_ids(preferences)
-    identical = preferences.filter(pl.col("chosen") == pl.col("rejected"))
+    identical = unusable_pairs(preferences)
     pairs = preferences.join(identical.select("id"), on="id", how="anti", maintain_order="left")
     dedups = [f for f in filters if isinstance(f, DedupFilter)]
     content = [f for f in filters if not isinstance(f, DedupFilter)]
@@ -92,20 +92,56 @@ def curate_preferences(preferences: pl.DataFrame, filters: Sequence[Filter]) -> 
         _dropped(duplicates), left_on="id", right_on="row_id", how="anti", maintain_order="left"
     ).select(columns)
 
-    identical_ledger = identical.select(
-        pl.col("id").alias("row_id"),
-        stage=pl.lit(STAGE),
-        rule=pl.lit("preference.identical"),
-        verdict=pl.lit("drop"),
-        reason=pl.lit("chosen equals rejected"),
-        score=pl.lit(None, dtype=pl.Float64),
-    ).cast(LEDGER)
+    identical_ledger = (
+        identical.select(
+            pl.col("id").alias("row_id"),
+            "rule",
+            "reason",
+            stage=pl.lit(STAGE),
+            verdict=pl.lit("drop"),
+            score=pl.lit(None, dtype=pl.Float64),
+        )
+        .select(LEDGER.names())
+        .cast(LEDGER)
+    )
     duplicate_ledger = (
         pl.concat(duplicates).with_columns(stage=pl.lit(STAGE)).select(LEDGER.names()).cast(LEDGER)
     )
     ledger = pl.concat([identical_ledger, judged.ledger, rejected_side.ledger, duplicate_ledger])
     states = _states(preferences, identical, judged, rejected_side, duplicate_ledger, kept)
     return with_repeated(CurationResult(curated=kept, ledger=ledger, states=states), repeated)
+
+
+def unusable_pairs(preferences: pl.DataFrame) -> pl.DataFrame:
+    """The pairs refused before any filter, with ``rule`` and ``reason``: chosen equal to
+    rejected (nothing to prefer), or an answer that does not end on an assistant turn (a
+    reward model or DPO would score the user's words as the answer). The structural checks
+    take roles in order but let a conversation end on a user turn, since that is a prompt."""
+    sides = ("chosen", "rejected")
+    last_role = {side: pl.col(side).list.last().struct.field("role") for side in sides}
+    unanswered = [
+        pl.when(last_role[side].fill_null("") != "assistant").then(
+            pl.format(
+                "{} ends with a {} message, not an assistant answer",
+                pl.lit(side),
+                last_role[side].fill_null("missing"),
+            )
+        )
+        for side in last_role
+    ]
+    return (
+        preferences.with_columns(
+            reason=pl.when(pl.col("chosen") == pl.col("rejected"))
+            .then(pl.lit("chosen equals rejected"))
+            .otherwise(pl.coalesce(unanswered))
+        )
+        .filter(pl.col("reason").is_not_null())
+        .with_columns(
+            rule=pl.when(pl.col("reason") == "chosen equals rejected")
+            .then(pl.lit("preference.identical"))
+            .otherwise(pl.lit("structure.role_order"))
+        )
+    )
 
 
 def _dropped(findings: list[pl.DataFrame]) -> pl.DataFrame:
@@ -152,12 +188,8 @@ def _states(
         .select(STATES.names())
     )
     identical_states = identical.select(
-        pl.col("id").alias("row_id"),
-        "source",
-        state=pl.lit("dropped"),
-        rule=pl.lit("preference.identical"),
-        reason=pl.lit("chosen equals rejected"),
-    )
+        pl.col("id").alias("row_id"), "source", "rule", "reason", state=pl.lit("dropped")
+    ).select(STATES.names())
     states = pl.concat([identical_states.cast(STATES), both.cast(STATES)])
     if states.height != preferences.height:
         raise RuntimeError("preference curation lost pairs: a pair has no final state")

@@ -219,7 +219,7 @@ CHATS = [
 def test_roles_out_of_order_are_dropped_whatever_the_source(tmp_path):
     """A generic chat file the reader accepts as it is: curation drops the conversations no
     chat template takes, and they never reach the SFT set."""
-    from curation.datasets import sft_rows
+    from curation.datasets import prompt_rows, sft_rows
     from curation.ingest import ingest
 
     conversations = ingest("jsonl", [write_chats(tmp_path / "chat.jsonl", CHATS)]).conversations
@@ -237,18 +237,19 @@ def test_roles_out_of_order_are_dropped_whatever_the_source(tmp_path):
         ("dropped", "structure.role_order"),
         ("dropped", "structure.role_order"),
         ("kept", None),
-        ("dropped", "structure.role_order"),
+        ("kept", None),  # ends on a user turn: a prompt for RL, in order
         ("dropped", "structure.role_order"),
     ]
     assert by_line[2][2].startswith("message 0 is assistant, expected user (turns alternate")
     assert by_line[3][2].startswith("message 1 is user, expected assistant")
-    assert by_line[5][2] == "ends with a user message, not an assistant answer"
     assert by_line[6][2].startswith("message 1 is system, expected user")
     ledger = result.ledger.filter(rule="structure.role_order")
     assert set(ledger["verdict"]) == {"drop"} and set(ledger["stage"]) == {"curate"}
     sft = sft_rows(result.curated)
     roles = [[m["role"] for m in chat] for chat in sft["messages"].to_list()]
     assert roles == [["user", "assistant"], ["system", "user", "assistant"]]
+    prompts = prompt_rows(result.curated)
+    assert prompts.filter(pl.col("id") == conversations["id"][4])["prompt"].list.len().item() == 3
 
 
 def test_incremental_curation_gives_the_same_role_order_verdicts(tmp_path):
@@ -284,5 +285,5 @@ def test_preferences_out_of_role_order_are_dropped_on_either_side():
     }
     reasons = dict(result.ledger.select("row_id", "reason").iter_rows())
     assert reasons["users"].startswith("message 1 is user, expected assistant")
-    assert reasons["ends"] == "ends with a user message, not an assistant answer"
+    assert reasons["ends"] == "rejected ends with a user message, not an assistant answer"
     assert result.curated["id"].to_list() == ["ok"]
