@@ -2,6 +2,13 @@
 
 Bad input never produces a traceback: a whole input that cannot be read is one line on stderr
 and exit status 2; unreadable rows are written to ``rejected.parquet`` and the run succeeds.
+
+``ingest``, ``profile`` and ``curate`` own their ``--out`` folder: a run writes all its files
+into a fresh folder beside it and swaps that in whole, so a later command never reads one
+run's conversations beside another run's preferences, whether the earlier run was killed
+half-way or simply wrote fewer files. A run replaces only a folder that is new, empty or
+holds exactly what an earlier run recorded in ``postforge_outputs.json``; anything else there
+is refused (exit 2) rather than deleted.
 """
 
 from __future__ import annotations
@@ -9,12 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_JUDGE_FAILED = 3  # judge: outputs written, but more sets failed than --max-error-share
 JUDGE_KEY_ENV = "POSTFORGE_JUDGE_API_KEY"
+OUTPUTS_RECORD = "postforge_outputs.json"  # what a run wrote into --out, so the next may replace it
 
 
 class BadInput(Exception):
@@ -132,9 +140,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def replace_outputs(
+    out: Path, command: str, write: Callable[[Path], None], inputs: Sequence[Path] = ()
+) -> None:
+    """Run ``write`` on an empty folder that then replaces ``out`` whole (see the module
+    docstring); ``inputs``: what the run reads, which must not lie in ``out``."""
+    import json
+
+    from assets.io_manager import replace_folder
+
+    check_out(out, inputs)
+
+    def fill(folder: Path) -> None:
+        write(folder)
+        record = {"command": command, "outputs": sorted(p.name for p in folder.iterdir())}
+        (folder / OUTPUTS_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+    replace_folder(out.resolve(), fill)
+
+
+def check_out(out: Path, inputs: Sequence[Path] = ()) -> None:
+    """BadInput unless a run may replace ``out``. Commands call it before their work, so a
+    refused run stops at once; ``replace_outputs`` again just before the swap."""
+    from assets.io_manager import sweep_folder
+
+    target = out.resolve()
+    if target.parent == target or target == Path.cwd() or target in Path.cwd().parents:
+        raise BadInput(f"--out {out}: give a folder of its own (it is replaced as a whole)")
+    for source in inputs:
+        if source.resolve() == target or target in source.resolve().parents:
+            raise BadInput(f"--out {out}: holds the input {source}; write to another folder")
+    sweep_folder(target)  # first: a run killed mid-swap left the previous outputs aside
+    if target.exists() and not target.is_dir():
+        raise BadInput(f"--out {out}: exists and is not a folder")
+    foreign = _foreign_entries(target)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if foreign[5:] else "")
+        raise BadInput(
+            f"--out {out}: holds files no postforge run recorded writing there ({shown}); "
+            "give a new or empty folder, or remove them"
+        )
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """What ``folder`` holds beyond the outputs its record lists (everything, without one)."""
+    import json
+
+    if not folder.is_dir():
+        return []
+    entries = {p.name for p in folder.iterdir()}
+    try:
+        record = json.loads((folder / OUTPUTS_RECORD).read_text(encoding="utf-8"))
+        ours = {OUTPUTS_RECORD, *record["outputs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = set()
+    return sorted(entries - ours)
+
+
 def run_ingest(args: argparse.Namespace) -> int:
     from curation.ingest import ReadOptions, ingest
-    from curation.storage import write_parquet
 
     columns = {}
     for item in args.column:
@@ -143,14 +207,19 @@ def run_ingest(args: argparse.Namespace) -> int:
             raise BadInput(f"--column {item!r}: expected CANONICAL=INPUT")
         columns[canonical] = column
     options = ReadOptions(source=args.source, columns=columns, split=args.split)
+    inputs = [Path(p) for p in args.inputs if Path(p).exists()]  # not hub ids
+    check_out(args.out, inputs)
     result = ingest(args.format, args.inputs, options)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_parquet(result.conversations, args.out / "conversations.parquet")
-    if result.preferences.height:
-        write_parquet(result.preferences, args.out / "preferences.parquet")
-    write_parquet(result.rejected, args.out / "rejected.parquet")
-    if result.ledger.height:
-        write_parquet(result.ledger, args.out / "ledger.parquet")
+
+    def write(out: Path) -> None:
+        result.conversations.write_parquet(out / "conversations.parquet")
+        if result.preferences.height:
+            result.preferences.write_parquet(out / "preferences.parquet")
+        result.rejected.write_parquet(out / "rejected.parquet")
+        if result.ledger.height:
+            result.ledger.write_parquet(out / "ledger.parquet")
+
+    replace_outputs(args.out, "ingest", write, inputs)
     print(f"ingested {args.format}: {result.summary()} -> {args.out}")
     return 0
 
@@ -160,25 +229,34 @@ def run_profile(args: argparse.Namespace) -> int:
     from curation.profile import profile, write_profile
     from curation.tokens import TokenCounter
 
-    conversations = _read_ingested(args.input, "conversations.parquet")
+    check_out(args.out, [args.input])
+    conversations = _read_ingested(args.input, "conversations")["conversations"]
     tokenizer = _tokenizer(args.tokenizer, conversations, args.vocab_size)
     result = profile(conversations, TokenCounter(tokenizer))
-    written = write_profile(result, args.out)
+    written: dict[str, Path] = {}
+    replace_outputs(
+        args.out, "profile", lambda out: written.update(write_profile(result, out)), [args.input]
+    )
     print(result.table("tokens"))
     print(f"profiled {conversations.height} conversations -> {args.out} ({len(written)} files)")
     return 0
 
 
-def _read_ingested(folder: Path, name: str):
-    import polars as pl
+def _read_ingested(folder: Path, *names: str) -> dict:
+    """The tables ``names`` (the first required) of an ingested folder, all from the same
+    ingest run even while another run replaces the folder."""
+    from assets.io_manager import read_tables
 
-    source = folder / name
-    if not source.exists():
-        raise BadInput(f"{source}: no such file (run `postforge ingest --out {folder}` first)")
     try:
-        return pl.read_parquet(source)
-    except Exception as error:  # polars raises several types for a damaged file
-        raise BadInput(f"{source}: not a readable Parquet file ({error})") from None
+        tables = read_tables(folder, names)
+    except FileNotFoundError:
+        tables = {}
+    except ValueError as error:  # names the damaged file
+        raise BadInput(str(error)) from None
+    if names[0] not in tables:
+        source = folder / f"{names[0]}.parquet"
+        raise BadInput(f"{source}: no such file (run `postforge ingest --out {folder}` first)")
+    return tables
 
 
 def _tokenizer(path: str | None, conversations, vocab_size: int = 4096):
@@ -196,29 +274,36 @@ def run_curate(args: argparse.Namespace) -> int:
     from curation.curate import ConfigError, build_filters, curate
     from curation.datasets import ExportConfig, export, preference_rows, prompt_rows, sft_rows
     from curation.preferences import curate_preferences
-    from curation.storage import write_parquet
     from curation.tokens import TokenCounter
 
+    check_out(args.out, [args.input])
     settings = _load_config(args.config) if args.config else {}
-    conversations = _read_ingested(args.input, "conversations.parquet")
+    ingested = _read_ingested(args.input, "conversations", "preferences")
+    conversations = ingested["conversations"]
     try:
         filters = build_filters(settings, TokenCounter(_tokenizer(args.tokenizer, conversations)))
     except ConfigError as error:
         raise BadInput(f"{args.config}: {error}") from None
     result = curate(conversations, filters)
-    out = args.out
-    write_parquet(result.curated, out / "curated.parquet")
-    write_parquet(result.ledger, out / "ledger.parquet")
-    write_parquet(result.states, out / "states.parquet")
+    pairs = None
+    if "preferences" in ingested:
+        pairs = curate_preferences(ingested["preferences"], filters)
     export_config = ExportConfig(eval_fraction=args.eval_fraction)
-    export("sft", sft_rows(result.curated), out / "datasets", export_config)
-    export("prompt", prompt_rows(result.curated), out / "datasets", export_config)
-    if (args.input / "preferences.parquet").exists():
-        pairs = curate_preferences(_read_ingested(args.input, "preferences.parquet"), filters)
-        write_parquet(pairs.curated, out / "curated_preferences.parquet")
-        write_parquet(pairs.ledger, out / "preference_ledger.parquet")
-        write_parquet(pairs.states, out / "preference_states.parquet")
-        export("preference", preference_rows(pairs.curated), out / "datasets", export_config)
+
+    def write(out: Path) -> None:
+        result.curated.write_parquet(out / "curated.parquet")
+        result.ledger.write_parquet(out / "ledger.parquet")
+        result.states.write_parquet(out / "states.parquet")
+        export("sft", sft_rows(result.curated), out / "datasets", export_config)
+        export("prompt", prompt_rows(result.curated), out / "datasets", export_config)
+        if pairs is not None:
+            pairs.curated.write_parquet(out / "curated_preferences.parquet")
+            pairs.ledger.write_parquet(out / "preference_ledger.parquet")
+            pairs.states.write_parquet(out / "preference_states.parquet")
+            export("preference", preference_rows(pairs.curated), out / "datasets", export_config)
+
+    out = args.out
+    replace_outputs(out, "curate", write, [args.input])
     for rule, verdict, rows in result.rule_counts().iter_rows():
         print(f"  {rule:<32} {verdict:<8} {rows}")
     counts = " ".join(f"{k}={v}" for k, v in result.counts().items())
