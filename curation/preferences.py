@@ -14,6 +14,18 @@ guard), applied to the pair as one text and to each side alone: judged only as o
 short, different rejected answers would pass as alike behind a long shared prompt and chosen
 answer. The duplicate pass runs last, over pairs that survived every other rule, so the copy
 kept of a cluster is one that passed them all.
+
+A rewrite of the prompt can leave the rejected answer in a form the chosen one lost: the options
+filter removes "OPTIONS: (A) shark (B) dolphin ..." and turns the chosen "(B)" into "dolphin",
+while the rejected "(D) octopus" would keep its letter, a cue of form a reward model or DPO
+learns instead of the content. So when the options filter rewrote a pair, its rejected answer
+gets the same mapping against the same options (the prompt's last turn as written), recorded as
+``options.rejected_answer``; the prompt's rewrite stays one ``options.explicit`` row. A rejected
+answer that names no option by letter (prose, a number) is already text and stays; one whose
+letter names none of the options would keep the cue and cannot be mapped, so the pair is
+dropped (``options.unresolvable_letter``, as a chosen answer's is). A pair whose answers are
+equal once rewritten ("(B)" against "(B) dolphin. ..." both become "dolphin") has nothing left
+to prefer and is dropped as ``preference.identical``.
 """
 
 from __future__ import annotations
@@ -27,11 +39,16 @@ import polars as pl
 from curation.curate import STATES, CurationResult, curate, repeated_ids, with_repeated
 from curation.filters.base import FINDINGS, Batch, Filter, Findings, Policy
 from curation.filters.dedup import DedupFilter
+from curation.filters.options import map_answers
 from curation.schema import LEDGER, MESSAGES
 
 STAGE = "curate"
 SIDES = ("prompt", "chosen", "rejected")
 AGREEMENT_STEP = 32_768  # candidate pairs compared at once: bounds the signature copies
+OPTIONS_RULE = "options.explicit"
+REJECTED_ANSWER_RULE = "options.rejected_answer"
+UNRESOLVED_RULE = "options.unresolvable_letter"
+QUOTE_CHARS = 120  # of each answer in a reason
 
 
 def _as_conversations(pairs: pl.DataFrame, messages: pl.Expr) -> pl.DataFrame:
@@ -74,6 +91,10 @@ def curate_preferences(preferences: pl.DataFrame, filters: Sequence[Filter]) -> 
         )
         .drop("messages")
     )
+    survivors, letters = rejected_letters(pairs, survivors, judged.ledger)
+    survivors = survivors.join(
+        _dropped([letters]), left_on="id", right_on="row_id", how="anti", maintain_order="left"
+    )
     rejected_side = curate(_as_conversations(survivors, _blank_prompt_and_rejected()), pii)
     survivors = survivors.join(
         rejected_side.curated.select("id", pl.col("messages").alias("new")),
@@ -81,6 +102,10 @@ def curate_preferences(preferences: pl.DataFrame, filters: Sequence[Filter]) -> 
         maintain_order="left",
     ).with_columns(pl.col("new").list.slice(prompt_len).alias("rejected"))
     survivors = survivors.drop("new")
+    same = same_after_rewrites(survivors)
+    survivors = survivors.join(
+        same, left_on="id", right_on="row_id", how="anti", maintain_order="left"
+    )
 
     duplicates = [pl.DataFrame(schema=FINDINGS)]
     for dedup in dedups:
@@ -107,9 +132,134 @@ def curate_preferences(preferences: pl.DataFrame, filters: Sequence[Filter]) -> 
     duplicate_ledger = (
         pl.concat(duplicates).with_columns(stage=pl.lit(STAGE)).select(LEDGER.names()).cast(LEDGER)
     )
-    ledger = pl.concat([identical_ledger, judged.ledger, rejected_side.ledger, duplicate_ledger])
-    states = _states(preferences, identical, judged, rejected_side, duplicate_ledger, kept)
+    rejected_ledger = [_in_ledger(letters), rejected_side.ledger, _in_ledger(same)]
+    ledger = pl.concat([identical_ledger, judged.ledger, *rejected_ledger, duplicate_ledger])
+    rejected_states = _rejected_states(rejected_side.states, letters, same)
+    states = _states(preferences, identical, judged, rejected_states, duplicate_ledger, kept)
     return with_repeated(CurationResult(curated=kept, ledger=ledger, states=states), repeated)
+
+
+def rejected_letters(
+    pairs: pl.DataFrame, survivors: pl.DataFrame, judged: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(``survivors`` with each rejected answer mapped as the options filter mapped the chosen
+    one, the findings: row_id, source, rule, verdict, reason, score). Only pairs the options
+    filter rewrote (``judged``: the prompt + chosen ledger) and that survived the content
+    filters; the answer is the rejected side's first turn, the options those of the prompt's
+    last turn in ``pairs`` (as read, before any filter), so both answers meet the same options
+    (PII in an option's text, redacted before the filter saw it, is redacted on the rejected
+    side after).
+    A letter that names no option drops the pair (see the module docstring)."""
+    rewritten = judged.filter(
+        (pl.col("rule") == OPTIONS_RULE) & (pl.col("verdict") == "rewrite")
+    ).select(id="row_id")
+    first = pl.col("rejected").list.first()
+    candidates = (
+        survivors.join(rewritten, on="id", how="semi", maintain_order="left")
+        .select("id", "source", role=first.struct.field("role"), old=first.struct.field("content"))
+        .join(pairs.select("id", turn=pl.col("prompt").list.last()), on="id", maintain_order="left")
+        .filter(
+            (pl.col("role") == "assistant")
+            & (pl.col("turn").struct.field("role") == "user")
+            & pl.col("old").is_not_null()
+        )
+    )
+    mapped = map_answers(candidates["turn"].struct.field("content"), candidates["old"])
+    found = candidates.select("id", "source", "old").with_columns(
+        new=mapped["answer"], unresolved=mapped["unresolved"]
+    )
+    changed = pl.col("unresolved").is_null() & (pl.col("new") != pl.col("old"))
+    rewrites = found.filter(changed).select(
+        row_id="id",
+        source="source",
+        rule=pl.lit(REJECTED_ANSWER_RULE),
+        verdict=pl.lit("rewrite"),
+        reason=pl.format(
+            "rejected answer '{}' → '{}' (its options were removed from the prompt)",
+            _quote("old"),
+            _quote("new"),
+        ),
+        score=pl.lit(None, dtype=pl.Float64),
+    )
+    drops = found.filter(pl.col("unresolved").is_not_null()).select(
+        row_id="id",
+        source="source",
+        rule=pl.lit(UNRESOLVED_RULE),
+        verdict=pl.lit("drop"),
+        reason=pl.format(
+            "the rejected answer '{}' refers to option {}, but no option has that letter; "
+            "its letter would stay beside the chosen answer's option text",
+            _quote("old"),
+            "unresolved",
+        ),
+        score=pl.lit(None, dtype=pl.Float64),
+    )
+    new_first = pl.struct(role=pl.lit("assistant"), content=pl.col("new"))
+    survivors = (
+        survivors.join(
+            found.filter(changed).select("id", "new"), on="id", how="left", maintain_order="left"
+        )
+        .with_columns(
+            rejected=pl.when(pl.col("new").is_not_null())
+            .then(pl.concat_list(new_first, pl.col("rejected").list.slice(1)))
+            .otherwise(pl.col("rejected"))
+            .cast(MESSAGES)
+        )
+        .drop("new")
+    )
+    order = found.select(row_id="id").with_row_index("order")
+    findings = pl.concat([rewrites, drops]).join(order, on="row_id", maintain_order="left")
+    return survivors, findings.sort("order").drop("order")
+
+
+def same_after_rewrites(survivors: pl.DataFrame) -> pl.DataFrame:
+    """row_id, source, rule, verdict, reason, score of the pairs whose chosen and rejected
+    answers became equal through the rewrites (unequal pairs were refused before any)."""
+    return survivors.filter(pl.col("chosen") == pl.col("rejected")).select(
+        row_id="id",
+        source="source",
+        rule=pl.lit("preference.identical"),
+        verdict=pl.lit("drop"),
+        reason=pl.format(
+            "chosen equals rejected once rewritten ('{}'): nothing left to prefer",
+            _quote(pl.col("chosen").list.last().struct.field("content")),
+        ),
+        score=pl.lit(None, dtype=pl.Float64),
+    )
+
+
+def _quote(text: str | pl.Expr) -> pl.Expr:
+    text = pl.col(text) if isinstance(text, str) else text
+    shown = text.str.slice(0, QUOTE_CHARS).str.replace_all("\n", "\\n", literal=True)
+    return pl.when(text.str.len_chars() > QUOTE_CHARS).then(shown + pl.lit("…")).otherwise(shown)
+
+
+def _in_ledger(findings: pl.DataFrame) -> pl.DataFrame:
+    return findings.with_columns(stage=pl.lit(STAGE)).select(LEDGER.names()).cast(LEDGER)
+
+
+def _rejected_states(pii: pl.DataFrame, letters: pl.DataFrame, same: pl.DataFrame) -> pl.DataFrame:
+    """One state per pair that reached the rejected side: its letter step (``letters``), then
+    PII (``pii``: states of the pairs the letter step kept), then ``same``."""
+    mapped = letters.filter(pl.col("verdict") == "rewrite")["row_id"].implode()
+    equal = same.select("row_id", s_rule="rule", s_reason="reason")
+    alive = (
+        pii.join(equal, on="row_id", how="left", maintain_order="left")
+        .with_columns(
+            state=pl.when(pl.col("s_rule").is_not_null())
+            .then(pl.lit("dropped"))
+            .when((pl.col("state") == "kept") & pl.col("row_id").is_in(mapped))
+            .then(pl.lit("rewritten"))
+            .otherwise("state"),
+            rule=pl.coalesce("rule", "s_rule"),
+            reason=pl.coalesce("reason", "s_reason"),
+        )
+        .select(STATES.names())
+    )
+    dropped = letters.filter(pl.col("verdict") == "drop").select(
+        "row_id", "source", state=pl.lit("dropped"), rule="rule", reason="reason"
+    )
+    return pl.concat([alive.cast(STATES), dropped.cast(STATES)])
 
 
 def unusable_pairs(preferences: pl.DataFrame) -> pl.DataFrame:
@@ -152,13 +302,14 @@ def _states(
     preferences: pl.DataFrame,
     identical: pl.DataFrame,
     judged: CurationResult,
-    rejected_side: CurationResult,
+    rejected_side: pl.DataFrame,
     duplicates: pl.DataFrame,
     kept: pl.DataFrame,
 ) -> pl.DataFrame:
     """One final state per pair, in the order the pair met the rules: content (prompt and
-    chosen), then the rejected side, then duplicates; the first drop names the rule."""
-    rejected_states = rejected_side.states.select(
+    chosen), then the rejected side (``_rejected_states``), then duplicates; the first drop
+    names the rule."""
+    rejected_states = rejected_side.select(
         "row_id",
         pl.col("state").alias("r_state"),
         pl.col("rule").alias("r_rule"),

@@ -589,6 +589,39 @@ def test_python_mirror_matches_the_filter_on_the_sample() -> None:
         assert got.get((row["id"], 1), answer) == resolution.answer
 
 
+def test_map_answers_maps_as_the_filter_does() -> None:
+    """``map_answers`` (what a preference pair's rejected answer goes through) gives every
+    answer of the FLAN sample the filter's rewrite, and names the letter that names no option
+    where the filter drops the row for it."""
+    conversations, findings = flan_sample()
+    got = {(r, t): c for r, t, c in findings.rewrites.iter_rows()}
+    rows = conversations.select(
+        "id",
+        prompt=pl.col("messages").list.first().struct.field("content"),
+        answer=pl.col("messages").list.last().struct.field("content"),
+    ).filter(pl.col("id").is_in(findings.ledger["row_id"].implode()))
+    mapped = options.map_answers(rows["prompt"], rows["answer"])
+    assert mapped.height == rows.height > 70 and mapped["unresolved"].null_count() == rows.height
+    expected = [got.get((i, 1), a) for i, a in zip(rows["id"], rows["answer"], strict=True)]
+    assert mapped["answer"].to_list() == expected
+    assert sum(e != a for e, a in zip(expected, rows["answer"], strict=True)) >= 10
+
+    prompt = "Which is a mammal?\nOPTIONS:\n(A) shark\n(B) dolphin"
+    cases = ["(F)", "A shark.", None, "So the answer is (A).", "8"]
+    odd = options.map_answers(pl.Series([prompt] * len(cases)), pl.Series(cases))
+    assert odd.rows() == [
+        ("(F)", "F"),
+        ("A shark.", None),
+        (None, None),
+        ("So the answer is shark.", None),
+        ("8", None),
+    ]
+    assert run(prompt, "(F)").ledger["rule"].to_list() == [
+        "options.explicit",
+        "options.unresolvable_letter",
+    ]
+
+
 # ---- odd input -------------------------------------------------------------------------------
 
 

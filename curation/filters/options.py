@@ -4,7 +4,10 @@ Why: people do not hand an assistant a menu of answers. A model trained on many 
 in "OPTIONS:\\n(A) ...\\n(B) ..." learns a format that never occurs in real conversations, and
 answers that are only a letter ("(B)") teach nothing once the options are gone. Rewriting removes
 the options block so the prompt reads as a natural question, and turns a letter answer into the
-option's text so the pair still makes sense.
+option's text so the pair still makes sense. In a preference pair the rejected answer, which the
+filters do not judge, gets the same mapping (``map_answers``, called by ``curation.preferences``):
+otherwise the pair would prefer "dolphin" over "(D) octopus", a difference of form a reward model
+learns instead of the content.
 
 What counts as options (``OPTIONS_PATTERN``, one regex, so the FLAN reader's ``has_options`` flag
 and this filter never disagree):
@@ -625,6 +628,38 @@ def resolve(prompt: str, answer: str | None, blocks: Sequence[str] | None = None
 
     new_answer = letter.answer_is.sub(fill_answer, answer)
     return Resolution(new_prompt, new_answer, unresolved[0] if unresolved else None)
+
+
+def map_answers(prompts: pl.Series, answers: pl.Series) -> pl.DataFrame:
+    """Each answer as the rewrite leaves it when it answers the user turn in ``prompts`` (as
+    written, options still in): columns ``answer`` (a letter turned into its option's text, or as
+    given) and ``unresolved`` (the letter that names no option, else null). The filter's own
+    letter step, for an answer the filter did not see: a preference pair's rejected answer,
+    which must end in the same form as the chosen one once the options are gone. Only answers
+    that look like a letter reference go to Python, with the blocks polars found."""
+    frame = pl.DataFrame({"prompt": prompts, "answer": answers}, schema=_ANSWERS)
+    frame = frame.with_row_index("order").with_columns(
+        needs=pl.col("answer").str.contains(LETTER_CANDIDATE).fill_null(False)
+    )
+    lettered = frame.filter("needs").with_columns(found=pl.col("prompt").str.extract_all(BLOCKS))
+    resolved = [
+        resolve(p, a, b)
+        for p, a, b in zip(
+            lettered["prompt"], lettered["answer"], lettered["found"].to_list(), strict=True
+        )
+    ]
+    lettered = lettered.select(
+        "order",
+        pl.Series("answer", [r.answer for r in resolved], dtype=pl.String),
+        pl.Series("unresolved", [r.unresolved for r in resolved], dtype=pl.String),
+    )
+    plain = frame.filter(~pl.col("needs")).select(
+        "order", "answer", unresolved=pl.lit(None, dtype=pl.String)
+    )
+    return pl.concat([plain, lettered]).sort("order").select("answer", "unresolved")
+
+
+_ANSWERS = pl.Schema({"prompt": pl.String, "answer": pl.String})
 
 
 def strip_options(prompt: str) -> str:
