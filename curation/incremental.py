@@ -120,6 +120,7 @@ CODE_MODULES = (
     "curation/append.py",
     "curation/schema.py",
     "curation/tokens.py",
+    "curation/preferences.py",
 )
 
 

@@ -238,6 +238,12 @@ def test_rewrite_removes_block_and_keeps_question() -> None:
             "It becomes ...",
             "higher",
         ),
+        (
+            "Which is a mammal?\nOPTIONS:\n(A) shark\n(B) dolphin",
+            "(B) dolphin. Dolphins breathe air.",
+            "Which is a mammal?",
+            "dolphin. Dolphins breathe air.",
+        ),
         ("Which one? Options: (a) red (b) blue", "b", "Which one?", "blue"),
         ("Which one?\nAvailable choices:\n[a] red\n[b] blue", "[B]", "Which one?", "blue"),
         ("Which one?\nPossible answers:\n1) a cat\n2) a dog", "2", "Which one?", "a dog"),

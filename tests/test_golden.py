@@ -21,7 +21,7 @@ SOURCES = [
     ("ultrafeedback", ["ultrafeedback.jsonl", "synthetic_ultrafeedback.jsonl"]),
     ("jsonl", ["synthetic_chat.jsonl"]),
 ]
-GOLDEN_CURATED_SFT = "bdda382f1848386c33c195255aedd2f86d2353cfdff87b04c3b123afcc7ab000"
+GOLDEN_CURATED_SFT = "c3dc9fa54a42fab42c544f5bb1e66c7a805ce8b1db48acdf659d8a1d4c323c2c"
 
 
 def curated_sft() -> pl.DataFrame:

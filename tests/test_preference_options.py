@@ -153,11 +153,7 @@ def test_rejected_answer_that_cannot_be_mapped_like_the_chosen_one(tmp_path: Pat
     The same pairs curate alike from JSONL and Parquet."""
     rows = [
         {"prompt": MAMMAL, "chosen": "(B)", "rejected": "(F)"},
-        {
-            "prompt": MAMMAL,
-            "chosen": "(B) dolphin. Dolphins breathe air.",
-            "rejected": "(B)",
-        },
+        {"prompt": MAMMAL, "chosen": "(B) dolphin", "rejected": "(B)"},
         {"prompt": MAMMAL, "chosen": "(B)", "rejected": "(A) shark"},
     ]
     results = []

@@ -610,7 +610,12 @@ def resolve(prompt: str, answer: str | None, blocks: Sequence[str] | None = None
     with_text = letter.label_text.fullmatch(stripped)
     if with_text:  # "(A) higher", "[b]. blue"
         text = _lookup(choices, with_text.group(1).upper())
-        return Resolution(new_prompt, text or with_text.group(2).strip(WHITESPACE), None)
+        said = with_text.group(2).strip(WHITESPACE)
+        # "(B) dolphin. Dolphins breathe air ...": only the label goes; cutting the answer to
+        # the option's text threw its explanation away
+        if text is not None and said.casefold().startswith(text.casefold().rstrip(".")):
+            return Resolution(new_prompt, said, None)
+        return Resolution(new_prompt, text or said, None)
     with_text = letter.open_label_text.fullmatch(stripped)
     if with_text:  # "B. Jupiter", "b) blue": only when the text is that option's
         text = _lookup(choices, with_text.group(1).upper())
