@@ -4,22 +4,17 @@ dagster-polars 0.27 cannot read back under polars 2.x, and we need little of it:
 named set of frames, stored as a folder) per asset and partition. ``base_dir`` is a local path
 or any fsspec URL (``s3://bucket/prefix``) through universal-pathlib.
 
-A named set of frames is one output: a reader must get all of them from the same write. Each
-file being atomic is not enough (a run killed after replacing ``conversations.parquet`` left
-it beside the previous run's ``preferences.parquet``), so the set is written into a fresh
-sibling folder and swapped in whole (``replace_folder``); the postforge CLI replaces its
-``--out`` folder the same way.
+A named set of frames is one output: a reader must get all of them from the same write, so
+it is written into a fresh sibling folder and swapped in whole (curation.folders, shared with
+the postforge CLI, which must not import dagster); an object store, which cannot rename a
+folder, gets versioned sets behind a pointer instead (below).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +22,8 @@ import dagster as dg
 import polars as pl
 from upath import UPath
 
+from curation.folders import READ_ATTEMPTS, current_folder, read_tables
+from curation.folders import write_tables as write_local_tables
 from curation.storage import PartSet, PartUpdate, read_manifest, write_parquet, write_parts
 
 PREVIEW_ROWS = 5
@@ -76,162 +73,6 @@ def read_frame(path: UPath) -> pl.DataFrame:
         return pl.read_parquet(handle)
 
 
-# --- a folder of tables replaced as a whole ------------------------------------------------------
-#
-# The new set is written into ``.<name>.tmp-*`` beside the target; then the target is renamed to
-# ``.<name>.old-*``, the new folder renamed into its place, and the old one removed. A kill
-# before the first rename leaves the old set in place; between the renames, the old set aside
-# (readers read it there; the next write puts it back); after them, the new set. A folder in
-# place is never written into, so a reader holding it open sees one set or, when it is being
-# removed, missing files, and reads again.
-
-LEFTOVER = r"\.(?P<kind>tmp|old)-\d{20}-(?P<pid>\d+)-[0-9a-f]{8}"
-READ_ATTEMPTS = 5
-
-
-def _leftover(target: Path, kind: str) -> Path:
-    # time first, so the newest of several folders set aside sorts last
-    stamp = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    return target.with_name(f".{target.name}.{kind}-{stamp}")
-
-
-def _leftovers(target: Path, kind: str | None = None, dead_only: bool = False) -> list[Path]:
-    """What writes of ``target`` left beside it, oldest first; ``dead_only``: only those of
-    writers no longer running (another process writing the same target keeps its folders)."""
-    if not target.parent.is_dir():
-        return []
-    pattern = re.compile(re.escape(f".{target.name}") + LEFTOVER)
-    found = []
-    for entry in target.parent.iterdir():
-        match = pattern.fullmatch(entry.name)
-        if match is None or kind not in (None, match["kind"]):
-            continue
-        if not dead_only or not _running(int(match["pid"])):
-            found.append(entry)
-    return sorted(found, key=lambda p: p.name)
-
-
-def _running(pid: int) -> bool:
-    """Another process with this id is running here (our own leftovers are never in use: a
-    write cleans up after itself before it returns or raises)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def current_folder(target: Path) -> Path | None:
-    """The folder holding ``target``'s current set: ``target``, or, when a write was killed
-    between its two renames, the set it had moved aside; None when neither exists."""
-    if target.is_dir():
-        return target
-    aside = _leftovers(target, "old")
-    return aside[-1] if aside else None
-
-
-def sweep_folder(target: Path) -> None:
-    """Put back the set a write killed between its renames left aside, and remove every other
-    leftover (partial new sets, old sets already replaced). Writers call it; readers never
-    move anything."""
-    aside = _leftovers(target, "old")
-    if not target.exists() and aside and not _running(_pid(aside[-1])):
-        aside[-1].rename(target)
-    for leftover in _leftovers(target, dead_only=True):
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _pid(leftover: Path) -> int:
-    return int(leftover.name.rsplit("-", 2)[1])
-
-
-def replace_folder(target: Path, fill: Callable[[Path], None]) -> Path:
-    """Make ``target`` hold exactly what ``fill`` writes into the (empty, existing) folder it
-    is given, all at once: readers see the previous contents or the new ones, never a mix,
-    whenever this process is killed. ``fill`` must write into that folder only and must not
-    create it again (polars does not create missing folders)."""
-    sweep_folder(target)
-    staging = _leftover(target, "tmp")
-    staging.mkdir(parents=True)
-    # Held open so that its identity can be checked: a folder of that name made again by
-    # ``fill`` after a sweep on another machine removed ours would hold part of the set.
-    handle = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
-    aside = None
-    try:
-        fill(staging)
-        if not os.path.samestat(os.fstat(handle), os.stat(staging)):
-            raise FileNotFoundError(f"{staging}: removed while it was written")
-        if target.exists():
-            aside = _leftover(target, "old")
-            target.rename(aside)
-        staging.rename(target)
-    except BaseException:
-        if aside is not None and not target.exists():
-            aside.rename(target)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        os.close(handle)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-    return target
-
-
-def read_tables(target: Path, names: Iterable[str] | None = None) -> dict[str, pl.DataFrame]:
-    """``target``'s tables (``<name>.parquet``; all of them, or those of ``names`` present),
-    every one from the same set even while a write replaces it. Raises FileNotFoundError when
-    there is no set, ValueError naming the file when one cannot be read."""
-    wanted = None if names is None else set(names)
-    for attempt in range(READ_ATTEMPTS):
-        folder = current_folder(target)
-        if folder is None:
-            raise FileNotFoundError(f"{target}: no stored tables")
-        try:
-            return _read_one_set(target, folder, wanted)
-        except (FileNotFoundError, _Replaced):
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-class _Replaced(Exception):
-    """The folder was replaced while it was read."""
-
-
-def _read_one_set(target: Path, folder: Path, wanted: set[str] | None) -> dict[str, pl.DataFrame]:
-    """Listing and files through one handle on the folder, so a rename cannot switch sets
-    half-way; the folder is still current afterwards, so none of its files had been removed
-    yet when it was listed (a folder is emptied only once it has been replaced)."""
-    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-
-        def opener(name: str, flags: int) -> int:
-            return os.open(name, flags, dir_fd=handle)
-
-        tables = {}
-        for name in sorted(os.listdir(handle)):
-            stem = name.removesuffix(".parquet")
-            if stem == name or name.startswith(".") or (wanted is not None and stem not in wanted):
-                continue
-            with open(name, "rb", opener=opener) as file:
-                try:
-                    tables[stem] = pl.read_parquet(file)
-                except Exception as error:  # polars raises several types for a damaged file
-                    raise ValueError(
-                        f"{folder / name}: not a readable Parquet file ({error})"
-                    ) from error
-        now = current_folder(target)
-        if now is None or not os.path.samestat(os.stat(now), os.fstat(handle)):
-            raise _Replaced(str(folder))
-        return tables
-    finally:
-        os.close(handle)
-
-
 def part_metadata(table: PartSet) -> dict[str, Any]:
     """Rows, schema and a preview of a parted table, read from its manifest and first part
     only (O(parts), not O(rows))."""
@@ -273,19 +114,10 @@ def _file_tag(path: Path) -> str:
 
 def write_tables(tables: dict[str, pl.DataFrame | pl.LazyFrame], path: UPath) -> None:
     """A named set of frames, replacing the previous set whole: ``path/<name>.parquet``
-    locally, ``path/_sets/<version>/<name>.parquet`` behind ``path/_set.json`` on an object
-    store."""
+    locally (curation.folders), ``path/_sets/<version>/<name>.parquet`` behind
+    ``path/_set.json`` on an object store."""
     if path.protocol in ("", "file", "local"):
-
-        def fill(folder: Path) -> None:
-            for name, frame in tables.items():
-                target = folder / f"{name}.parquet"
-                if isinstance(frame, pl.LazyFrame):
-                    frame.sink_parquet(target)
-                else:
-                    frame.write_parquet(target)
-
-        replace_folder(Path(path.path), fill)
+        write_local_tables(tables, Path(path.path))
         return
     _write_stored_set(tables, path)
 

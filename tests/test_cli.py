@@ -241,3 +241,33 @@ def test_a_killed_run_leaves_the_previous_outputs_whole(tmp_path, sources, point
     assert cli(*argv) == 0
     assert set(pl.read_parquet(o4 / "conversations.parquet")["source"]) == {"chat"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cur", "o4"]
+
+
+# ingest, profile (default tokenizer: the embedded corpus) and curate in one process, then
+# which of dagster and assets/ that process imported.
+IMPORTS_OF_A_RUN = """
+import sys
+from pipelines.cli import main
+
+hh, tokenizer, root = sys.argv[1:]
+codes = [
+    main(["ingest", "--format", "hh", hh, "--out", root + "/in"]),
+    main(["profile", root + "/in", "--out", root + "/profile", "--vocab-size", "300"]),
+    main(["curate", root + "/in", "--out", root + "/cur", "--tokenizer", tokenizer]),
+]
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("dagster", "assets", "upath"))
+print(codes, loaded[:5])
+"""
+
+
+def test_ingest_profile_and_curate_do_not_import_dagster(tmp_path, sources):
+    """Importing dagster costs about a second of every run's start-up; only `demo` needs it."""
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_OF_A_RUN, sources["hh"], sources["tokenizer"], tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[0, 0, 0] []"
+    assert (tmp_path / "cur" / "curated_preferences.parquet").exists()

@@ -269,8 +269,6 @@ def test_a_set_killed_mid_write_loads_whole_and_the_next_write_succeeds(tmp_path
 def test_a_reader_never_mixes_two_sets_when_a_write_swaps_them_mid_read(tmp_path, monkeypatch):
     """A write that completes between a reader's first and second table: the reader reads
     again and gets the new set whole."""
-    from assets import io_manager
-
     io = PolarsParquetIOManager(base_dir=str(tmp_path))
     _store(io, OLD_SET)
     read, calls = pl.read_parquet, []
@@ -282,7 +280,7 @@ def test_a_reader_never_mixes_two_sets_when_a_write_swaps_them_mid_read(tmp_path
             _store(io, NEW_SET)
         return frame
 
-    monkeypatch.setattr(io_manager.pl, "read_parquet", read_then_replace)
+    monkeypatch.setattr(pl, "read_parquet", read_then_replace)
     assert _load(io) == NEW_SET
     assert len(calls) > len(NEW_SET)  # it did read the old set first
 
@@ -301,7 +299,7 @@ def test_a_write_sweeps_what_dead_writers_left_and_not_a_running_writers_folders
     import subprocess
     import sys
 
-    from assets.io_manager import current_folder, sweep_folder
+    from curation.folders import current_folder, set_folders, sweep_folder
 
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -317,6 +315,7 @@ def test_a_write_sweeps_what_dead_writers_left_and_not_a_running_writers_folders
         dead_tmp, live_tmp = leftover("tmp", finished.pid, 1), leftover("tmp", running.pid, 2)
         dead_old, live_old = leftover("old", finished.pid, 3), leftover("old", running.pid, 4)
         assert current_folder(tmp_path / "raw_hh") == live_old  # readers take the newest
+        assert set_folders(tmp_path) == [tmp_path / "raw_hh"]  # listed by its own name
         sweep_folder(tmp_path / "raw_hh")  # the running writer is between its renames
         assert not (tmp_path / "raw_hh").exists() and live_old.exists() and live_tmp.exists()
         assert not dead_tmp.exists() and not dead_old.exists()
