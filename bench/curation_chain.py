@@ -14,9 +14,11 @@ What runs, each in a fresh child process (so its peak RSS, VmHWM, is its own):
 - ``postforge comparable`` again on the baseline's slice, for a ratio at equal input size.
 - ``pandas``: ``df.apply(RowByRow(tokenizer), axis=1)`` over the first ``--slice`` rows: the
   same rule patterns through Python's ``re`` and the modules' own row-by-row helpers
-  (``references.detect``/``strip``, ``pii.redact``, ``options.resolve``/``strip_options``,
-  ``safety.scan``; they run every rule on every text, without the filters' prefilters),
-  ``tokenizer.encode`` per text, a dict for exact duplicates. One core, as row-by-row pandas
+  (``references.detect``/``strip``/``left_nothing``, and ``requested`` on the user and system
+  turns, whose answer is kept; ``pii.redact``; ``options.resolve``/``strip_options``;
+  ``safety.scan`` given the whole conversation, where the paired rules find their subject; they
+  run every rule on every text, without the filters' prefilters), ``curate``'s role-order check,
+  ``tokenizer.encode`` per text, a set for exact duplicates. One core, as row-by-row pandas
   is; polars uses all of them. Row-by-row cost is linear, so its rows/s on the slice
   extrapolates to N rows.
 
@@ -512,6 +514,7 @@ class RowByRow:
 
         self.redact = pii.redact
         self.detect, self.strip = references.detect, references.strip
+        self.requested, self.left_nothing = references.requested, references.left_nothing
         self.has_options, self.resolve = options.has_options, options.resolve
         self.strip_options = options.strip_options
         self.scan = safety.scan
@@ -529,10 +532,14 @@ class RowByRow:
         options.strip_options("")
         references.detect("")
         references.strip("")
+        references.requested("")
+        safety.scan("")
 
     def __call__(self, row: pd.Series) -> list[tuple[str, str]]:
         turns = [(m["role"], m["content"]) for m in row["messages"]]
-        found: list[tuple[str, str]] = []
+        found = self.role_order(turns)
+        if found:
+            return found
         for stage in (self.quality, self.pii, self.references, self.options, self.safety):
             turns, verdicts = stage(turns)
             found += verdicts
@@ -544,6 +551,19 @@ class RowByRow:
             if any(v == "drop" for _, v in verdicts):
                 return found
         return found
+
+    @staticmethod
+    def role_order(turns: Turns) -> Verdicts:
+        """``curate``'s structural ``structure.role_order``, which runs before every filter:
+        user and assistant alternate after an optional leading system message (a conversation
+        may end on a user turn). The generated rows are all in order; the check is here so
+        that a change to the generator cannot make the two sides disagree unseen."""
+        lead = 1 if turns and turns[0][0] == "system" else 0
+        for i, (role, _) in enumerate(turns):
+            expected = "system" if i < lead else ("user", "assistant")[(i - lead) % 2]
+            if role != expected:
+                return [("structure.role_order", "drop")]
+        return []
 
     def quality(self, turns: Turns) -> tuple[Turns, Verdicts]:
         out = []
@@ -568,14 +588,24 @@ class RowByRow:
 
     def references(self, turns: Turns) -> tuple[Turns, Verdicts]:
         fired: set[str] = set()
-        emptied = False
-        new = []
+        per_turn: list[list[str]] = []
         for role, content in turns:
             rules = self.detect(content) if role == "assistant" else []
+            fired.update(rules)
+            per_turn.append(rules)
+        if not fired:
+            return turns, []
+        # A prompt that asks for references gets its answer unchanged (keep_requested).
+        if any(self.requested(c) for role, c in turns if role != "assistant"):
+            return turns, [(rule, "keep") for rule in sorted(fired)]
+        emptied = False
+        new = []
+        for (role, content), rules in zip(turns, per_turn, strict=True):
             if rules:
-                fired.update(rules)
-                content = self.strip(content, rules)
-                emptied = emptied or content == ""
+                stripped = self.strip(content, rules)
+                # Nothing left, or only the line that introduced the removed list.
+                emptied = emptied or (stripped != content and self.left_nothing(content, stripped))
+                content = stripped
             new.append((role, content))
         verdict = "drop" if emptied else "rewrite"
         return (turns if emptied else new), [(rule, verdict) for rule in sorted(fired)]
@@ -614,8 +644,11 @@ class RowByRow:
 
     def safety(self, turns: Turns) -> tuple[Turns, Verdicts]:
         out: set[tuple[str, str]] = set()
+        # The paired rules (weapons and drug steps, minors) look for their subject, and for what
+        # clears it, in every turn: the prompt names what the answer's steps build.
+        conversation = "\n\n".join(content for _, content in turns)
         for role, content in turns:
-            for rule in self.scan(content):
+            for rule in self.scan(content, conversation=conversation):
                 if role == "assistant":
                     out.add((rule, "drop"))
                 else:
