@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from curation.curate import STATES
+from curation.folders import current_folder, set_folders
 from curation.schema import LEDGER, REJECTED, stable_id
 from curation.storage import MANIFEST, read_manifest
 
@@ -51,14 +52,24 @@ class TraceError(ValueError):
 
 def _members(folder: Path, member: str) -> list[Path]:
     """``folder/member.parquet``; or, for a table stored as parts, the member in each part its
-    manifest names (never a part being written); or the member in each partition sub-folder."""
+    manifest names (never a part being written); or the member in each partition sub-folder.
+
+    A set of tables is replaced whole (curation.folders): its current contents are in
+    ``current_folder`` (the set a killed write moved aside, when that is all there is), never
+    in a ``.NAME.tmp-*`` staging folder or an ``.NAME.old-*`` set already replaced."""
+    folder = current_folder(folder) or folder
     direct = folder / f"{member}.parquet"
     if direct.is_file():
         return [direct]
     table = read_manifest(folder)
     if table is not None:
         return table.paths(member) if member in table.members else []
-    return sorted(p for p in folder.glob(f"*/{member}.parquet") if p.is_file())
+    found = []
+    for partition in set_folders(folder):
+        path = (current_folder(partition) or partition) / f"{member}.parquet"
+        if path.is_file():
+            found.append(path)
+    return found
 
 
 def _asset_files(outputs: Path, name: str) -> list[Path]:
@@ -71,7 +82,7 @@ def _asset_files(outputs: Path, name: str) -> list[Path]:
     table = read_manifest(folder)
     if table is not None and not table.members:
         return table.paths()
-    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    return sorted(folder.glob("[!.]*.parquet")) if folder.is_dir() else []
 
 
 def _scan(paths: Sequence[Path], columns: Sequence[str]) -> pl.DataFrame | None:
@@ -116,7 +127,8 @@ def _read_rows(paths: Sequence[Path], kind: str, asset: str | None) -> pl.DataFr
 
 
 def _raw_folders(outputs: Path) -> list[Path]:
-    return sorted(p for p in outputs.glob(f"{RAW_PREFIX}*") if p.is_dir())
+    """Each raw asset's folder by its own name, also when a killed write left its set aside."""
+    return [p for p in set_folders(outputs) if p.name.startswith(RAW_PREFIX)]
 
 
 def _with_asset(frame: pl.DataFrame | None, asset: str) -> pl.DataFrame | None:
@@ -235,7 +247,7 @@ def load_catalog(outputs: str | Path) -> Catalog:
 def _ledger_folders(outputs: Path) -> list[Path]:
     """Curation ledgers: any asset folder with a states table (every row's final state)."""
     found = []
-    for folder in sorted(p for p in outputs.iterdir() if p.is_dir()):
+    for folder in set_folders(outputs):  # not a writer's hidden staging or set-aside folders
         if folder.name in SKIPPED_DIRS or folder.name.startswith(RAW_PREFIX):
             continue
         if _members(folder, "states"):
@@ -664,7 +676,7 @@ def _dataset_hits(outputs: Path, ids: set[str]) -> list[dict[str, Any]]:
     hits = []
     if not root.is_dir():
         return hits
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for split in ("train", "test"):
             split_ids = dataset_ids(folder, split)
             if not split_ids:

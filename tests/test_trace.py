@@ -516,3 +516,73 @@ def test_a_row_the_stage_left_out_is_not_claimed(outputs, tmp_path):
     assert (sft["stage"], sft["status"], sft["why"]) == ("sft", "left out", "left out by the stage")
     claimed = {c["stage"]: c["via"] for c in trace_row(kept, copy)["checkpoints"]}
     assert claimed == {"sft": "dataset", "dpo": "parent"}
+
+
+def _staged(target: Path, kind: str, tables: dict[str, pl.DataFrame]) -> Path:
+    """A folder a killed write left beside ``target``, named as curation.folders names them:
+    ``tmp`` a new set it was writing, ``old`` the previous set it had moved aside."""
+    from curation.folders import _leftover
+
+    folder = _leftover(target, kind)
+    folder.mkdir(parents=True)
+    for name, frame in tables.items():
+        frame.write_parquet(folder / f"{name}.parquet")
+    return folder
+
+
+def test_a_trace_reads_the_current_set_and_never_a_killed_writes_leftovers(outputs, tmp_path):
+    """Writes killed mid-way: raw_flan's set moved aside between the renames (raw_flan gone)
+    beside a half-written new set; a drop partition the same way; a ledger set with a staging
+    copy. The trace reads each set where it is now, under its own name, and nothing staged."""
+    from curation.folders import write_tables
+
+    copy = tmp_path / "outputs"
+    shutil.copytree(outputs, copy)
+    raw_flan = copy / "raw_flan"
+    flan = pl.read_parquet(raw_flan / "conversations.parquet")
+    row = flan.row(0, named=True)
+
+    def renamed(new_id: str) -> pl.DataFrame:
+        ids = {"id": pl.lit(new_id), "source_id": pl.lit(new_id)}
+        if "source_ids" in flan.columns:
+            ids["source_ids"] = pl.concat_list(pl.lit(new_id))
+        return flan.head(1).with_columns(**ids)
+
+    raw_flan.rename(_staged(raw_flan, "old", {}))  # the first rename, as replace_folder does
+    _staged(raw_flan, "tmp", {"conversations": renamed("staged-flan-row")})
+    drop = copy / "raw_drops" / "2026-11-27"
+    write_tables({"conversations": renamed("drop-row")}, drop)
+    drop.rename(_staged(drop, "old", {}))
+    _staged(drop, "tmp", {"conversations": renamed("staged-drop-row")})
+    states = pl.DataFrame(
+        {"row_id": [row["id"]], "source": ["flan"], "state": ["dropped"], "rule": ["extra.rule"]},
+        schema_overrides={"reason": pl.String},
+    ).with_columns(reason=pl.lit("too colourful"))
+    ledger = states.select(
+        "row_id", stage=pl.lit("extra"), rule="rule", verdict=pl.lit("drop"), reason="reason"
+    ).with_columns(score=pl.lit(None, dtype=pl.Float64))
+    extra = copy / "extra_ledger"
+    write_tables({"ledger": ledger, "states": states}, extra)
+    staged_states = states.with_columns(rule=pl.lit("staged.rule"))
+    _staged(
+        extra,
+        "tmp",
+        {"ledger": ledger.with_columns(rule=pl.lit("staged.rule")), "states": staged_states},
+    )
+    assert not raw_flan.exists() and not drop.exists()
+
+    report = trace_row(row["id"], copy)
+    assert {(r["id"], r["asset"]) for r in report["read"] if r["kind"] == "conversation"} == {
+        (row["id"], "raw_flan")
+    }
+    assert {(s["asset"], s["rule"]) for s in report["states"] if s["rule"] is not None} >= {
+        ("extra_ledger", "extra.rule")
+    }
+    assert not any(s["asset"].startswith(".") for s in report["states"] + report["verdicts"])
+    assert "staged.rule" not in {v["rule"] for v in report["verdicts"]}
+    (rejected,) = trace_row("trace_flan.jsonl:3", copy)["ingest_rejects"]["unreadable"]
+    assert rejected["asset"] == "raw_flan"
+    assert [r["asset"] for r in trace_row("drop-row", copy)["read"]] == ["raw_drops"]
+    for staged in ("staged-flan-row", "staged-drop-row"):
+        with pytest.raises(TraceError, match="no row with id"):
+            trace_row(staged, copy)
