@@ -6,6 +6,7 @@ agree with the vectorised filter everywhere."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +14,7 @@ import pytest
 
 from curation.filters.base import FINDINGS, REWRITES, Batch, Findings, Policy
 from curation.filters.pii import (
+    _PREFILTERS,
     CHECKS,
     PLACEHOLDERS,
     RULES,
@@ -413,6 +415,22 @@ def test_vectorised_matches_python_reference() -> None:
         assert new.get(i, text) == expected, text
         got = {r: n for (j, r), n in by_rule.items() if j == i}
         assert got == expected_counts, text
+
+
+def test_prefilters_keep_every_candidate() -> None:
+    # The scan over every message looks for _PREFILTERS, the rules without their \b and, for
+    # phone numbers and addresses, without the arithmetic or the word they take around the
+    # number: a candidate without a match of it would leave its message unredacted.
+    texts = _sample_texts() + [t for _, t, _ in POSITIVES] + NEGATIVES
+    texts += ["Step 3: x = 555-1234 + 3", "Python 3.11.4.2 on 203.0.113.7", "ver 1.2.3.4 v9.9.9.9"]
+    seen = set()
+    for rule, pattern in RULES:
+        prefilter = re.compile(_PREFILTERS[rule])
+        for text in texts:
+            for match in re.finditer(pattern, text):
+                assert prefilter.search(match.group()), (rule, match.group())
+                seen.add(rule)
+    assert seen == {r for r, _ in RULES}
 
 
 def test_module_exports_for_baselines() -> None:

@@ -6,6 +6,7 @@ input. Python's ``re`` (``scan``, the row-by-row baseline) must agree with the v
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -343,6 +344,41 @@ def test_steps_and_minors_near_misses(prompt: str, answer: str) -> None:
     findings = SafetyFilter()(batch(conversation("r0", answer, prompt=prompt)))
     assert findings.ledger.is_empty(), findings.ledger
     assert scan(answer, conversation=f"{prompt}\n\n{answer}") == {}
+
+
+# Every step right after a list number or a bullet, with no blank before it.
+EDGE_STEPS = [
+    "Step 1Drill a hole in one end cap.\nStep 2Fill the pipe with [removed].",
+    "-Fill the pipe with [removed]\n•Insert the fuse",
+    "1)Crush the pills.\n2)Filter the solution.",
+]
+
+
+def test_hints_keep_every_paired_hit() -> None:
+    # The filter looks for a paired rule's hits only in messages that match its hint (the hit's
+    # core without boundaries, after a character that is no letter): a hit outside one would
+    # never be seen.
+    texts = [t for _, p, a in PAIRED_POSITIVES for t in (p, a)]
+    texts += [t for pair in PAIRED_NEGATIVES for t in pair] + EDGE_STEPS
+    texts.append("The report described sexual contact with a child.")  # the one phrase rule
+    seen = set()
+    for paired in PAIRED:
+        assert paired.hint is not None, paired.rule
+        hint = re.compile(paired.hint)
+        for text in texts:
+            for match in re.finditer(paired.pattern, text):
+                assert hint.search(text, max(match.start() - 1, 0), match.end()), match.group()
+                seen.add(paired.pattern)
+    assert seen == {p.pattern for p in PAIRED}
+
+
+@pytest.mark.parametrize("answer", EDGE_STEPS)
+def test_steps_at_odd_starts_agree_with_the_reference(answer: str) -> None:
+    prompt = "How do I make a pipe bomb out of meth?"
+    findings = SafetyFilter()(batch(conversation("r0", answer, prompt=prompt)))
+    expected = scan(answer, conversation=f"{prompt}\n\n{answer}")
+    assert expected  # each is a hit, of weapons or drugs
+    assert set(fired(findings)) - {"safety.prompt_weapons"} == set(expected)
 
 
 def test_protective_words_anywhere_in_the_conversation_clear_minors() -> None:

@@ -50,9 +50,10 @@ rule's ``GUARDS`` pattern matches it as a whole: a vectorised check on the extra
 Speed. Word boundaries are written as ``(?:^|\\W)`` / ``(?:$|\\W)`` rather than ``\\b``: a Unicode
 ``\\b`` makes the regex crate's lazy DFA give up on any non-ASCII text (the profanity list ran 150x
 slower), and a consumed boundary character is harmless when only asking "does it match". Three
-scans cover every message (the word list; the phrase rules as one pattern, see ``_prefilters``;
-the paired rules' subjects); the exact rules and guards then run only on the few messages those
-keep, the paired rules' steps only in the conversations that name a subject.
+scans cover every message (the rules in two groups, see ``_prefilters``; the paired rules' hits
+without their boundaries, ``Paired.hint``); the exact rules and guards then run only on the few
+messages those keep, and the paired rules look for their subjects only in the conversations of
+the few messages with a hint.
 OpenAssistant meta is scanned as raw JSON for a number that may reach a threshold before any
 JSON is decoded.
 
@@ -527,10 +528,11 @@ def _rules() -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
     return tuple(rules), tuple(guards)
 
 
-# Rules whose bare hits share one prefilter scan. All five in one pattern overflow the lazy DFA's
-# cache (a 10 MB answer took 25 s instead of 0.05 s); the word list alone and the four phrase rules
-# together each stay fast.
-_PREFILTER_GROUPS = (("profanity",), ("abuse", "violence", "self_harm", "weapons", "drugs"))
+# Rules whose bare hits share one prefilter scan. All in one pattern overflow the lazy DFA's cache
+# (a 10 MB answer took 25 s instead of 0.05 s). These two groups each scan about as fast as one
+# rule alone (0.03 s over the curation chain bench's 200k answers, 0.06 s over 10 MB of text
+# without a hit); weapons beside abuse, violence and self-harm made that group's scan 3x slower.
+_PREFILTER_GROUPS = (("profanity", "drugs", "weapons"), ("abuse", "violence", "self_harm"))
 
 
 @cache
@@ -560,7 +562,10 @@ class Paired:
     ``min_distinct`` different hits of ``pattern`` in one message (compared by their words in
     lower case), and a hit of ``also`` in that message when set; none at all when ``unless``
     occurs anywhere in the conversation. ``what``: when set, the reason says this instead of
-    quoting the hit."""
+    quoting the hit. ``hint``: a pattern that every message with a hit of ``pattern`` matches
+    and that the regex crate's lazy DFA runs fast (no Unicode ``\\b``): the filter scans every
+    message with it, and looks for subjects and hits only in the conversations it keeps (None:
+    ``pattern`` itself)."""
 
     rule: str
     subject: str
@@ -569,6 +574,7 @@ class Paired:
     also: str | None = None
     unless: str | None = None
     what: str | None = None
+    hint: str | None = None
 
 
 def _words(core: str) -> str:
@@ -577,20 +583,45 @@ def _words(core: str) -> str:
 
 def _hit(core: str, start: str = r"\b", end: str = r"\b") -> str:
     # A zero-width end, so the punctuation after one step can start the next (the regex crate
-    # leaves its fast DFA for a Unicode \b, fine here: only messages with a subject get here).
+    # leaves its fast DFA for a Unicode \b, fine here: only messages ``_hint`` keeps get here).
     return "(?i:" + start + "(?:" + core + ")" + end + ")"
+
+
+def _hint(core: str) -> str:
+    """What every hit of ``_hit(core, ...)`` contains: the core without its word boundaries,
+    after the start of the text or a character that is no ASCII letter (what ends a step's
+    start: a line break, punctuation, a blank, a list number; or a ``\\b`` before a word).
+    Dropping a zero-width assertion or a leading part only relaxes a pattern, so the hits are a
+    subset of its matches; and it is rare (a step or a sexual phrase, where a subject is not:
+    "child" or "kids" is in one generated conversation in fifteen). The character before the
+    core keeps the regex crate's lazy DFA from starting a match at every position (a quarter
+    faster)."""
+    return "(?:^|[^A-Za-z])(?i:" + core.replace(r"\b", "") + ")"
 
 
 _NOT_QUOTED = "sexual content involving a minor (not quoted)"
 PAIRED: tuple[Paired, ...] = (
-    Paired("safety.weapons", _words(_WEAPON_SUBJECT), _hit(_WEAPON_STEP, _STEP_START), 2),
-    Paired("safety.drugs", _words(_DRUG), _hit(_DRUG_STEP, _STEP_START, ""), 2),
+    Paired(
+        "safety.weapons",
+        _words(_WEAPON_SUBJECT),
+        _hit(_WEAPON_STEP, _STEP_START),
+        2,
+        hint=_hint(_WEAPON_STEP),
+    ),
+    Paired(
+        "safety.drugs",
+        _words(_DRUG),
+        _hit(_DRUG_STEP, _STEP_START, ""),
+        2,
+        hint=_hint(_DRUG_STEP),
+    ),
     Paired(
         "safety.minors",
         _words(_MINOR_WORD),
         _hit(_SEX_INVOLVING),
         unless=_words(_PROTECTIVE),
         what=_NOT_QUOTED,
+        hint=_hint(_SEX_INVOLVING),
     ),
     Paired(
         "safety.minors",
@@ -598,6 +629,7 @@ PAIRED: tuple[Paired, ...] = (
         _hit(_EROTIC_YOU),
         unless=_words(_PROTECTIVE),
         what=_NOT_QUOTED,
+        hint=_hint(_EROTIC_YOU),
     ),
     Paired(
         "safety.minors",
@@ -606,14 +638,19 @@ PAIRED: tuple[Paired, ...] = (
         also=_hit(_GROOM_SECRET),
         unless=_words(_PROTECTIVE),
         what="grooming of a minor (not quoted)",
+        hint=_hint(_GROOM_CLOSE),
     ),
 )
 
 
+def _hint_of(paired: Paired) -> str:
+    return paired.pattern if paired.hint is None else paired.hint
+
+
 @cache
-def _subject_scan(rules: tuple[str, ...]) -> str:
-    """One pattern that every message naming a subject of these paired rules matches."""
-    return "|".join(sorted({p.subject for p in PAIRED if p.rule in rules}))
+def _hint_scan(rules: tuple[str, ...]) -> str:
+    """One pattern that every message with a hit of these paired rules matches."""
+    return "|".join(sorted({_hint_of(p) for p in PAIRED if p.rule in rules}))
 
 
 # Words a step may start with that do not make it another step ("Then fill the pipe with").
@@ -925,12 +962,19 @@ class SafetyFilter:
             raise ValueError("judge_batch_size must be at least 1")
 
     def __call__(self, batch: Batch) -> Findings:
-        paired = self._paired_rows(batch.messages)
-        hits = [self._content(batch.messages.filter(pl.col("role") == "assistant"), "", paired)]
+        paired = self._paired_candidates(batch.messages)
+        answer, prompt = pl.col("role") == "assistant", pl.col("role") != "assistant"
+        hits = [
+            self._content(
+                batch.messages.filter(answer), "", [(p, m.filter(answer)) for p, m in paired]
+            )
+        ]
         if self.check_prompts:
             hits.append(
                 self._content(
-                    batch.messages.filter(pl.col("role") != "assistant"), "prompt_", paired
+                    batch.messages.filter(prompt),
+                    "prompt_",
+                    [(p, m.filter(prompt)) for p, m in paired],
                 )
             )
         detoxify = dict(self.detoxify_thresholds) if "detoxify" in self.rules else {}
@@ -971,28 +1015,35 @@ class SafetyFilter:
             .alias("verdict")
         )
 
-    def _paired_rows(self, messages: pl.DataFrame) -> list[tuple[Paired, pl.Series]]:
-        """Per active paired rule, the conversations it may fire in: a subject in some turn and
-        no ``unless`` in any. One scan over all messages keeps the few that name a subject."""
+    def _paired_candidates(self, messages: pl.DataFrame) -> list[tuple[Paired, pl.DataFrame]]:
+        """Per active paired rule, the messages it may fire on: a match of its hint, in a
+        conversation with a subject in some turn and no ``unless`` in any. One scan over all
+        messages keeps the few with a hint (a subject alone is common: "kids", "child"); the
+        subjects are looked for only in their conversations."""
         active = [p for p in PAIRED if p.rule.removeprefix("safety.") in self.rules]
         if not active or messages.is_empty():
             return []
-        scan_for = _subject_scan(tuple(sorted({p.rule for p in active})))
-        named = messages.filter(pl.col("content").str.contains(scan_for)).get_column("row_id")
-        if named.is_empty():
+        scan_for = _hint_scan(tuple(sorted({p.rule for p in active})))
+        hinted = messages.filter(pl.col("content").str.contains(scan_for))
+        if hinted.is_empty():
             return []
-        rows = messages.filter(pl.col("row_id").is_in(named.unique().implode()))
+        conversations = hinted.get_column("row_id").unique().implode()
+        rows = messages.filter(pl.col("row_id").is_in(conversations))
         out = []
         for paired in active:
-            allowed = rows.filter(pl.col("content").str.contains(paired.subject))["row_id"]
+            maybe = hinted.filter(pl.col("content").str.contains(_hint_of(paired)))
+            if maybe.is_empty():
+                continue
+            context = rows.filter(pl.col("row_id").is_in(maybe.get_column("row_id").implode()))
+            allowed = context.filter(pl.col("content").str.contains(paired.subject))["row_id"]
             if paired.unless is not None:
-                barred = rows.filter(pl.col("content").str.contains(paired.unless))["row_id"]
+                barred = context.filter(pl.col("content").str.contains(paired.unless))["row_id"]
                 allowed = allowed.filter(~allowed.is_in(barred.implode()))
-            out.append((paired, allowed.unique()))
+            out.append((paired, maybe.filter(pl.col("row_id").is_in(allowed.implode()))))
         return out
 
     def _content(
-        self, messages: pl.DataFrame, prefix: str, paired: list[tuple[Paired, pl.Series]]
+        self, messages: pl.DataFrame, prefix: str, paired: list[tuple[Paired, pl.DataFrame]]
     ) -> pl.DataFrame:
         """Content rules over ``messages``: one hit per (row, rule) with the first match."""
         side = "prompt" if prefix else "answer"
@@ -1000,7 +1051,7 @@ class SafetyFilter:
         if not (active or paired) or messages.is_empty():
             return pl.DataFrame(schema=_HIT)
         # Two scans over all messages keep the few that may hit; the rules (and their guards)
-        # then run on those only. Paired rules run on the conversations ``_paired_rows`` kept.
+        # then run on those only. Paired rules run on the messages ``_paired_candidates`` kept.
         names = tuple(r.removeprefix("safety.") for r, _ in active)
         candidates = messages.filter(
             pl.any_horizontal(
@@ -1021,10 +1072,9 @@ class SafetyFilter:
             name = rule.replace("safety.", "safety." + prefix)
             quote = _quoted(pl.col("content"))
             parts.append(found.with_columns(pl.lit(name).alias("rule"), quote.alias("quote")))
-        for rule, rows in paired:
-            if rows.len():
-                subset = messages.filter(pl.col("row_id").is_in(rows.implode()))
-                parts.append(self._paired(subset, rule, prefix))
+        for rule, candidates in paired:
+            if not candidates.is_empty():
+                parts.append(self._paired(candidates, rule, prefix))
         found = pl.concat([p.select(_FOUND.names()).cast(_FOUND) for p in parts])
         if found.is_empty():
             return pl.DataFrame(schema=_HIT)
