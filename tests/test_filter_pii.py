@@ -104,6 +104,18 @@ POSITIVES = [
     ("pii.ip", "connect to 203.0.113.20", "connect to <IP>"),
     ("pii.ip", "Server 203.0.113.7 is down.", "Server <IP> is down."),
     ("pii.ip", "From 198.51.100.23 we saw 40 logins.", "From <IP> we saw 40 logins."),
+    # A capitalised word alone (a name, a sentence's first word) makes no version: the number
+    # must look like one too (every part below 100, the first below 10), and after a software
+    # word a first part of 100 or more is still an address.
+    ("pii.ip", "Alice 203.0.113.7", "Alice <IP>"),
+    ("pii.ip", "Contact 198.51.100.23 for access.", "Contact <IP> for access."),
+    ("pii.ip", "Meet Bob at 203.0.113.7", "Meet Bob at <IP>"),
+    ("pii.ip", "Jane 45.33.32.156 again", "Jane <IP> again"),
+    ("pii.ip", "Contact 98.51.10.23 today", "Contact <IP> today"),
+    ("pii.ip", "Release 203.0.113.7 from the blocklist.", "Release <IP> from the blocklist."),
+    # A word that starts with "v" is no "v" prefix.
+    ("pii.ip", "Traffic came via 203.0.113.7", "Traffic came via <IP>"),
+    ("pii.ip", "VPN 198.51.100.9 is up; Visit 203.0.113.8", "VPN <IP> is up; Visit <IP>"),
     # A phone number beside words, a dash or a field name, never arithmetic.
     ("pii.phone", "call me at 555-1234", "call me at <PHONE>"),
     ("pii.phone", "John Smith - 555-1234", "John Smith - <PHONE>"),
@@ -162,6 +174,8 @@ NEGATIVES = [
     # four parts after the name of a product or a software word, any case
     "Python 3.11.4.2 fixes it; node 18.17.1.0 too.",
     "Firmware 5.4.1.2 adds Wi-Fi 6. Qt5 5.15.2.1 is the last.",
+    "Requires version 10.2.0.1; Version 10.2.0.1 ships today. Build 10.2.0.1 passed.",
+    "Java 1.8.0.151 is end of life.",
     # arithmetic with a phone-shaped number: after "=" or an operator, or before one
     "x = 555-1234",
     "Solve: y = 555-1234 + 3",

@@ -43,9 +43,11 @@ pii.ip          <IP>           public IPv4 (valid octets) and global-unicast IPv
                                documentation ranges included (``203.0.113.7``, ``2001:db8::1``:
                                like example.com, they stand for someone's real address). Not:
                                versions (``Python 3.11.7``; four parts after ``version``,
-                               ``ver``, ``v``, a pin ``==``/``>=``/``~=``/``^``, or a name:
-                               ``Python 3.11.4.2``, ``firmware 5.4.1.2``, a capitalised word
-                               that is no network word, "Server 203.0.113.7" fires), dotted
+                               ``ver``, ``v``, a pin ``==``/``>=``/``~=``/``^``, a software
+                               word with a first part below 100 (``firmware 5.4.1.2``, ``node
+                               18.17.1.0``) or another capitalised word with every part below
+                               100 and the first below 10 (``Python 3.11.4.2``; ``Alice
+                               203.0.113.7``, ``Server 203.0.113.7`` fire), dotted
                                numbers with more than four parts (``1.2.3.4.5``), private,
                                loopback, link-local, CGNAT, multicast and reserved addresses
                                (``192.168.0.1``, ``127.0.0.1``, ``255.255.255.0``, ``fe80::1``):
@@ -319,12 +321,13 @@ _NOT_PUBLIC_V4 = tuple(ipaddress.IPv4Network(n) for n in (
     "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
 ))  # fmt: skip
 _GLOBAL_V6 = ipaddress.IPv6Network("2000::/3")
-_VERSION_PREFIX = re.compile(r"^(?:v(?:ersion|er)?[.:]?\s*|(?:==|>=|<=|~=|!=|\^|~)\s*)", re.I)
+# Ends with the number's first digit: "via 203.0.113.7", "Visit ..." and "VPN ..." start with a
+# "v" but name no version.
+_VERSION_PREFIX = re.compile(r"^(?:v(?:ersion|er)?[.:]?\s*|(?:==|>=|<=|~=|!=|\^|~)\s*)[0-9]", re.I)
 
 
 # Words that come before an address in prose and logs ("from", "server", "DNS", "ping"), and
-# names of software that come before a version. A capitalised word not in the first list names a
-# product ("Python 3.11.4.2", "Firmware 5.4.1.2"), as does a word of the second list in any case.
+# words that name software or a version ("Python", "node", "firmware", "build").
 _ADDRESS_WORDS = frozenset((
     "ip", "ipv4", "address", "addresses", "addr", "host", "hostname", "hosts", "server",
     "servers", "gateway", "dns", "router", "proxy", "peer", "client", "endpoint", "destination",
@@ -349,18 +352,43 @@ _SOFTWARE_WORDS = frozenset((
 ))  # fmt: skip
 
 
-def _names_version(word: str) -> bool:
+# The word before a dotted quad and the number itself both vote, because a capitalised word alone
+# says nothing: it starts a sentence or names a person ("Contact 198.51.100.23", "Alice
+# 203.0.113.7") as often as a product. Version parts are small (majors in single digits or low
+# tens, minor and patch parts rarely 100), while an address's octets spread over 0-255: three of
+# them all below 100 happen for 6% of addresses, and with a first octet below 10 too for about
+# 0.2% of public ones. So:
+# - after a word of prose or networking, the number is an address;
+# - after a software word (any case), a version unless its first part is 100 or more: the word
+#   already says "version", and a 4-part version with a 3-digit major and every part <= 255 is
+#   rare (Chrome's 120.0.6099.109 is no address anyway), while the documentation ranges that
+#   stand for real addresses (192.0.2/24, 198.51.100/24, 203.0.113/24) all start above 100.
+#   "node 18.17.1.0" and "Java 1.8.0.151" are versions, "Release 203.0.113.7" an address;
+# - after any other capitalised word, or one with a digit ("Qt5"), a version only when the
+#   number looks like one on its own: every part below 100 and the first below 10 ("Python
+#   3.11.4.2", "Qt5 5.15.2.1"); "Alice 203.0.113.7" and "Contact 198.51.100.23" are addresses.
+#   The rare public address that passes ("Bob 8.8.8.8") is missed, the price of keeping versions.
+# "version", "ver" and "v" take any number (_VERSION_PREFIX), as before the word was looked at.
+def _names_version(word: str, number: str) -> bool:
+    parts = number.split(".")
+    if len(parts) < 4 or not all(p.isdigit() for p in parts):
+        return False  # an IPv6 address after a word
+    values = [int(p) for p in parts]
     lower = word.lower()
+    if lower in _ADDRESS_WORDS:
+        return False
     if lower in _SOFTWARE_WORDS:
-        return True
-    return lower not in _ADDRESS_WORDS and (word[0].isupper() or any(c.isdigit() for c in word))
+        return values[0] < 100
+    if word[0].isupper() or any(c.isdigit() for c in word):
+        return values[0] < 10 and all(v < 100 for v in values)
+    return False
 
 
 def ip_valid(match: str) -> bool:
     word, _, rest = match.partition(" ") if " " in match else match.partition("\t")
     if rest and word[:1].isalpha() and not _VERSION_PREFIX.match(match):
-        if _names_version(word):
-            return False  # "Python 3.11.4.2", "Firmware 5.4.1.2"
+        if _names_version(word, rest):
+            return False  # "Python 3.11.4.2", "Firmware 5.4.1.2", not "Alice 203.0.113.7"
         match = rest
     if _VERSION_PREFIX.match(match) and "." in match and ":" not in match:
         return False  # "version 1.2.3.4", "v1.2.3.4", "==1.2.3.4"
