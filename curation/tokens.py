@@ -6,7 +6,11 @@ A text's count is therefore the sum of the counts of its ``\\s*\\S+`` units, and
 (Zipf): we split in polars (Rust), tokenize each distinct unit once, and sum. On instruction data
 this is several times faster than ``encode_batch`` over whole texts and gives identical counts
 (tests/test_tokens.py and bench/ingest_profile.py check equality). Tokenizers without that
-property (Metaspace, Llama-3's pattern, normalizers) take the plain ``encode_batch_fast`` path.
+property (Metaspace, Llama-3's pattern, normalizers) take the plain ``encode_batch_fast`` path,
+and so do those with an added token that contains whitespace or whose match depends on its
+neighbours (``lstrip``/``rstrip`` swallow adjacent whitespace, which may sit in another unit;
+``single_word`` looks at the characters around it). ``normalized`` is harmless: with no
+normalizer the normalized text is the text.
 Whole texts repeat too (FLAN's "yes", copied prompts): each distinct text is split once.
 """
 
@@ -28,7 +32,14 @@ def splits_at_whitespace(tokenizer: Tokenizer) -> bool:
         return False
     if not pre.get("use_regex", True) or pre.get("add_prefix_space"):
         return False
-    return not any(any(c.isspace() for c in t["content"]) for t in spec.get("added_tokens", []))
+    return not any(_context_dependent(t) for t in spec.get("added_tokens", []))
+
+
+def _context_dependent(added: dict) -> bool:
+    """An added token whose match or length could differ between a unit and the whole text."""
+    if any(added.get(flag) for flag in ("lstrip", "rstrip", "single_word")):
+        return True
+    return any(c.isspace() for c in added["content"])
 
 
 def tokens_within_bytes(tokenizer: Tokenizer) -> bool:
