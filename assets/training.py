@@ -22,8 +22,8 @@ from pydantic import Field
 
 from assets.io_manager import preview_markdown
 from assets.resources import StorageResource, checkpoint_version, dataset_version, resolve
-from curation.datasets import ExportConfig, export, sft_rows
-from curation.mixing import MixConfig, mix
+from curation.datasets import ExportConfig, export, sft_rows, split_expr
+from curation.mixing import EOS_PER_DOCUMENT, MixConfig, Mixture, mix
 from curation.storage import write_parquet
 from curation.synthetic import SyntheticTask, check_answer, generate_tasks
 from curation.tokens import TokenCounter
@@ -116,22 +116,52 @@ def rendered_instructions(curated: pl.DataFrame, tokenizer_path: Path) -> pl.Dat
     return rows.select("id", "source").with_columns(text=pl.Series(texts, dtype=pl.String))
 
 
-def mixture_asset(
-    name: str, storage: StorageResource, mixture, shares: dict
-) -> dg.MaterializeResult:
+MIXTURE_EVAL_FRACTION = 0.02  # held-out documents for the stages' eval loss
+
+
+def mixture_asset(name: str, storage: StorageResource, mixture: Mixture) -> dg.MaterializeResult:
+    """Export a mixture mixed split by split (``MixConfig.eval_fraction``): the export's id hash
+    puts every row in the split it was mixed for, which is checked, so the train split training
+    reads has the exact shares reported."""
     rows = mixture.rows.select("id", "source", "text", "tokens")
-    summary = export(name, rows, storage.path("datasets"), ExportConfig(eval_fraction=0.02))
+    summary = export(
+        name, rows, storage.path("datasets"), ExportConfig(eval_fraction=MIXTURE_EVAL_FRACTION)
+    )
+    mixed = dict(mixture.rows.group_by("split").len().iter_rows())
+    if summary["rows"] != {s: mixed.get(s, 0) for s in ("train", "test")}:
+        raise dg.Failure(
+            description=f"{name}: exported splits {summary['rows']} differ from the splits it "
+            f"was mixed for {mixed}"
+        )
+    train = mixture.report.filter(pl.col("split") == "train")
     return dg.MaterializeResult(
         metadata={
-            "target_shares": shares,
+            "target_shares": dict(zip(train["source"], train["target_share"], strict=True)),
+            # tokens as the train split's packing sees them: text tokens plus one EOS a document
             "achieved": dg.MetadataValue.md(preview_markdown(mixture.report, 20)),
-            "tokens": int(mixture.rows["tokens"].sum()),
+            "achieved_train_shares": dict(
+                zip(train["source"], train["achieved_share"], strict=True)
+            ),
+            "train_tokens": int(train["tokens"].sum()),
+            "tokens": int(mixture.report["tokens"].sum()),
             "train_rows": summary["rows"]["train"],
             "test_rows": summary["rows"]["test"],
             "path": dg.MetadataValue.path(summary["path"]),
         },
         data_version=dataset_version(summary["path"]),
     )
+
+
+def tokens_by_split(rows: pl.DataFrame, share: float) -> dict[str, int]:
+    """Per split, the tokens (EOS included) of a mixture that keeps every token of ``rows`` and
+    gives them ``1 - share`` of it (rounded down: at worst a token of one document is cut,
+    rather than a document repeated for a token)."""
+    cost = pl.col("tokens") + EOS_PER_DOCUMENT
+    split = rows.with_columns(split=split_expr(MIXTURE_EVAL_FRACTION))
+    return {
+        s: int(split.filter(pl.col("split") == s).select(cost.sum()).item() / (1.0 - share))
+        for s in ("train", "test")
+    }
 
 
 @dg.asset(group_name=GROUP, deps=["project_tokenizer"], kinds={"polars"})
@@ -155,9 +185,15 @@ def pretrain_mixture(
             rendered_instructions(curated_conversations, tokenizer_path), counter
         )
         shares["instruction"] = share
-    total = int(pretrain["tokens"].sum() / (1.0 - share))
-    mixture = mix(sources, MixConfig(proportions=shares, total_tokens=total, seed=mixing.seed))
-    return mixture_asset("pretrain_mixture", storage, mixture, shares)
+    split_tokens = tokens_by_split(pretrain, share)
+    config = MixConfig(
+        proportions=shares,
+        total_tokens=sum(split_tokens.values()),
+        seed=mixing.seed,
+        eval_fraction=MIXTURE_EVAL_FRACTION,
+        test_tokens=split_tokens["test"],
+    )
+    return mixture_asset("pretrain_mixture", storage, mix(sources, config))
 
 
 @dg.asset(group_name=GROUP, deps=["project_tokenizer"], kinds={"polars"})
@@ -177,13 +213,13 @@ def decay_mixture(
             rendered_instructions(curated_conversations, tokenizer_path), counter
         ),
     }
-    mixture = mix(
-        sources,
-        MixConfig(
-            proportions=mixing.decay_shares, total_tokens=mixing.decay_tokens, seed=mixing.seed
-        ),
+    config = MixConfig(
+        proportions=mixing.decay_shares,
+        total_tokens=mixing.decay_tokens,
+        seed=mixing.seed,
+        eval_fraction=MIXTURE_EVAL_FRACTION,
     )
-    return mixture_asset("decay_mixture", storage, mixture, mixing.decay_shares)
+    return mixture_asset("decay_mixture", storage, mix(sources, config))
 
 
 def loss_plot(metrics: list[dict], title: str) -> str:
