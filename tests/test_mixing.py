@@ -193,3 +193,17 @@ def test_the_exported_train_split_packs_to_the_exact_shares(sft_workspace, tmp_p
     shares = result.metadata["achieved_train_shares"]
     assert shares == pytest.approx({"long": 0.9, "short": 0.1}, abs=1e-4)
     assert result.metadata["train_tokens"] == sum(packed.values())
+
+
+def test_a_source_with_no_held_out_rows_leaves_the_test_split_to_the_others():
+    from curation.datasets import split_expr
+
+    small = source("s", 6, 50)
+    assert small.with_columns(split=split_expr(0.02))["split"].to_list() == ["train"] * 6
+    halves = {"big": 0.5, "small": 0.5}
+    config = MixConfig(proportions=halves, total_tokens=10_000, eval_fraction=0.02)
+    result = mix({"big": source("b", 2000, 9), "small": small}, config)
+    test = result.rows.filter(pl.col("split") == "test")
+    assert with_eos(test) == {"big": 200}  # no train document of "small" leaks into test
+    train = result.rows.filter(pl.col("split") == "train")
+    assert with_eos(train) == {"big": 4900, "small": 4900}
