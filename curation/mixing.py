@@ -208,13 +208,13 @@ def mix(sources: Mapping[str, pl.DataFrame], config: MixConfig) -> Mixture:
         raise ValueError(f"proportions name source(s) not given: {missing}")
     checked = {name: checked_source(name, sources[name]) for name in config.proportions}
     by_split = {
-        name: rows.with_columns(split=split_expr(config.eval_fraction))
-        for name, rows in checked.items()
+        name: frame.with_columns(split=split_expr(config.eval_fraction))
+        for name, frame in checked.items()
     }
     totals = split_totals(config)
     rows, report = [], []
     for split in SPLITS:
-        parts = {name: rows.filter(pl.col("split") == split) for name, rows in by_split.items()}
+        parts = {n: frame.filter(pl.col("split") == split) for n, frame in by_split.items()}
         shares = dict(config.proportions)
         if split == "test":
             # a small source may have no held-out rows: the test split is then mixed from the
