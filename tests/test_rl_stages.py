@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,69 @@ def test_ppo_raises_the_reward_and_reports_kl_generation_share_and_lineage(works
     assert lineage["inputs"]["asset"] == "prompt_dataset"
     assert lineage["metrics"]["score_last"] > lineage["metrics"]["score_first"]
     assert 0 < lineage["metrics"]["generation_share"] < 1
+
+
+def adam_steps(save: Path) -> set[float]:
+    state = torch.load(save / "optimizer.pt", weights_only=True)["state"]
+    return {float(s["step"]) for s in state.values()}
+
+
+def test_a_killed_ppo_run_continues_from_its_last_save(workspace, monkeypatch):
+    """TRL's PPO loop cannot resume and saves the policy alone; the stage saves the value
+    model beside it and continues: weights, optimizer, schedule and step count."""
+    import training.ppo
+    from training.ppo import main as ppo
+
+    config = ppo_config(workspace, "ppo-resumed", max_steps=4, save_steps=2)
+    out, runs = workspace / "ppo-resumed", workspace / "ppo-resumed" / "runs"
+    first = ppo(config)
+    unbroken = records(out)
+    lineage = read_lineage(first)
+    assert (runs / "checkpoint-2" / "value" / "model.safetensors").is_file()
+    assert (runs / "fingerprint.txt").read_text().strip() == lineage["fingerprint"]
+    unbroken_adam = adam_steps(runs / "checkpoint-4")
+
+    # Killed between the save at update 2 and the one at update 4.
+    for gone in (runs / "checkpoint-4", first):
+        shutil.rmtree(gone)
+    started = []
+
+    def recording(setup):
+        started.append(
+            {
+                "policy": {k: v.clone() for k, v in setup.policy.state_dict().items()},
+                "value": {k: v.clone() for k, v in setup.value_model.state_dict().items()},
+            }
+        )
+        return training.ppo.TRLPolicyOptimizer(setup)
+
+    monkeypatch.setitem(training.ppo.OPTIMIZERS, "trl", recording)
+    resumed = ppo(config)
+
+    save = runs / "checkpoint-2"
+    for name, saved in [("policy", weights(save)), ("value", weights(save / "value"))]:
+        assert saved.keys() <= started[0][name].keys()
+        assert all(torch.equal(started[0][name][k], saved[k]) for k in saved), name
+    rows = records(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # two updates trained, numbered on
+    assert rows[:2] == unbroken[:2]  # the records before the save are kept as they were
+    # The schedule continues (a fresh one would start at update 1's rate again) and so does
+    # AdamW: its step count is the unbroken run's, not the resumed process's alone.
+    assert [r["lr"] for r in rows[2:]] == [r["lr"] for r in unbroken[2:]]
+    assert rows[2]["lr"] != unbroken[0]["lr"]
+    assert adam_steps(runs / "checkpoint-4") == unbroken_adam
+    relineage = read_lineage(resumed)
+    assert relineage["started_at"] == lineage["started_at"]
+    assert relineage["metrics"]["updates"] == 4
+    assert weights(resumed).keys() == weights(runs / "checkpoint-4").keys()
+
+    # Killed after the last save, before publishing: that save is published, nothing trains.
+    shutil.rmtree(resumed)
+    last = weights(runs / "checkpoint-4")
+    again = ppo(config)
+    assert records(out) == rows
+    published = weights(again)
+    assert all(torch.equal(published[k], last[k]) for k in last)
 
 
 @pytest.mark.parametrize("stage", ["grpo", "rloo"])

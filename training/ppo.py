@@ -5,7 +5,7 @@ TRL 1.12's ``trl.experimental.ppo.PPOTrainer`` does the work today, but the stag
 ``PolicyOptimizer``: the day TRL's PPO leaves our pin, another implementation registers in
 ``OPTIMIZERS`` and neither the recipe nor the assets change.
 
-PPO-ptx (InstructGPT's pretraining-loss term) is not in TRL's trainer; ``_PTXTrainer`` adds it
+PPO-ptx (InstructGPT's pretraining-loss term) is not in TRL's trainer; ``_StageTrainer`` adds it
 by wrapping the one ``accelerator.backward`` call of TRL's PPO minibatch loop, so every policy
 update also descends ``ptx_coef`` times the language-modelling loss on a pretraining block.
 
@@ -14,14 +14,20 @@ TRL scores a response at its stop token, while the reward stage trained (and
 newline later; on the demo the two agree in direction (PPO's training score and the scorer's
 held-out score both rise).
 
-TRL's PPO loop has no resume: a killed run starts again from the SFT checkpoint (its periodic
-saves in ``runs/`` remain the last good state to inspect).
+TRL's PPO loop has no resume of its own, and its saves hold the policy alone. Each save here
+also holds the value model (``value/``, written before transformers marks the save finished), so
+a killed run continues from its last save: policy, value model, optimizer and schedule restored,
+step numbering and the loss curve carried on, and only the remaining updates trained. The
+rollouts after a resume sample other completions than an unbroken run would have (the sampling
+generator starts again from the seed), and the prompts continue at the same offset of a pass
+over them; a run killed after its last save publishes that save without training.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import math
 import os
 import time
@@ -47,15 +53,17 @@ from training.common import (
 )
 from training.datafiles import content_digest
 from training.models import ModelConfig, build_causal_lm, count_parameters
-from training.reporting import Reporter
+from training.reporting import Reporter, read_metrics
 from training.rewards import check_same_tokenizer, load_reward_model
 from training.rows import usable_rows
 from training.runs import (
     already_published,
+    claim_runs,
     last_run_checkpoint,
     lineage_record,
     pin_parent,
     run_fingerprint,
+    saved_step,
 )
 
 
@@ -149,6 +157,9 @@ class PolicySetup:
     runs: Path
     callbacks: list[TrainerCallback] = field(default_factory=list)
     ptx_blocks: Any | None = None  # a datasets.Dataset of input_ids blocks
+    # a finished save in ``runs/`` to continue from: policy and value model are already loaded
+    # from it; the implementation restores its optimizer, schedule and step count
+    resume_from: str | None = None
 
 
 class PolicyOptimizer(Protocol):
@@ -244,9 +255,9 @@ class RolloutMetrics(TrainerCallback):
 def _trl_ppo_classes():
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    class _PTXTrainer(PPOTrainer):
-        """TRL's PPOTrainer plus PPO-ptx: each PPO backward pass also carries ``ptx_coef``
-        times the LM loss of one pretraining batch."""
+    class _StageTrainer(PPOTrainer):
+        """TRL's PPOTrainer plus PPO-ptx (each PPO backward pass also carries ``ptx_coef``
+        times the LM loss of one pretraining batch) and saves a resume can continue from."""
 
         def __init__(
             self, *args: Any, ptx: Iterator[torch.Tensor] | None, ptx_coef: float, **kwargs: Any
@@ -274,7 +285,48 @@ def _trl_ppo_classes():
             self.ptx_history.clear()
             return mean
 
-    return PPOConfig, _PTXTrainer
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            super().save_model(output_dir, _internal_call)  # the policy alone
+            if _internal_call and output_dir and self.args.should_save:
+                # A periodic save: transformers writes trainer_state.json after this returns,
+                # so a save cut off here counts as unfinished and is never resumed from.
+                value = self.accelerator.unwrap_model(self.model).value_model
+                value.save_pretrained(Path(output_dir) / VALUE_MODEL_DIR)
+
+    return PPOConfig, _StageTrainer
+
+
+VALUE_MODEL_DIR = "value"  # inside each runs/checkpoint-N
+
+
+class _ContinueAt(TrainerCallback):
+    """Puts a resumed run's step and episode counters where its save left them: TRL's loop
+    starts both at 0, which would renumber the loss curve and the saves."""
+
+    def __init__(self, done: int, max_steps: int) -> None:
+        self.done = done
+        self.max_steps = max_steps
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        state.global_step = self.done
+        state.episode = self.done * args.batch_size
+        state.max_steps = self.max_steps
+
+
+class _SkipFirst:
+    """A dataloader whose first pass starts ``skip`` batches in, so a resumed run's prompts
+    continue at the offset where the save left them; later passes are whole."""
+
+    def __init__(self, loader: Any, skip: int) -> None:
+        self.loader = loader
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.loader), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
 
 
 def _cycle(blocks: Any, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
@@ -352,6 +404,23 @@ class TRLPolicyOptimizer:
                 ptx=ptx,
                 ptx_coef=config.ptx_coef,
             )
+        if setup.resume_from:
+            self._continue(setup.resume_from)
+
+    def _continue(self, save: str) -> None:
+        """Optimizer and schedule from ``save``, and the loop shortened to the updates left
+        (the schedule was built for the whole run, so its rates continue where they were)."""
+        trainer, done = self.trainer, saved_step(save)
+        device = trainer.accelerator.device
+        # tensors and plain containers only (weights_only): no pickled code runs on load
+        optimizer = torch.load(Path(save, "optimizer.pt"), map_location=device, weights_only=True)
+        schedule = torch.load(Path(save, "scheduler.pt"), weights_only=True)
+        trainer.optimizer.load_state_dict(optimizer)
+        trainer.lr_scheduler.load_state_dict(schedule)
+        total = trainer.args.num_total_batches
+        trainer.args.num_total_batches = total - done
+        trainer.dataloader = _SkipFirst(trainer.dataloader, done % len(trainer.dataloader))
+        trainer.add_callback(_ContinueAt(done, total))
 
     @property
     def step(self) -> int:
@@ -392,7 +461,6 @@ def main(config: PPOStageConfig) -> Path:
     import datasets
     from transformers import AutoModelForSequenceClassification
 
-    started = time.time()
     out = Path(config.output_dir)
     runs = out / "runs"
     parent = str(verify(config.init_from))
@@ -431,12 +499,15 @@ def main(config: PPOStageConfig) -> Path:
             raise ValueError(f"{config.ptx_data}: too little text for one PPO-ptx batch")
     reward_model, reward_tokenizer = load_reward_model(config.reward_model)
     check_same_tokenizer(tokenizer, reward_tokenizer, config.reward_model)
-    reporter.start_run(0)  # PPO has no resume: a new attempt starts a new curve
+    resume, started = claim_runs(runs, fingerprint, reporter, config.resume)
+    done = saved_step(resume)
     tokenizer.padding_side = "left"  # generation continues the prompt's last token
-    policy = build_causal_lm(ModelConfig(), tokenizer, path=parent)
+    policy = build_causal_lm(ModelConfig(), tokenizer, path=resume or parent)
     reference = build_causal_lm(ModelConfig(), tokenizer, path=parent).eval().requires_grad_(False)
     value_model = AutoModelForSequenceClassification.from_pretrained(
-        config.reward_model, use_safetensors=True, dtype=policy.dtype
+        str(Path(resume, VALUE_MODEL_DIR)) if resume else config.reward_model,
+        use_safetensors=True,
+        dtype=policy.dtype,
     )
     value_model.config.pad_token_id = tokenizer.pad_token_id
     timer = GenerationTimer()
@@ -453,26 +524,33 @@ def main(config: PPOStageConfig) -> Path:
         runs=runs,
         callbacks=[metrics],
         ptx_blocks=ptx_blocks,
+        resume_from=resume,
     )
-    torch.manual_seed(config.seed)
-    optimizer = OPTIMIZERS[config.implementation](setup)
-    metrics.ptx_losses = getattr(optimizer, "ptx_loss", metrics.ptx_losses)
     reporter.log(
         f"ppo: {count_parameters(policy) / 1e6:.2f}M parameters, {len(ids)} prompts "
         f"({too_long} longer than {config.max_length} tokens and {len(train) - len(rows)} "
         f"without a user's text left out), {config.max_steps} "
-        f"updates of {episodes} episodes, reward model {config.reward_model}"
+        f"updates of {episodes} episodes, reward model {config.reward_model}, "
+        f"resume from {resume or 'scratch'}"
     )
-    try:
-        with resource_errors("ppo", runs, lambda: optimizer.step):
-            trained = optimizer.train()
-    except NonFiniteLoss as error:
-        raise FloatingPointError(
-            f"ppo: {error}; nothing was published, the last good state is "
-            f"{last_run_checkpoint(runs) or 'the SFT checkpoint ' + parent}"
-        ) from error
+    if done >= config.max_steps:
+        # killed after its last save, before publishing: that save is the trained policy
+        trained = policy
+    else:
+        torch.manual_seed(config.seed)
+        optimizer = OPTIMIZERS[config.implementation](setup)
+        metrics.ptx_losses = getattr(optimizer, "ptx_loss", metrics.ptx_losses)
+        try:
+            with resource_errors("ppo", runs, lambda: optimizer.step):
+                trained = optimizer.train()
+        except NonFiniteLoss as error:
+            raise FloatingPointError(
+                f"ppo: {error}; nothing was published, the last good state is "
+                f"{last_run_checkpoint(runs) or 'the SFT checkpoint ' + parent}"
+            ) from error
     policy.__dict__.pop("generate", None)  # the timing wrapper, an instance attribute
-    final = summarise(metrics.records)
+    # the whole run's updates: claim_runs cut metrics.jsonl back to the save resumed from
+    final = summarise([r for r in read_metrics(reporter.metrics_path) if "objective/scores" in r])
     final.update(prompts=len(ids), prompts_too_long=too_long, **empty)
     lineage = lineage_record(
         "ppo",
