@@ -14,7 +14,7 @@ import pytest
 from curation.feedback.pairs import PairsConfig, rankings_to_pairs
 from curation.feedback.schema import CANDIDATES
 from curation.judge import JudgePanel, RankResult
-from curation.judge.tables import judge_candidates
+from curation.judge.tables import failed_sets, judge_candidates
 
 Said = tuple[list[int], dict]  # a member's ranks and meta on one candidate set
 
@@ -355,5 +355,9 @@ def test_a_member_ranking_other_candidates_than_asked_is_left_out():
         (row,) = judge_candidates(table(3), panel).to_dicts()
         meta = json.loads(row["meta"])
         assert meta["voters"] == 1 and "c1" in meta["judges"]["subset"]["left_out"]
-    (row,) = judge_candidates(table(3), JudgePanel([subset])).to_dicts()
+    rankings = judge_candidates(table(3), JudgePanel([subset]))
+    (row,) = rankings.to_dicts()
     assert row["status"] == "error" and row["ranks"] is None
+    # the failed set names why: the member answered (status ok) about other candidates
+    ((prompt, reason),) = failed_sets(rankings)
+    assert prompt == "p0" and "'subset': \"left out: ranked candidates ['c2', 'c1']" in reason

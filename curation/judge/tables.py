@@ -112,12 +112,18 @@ def failed_sets(rankings: pl.DataFrame) -> list[tuple[str, str]]:
         if errors:
             reason = str(errors[0])
         elif isinstance(parsed.get("judges"), dict):  # a panel none of whose judges ranked it
-            statuses = {name: (v or {}).get("status") for name, v in parsed["judges"].items()}
+            statuses = {name: _member_state(v or {}) for name, v in parsed["judges"].items()}
             reason = f"no judge of the panel ranked it: {statuses}"
         else:
             reason = "no usable verdict"
         failed.append((row_id, reason))
     return failed
+
+
+def _member_state(said: dict) -> str | None:
+    """A panel member's part in a failed set: its status, or why it was left out of the vote
+    (its status reads ``ok`` then, since it answered, about other candidates)."""
+    return f"left out: {said['left_out']}" if said.get("left_out") else said.get("status")
 
 
 def error_share_report(rankings: pl.DataFrame, max_error_share: float) -> tuple[dict, str | None]:
