@@ -52,6 +52,7 @@ from training.runs import (
     claim_runs,
     last_run_checkpoint,
     lineage_record,
+    pin_inputs,
     pin_parent,
     run_fingerprint,
     train_or_restore,
@@ -306,6 +307,9 @@ def main(config: DPOStageConfig) -> Path:
     check_reference_tokenizer(load_training_tokenizer(parent), parent, reference_path)
     data_digest = content_digest(config.data)
     parent_pin = pin_parent(config, parent)
+    # the log-probability ratios are taken against this reference: one republished mid-run
+    # would leave the lineage naming a model the policy was not compared with
+    pins = pin_inputs({"reference_checkpoint": reference_path})
     fingerprint = run_fingerprint(config, data_digest, [parent, reference_path])
     if published := already_published(config, fingerprint, reporter, "dpo"):
         return published
@@ -361,6 +365,7 @@ def main(config: DPOStageConfig) -> Path:
         started,
         fingerprint,
         parent_pin=parent_pin,
+        input_pins=pins,
     )
     with resource_errors("dpo", out / "runs"):
         checkpoint = publish(

@@ -61,6 +61,7 @@ from training.runs import (
     claim_runs,
     last_run_checkpoint,
     lineage_record,
+    pin_inputs,
     pin_parent,
     run_fingerprint,
     saved_step,
@@ -470,6 +471,9 @@ def main(config: PPOStageConfig) -> Path:
     if config.ptx_coef > 0:
         data_digest += " " + content_digest(config.ptx_data)
     parent_pin = pin_parent(config, parent)
+    # the reward model scores every rollout and seeds the value model: one retrained while this
+    # run trains would leave the lineage naming a model the policy was never optimised against
+    pins = pin_inputs({"reward_model": config.reward_model})
     fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
     if published := already_published(config, fingerprint, reporter, "ppo"):
         return published
@@ -573,6 +577,7 @@ def main(config: PPOStageConfig) -> Path:
         started,
         fingerprint,
         parent_pin=parent_pin,
+        input_pins=pins,
     )
     tokenizer.padding_side = "right"
     with resource_errors("ppo", runs):

@@ -219,6 +219,63 @@ class ParentChangedError(RuntimeError):
     """The checkpoint a run started from was republished at its path while the run trained."""
 
 
+class InputChangedError(ParentChangedError):
+    """A checkpoint the run scored with or compared against (its reward model, its reference)
+    was republished at its path while the run trained."""
+
+
+class InputPin(NamedTuple):
+    """A checkpoint the run reads besides its parent, as ``pin_inputs`` found it at the start."""
+
+    path: str | None
+    lineage_sha256: str | None  # None: no lineage.json there (a pretrained model) or no path
+
+
+def pin_inputs(checkpoints: Mapping[str, str | Path | None]) -> dict[str, InputPin]:
+    """Each named input checkpoint (``{"reward_model": path}``) with the digest of its
+    lineage.json as the run starts. ``lineage_record`` records these beside the paths and
+    refuses to publish when one changed: a reward model retrained while PPO ran is another
+    model than the one the policy was optimised against, and its path alone would not say so.
+    Name an input only when the run reads it (a path of None pins nothing: both stay None)."""
+    return {
+        key: InputPin(str(path) if path else None, lineage_sha256(path))
+        for key, path in checkpoints.items()
+    }
+
+
+def pinned_inputs(inputs: Mapping[str, Any], pins: Mapping[str, InputPin]) -> dict[str, Any]:
+    """``inputs`` with each pin's path under its key and ``<key>_lineage_sha256`` right after
+    it (a trace reads both); a pinned key the inputs lack is added at the end."""
+    pinned: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if key.endswith("_lineage_sha256") and key.removesuffix("_lineage_sha256") in pins:
+            continue  # written beside its path below
+        pinned[key] = pins[key].path if key in pins else value
+        if key in pins:
+            pinned[f"{key}_lineage_sha256"] = pins[key].lineage_sha256
+    for key, pin in pins.items():
+        if key not in pinned:
+            pinned[key] = pin.path
+            pinned[f"{key}_lineage_sha256"] = pin.lineage_sha256
+    return pinned
+
+
+def check_pins(stage: str, pins: Mapping[str, InputPin]) -> None:
+    """Raise ``InputChangedError`` naming each input whose lineage is no longer its pin."""
+    changed = [
+        f"{key} {pin.path} (lineage.json {(pin.lineage_sha256 or 'absent')[:12]} at the start, "
+        f"{(now or 'absent')[:12]} now)"
+        for key, pin in pins.items()
+        if (now := lineage_sha256(pin.path)) != pin.lineage_sha256
+    ]
+    if changed:
+        raise InputChangedError(
+            f"{stage}: republished while this run trained: {'; '.join(changed)}; nothing was "
+            "published, since the run may have read either. Run the stage again to train "
+            "against the checkpoint there now."
+        )
+
+
 def starting_point(config: Any, parent: str | None) -> str | None:
     """The checkpoint a run starts from: its verified ``init_from``, else a pretrained
     ``model.path`` (a stage started from a model of someone else's)."""
@@ -242,12 +299,15 @@ def lineage_record(
     fingerprint: str,
     *,
     parent_pin: str | None,
+    input_pins: Mapping[str, InputPin] | None = None,
 ) -> dict[str, Any]:
     """What ``publish`` writes as lineage.json. Refuses (``ParentChangedError``) when the
     parent's lineage is no longer ``parent_pin``, the one ``pin_parent`` read as the run
     started: its weights (or optimizer state) may have come from either, and a lineage naming
     one of them would be a guess. The run's fingerprint holds the earlier parent too, so the
-    next run starts over from the new one."""
+    next run starts over from the new one. ``input_pins`` (``pin_inputs``) are checked the
+    same way (``InputChangedError``) and recorded in ``inputs`` as ``<key>`` (the path) and
+    ``<key>_lineage_sha256`` beside it."""
     parent = starting_point(config, parent)
     now = lineage_sha256(parent)
     if now != parent_pin:
@@ -257,11 +317,13 @@ def lineage_record(
             "nothing was published, since the weights may come from either. Run the stage "
             "again to train from the checkpoint there now."
         )
+    pins = dict(input_pins or {})
+    check_pins(stage, pins)
     return {
         "stage": stage,
         "fingerprint": fingerprint,
         "recipe": dataclasses.asdict(config),
-        "inputs": dict(inputs),
+        "inputs": pinned_inputs(inputs, pins),
         "parent_checkpoint": parent,
         # pins the parent run: a parent retrained at the same path later is another checkpoint
         "parent_lineage_sha256": parent_pin,
