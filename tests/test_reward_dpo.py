@@ -32,6 +32,7 @@ from training.reward import (
     load_preferences,
 )
 from training.reward import main as reward
+from training.runs import InputChangedError, ParentChangedError, lineage_sha256
 from training.tokenizer import TokenizerConfig, to_transformers, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,6 +259,12 @@ def test_dpo_moves_the_policy_raises_the_implicit_margin_and_leaves_the_referenc
     assert lineage["stage"] == "dpo"
     assert lineage["parent_checkpoint"] == config.init_from
     assert lineage["inputs"]["reference_checkpoint"] == config.init_from
+    # the reference is the parent: pinned by the same lineage, right beside its path
+    pin = lineage["inputs"]["reference_checkpoint_lineage_sha256"]
+    assert pin is not None
+    assert pin == lineage["parent_lineage_sha256"] == lineage_sha256(config.init_from)
+    keys = list(lineage["inputs"])
+    assert keys[keys.index("reference_checkpoint") + 1] == "reference_checkpoint_lineage_sha256"
     assert lineage["inputs"]["data"] == config.data
     assert sum(lineage["inputs"]["dropped"]["chosen_equals_rejected"].values()) == 2
     assert lineage["recipe"]["beta"] == 0.1
@@ -418,3 +425,77 @@ def test_dpo_trains_again_only_when_its_reference_or_recipe_changed(workspace, m
     retrained, fingerprint = metrics_file.read_text(), read_lineage(first)["fingerprint"]
     assert dpo(config) == first and metrics_file.read_text() == retrained
     assert read_lineage(first)["fingerprint"] == fingerprint
+
+
+def test_reward_lineage_leaves_out_the_pairs_too_long_to_train_on(workspace, tmp_path):
+    """A pair longer than max_length is dropped before training (its reward would be read
+    short of its end); lineage hashed and counted the split before that drop, so a trace
+    listed the reward model as trained on pairs it never saw."""
+    frame = synthetic_preferences(48)
+    rambling = [{"role": "assistant", "content": "The answer is 12. " * 30}]
+    long_ids = {f"p{n}-0" for n in range(0, 48, 4)}
+    frame = frame.with_columns(
+        chosen=pl.when(pl.col("id").is_in(list(long_ids)))
+        .then(pl.lit(rambling))
+        .otherwise(pl.col("chosen"))
+    )
+    export("long", preference_rows(frame), tmp_path, ExportConfig(eval_fraction=0.25))
+    data = tmp_path / "long"
+    published = load_splits(data)["train"]
+    long_in_train = sorted(long_ids & set(published["id"]))
+    ties_in_train = sorted(i for i in published["id"] if i.startswith("tie"))
+    assert long_in_train  # some long pairs are for training, not only held out
+
+    config = reward_config(workspace, "reward-long", data=str(data), max_steps=2)
+    lineage = read_lineage(reward(config))
+    inputs = lineage["inputs"]
+    assert lineage["metrics"]["dropped_too_long"] == len(long_in_train)
+    assert inputs["row_ids_left_out"] == sorted(long_in_train + ties_in_train)
+    trained = published.filter(lambda row: row["id"] not in inputs["row_ids_left_out"])
+    assert inputs["rows_used"] == len(trained) == lineage["metrics"]["pairs"]
+    assert inputs["row_ids_used_sha256"] == ids_digest(trained) != inputs["row_ids_sha256"]
+
+    # Grouped by prompt, the pairs used are the same ones.
+    grouped = reward_config(
+        workspace, "reward-long-grouped", data=str(data), max_steps=2, group_by_prompt=True
+    )
+    grouped_inputs = read_lineage(reward(grouped))["inputs"]
+    assert grouped_inputs["row_ids_left_out"] == inputs["row_ids_left_out"]
+    assert grouped_inputs["row_ids_used_sha256"] == inputs["row_ids_used_sha256"]
+
+
+def test_a_reference_republished_while_dpo_trains_is_not_recorded_as_its_reference(
+    workspace, monkeypatch
+):
+    """The lineage named the reference by path alone: one retrained at that path during (or
+    after) the run left the lineage pointing at a model the policy was never compared with."""
+    import shutil
+
+    import training.dpo
+
+    reference = workspace / "reference-republished"
+    shutil.copytree(workspace / "sft", reference)
+    at_start = lineage_sha256(reference)
+    out = "dpo-reference-republished"
+    config = dpo_config(workspace, out, max_steps=1, reference=str(reference))
+    train = training.dpo.train_or_restore
+
+    def train_while_the_reference_is_republished(*args, **kwargs):
+        trained = train(*args, **kwargs)
+        lineage = read_lineage(reference)
+        lineage["finished_at"] = "2099-01-01T00:00:00Z"  # another run of the reference's stage
+        (reference / "lineage.json").write_text(json.dumps(lineage))
+        return trained
+
+    monkeypatch.setattr(training.dpo, "train_or_restore", train_while_the_reference_is_republished)
+    with pytest.raises(InputChangedError, match=f"reference_checkpoint {reference}") as refused:
+        dpo(config)
+    assert isinstance(refused.value, ParentChangedError)  # callers that handle one handle both
+    assert not (workspace / out / "checkpoint").exists()
+
+    monkeypatch.setattr(training.dpo, "train_or_restore", train)
+    lineage = read_lineage(dpo(config))  # trained again, against the reference there now
+    inputs = lineage["inputs"]
+    assert inputs["reference_checkpoint"] == str(reference)
+    assert inputs["reference_checkpoint_lineage_sha256"] == lineage_sha256(reference) != at_start
+    assert lineage["parent_lineage_sha256"] == lineage_sha256(workspace / "sft")

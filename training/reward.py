@@ -254,10 +254,11 @@ def tokenize_pairs(
     answer_key: Mapping[str, SyntheticTask] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """One record per pair that fits ``max_length`` (chosen_ids, rejected_ids, margin, origin,
-    prompt key, and with an ``answer_key`` whether it is a right-vs-wrong pair of a checkable
-    prompt) and the number of pairs dropped for being longer."""
+    prompt key, ``row``: its position in ``split``, and with an ``answer_key`` whether it is a
+    right-vs-wrong pair of a checkable prompt) and the number of pairs dropped for being
+    longer."""
     records, too_long = [], 0
-    for row in split:
+    for position, row in enumerate(split):
         chosen, rejected = encode_pair(tokenizer, row)
         if max(len(chosen), len(rejected)) > max_length:
             too_long += 1
@@ -265,6 +266,7 @@ def tokenize_pairs(
         recorded = row.get("pair_margin")
         records.append(
             {
+                "row": position,
                 "chosen_ids": chosen,
                 "rejected_ids": rejected,
                 "margin": float(recorded) if use_margin and recorded is not None else 0.0,
@@ -474,6 +476,8 @@ def main(config: RewardStageConfig) -> Path:
         raise ValueError(
             f"{config.data}: every train pair is longer than max_length={config.max_length} tokens"
         )
+    # the pairs trained on, for lineage: a pair too long for max_length never reached the model
+    used = splits["train"].select([record["row"] for record in train_records])
     test_records, test_too_long = (
         tokenize_pairs(splits["test"], tokenizer, config.max_length, False, key)
         if "test" in splits
@@ -547,12 +551,13 @@ def main(config: RewardStageConfig) -> Path:
             **config.inputs,
             "data": config.data,
             "data_sha256": data_sha256,
-            # the split as published (a trace re-hashes it); splits["train"] survived drops
+            # the split as published (a trace re-hashes it), then the pairs trained on
             "row_ids_sha256": ids_digest(offered),
-            "row_ids_used_sha256": ids_digest(splits["train"]),
-            # no usable text, too long, chosen equal to rejected: a trace must not claim them
-            **left_out_entry(offered, splits["train"]),
-            "rows_used": len(splits["train"]),
+            "row_ids_used_sha256": ids_digest(used),
+            # no usable text, chosen equal to rejected, below the margin, not right over wrong,
+            # longer than max_length: a trace must not claim them
+            **left_out_entry(offered, used),
+            "rows_used": len(used),
             "tokenizer_sha256": tokenizer_digest(tokenizer),
             "dropped": {
                 **dropped,
