@@ -5,10 +5,13 @@ settings, sample index), so a ranking can later be traced back to the policy tha
 Sampling is seeded per (checkpoint, batch of prompts): the same config on the same device gives
 the same candidates, and a killed run regenerates nothing it already wrote, because every batch
 lands in its own shard, written atomically, before the next starts. Shards are reused only for
-the same settings, the same checkpoints (by lineage: one republished at the same path is new)
-and the same prompt texts (an edit under the same id counts). ``candidates.parquet`` is
-assembled from the shards at the end (pyarrow, temp file + rename); existing completions of the
-sources (UltraFeedback, OpenAssistant siblings, reference answers) are merged in later by
+the same settings and the same checkpoints (by lineage: one republished at the same path is
+new), and a shard row only for the same prompt: each row carries the digest of its prompt's id
+and messages, so a refresh that adds prompts samples the new ones alone, and an edit under the
+same id is sampled again. (One digest over the whole prompt list made every new prompt discard
+every shard, so the judge paid again for every set.) ``candidates.parquet`` is assembled from
+the shards at the end (pyarrow, temp file + rename); existing completions of the sources
+(UltraFeedback, OpenAssistant siblings, reference answers) are merged in later by
 ``curation.feedback`` (this module must not import polars).
 """
 
@@ -59,7 +62,10 @@ CANDIDATE = pa.struct(
         ("sampling", pa.string()),
     ]
 )
-SHARD_SCHEMA = pa.schema([("id", pa.string()), ("candidates", pa.list_(CANDIDATE))])
+# A prompt too long to sample is a row with no candidates: it is settled, not pending.
+SHARD_SCHEMA = pa.schema(
+    [("id", pa.string()), ("prompt_sha256", pa.string()), ("candidates", pa.list_(CANDIDATE))]
+)
 # The shared data model's candidates table (reference and answer are filled by curation).
 CANDIDATES_SCHEMA = pa.schema(
     [
@@ -156,6 +162,8 @@ def samples_per_checkpoint(num_candidates: int, checkpoints: int) -> list[int]:
 
 # How a sampled candidate's id names its model (see ``weights_stamp``); in each shard manifest.
 CANDIDATE_IDS = "weights-sha256"
+# How shards are keyed: by prompt digest per row. Folders of the batch-position layout go.
+SHARD_LAYOUT = "prompt-sha256-rows"
 
 
 def candidate_id(origin: str, model: str, sampling: str, text: str) -> str:
@@ -165,9 +173,19 @@ def candidate_id(origin: str, model: str, sampling: str, text: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
-def batch_seed(seed: int, checkpoint: int, batch: int) -> int:
+def batch_seed(seed: int, checkpoint: int, batch: int | str) -> int:
     digest = hashlib.blake2b(f"{seed}:{checkpoint}:{batch}".encode(), digest_size=4).digest()
     return int.from_bytes(digest)
+
+
+def batch_key(first_position: int, batch_size: int) -> int | str:
+    """What seeds a batch: its index when it starts on a multiple of ``batch_size`` in the
+    prompt list (every batch of a first run, and of a resume, which continues whole batches:
+    both sample what an unbroken run samples), else the position of its first prompt (a
+    refresh's new prompts), so no two batches of one list share a seed."""
+    if first_position % batch_size == 0:
+        return first_position // batch_size
+    return f"at{first_position}"
 
 
 def load_prompts(config: CandidatesConfig) -> list[dict[str, Any]]:
@@ -221,19 +239,21 @@ def weights_stamp(checkpoint: str) -> str:
     ).hexdigest()
 
 
-def prompts_sha256(rows: Sequence[dict]) -> str:
-    """The ids and messages of the prompts answered, in order: an edited prompt under the same
-    id must not be paired with answers sampled for its old text."""
-    payload = [[row["id"], row["prompt"]] for row in rows]
+def prompt_sha256(row: dict) -> str:
+    """A prompt's id and messages: an edited prompt under the same id must not be paired with
+    answers sampled for its old text."""
+    payload = [row["id"], row["prompt"]]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def manifest(config: CandidatesConfig, checkpoints: Sequence[str], rows: Sequence[dict]) -> dict:
-    """What a shard's content depends on; a resumed run reuses shards only when it matches.
-    Checkpoints count by path and by lineage, prompts by id and text, and ``candidate_ids``
-    names how ids are made: shards from before ids hashed the weights are not reused."""
+def manifest(config: CandidatesConfig, checkpoints: Sequence[str]) -> dict:
+    """What every shard's content depends on; a run reuses shards only when it matches (each
+    row then by its prompt's digest). Checkpoints count by path and by lineage, and
+    ``candidate_ids`` names how ids are made: shards from before ids hashed the weights are
+    not reused."""
     return {
         "candidate_ids": CANDIDATE_IDS,
+        "shard_layout": SHARD_LAYOUT,
         "checkpoints": list(checkpoints),
         "checkpoint_stamps": [checkpoint_stamp(c) for c in checkpoints],
         "num_candidates": config.num_candidates,
@@ -244,7 +264,6 @@ def manifest(config: CandidatesConfig, checkpoints: Sequence[str], rows: Sequenc
         "batch_size": config.batch_size,
         "seed": config.seed,
         "dtype": config.dtype,
-        "prompts_sha256": prompts_sha256(rows),
     }
 
 
@@ -280,8 +299,52 @@ def write_table(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def shard_path(shards: Path, checkpoint: int, batch: int) -> Path:
-    return shards / f"c{checkpoint:02d}-b{batch:06d}.parquet"
+def shard_path(shards: Path, checkpoint: int, digests: Sequence[str]) -> Path:
+    """Named by the prompts it answers, so a batch of other prompts never lands on it."""
+    name = hashlib.blake2b("\n".join(digests).encode(), digest_size=8).hexdigest()
+    return shards / f"c{checkpoint:02d}-{name}.parquet"
+
+
+def settled_rows(shards: Path, checkpoint: int) -> dict[str, list[dict]]:
+    """Prompt digest -> candidates for every row the checkpoint's shards hold (an empty list for
+    a prompt skipped as too long); the first shard naming a digest wins."""
+    settled: dict[str, list[dict]] = {}
+    for shard in sorted(shards.glob(f"c{checkpoint:02d}-*.parquet")):
+        for row in pq.read_table(shard, columns=["prompt_sha256", "candidates"]).to_pylist():
+            settled.setdefault(row["prompt_sha256"], row["candidates"])
+    return settled
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """Prompts one checkpoint has yet to answer, in prompt-list order, and their seed key."""
+
+    checkpoint: int
+    rows: list[dict]
+    digests: list[str]
+    key: int | str
+
+
+def pending_batches(
+    rows: list[dict], checkpoints: int, batch_size: int, shards: Path
+) -> list[PendingBatch]:
+    """Every checkpoint's unanswered prompts cut into batches of ``batch_size``."""
+    digests = [prompt_sha256(row) for row in rows]
+    batches = []
+    for index in range(checkpoints):
+        settled = settled_rows(shards, index)
+        todo = [i for i, digest in enumerate(digests) if digest not in settled]
+        for start in range(0, len(todo), batch_size):
+            part = todo[start : start + batch_size]
+            batches.append(
+                PendingBatch(
+                    index,
+                    [rows[i] for i in part],
+                    [digests[i] for i in part],
+                    batch_key(part[0], batch_size),
+                )
+            )
+    return batches
 
 
 def encode_prompts(tokenizer: Any, rows: list[dict], max_length: int) -> tuple[list, list[str]]:
@@ -381,26 +444,33 @@ def generate_shards(
     shards: Path,
     reporter: Reporter,
 ) -> dict[str, int]:
-    """Write every missing (checkpoint, batch) shard of this process's share; a checkpoint with
-    nothing left to do is never loaded. Under several processes, batch ``b`` is rank
-    ``b % world_size``'s: fixed by the index, not by what is pending when a rank looks, so no
-    batch is done twice or skipped. Each batch has its own seed, so the shards are the same
+    """Write a shard for every pending batch of this process's share; a checkpoint with nothing
+    left to do is never loaded. Under several processes, pending batch ``j`` is rank
+    ``j % world_size``'s, every rank having listed the pending batches before any writes, so
+    no batch is done twice or skipped. Each batch has its own seed, so the shards are the same
     whatever the number of processes."""
     counts = samples_per_checkpoint(config.num_candidates, len(checkpoints))
-    batches = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
-    mine = range(rank(), len(batches), world_size())
-    stats = {"batches_generated": 0, "batches_reused": 0}
+    pending = pending_batches(rows, len(checkpoints), config.batch_size, shards)
+    wait_for_everyone()  # every rank has listed what is pending before any shard is written
+    mine = pending[rank() :: world_size()]
+    stats = {
+        "batches_generated": 0,
+        "prompts_sampled": 0,
+        # counted by one rank, not by each: the ranks' stats are summed
+        "prompts_reused": 0
+        if rank()
+        else len(rows) * len(checkpoints) - sum(len(b.rows) for b in pending),
+    }
     for index, checkpoint in enumerate(checkpoints):
-        pending = [b for b in mine if not shard_path(shards, index, b).exists()]
-        stats["batches_reused"] += len(mine) - len(pending)
-        if not pending:
+        batches = [b for b in mine if b.checkpoint == index]
+        if not batches:
             continue
         model, tokenizer = load_model(checkpoint, config)
         stamp = weights_stamp(checkpoint)
         first_sample = sum(counts[:index])
-        for batch in pending:
+        for batch in batches:
             started = time.perf_counter()
-            kept, too_long = encode_prompts(tokenizer, batches[batch], config.max_prompt_length)
+            kept, too_long = encode_prompts(tokenizer, batch.rows, config.max_prompt_length)
             answers = (
                 sample(
                     model,
@@ -408,29 +478,33 @@ def generate_shards(
                     [text for _, text in kept],
                     counts[index],
                     config,
-                    batch_seed(config.seed, index, batch),
+                    batch_seed(config.seed, index, batch.key),
                 )
                 if kept
                 else []
             )
+            sampled = {
+                row["id"]: candidate_rows(texts, checkpoint, stamp, config, first_sample)
+                for (row, _), texts in zip(kept, answers, strict=True)
+            }
             table = pa.Table.from_pylist(
                 [
                     {
                         "id": row["id"],
-                        "candidates": candidate_rows(
-                            texts, checkpoint, stamp, config, first_sample
-                        ),
+                        "prompt_sha256": digest,
+                        "candidates": sampled.get(row["id"], []),
                     }
-                    for (row, _), texts in zip(kept, answers, strict=True)
+                    for row, digest in zip(batch.rows, batch.digests, strict=True)
                 ],
                 schema=SHARD_SCHEMA,
             )
-            write_table(table, shard_path(shards, index, batch))
+            write_table(table, shard_path(shards, index, batch.digests))
             stats["batches_generated"] += 1
+            stats["prompts_sampled"] += len(kept)
             reporter.metrics(
                 {
                     "checkpoint": index,
-                    "batch": batch,
+                    "batch": batch.key,
                     "prompts": len(kept),
                     "skipped_too_long": len(too_long),
                     "seconds": time.perf_counter() - started,
@@ -440,32 +514,27 @@ def generate_shards(
     return stats
 
 
-def assemble(
-    rows: list[dict], checkpoints: int, batch_size: int, shards: Path, target: Path
-) -> pa.Table:
+def assemble(rows: list[dict], checkpoints: int, shards: Path, target: Path) -> pa.Table:
     """One row per prompt with the candidates of every checkpoint, in checkpoint order; prompts
-    skipped for length (absent from a shard) are left out."""
-    by_id: dict[str, list[dict]] = {}
-    batches = (len(rows) + batch_size - 1) // batch_size
-    for index in range(checkpoints):
-        for batch in range(batches):
-            for shard_row in pq.read_table(shard_path(shards, index, batch)).to_pylist():
-                by_id.setdefault(shard_row["id"], []).extend(shard_row["candidates"])
-    table = pa.Table.from_pylist(
-        [
-            {
-                "id": row["id"],
-                "source": row["source"],
-                "prompt": [{"role": m["role"], "content": m["content"]} for m in row["prompt"]],
-                "reference": None,
-                "answer": None,
-                "candidates": by_id[row["id"]],
-            }
-            for row in rows
-            if row["id"] in by_id
-        ],
-        schema=CANDIDATES_SCHEMA,
-    )
+    skipped for length (no candidates) are left out, and so are shard rows of prompts no longer
+    in the list (a refresh keeps them on disk; they cost nothing here)."""
+    settled = [settled_rows(shards, index) for index in range(checkpoints)]
+    table_rows = []
+    for row in rows:
+        digest = prompt_sha256(row)
+        candidates = [c for by_digest in settled for c in by_digest.get(digest, [])]
+        if candidates:
+            table_rows.append(
+                {
+                    "id": row["id"],
+                    "source": row["source"],
+                    "prompt": [{"role": m["role"], "content": m["content"]} for m in row["prompt"]],
+                    "reference": None,
+                    "answer": None,
+                    "candidates": candidates,
+                }
+            )
+    table = pa.Table.from_pylist(table_rows, schema=CANDIDATES_SCHEMA)
     write_table(table, target)
     return table
 
@@ -484,7 +553,7 @@ def main(config: CandidatesConfig) -> Path:
     join_process_group()
     try:
         if is_main_process():
-            prepare_shards(shards, manifest(config, checkpoints, rows), config.resume, reporter)
+            prepare_shards(shards, manifest(config, checkpoints), config.resume, reporter)
     finally:
         wait_for_everyone()  # no rank writes a shard before stale ones are gone
     reporter.log(
@@ -495,14 +564,16 @@ def main(config: CandidatesConfig) -> Path:
     stats = sum_over_ranks(generate_shards(config, checkpoints, rows, shards, reporter))
     if not is_main_process():
         return out / OUTPUT  # the main process assembles once every shard is written
-    table = assemble(rows, len(checkpoints), config.batch_size, shards, out / OUTPUT)
+    table = assemble(rows, len(checkpoints), shards, out / OUTPUT)
     summary = {
         "path": str(out / OUTPUT),
         "prompts": table.num_rows,
         "candidates": sum(len(c) for c in table.column("candidates").to_pylist()),
         "skipped_too_long": len(rows) - table.num_rows,
         "batches_generated": stats["batches_generated"],
-        "batches_reused": stats["batches_reused"],
+        # (prompt, checkpoint) answers sampled now and taken from earlier runs' shards
+        "prompts_sampled": stats["prompts_sampled"],
+        "prompts_reused": stats["prompts_reused"],
         "checkpoints": checkpoints,
         "seconds": round(time.time() - started, 3),
         **{f"input_{k}": v for k, v in config.inputs.items()},
