@@ -7,6 +7,13 @@ needs no Dagster instance and works on outputs copied to another machine. Record
 paths that no longer exist are re-anchored under the outputs folder by their longest existing
 tail, and the report shows both paths, so relocation is visible rather than silent.
 
+A checkpoint is credited with a row only as far as its lineage can prove it: the dataset's row
+ids and file contents must still hash to what training recorded (``row_ids_sha256``,
+``data_sha256``), the row must not be among the stage's ``row_ids_left_out``, and each parent
+and reward model must still be the checkpoint the stage was trained with (their lineage digests).
+Anything short of that is listed as unverified with the reason, never dropped: a row removed
+from a dataset since training keeps the checkpoints that may have learnt from it.
+
 The results are plain dicts (JSON-ready) so the CLI can print them and an asset can attach them
 as metadata; ``format_*`` turn them into text tables.
 """
@@ -27,6 +34,7 @@ from curation.curate import STATES
 from curation.folders import current_folder, set_folders
 from curation.schema import LEDGER, REJECTED, stable_id
 from curation.storage import MANIFEST, read_manifest
+from training.datafiles import content_digest
 
 LINEAGE = "lineage.json"
 RAW_PREFIX = "raw_"
@@ -85,13 +93,34 @@ def _asset_files(outputs: Path, name: str) -> list[Path]:
     return sorted(folder.glob("[!.]*.parquet")) if folder.is_dir() else []
 
 
+def _unreadable(path: Path, error: Exception) -> TraceError:
+    reason = next(iter(str(error).strip().splitlines()), "") or type(error).__name__
+    return TraceError(f"{path}: not a readable Parquet file ({reason})")
+
+
+def _parquet_schema(path: Path) -> dict[str, Any]:
+    """The file's columns; a cut-off or foreign file is a TraceError naming it, not a traceback
+    from polars."""
+    try:
+        return dict(pl.read_parquet_schema(path))
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise _unreadable(path, error) from None
+
+
+def _read_parquet(path: Path, columns: Sequence[str]) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path, columns=list(columns))
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise _unreadable(path, error) from None
+
+
 def _scan(paths: Sequence[Path], columns: Sequence[str]) -> pl.DataFrame | None:
     frames = []
     for path in paths:
-        schema = pl.read_parquet_schema(path)
+        schema = _parquet_schema(path)
         present = [c for c in columns if c in schema]
         frames.append(
-            pl.read_parquet(path, columns=present).with_columns(
+            _read_parquet(path, present).with_columns(
                 *(pl.lit(None).alias(c) for c in columns if c not in schema)
             )
         )
@@ -99,6 +128,14 @@ def _scan(paths: Sequence[Path], columns: Sequence[str]) -> pl.DataFrame | None:
 
 
 ROW_COLUMNS = ("id", "source", "source_id", "provenance", "source_ids")
+# What a trace reads of a feedback pair (never its texts).
+FEEDBACK_SCHEMA = {
+    "id": pl.String,
+    "source": pl.String,
+    "source_id": pl.String,
+    "origin": pl.String,
+    "source_ids": pl.List(pl.String),
+}
 
 
 def _read_rows(paths: Sequence[Path], kind: str, asset: str | None) -> pl.DataFrame | None:
@@ -146,10 +183,10 @@ class Catalog:
     ledger: pl.DataFrame
     states: pl.DataFrame
     looked_in: list[str] = field(default_factory=list)
-    # Pairs made from AI or human feedback (feedback_preferences): their ids are not raw rows.
-    feedback_ids: pl.DataFrame = field(
-        default_factory=lambda: pl.DataFrame(schema={"id": pl.String})
-    )
+    # Pairs made from AI or human feedback (feedback_preferences): their ids are not raw rows;
+    # ``source_ids`` names what each was built from (the prompt row first, then the two
+    # candidate answers), which is how a raw prompt row reaches them.
+    feedback: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=FEEDBACK_SCHEMA))
 
     @property
     def sources(self) -> list[str]:
@@ -231,16 +268,12 @@ def load_catalog(outputs: str | Path) -> Catalog:
         subset=["row_id", "stage", "rule", "verdict", "reason"], keep="first", maintain_order=True
     )
     states_frame = _concat(states, STATES_SCHEMA)
-    feedback = _scan(_asset_files(outputs, FEEDBACK_PAIRS), ["id"])
+    feedback = _concat(
+        [_scan(_asset_files(outputs, FEEDBACK_PAIRS), tuple(FEEDBACK_SCHEMA))], FEEDBACK_SCHEMA
+    )
     looked_in.append(str(outputs / f"{FEEDBACK_PAIRS}.parquet"))
     return Catalog(
-        outputs,
-        rows_frame,
-        rejected_frame,
-        ledger_frame,
-        states_frame,
-        looked_in,
-        feedback if feedback is not None else pl.DataFrame(schema={"id": pl.String}),
+        outputs, rows_frame, rejected_frame, ledger_frame, states_frame, looked_in, feedback
     )
 
 
@@ -283,16 +316,33 @@ def dataset_files(folder: Path, split: str) -> list[Path] | None:
     return [p for p in table.paths(split) if p.is_file()]
 
 
+def missing_dataset_files(folder: Path) -> list[Path]:
+    """Part files the manifest of an export by parts names (with rows) that are not on disk: a
+    split read without them is short, so a trace reports each rather than counting fewer rows."""
+    if (folder / "train.parquet").is_file():
+        return []
+    table = read_manifest(folder / DATASET_PARTS)
+    if table is None:
+        return []
+    return [
+        table.path(part, split)
+        for part in table.parts
+        for split in table.members
+        if part.stats.get(split) != 0 and not table.path(part, split).is_file()
+    ]
+
+
 def dataset_ids(folder: Path, split: str) -> list[str] | None:
-    """The ``id`` column of one split (whole file or parts, in file order), or None if absent."""
+    """The ``id`` column of one split (whole file or parts, in file order), or None if absent.
+    A part file that is missing is not read (``missing_dataset_files`` names it)."""
     paths = dataset_files(folder, split)
     if paths is None:
         return None
     ids: list[str] = []
     for path in paths:
-        if "id" not in pl.read_parquet_schema(path):
+        if "id" not in _parquet_schema(path):
             return []
-        ids += pl.read_parquet(path, columns=["id"])["id"].cast(pl.String).to_list()
+        ids += _read_parquet(path, ["id"])["id"].cast(pl.String).to_list()
     return ids
 
 
@@ -303,12 +353,19 @@ def hf_dataset_ids(folder: Path, split: str) -> list[str] | None:
     state = split_dir / "state.json"
     if not state.is_file():
         return None
-    files = [split_dir / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+    try:
+        names = [f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise TraceError(f"{state}: not a datasets state.json ({error!r})") from None
     ids: list[str] = []
-    for path in files:
-        frame = pl.read_ipc_stream(path, columns=["id"]) if path.is_file() else None
-        if frame is None:
+    for path in (split_dir / name for name in names):
+        if not path.is_file():
             return None
+        try:
+            frame = pl.read_ipc_stream(path, columns=["id"])
+        except (pl.exceptions.PolarsError, OSError) as error:
+            reason = next(iter(str(error).strip().splitlines()), "") or type(error).__name__
+            raise TraceError(f"{path}: not a readable Arrow stream ({reason})") from None
         ids += frame["id"].cast(pl.String).to_list()
     return ids
 
@@ -338,27 +395,143 @@ def checkpoint_folder(path: str | Path) -> Path:
         return path
     if (path / "checkpoint" / LINEAGE).is_file():
         return path / "checkpoint"
+    aside = _set_aside(path)
+    note = (
+        f"; a publish killed between its two renames left the previous checkpoint set aside "
+        f"at {aside} (the stage's next run puts it back; trace that folder to see it now)"
+        if aside
+        else ""
+    )
     if not path.exists():
-        raise TraceError(f"{path}: no such checkpoint folder")
-    raise TraceError(f"{path}: no {LINEAGE} here or in {path / 'checkpoint'}")
+        raise TraceError(f"{path}: no such checkpoint folder{note}")
+    raise TraceError(f"{path}: no {LINEAGE} here or in {path / 'checkpoint'}{note}")
+
+
+def _set_aside(path: Path) -> Path | None:
+    """The newest ``.checkpoint.old-*`` beside where ``checkpoint/`` should be (``path`` is the
+    stage folder or its missing ``checkpoint/``) that holds a lineage: what
+    training.checkpoint.publish leaves when killed between moving the old checkpoint aside and
+    moving the new one in."""
+    stage = path.parent if path.name == "checkpoint" else path
+    if not stage.is_dir():
+        return None
+    found = sorted(p for p in stage.glob(".checkpoint.old-*") if (p / LINEAGE).is_file())
+    return found[-1] if found else None
+
+
+# Fields of lineage.json a trace reads, and what each must be when present (null is absent).
+LINEAGE_TEXT = ("stage", "parent_checkpoint", "parent_lineage_sha256", "finished_at")
+INPUT_TEXT = (
+    "asset",
+    "data",
+    "data_sha256",
+    "row_ids_sha256",
+    "ptx_data",
+    "reward_model",
+    "reward_model_lineage_sha256",
+    "reference_checkpoint",
+    "reference_checkpoint_lineage_sha256",
+)
+
+
+def _refuse(path: Path, name: str, expected: str, value: Any) -> TraceError:
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return TraceError(f"{path}: field {name}: expected {expected}, found {shown}")
+
+
+def _check_lineage(lineage: dict[str, Any], path: Path) -> None:
+    """Refuse the fields a trace reads when they have the wrong shape, naming file and field,
+    rather than fail later with an AttributeError deep in the walk."""
+    for key in LINEAGE_TEXT:
+        if lineage.get(key) is not None and not isinstance(lineage[key], str):
+            raise _refuse(path, key, "a string", lineage[key])
+    inputs = lineage.get("inputs")
+    if inputs is None:
+        return
+    if not isinstance(inputs, dict):
+        raise _refuse(path, "inputs", "an object", inputs)
+    entries = [("inputs", inputs)]
+    datasets = inputs.get("datasets")
+    if datasets is not None:
+        if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
+            raise _refuse(path, "inputs.datasets", "a list of objects", datasets)
+        entries += [(f"inputs.datasets[{i}]", d) for i, d in enumerate(datasets)]
+    for where, entry in entries:
+        for key in INPUT_TEXT:
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise _refuse(path, f"{where}.{key}", "a string", entry[key])
+        left_out = entry.get("row_ids_left_out")
+        if left_out is not None and (
+            not isinstance(left_out, list)
+            or not all(isinstance(i, str | int) and not isinstance(i, bool) for i in left_out)
+        ):
+            raise _refuse(path, f"{where}.row_ids_left_out", "a list of row ids", left_out)
+        used = entry.get("rows_used")
+        if used is not None and (not isinstance(used, int) or isinstance(used, bool) or used < 0):
+            raise _refuse(path, f"{where}.rows_used", "a count of rows", used)
 
 
 def read_lineage(folder: Path) -> dict[str, Any]:
+    """A checkpoint's lineage.json, its fields checked (``TraceError`` naming file and field)."""
+    path = folder / LINEAGE
     try:
-        lineage = json.loads((folder / LINEAGE).read_text(encoding="utf-8"))
+        lineage = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise TraceError(f"{folder / LINEAGE}: not valid JSON ({error})") from None
+        raise TraceError(f"{path}: not valid JSON ({error})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TraceError(f"{path}: cannot be read ({error})") from None
     if not isinstance(lineage, dict):
-        raise TraceError(f"{folder / LINEAGE}: expected a JSON object")
+        raise TraceError(f"{path}: expected a JSON object")
+    _check_lineage(lineage, path)
     return lineage
 
 
 def lineage_inputs(lineage: dict[str, Any]) -> list[dict[str, Any]]:
-    """The datasets a stage names: ``inputs`` itself, or each entry of ``inputs.datasets``."""
+    """The datasets a stage names: ``inputs`` itself, or each entry of ``inputs.datasets``
+    (``read_lineage`` has checked their shape)."""
     inputs = lineage.get("inputs") or {}
     if isinstance(inputs.get("datasets"), list):
-        return [d for d in inputs["datasets"] if isinstance(d, dict)]
+        return inputs["datasets"]
     return [inputs] if inputs.get("data") else []
+
+
+def left_out_ids(entry: dict[str, Any]) -> set[str]:
+    """The row ids the stage names as offered and not trained on (``row_ids_left_out``)."""
+    return {str(i) for i in entry.get("row_ids_left_out") or ()}
+
+
+def content_check(
+    entry: dict[str, Any], data: Path, outputs: Path, cache: dict[Path, str]
+) -> dict[str, Any] | None:
+    """The dataset's content digest now (training.datafiles.content_digest, what training
+    recorded as ``data_sha256``) against the recorded one: the row-id hash cannot see an answer
+    rewritten under the same id, this can. PPO appends the ptx dataset's digest after a space.
+    None when the lineage records no digest (older lineages)."""
+    recorded = entry.get("data_sha256")
+    if not recorded:
+        return None
+    folders: list[Path | None] = [data]
+    if len(recorded.split()) > 1:
+        folders.append(relocate(entry.get("ptx_data"), outputs))
+    found, errors = [], []
+    for folder in folders:
+        if folder is None:
+            errors.append(f"{entry.get('ptx_data')} not found")
+            continue
+        key = folder.resolve()
+        if key not in cache:
+            try:
+                cache[key] = content_digest(folder)
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                errors.append(f"{folder}: {error}")
+                continue
+        found.append(cache[key])
+    digest = " ".join(found) if not errors else None
+    check = {"recorded": recorded, "found": digest, "ok": digest == recorded}
+    if errors:
+        check["error"] = "; ".join(errors)
+    return check
 
 
 def lineage_sha256(folder: Path | None) -> str | None:
@@ -434,7 +607,33 @@ def _count_dict(frame: pl.DataFrame, key: str, value: str = "len") -> dict[str, 
     return {str(k): int(v) for k, v in frame.select(key, value).iter_rows()}
 
 
-def _dataset_report(entry: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
+def _left_out_reasons(entry: dict[str, Any], lineage: dict[str, Any]) -> dict[str, int]:
+    """Why the stage left rows of the train split out, as it counted them: ``inputs.dropped``
+    (reason → per-split counts: DPO, reward), or SFT's count of conversations with no answer
+    within ``max_length``. Counts only: lineage names left-out ids, not each one's reason."""
+    reasons: dict[str, int] = {}
+    dropped = entry.get("dropped")
+    if isinstance(dropped, dict):
+        for reason, counts in dropped.items():
+            n = counts.get("train") if isinstance(counts, dict) else counts
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                reasons[str(reason)] = n
+    metrics = lineage.get("metrics")
+    if isinstance(metrics, dict):
+        for key in LEFT_OUT_METRICS:
+            n = metrics.get(key)
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                reasons.setdefault(key, n)
+    return reasons
+
+
+# Metrics that count the train rows a stage left out (SFT: no assistant token within max_length).
+LEFT_OUT_METRICS = ("without_answer_within_max_length",)
+
+
+def _dataset_report(
+    entry: dict[str, Any], lineage: dict[str, Any], catalog: Catalog, digests: dict[Path, str]
+) -> dict[str, Any]:
     recorded_data = entry.get("data")
     folder = relocate(recorded_data, catalog.outputs)
     report: dict[str, Any] = {
@@ -443,16 +642,32 @@ def _dataset_report(entry: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
         "data_recorded": recorded_data,
         "row_ids_sha256": entry.get("row_ids_sha256"),
         "problems": [],
+        "notes": [],
     }
+    problems = report["problems"]
     if folder is None:
-        report["problems"].append(f"dataset {recorded_data} not found")
+        problems.append(f"dataset {recorded_data} not found")
         return report
+    manifest = folder / DATASET_PARTS / MANIFEST
+    problems += [
+        f"{path}: named in {manifest} but missing (the split is counted without it)"
+        for path in missing_dataset_files(folder)
+    ]
     train = dataset_ids(folder, "train")
     if train is None:
-        report["problems"].append(f"{folder}: no train.parquet and no parts/{MANIFEST}")
+        problems.append(f"{folder}: no train.parquet and no parts/{MANIFEST}")
         return report
     test = dataset_ids(folder, "test") or []
-    report["rows"] = {"train": len(train), "test": len(test), "train_unique": len(set(train))}
+    left_out = left_out_ids(entry)
+    used = [i for i in train if i not in left_out]
+    skipped = [i for i in train if i in left_out]
+    report["rows"] = {
+        "train": len(train),
+        "test": len(test),
+        "train_unique": len(set(train)),
+        "left_out": len(skipped),
+        "used": len(used),
+    }
     recorded_hash = entry.get("row_ids_sha256")
     checks = {"parquet": ids_sha256(train)}
     hf = hf_dataset_ids(folder, "train")
@@ -462,30 +677,70 @@ def _dataset_report(entry: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
         form: {"sha256": digest, "ok": digest == recorded_hash} for form, digest in checks.items()
     }
     if not recorded_hash:
-        report["problems"].append("lineage records no row_ids_sha256")
+        problems.append("lineage records no row_ids_sha256")
     for form, check in report["hash_check"].items():
         if recorded_hash and not check["ok"]:
-            report["problems"].append(
+            problems.append(
                 f"row-id hash mismatch: {folder} ({form}) has {check['sha256'][:12]}…, lineage "
                 f"recorded {recorded_hash[:12]}…; the dataset changed after training"
             )
-    report.update(_raw_behind(train, catalog))
+    content = content_check(entry, folder, catalog.outputs, digests)
+    report["content_check"] = content
+    if content is not None and not content["ok"]:
+        found = content.get("error") or f"has {str(content['found'])[:12]}…"
+        problems.append(
+            f"content digest mismatch: {folder} {found}, lineage recorded data_sha256 "
+            f"{content['recorded'][:12]}…; the dataset's files changed after training (rows "
+            "rewritten under the same ids count)"
+        )
+    reasons = _left_out_reasons(entry, lineage)
+    report["left_out"] = {"rows": len(skipped), "reasons": reasons}
+    ids_hold = bool(recorded_hash) and all(c["ok"] for c in report["hash_check"].values())
+    report["notes"] += _left_out_notes(entry, len(used), len(skipped), ids_hold)
+    report.update(_raw_behind(used, skipped, catalog))
     if report["unresolved_ids"]:
-        report["problems"].append(
+        problems.append(
             f"{report['unresolved_ids']} row ids not found in the raw tables of {catalog.outputs}"
         )
     return report
 
 
-def _raw_behind(train: list[str], catalog: Catalog) -> dict[str, Any]:
-    """Raw files and counts behind ``train`` ids, and the rows from those files that the
-    pipeline dropped on the way (unreadable, excluded at ingest, dropped by curation)."""
-    used = pl.DataFrame({"id": train}, schema={"id": pl.String}).group_by("id").len("uses")
+def _left_out_notes(entry: dict[str, Any], used: int, skipped: int, ids_hold: bool) -> list[str]:
+    """Where the lineage's own counts say the stage trained on fewer rows than the split less
+    its ``row_ids_left_out``: the trace then attributes rows the stage skipped without naming
+    them. Checked only while the split is the one trained on (its row-id hash holds). Notes,
+    not problems: the chain is whole, the attribution is what is inexact."""
+    if not ids_hold:
+        return []
+    notes = []
+    recorded = entry.get("rows_used")
+    if recorded is not None and recorded != used:
+        notes.append(
+            f"lineage records rows_used {recorded}, but the train split less the {skipped} rows "
+            f"in row_ids_left_out holds {used}: which rows make the difference is not recorded"
+        )
+    dropped = _left_out_reasons(entry, {})
+    if "row_ids_left_out" in entry and sum(dropped.values()) > skipped:
+        counted = ", ".join(f"{k} {n}" for k, n in dropped.items())
+        notes.append(
+            f"lineage counts {sum(dropped.values())} train rows dropped ({counted}) but names "
+            f"{skipped} in row_ids_left_out: the rest are counted here as used"
+        )
+    return notes
+
+
+def _raw_behind(used_ids: list[str], left_out_ids: list[str], catalog: Catalog) -> dict[str, Any]:
+    """Raw files and counts behind the train rows the stage used, the rows it left out (by raw
+    file), and the rows from those files that the pipeline dropped on the way (unreadable,
+    excluded at ingest, dropped by curation)."""
+    used = pl.DataFrame({"id": used_ids}, schema={"id": pl.String}).group_by("id").len("uses")
+    skipped = pl.DataFrame({"id": left_out_ids}, schema={"id": pl.String}).unique()
+    feedback_ids = catalog.feedback.select("id")
     rows = catalog.rows.join(used, on="id", how="inner")
-    feedback = used.join(catalog.feedback_ids, on="id", how="semi").height
+    feedback = used.join(feedback_ids, on="id", how="semi").height
     unresolved = (
         used.join(catalog.rows.select("id"), on="id", how="anti")
-        .join(catalog.feedback_ids, on="id", how="anti")
+        .join(feedback_ids, on="id", how="anti")
         .height
     )
     by_file = (
@@ -507,11 +762,19 @@ def _raw_behind(train: list[str], catalog: Catalog) -> dict[str, Any]:
         .join(catalog.rows.select("id", "file", "kind"), left_on="row_id", right_on="id")
         .filter(pl.col("file").is_in(files) & pl.col("kind").is_in(kinds))
     )
-    # Read from the same files, neither dropped nor in this train split: the test split, rows
-    # the dataset does not select (SFT needs a final assistant turn), or left out of a mixture.
+    left_out_files = (
+        catalog.rows.join(skipped, on="id", how="semi")
+        .group_by("file")
+        .len()
+        .sort("file", nulls_last=True)
+    )
+    # Read from the same files, neither dropped, left out, nor in this train split: the test
+    # split, rows the dataset does not select (SFT needs a final assistant turn), or left out of
+    # a mixture.
     elsewhere = (
         catalog.rows.filter(pl.col("file").is_in(files) & pl.col("kind").is_in(kinds))
         .join(used, on="id", how="anti")
+        .join(skipped, on="id", how="anti")
         .join(dropped.select(pl.col("row_id").alias("id")), on="id", how="anti")
     )
     return {
@@ -521,6 +784,9 @@ def _raw_behind(train: list[str], catalog: Catalog) -> dict[str, Any]:
         ],
         "unresolved_ids": unresolved,
         "feedback_pairs": feedback,
+        "left_out_raw_files": {
+            str(f): int(n) for f, n in left_out_files.iter_rows() if f is not None
+        },
         "dropped": {
             "unreadable": _count_dict(rejected.group_by("file").len().sort("file"), "file"),
             "excluded_at_ingest": _count_dict(excluded.group_by("rule").len().sort("rule"), "rule"),
@@ -531,6 +797,9 @@ def _raw_behind(train: list[str], catalog: Catalog) -> dict[str, Any]:
                 .sort("asset", "rule")
                 .iter_rows()
             },
+            "left_out_by_stage": (
+                {"left out by the stage": len(left_out_ids)} if left_out_ids else {}
+            ),
             "not_in_train": {"test split, not selected or not mixed in": elsewhere.height},
         },
     }
@@ -557,50 +826,141 @@ def _pin_problem(
     )
 
 
-def trace_checkpoint(checkpoint: str | Path, outputs: str | Path) -> dict[str, Any]:
-    """The stages behind ``checkpoint`` (itself, then its parents), each with the dataset it
-    trained on, the row-id hash check, the raw files and counts, and the rows dropped on the way.
-    ``ok`` is false when any parent, dataset or raw row is missing, any hash differs, or a parent
-    is not the one its child was trained from (``pin``: retrained at the same path since)."""
-    catalog = load_catalog(outputs)
-    stages = []
-    chain = checkpoint_chain(checkpoint, catalog.outputs)
-    for index, link in enumerate(chain):
-        lineage = link["lineage"]
-        if lineage is None:
-            stages.append(
-                {
-                    "stage": None,
-                    "checkpoint": None,
-                    "checkpoint_recorded": link["recorded"],
-                    "pin": None,
-                    "datasets": [],
-                    "problems": [f"parent checkpoint {link['recorded']} not found"],
-                }
-            )
+# Checkpoints a stage used besides its parent, as lineage names them: inputs.<key> (a path)
+# pinned by inputs.<key>_lineage_sha256 (the sha256 of that checkpoint's lineage.json as the run
+# started; null when it had none).
+MODEL_INPUTS = {"reward_model": "reward model", "reference_checkpoint": "reference"}
+
+
+def _lineage_folder(path: Path | None) -> Path | None:
+    """``path`` or its ``checkpoint/`` when it holds a lineage.json, else None."""
+    if path is None:
+        return None
+    for folder in (path, path / "checkpoint"):
+        if (folder / LINEAGE).is_file():
+            return folder
+    return None
+
+
+def model_inputs(lineage: dict[str, Any], outputs: Path) -> list[dict[str, Any]]:
+    """The reward model and DPO reference a stage names: where each is now (``checkpoint``,
+    None when not found or without lineage) and ``pin`` (recorded against found digest; None
+    when the lineage pins nothing: older lineages, or a model without lineage.json then)."""
+    inputs = lineage.get("inputs") or {}
+    found = []
+    for key, role in MODEL_INPUTS.items():
+        recorded = inputs.get(key)
+        if not recorded:
             continue
-        datasets = [_dataset_report(entry, catalog) for entry in lineage_inputs(lineage)]
-        problems = []
-        pin = link["pin"]
-        if pin is not None and not pin["ok"]:
-            child = chain[index - 1]["lineage"]
-            problems.append(_pin_problem(link["checkpoint"], lineage, child, pin))
-        problems += [p for d in datasets for p in d["problems"]]
-        if not datasets:
-            problems.append("lineage names no dataset")
-        stages.append(
+        folder = _lineage_folder(relocate(recorded, outputs))
+        pinned = inputs.get(f"{key}_lineage_sha256")
+        pin = None
+        if pinned:
+            digest = lineage_sha256(folder)
+            pin = {"recorded": pinned, "found": digest, "ok": digest == pinned}
+        found.append(
             {
-                "stage": lineage.get("stage"),
-                "checkpoint": link["checkpoint"],
-                "checkpoint_recorded": link["recorded"],
-                "parent_checkpoint": lineage.get("parent_checkpoint"),
-                "code_version": lineage.get("code_version"),
-                "finished_at": lineage.get("finished_at"),
+                "input": key,
+                "role": role,
+                "recorded": recorded,
+                "checkpoint": str(folder) if folder else None,
                 "pin": pin,
-                "datasets": datasets,
-                "problems": problems,
             }
         )
+    return found
+
+
+def _model_problem(model: dict[str, Any], stage: str | None) -> str | None:
+    pin, name = model["pin"], stage or "this stage"
+    if pin is None or pin["ok"]:
+        return None
+    if model["checkpoint"] is None:
+        return (
+            f"{model['role']} {model['recorded']} not found (or has no {LINEAGE}); {name}'s "
+            f"lineage pinned its {LINEAGE} at {pin['recorded'][:12]}…"
+        )
+    return (
+        f"{model['role']} {model['checkpoint']} is not the one {name} was trained with: its "
+        f"{LINEAGE} has sha256 {str(pin['found'])[:12]}…, {name}'s lineage recorded "
+        f"{pin['recorded'][:12]}…; it was retrained (or its {LINEAGE} rewritten) since"
+    )
+
+
+def _stage_report(
+    link: dict[str, Any], child: dict[str, Any] | None, catalog: Catalog, digests: dict[Path, str]
+) -> dict[str, Any]:
+    lineage = link["lineage"]
+    if lineage is None:
+        return {
+            "stage": None,
+            "checkpoint": None,
+            "checkpoint_recorded": link["recorded"],
+            "pin": None,
+            "models": [],
+            "datasets": [],
+            "problems": [f"parent checkpoint {link['recorded']} not found"],
+        }
+    datasets = [
+        _dataset_report(entry, lineage, catalog, digests) for entry in lineage_inputs(lineage)
+    ]
+    models = model_inputs(lineage, catalog.outputs)
+    problems = []
+    pin = link["pin"]
+    if pin is not None and not pin["ok"] and child is not None:
+        problems.append(_pin_problem(link["checkpoint"], lineage, child, pin))
+    problems += [p for m in models if (p := _model_problem(m, lineage.get("stage")))]
+    problems += [p for d in datasets for p in d["problems"]]
+    if not datasets:
+        problems.append("lineage names no dataset")
+    return {
+        "stage": lineage.get("stage"),
+        "checkpoint": link["checkpoint"],
+        "checkpoint_recorded": link["recorded"],
+        "parent_checkpoint": lineage.get("parent_checkpoint"),
+        "code_version": lineage.get("code_version"),
+        "finished_at": lineage.get("finished_at"),
+        "pin": pin,
+        "models": models,
+        "datasets": datasets,
+        "problems": problems,
+    }
+
+
+def trace_checkpoint(checkpoint: str | Path, outputs: str | Path) -> dict[str, Any]:
+    """The stages behind ``checkpoint`` (itself, then its parents; then the reward model or
+    reference each names, with their parents, unless already on the way: ``input_of`` says
+    whose), each with the dataset it trained on, the row-id hash and content digest checks, the
+    raw files and counts, the rows left out by the stage and those dropped on the way. ``ok`` is
+    false when any parent, dataset, part file or raw row is missing, any hash or digest differs,
+    or a parent, reward model or reference is not the one the stage was trained with (``pin``:
+    retrained at the same path since)."""
+    catalog = load_catalog(outputs)
+    digests: dict[Path, str] = {}
+    stages: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+    queue: list[tuple[str | Path, dict[str, Any] | None, dict[str, Any] | None]] = [
+        (checkpoint, None, None)
+    ]
+    while queue:
+        start, first_pin, input_of = queue.pop(0)
+        chain = checkpoint_chain(start, catalog.outputs)
+        chain[0]["pin"] = first_pin
+        child = None
+        for link in chain:
+            key = Path(link["checkpoint"]).resolve() if link["checkpoint"] else None
+            if key is not None and key in seen:
+                break  # the rest of this chain is in the report already
+            if key is not None:
+                seen.add(key)
+            stage = _stage_report(link, child, catalog, digests)
+            stage["input_of"] = input_of
+            input_of = None
+            stages.append(stage)
+            child = link["lineage"]
+            for model in stage["models"]:
+                if model["checkpoint"] is not None:
+                    role = {"role": model["input"], "of": stage["checkpoint"]}
+                    queue.append((model["checkpoint"], model["pin"], role))
     return {
         "checkpoint": str(checkpoint_folder(checkpoint)),
         "outputs": str(catalog.outputs),
@@ -611,19 +971,25 @@ def trace_checkpoint(checkpoint: str | Path, outputs: str | Path) -> dict[str, A
 
 def checkpoint_records(report: dict[str, Any]) -> list[dict[str, Any]]:
     """``trace_checkpoint``'s report as flat rows, one per stage, dataset and raw file: the shape
-    of a table in an asset's metadata. ``pinned_by_child`` is false on a parent retrained since
-    its child was trained, None where the child recorded no digest (or for the first stage)."""
+    of a table in an asset's metadata. ``pinned_by_child`` is false on a parent (or reward model,
+    reference) retrained since its child was trained, None where the child recorded no digest
+    (or for the first stage); ``input_of`` names the role of a reward model or reference."""
     records = []
     for stage in report["stages"]:
         pin = stage.get("pin")
+        input_of = stage.get("input_of")
         for dataset in stage["datasets"] or [{}]:
             hashes = dataset.get("hash_check", {})
+            content = dataset.get("content_check")
             common = {
                 "stage": stage["stage"],
                 "checkpoint": stage["checkpoint"],
+                "input_of": input_of["role"] if input_of else None,
                 "dataset": dataset.get("dataset"),
                 "train_rows": dataset.get("rows", {}).get("train"),
+                "left_out_rows": dataset.get("rows", {}).get("left_out"),
                 "row_ids_ok": all(c["ok"] for c in hashes.values()) if hashes else None,
+                "content_ok": content["ok"] if content else None,
                 "pinned_by_child": pin["ok"] if pin else None,
             }
             for raw in dataset.get("raw_files") or [{}]:
@@ -695,103 +1061,207 @@ def _dataset_hits(outputs: Path, ids: set[str]) -> list[dict[str, Any]]:
     return hits
 
 
-# What a checkpoint's lineage says about a row its dataset holds now, best first: trained on it
-# (the dataset's row-id hash is the one recorded at training), not verified (the dataset changed
-# since, or a parent was retrained since), left out by the stage (``row_ids_left_out``).
-TRAINED, UNVERIFIED, LEFT_OUT = "trained", "unverified", "left out"
-HIT_RANK = {TRAINED: 0, UNVERIFIED: 1, LEFT_OUT: 2}
+# What a checkpoint's lineage says about a row, best first: trained on it (the dataset's row-id
+# hash and content digest are the ones recorded at training); optimised against a reward model
+# that was trained on it (PPO, GRPO, RLOO); not verified (the dataset changed since, or a
+# parent or the reward model was retrained since); left out by the stage (``row_ids_left_out``).
+TRAINED, REWARD, UNVERIFIED, LEFT_OUT = (
+    "trained",
+    "reward model trained on it",
+    "unverified",
+    ("left out"),
+)
+HIT_RANK = {TRAINED: 0, REWARD: 1, UNVERIFIED: 2, LEFT_OUT: 3}
 TrainForms = list[tuple[str, set[str]]]
+CHANGED = "dataset changed since training"
+CONTENT_CHANGED = "dataset content changed since training (rows rewritten under the same ids)"
+GONE = (
+    "dataset changed since training and does not hold the row now: whether it did then cannot "
+    "be checked"
+)
 
 
-def _train_forms(folder: Path, cache: dict[Path, TrainForms]) -> TrainForms:
-    """Each form of a dataset's train split (parquet, and the hf copy training loads when there
-    is one) as (ids_sha256, ids), hashed once per folder however many checkpoints name it."""
-    key = folder.resolve()
-    if key not in cache:
-        forms = (dataset_ids(folder, "train"), hf_dataset_ids(folder, "train"))
-        cache[key] = [(ids_sha256(ids), set(ids)) for ids in forms if ids is not None]
-    return cache[key]
+@dataclass
+class _Datasets:
+    """Each dataset folder's train-split forms and content digest, read once per trace however
+    many checkpoints name it; the digest only when a claim depends on it."""
+
+    outputs: Path
+    forms: dict[Path, TrainForms] = field(default_factory=dict)
+    digests: dict[Path, str] = field(default_factory=dict)
+
+    def train_forms(self, folder: Path) -> TrainForms:
+        """Each form of a dataset's train split (parquet, and the hf copy training loads when
+        there is one) as (ids_sha256, ids)."""
+        key = folder.resolve()
+        if key not in self.forms:
+            forms = (dataset_ids(folder, "train"), hf_dataset_ids(folder, "train"))
+            self.forms[key] = [(ids_sha256(ids), set(ids)) for ids in forms if ids is not None]
+        return self.forms[key]
 
 
-def _entry_hit(
-    entry: dict[str, Any], outputs: Path, ids: set[str], cache: dict[Path, TrainForms]
-) -> dict[str, Any] | None:
-    """What one dataset a lineage names says about ``ids``: None when its train split holds
-    none of them, else the status (TRAINED, UNVERIFIED, LEFT_OUT), why, and the dataset's name."""
-    data = relocate(entry.get("data"), outputs)
+def _entry_hit(entry: dict[str, Any], ids: set[str], datasets: _Datasets) -> dict[str, Any] | None:
+    """What one dataset a lineage names says about ``ids``: None when it says nothing, else the
+    status (TRAINED, UNVERIFIED, LEFT_OUT), why, the dataset's name and whether it holds one of
+    ``ids`` now (``in_dataset_now``)."""
+    data = relocate(entry.get("data"), datasets.outputs)
     if data is None:
         return None
-    forms = _train_forms(data, cache)
+    forms = datasets.train_forms(data)
     recorded = entry.get("row_ids_sha256")
+    left_out = left_out_ids(entry)
+    name = entry.get("asset") or data.name
     # The form whose hash the lineage recorded is the split the stage read; when none matches,
     # the current ids only say the row is there now, not that it was there at training.
     trained = next((held for digest, held in forms if recorded and digest == recorded), None)
     present = ids & (trained if trained is not None else set().union(*(f[1] for f in forms)))
-    if not present:
-        return None
-    name = entry.get("asset") or data.name
-    if present <= set(entry.get("row_ids_left_out") or ()):
-        return {"status": LEFT_OUT, "why": "left out by the stage", "dataset": name}
+
+    def hit(status: str, why: str | None) -> dict[str, Any]:
+        return {"status": status, "why": why, "dataset": name, "in_dataset_now": bool(present)}
+
+    if present and present <= left_out or not present and ids & left_out:
+        # row_ids_left_out names rows of the split as the stage read it, wherever it is now
+        return hit(LEFT_OUT, "left out by the stage")
     if trained is not None:
-        return {"status": TRAINED, "why": None, "dataset": name}
-    why = "dataset changed since training" if recorded else "lineage records no row-id hash"
-    return {"status": UNVERIFIED, "why": why, "dataset": name}
+        if not present:
+            return None  # the split the stage read, and the row is not in it
+        content = content_check(entry, data, datasets.outputs, datasets.digests)
+        if content is not None and not content["ok"]:
+            return hit(UNVERIFIED, CONTENT_CHANGED)
+        return hit(TRAINED, None)
+    if present:
+        return hit(UNVERIFIED, CHANGED if recorded else "lineage records no row-id hash")
+    # A row removed from the dataset since training: it may have been trained on, and no
+    # record can say; listed as unverified rather than dropped from the trace.
+    return hit(UNVERIFIED, GONE) if recorded and forms else None
+
+
+@dataclass
+class _Node:
+    """One published checkpoint as the forward trace sees it."""
+
+    folder: str
+    stage: str | None
+    parent: Path | None = None
+    parent_ok: bool = True  # the parent there now is the one this checkpoint was trained from
+    reward: Path | None = None
+    reward_ok: bool = True
+    own: dict[str, Any] | None = None  # best claim of the datasets its lineage names
+
+
+def _walk(key: Path, nodes: dict[Path, _Node]) -> Iterable[tuple[Path, int, Path | None]]:
+    """``key`` and its ancestors among ``nodes``, nearest first, each with its depth and the
+    first parent on the way that is not the one its child was trained from (None if none)."""
+    yield key, 0, None
+    node, depth, seen, retrained = key, 0, {key}, None
+    while (parent := nodes[node].parent) is not None and parent not in seen:
+        if parent not in nodes:  # outside the checkpoints folder: nothing of ours beyond
+            return
+        if retrained is None and not nodes[node].parent_ok:
+            retrained = parent
+        seen.add(parent)
+        depth += 1
+        yield parent, depth, retrained
+        node = parent
+
+
+def _inherited(key: Path, nodes: dict[Path, _Node]) -> list[tuple[int, dict[str, Any]]]:
+    """Claims on ``key`` from its own datasets and its ancestors' (a trained claim past a parent
+    retrained since is only unverified; an ancestor that left the row out passes nothing on)."""
+    claims = []
+    for node, depth, retrained in _walk(key, nodes):
+        hit = nodes[node].own
+        if hit is None:
+            continue
+        if node == key:
+            claims.append((0, {**hit, "via": "dataset", "ancestor": None}))
+            continue
+        if hit["status"] == LEFT_OUT:
+            continue
+        claim = {**hit, "via": "parent", "ancestor": nodes[node].folder}
+        if retrained is not None:
+            claim.update(status=UNVERIFIED, why=_retrained("parent", nodes[retrained].folder))
+        claims.append((depth, claim))
+    return claims
+
+
+def _retrained(what: str, folder: str) -> str:
+    return f"{what} retrained since: {folder}"
+
+
+def _best(claims: list[tuple[int, dict[str, Any]]]) -> dict[str, Any] | None:
+    if not claims:
+        return None
+    return min(claims, key=lambda c: (HIT_RANK[c[1]["status"]], c[0]))[1]
 
 
 def _checkpoint_hits(outputs: Path, ids: set[str]) -> list[dict[str, Any]]:
     """Every checkpoint whose lineage reaches one of ``ids``: through a dataset it names
-    (``via: dataset``) or through an ancestor that did (``via: parent``), each with ``status``
-    and ``why``. A checkpoint is listed once, by its best claim (trained, then unverified, then
-    left out; a nearer one first). An ancestor's claim reaches it only as far as the chain of
-    parents holds (each child's ``parent_lineage_sha256`` still matching); past a parent retrained
-    since, a trained claim is only unverified. An ancestor that left the row out passes nothing
-    on."""
-    cache: dict[Path, TrainForms] = {}
-    own: dict[Path, dict[str, Any]] = {}
-    links: dict[Path, tuple[Path | None, bool]] = {}
-    info: dict[Path, tuple[str, Any]] = {}
+    (``via: dataset``), an ancestor that did (``via: parent``), or a reward model (its own or an
+    ancestor's) that did (``via: reward model``), each with ``status`` and ``why``. A checkpoint
+    is listed once, by its best claim (trained, reward model trained on it, unverified, left
+    out; a nearer one first). An ancestor's or reward model's claim reaches it only as far as
+    each pin holds (``parent_lineage_sha256``, ``reward_model_lineage_sha256``); past one
+    retrained since, the claim is only unverified."""
+    datasets = _Datasets(outputs)
+    nodes: dict[Path, _Node] = {}
     for folder in all_checkpoints(outputs):
         lineage = read_lineage(folder)
-        key = folder.resolve()
-        info[key] = (str(folder), lineage.get("stage"))
+        node = _Node(str(folder), lineage.get("stage"))
         parent = relocate(lineage.get("parent_checkpoint"), outputs)
-        pin = parent_pin(lineage, parent) if parent else None
-        links[key] = (parent.resolve() if parent else None, pin is None or pin["ok"])
-        hits = [h for e in lineage_inputs(lineage) if (h := _entry_hit(e, outputs, ids, cache))]
-        if hits:
-            own[key] = min(hits, key=lambda h: HIT_RANK[h["status"]])
+        if parent is not None:
+            pin = parent_pin(lineage, parent)
+            node.parent, node.parent_ok = parent.resolve(), pin is None or pin["ok"]
+        for model in model_inputs(lineage, outputs):
+            if model["input"] == "reward_model" and model["checkpoint"] is not None:
+                node.reward = Path(model["checkpoint"]).resolve()
+                node.reward_ok = model["pin"] is None or model["pin"]["ok"]
+        hits = [h for e in lineage_inputs(lineage) if (h := _entry_hit(e, ids, datasets))]
+        node.own = min(hits, key=lambda h: HIT_RANK[h["status"]]) if hits else None
+        nodes[folder.resolve()] = node
+    base = {key: _best(_inherited(key, nodes)) for key in nodes}
     found = []
-    for key, (checkpoint, stage) in info.items():
-        claims = []
-        if key in own:
-            claims.append((0, {**own[key], "via": "dataset", "ancestor": None}))
-        node, depth, seen = key, 0, {key}
-        retrained: Path | None = None  # the first parent on the way that is not the trained one
-        while (parent := links.get(node, (None, True))[0]) is not None and parent not in seen:
-            if parent not in info:  # outside the checkpoints folder: nothing of ours beyond
-                break
-            if retrained is None and not links[node][1]:
-                retrained = parent
-            seen.add(parent)
-            depth += 1
-            hit = own.get(parent)
-            if hit is not None and hit["status"] != LEFT_OUT:
-                claim = {**hit, "via": "parent", "ancestor": info[parent][0]}
-                if retrained is not None:
-                    claim["status"] = UNVERIFIED
-                    claim["why"] = f"parent retrained since: {info[retrained][0]}"
-                claims.append((depth, claim))
-            node = parent
-        if claims:
-            _, best = min(claims, key=lambda c: (HIT_RANK[c[1]["status"]], c[0]))
-            found.append({"checkpoint": checkpoint, "stage": stage, **best})
+    for key, node in nodes.items():
+        claims = _inherited(key, nodes)
+        for at, depth, retrained in _walk(key, nodes):
+            reward = nodes[at].reward
+            hit = base.get(reward) if reward is not None else None
+            if hit is None or hit["status"] not in (TRAINED, UNVERIFIED):
+                continue
+            claim = {
+                **hit,
+                "status": REWARD if hit["status"] == TRAINED else UNVERIFIED,
+                "why": f"reward model's claim: {hit['why']}" if hit["why"] else None,
+                "via": "reward model" if at == key else "parent's reward model",
+                "ancestor": nodes[reward].folder,
+            }
+            if not nodes[at].reward_ok:
+                claim.update(status=UNVERIFIED, why=_retrained("reward model", claim["ancestor"]))
+            elif retrained is not None:
+                claim.update(status=UNVERIFIED, why=_retrained("parent", nodes[retrained].folder))
+            claims.append((depth, claim))
+        if (best := _best(claims)) is not None:
+            found.append({"checkpoint": node.folder, "stage": node.stage, **best})
     return sorted(found, key=lambda h: h["via"] != "dataset")
+
+
+FEEDBACK_COLUMNS = ["id", "source", "source_id", "origin", "source_ids"]
+
+
+def _feedback_pairs(query: str, ids: set[str], catalog: Catalog) -> pl.DataFrame:
+    """Feedback pairs that are ``query`` itself, or were built from one of ``ids`` (their
+    ``source_ids``: the prompt row, then the two candidate answers)."""
+    wanted = list(ids | {query})
+    return catalog.feedback.filter(
+        (pl.col("id") == query)
+        | pl.col("source_ids").list.eval(pl.element().is_in(wanted)).list.any().fill_null(False)
+    )
 
 
 def trace_row(query: str, outputs: str | Path) -> dict[str, Any]:
     """Follow one raw row forward. ``query`` is our row id, a source's own id, a message id
-    inside an OpenAssistant thread, or ``FILE:LINE`` of the raw file. Raises ``TraceError``
-    naming the places searched when nothing matches."""
+    inside an OpenAssistant thread, ``FILE:LINE`` of the raw file, or a feedback pair's id.
+    Raises ``TraceError`` naming the places searched when nothing matches."""
     catalog = load_catalog(outputs)
     query = query.strip()
     candidates = _candidate_ids(query, catalog)
@@ -806,9 +1276,10 @@ def trace_row(query: str, outputs: str | Path) -> dict[str, Any]:
         )
         ids |= set(pairs["id"])
         rows = pl.concat([rows, pairs]).unique(subset=["id", "kind"], maintain_order=True)
+    feedback = _feedback_pairs(query, set(rows["id"]), catalog)
     # A row that was never read has no id: its raw text may still carry the source's own id.
     reject_match = pl.lit(False)
-    if rows.height == 0:
+    if rows.height == 0 and feedback.height == 0:
         reject_match = pl.col("raw").str.contains(json.dumps(query), literal=True).fill_null(False)
     by_file = _file_line_filter(query)
     if by_file is not None:
@@ -818,20 +1289,24 @@ def trace_row(query: str, outputs: str | Path) -> dict[str, Any]:
     rejected = catalog.rejected.filter(reject_match)
     ledger = catalog.ledger.filter(pl.col("row_id").is_in(ids))
     states = catalog.states.filter(pl.col("row_id").is_in(ids))
-    if rows.height == 0 and rejected.height == 0 and ledger.height == 0:
+    if rows.height == 0 and rejected.height == 0 and ledger.height == 0 and feedback.height == 0:
         raise TraceError(
             f"no row with id, source id or FILE:LINE {query!r} in {catalog.outputs}; looked in "
             + ", ".join(catalog.looked_in)
         )
     found_ids = set(rows["id"]) | set(ledger["row_id"]) | set(states["row_id"])
+    found_ids |= set(feedback["id"])
     datasets = _dataset_hits(catalog.outputs, found_ids)
-    checkpoints = _checkpoint_hits(catalog.outputs, {d["id"] for d in datasets})
+    # Every id found, not only those in a dataset now: a row removed since training must not
+    # lose the checkpoints that may have learnt from it.
+    checkpoints = _checkpoint_hits(catalog.outputs, found_ids)
     return {
         "query": query,
         "outputs": str(catalog.outputs),
         "read": _records(
             rows, ["id", "kind", "source", "source_id", "asset", "file", "line", "source_ids"]
         ),
+        "feedback_pairs": _records(feedback, FEEDBACK_COLUMNS),
         "ingest_rejects": {
             "unreadable": _records(
                 rejected, ["asset", "source", "file", "line", "field", "reason"]
@@ -846,7 +1321,8 @@ def trace_row(query: str, outputs: str | Path) -> dict[str, Any]:
         "states": _records(states, ["asset", "row_id", "state", "rule", "reason"]),
         "datasets": datasets,
         "checkpoints": [h for h in checkpoints if h["status"] == TRAINED],
-        "checkpoints_unverified": [h for h in checkpoints if h["status"] != TRAINED],
+        "checkpoints_via_reward_model": [h for h in checkpoints if h["status"] == REWARD],
+        "checkpoints_unverified": [h for h in checkpoints if h["status"] not in (TRAINED, REWARD)],
     }
 
 
@@ -884,35 +1360,61 @@ def format_checkpoint_trace(report: dict[str, Any]) -> str:
     ]
     for stage in report["stages"]:
         header = f"== stage {stage['stage'] or '?'}: {stage['checkpoint'] or '-'}"
+        input_of = stage.get("input_of")
+        if input_of:
+            header += f" ({MODEL_INPUTS[input_of['role']]} of {input_of['of']})"
         if stage.get("pin") and not stage["pin"]["ok"]:
-            header += " (NOT the checkpoint its child was trained from: retrained since)"
+            who = "stage" if input_of else "child"
+            header += f" (NOT the checkpoint its {who} was trained with: retrained since)"
         lines += ["", header]
+        for model in stage.get("models", []):
+            pin = model["pin"]
+            pinned = "not pinned" if pin is None else "pin ok" if pin["ok"] else "pin MISMATCH"
+            lines.append(
+                f"  {model['role']} {model['checkpoint'] or model['recorded'] + ' (not found)'}:"
+                f" {pinned}"
+            )
         for dataset in stage["datasets"]:
-            rows = dataset.get("rows", {})
-            hashes = dataset.get("hash_check", {})
-            verdict = ", ".join(
-                f"{form} {'ok' if check['ok'] else 'MISMATCH'}" for form, check in hashes.items()
-            )
-            lines.append(
-                f"  dataset {dataset['dataset']} ({dataset['data'] or dataset['data_recorded']}): "
-                f"train {rows.get('train', '-')} rows ({rows.get('train_unique', '-')} ids), "
-                f"test {rows.get('test', '-')}; row ids {verdict or 'not checked'}"
-            )
-            raw = dataset.get("raw_files", [])
-            lines.append(
-                table(
-                    ["reader", "kind", "raw file", "rows", "uses"],
-                    [(r["asset"], r["kind"], r["file"], r["rows"], r["uses"]) for r in raw],
-                )
-            )
-            dropped = dataset.get("dropped", {})
-            drop_rows = [
-                (where, key, n) for where, counts in dropped.items() for key, n in counts.items()
-            ]
-            lines.append("  dropped on the way from the same raw files:")
-            lines.append(table(["where", "rule / file", "rows"], drop_rows, indent="    "))
+            lines += _format_dataset(dataset)
         lines += [f"  PROBLEM: {p}" for p in stage["problems"]]
     return "\n".join(lines)
+
+
+def _format_dataset(dataset: dict[str, Any]) -> list[str]:
+    rows = dataset.get("rows", {})
+    hashes = dataset.get("hash_check", {})
+    verdict = ", ".join(
+        f"{form} {'ok' if check['ok'] else 'MISMATCH'}" for form, check in hashes.items()
+    )
+    content = dataset.get("content_check")
+    lines = [
+        f"  dataset {dataset['dataset']} ({dataset['data'] or dataset['data_recorded']}): "
+        f"train {rows.get('train', '-')} rows ({rows.get('train_unique', '-')} ids), "
+        f"test {rows.get('test', '-')}; row ids {verdict or 'not checked'}; content "
+        + ("not recorded" if content is None else "ok" if content["ok"] else "CHANGED")
+    ]
+    left_out = dataset.get("left_out")
+    if left_out and left_out["rows"]:
+        reasons = ", ".join(f"{k} {n}" for k, n in left_out["reasons"].items())
+        lines.append(
+            f"  left out by the stage: {left_out['rows']} of the train split's rows, not counted "
+            f"as used below" + (f" (the stage's count: {reasons})" if reasons else "")
+        )
+    raw = dataset.get("raw_files", [])
+    lines.append(
+        table(
+            ["reader", "kind", "raw file", "rows", "uses"],
+            [(r["asset"], r["kind"], r["file"], r["rows"], r["uses"]) for r in raw],
+        )
+    )
+    if dataset.get("feedback_pairs"):
+        lines.append(f"  feedback pairs ({FEEDBACK_PAIRS}): {dataset['feedback_pairs']} used")
+    dropped = dataset.get("dropped", {})
+    drop_rows = [(where, key, n) for where, counts in dropped.items() for key, n in counts.items()]
+    lines.append("  dropped on the way from the same raw files:")
+    lines.append(table(["where", "rule / file", "rows"], drop_rows, indent="    "))
+    lines += [f"  NOTE: {n}" for n in dataset.get("notes", [])]
+    return lines
 
 
 UNVERIFIED_COLUMNS = ["stage", "checkpoint", "via", "dataset", "ancestor", "status", "why"]
@@ -926,6 +1428,16 @@ def format_row_trace(report: dict[str, Any]) -> str:
             [
                 (r["id"], r["kind"], r["source"], r["source_id"], r["asset"], r["file"], r["line"])
                 for r in report["read"]
+            ],
+        )
+    )
+    lines += ["", "feedback pairs:"]
+    lines.append(
+        table(
+            ["id", "origin", "source", "built from (prompt, chosen, rejected)"],
+            [
+                (p["id"], p["origin"], p["source"], p["source_ids"])
+                for p in report.get("feedback_pairs", [])
             ],
         )
     )
@@ -981,7 +1493,17 @@ def format_row_trace(report: dict[str, Any]) -> str:
             ],
         )
     )
-    lines += ["", "checkpoints whose data holds it, not verified as trained on it:"]
+    lines += ["", "checkpoints optimised against a reward model trained on it:"]
+    lines.append(
+        table(
+            ["stage", "checkpoint", "via", "reward model", "dataset"],
+            [
+                (c["stage"], c["checkpoint"], c["via"], c["ancestor"], c["dataset"])
+                for c in report.get("checkpoints_via_reward_model", [])
+            ],
+        )
+    )
+    lines += ["", "checkpoints that may hold it, not verified as trained on it:"]
     lines.append(
         table(
             UNVERIFIED_COLUMNS,

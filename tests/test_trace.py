@@ -98,6 +98,7 @@ def outputs(tmp_path_factory) -> Path:
 
 def write_checkpoints(out: Path) -> None:
     from training.common import ids_digest, load_splits
+    from training.datafiles import content_digest
 
     for day, (stage, (folder, asset, parent)) in enumerate(STAGES.items(), start=1):
         data = out / "datasets" / folder
@@ -107,6 +108,7 @@ def write_checkpoints(out: Path) -> None:
         inputs = {
             "asset": asset,
             "data": str(data),
+            "data_sha256": content_digest(data),
             "row_ids_sha256": ids_digest(load_splits(data)["train"]),
         }
         if stage == "sft":
@@ -235,9 +237,9 @@ def test_cli_prints_the_checkpoint_table_and_json(outputs, capsys):
     text = capsys.readouterr().out
     assert "lineage    ok" in text
     assert "dataset sft_dataset" in text and "dataset pretrain_mixture" in text
-    assert "row ids parquet ok, hf ok" in text  # the mixtures, exported whole
+    assert "row ids parquet ok, hf ok; content ok" in text  # the mixtures, exported whole
     sft_line = next(line for line in text.splitlines() if "dataset sft_dataset" in line)
-    assert sft_line.endswith("row ids parquet ok")  # exported by parts
+    assert sft_line.endswith("row ids parquet ok; content ok")  # exported by parts
     assert "synthetic_chat.jsonl" in text
     # A stage folder works as well as its checkpoint/ folder.
     assert (
@@ -346,7 +348,7 @@ def test_a_tampered_dataset_and_a_lost_parent_break_the_chain(outputs, tmp_path,
     assert not report["ok"]
     assert any("row-id hash mismatch" in p for p in report["stages"][0]["problems"])
     assert sft["unresolved_ids"] == 1
-    assert "row ids parquet MISMATCH\n" in format_checkpoint_trace(report)
+    assert "row ids parquet MISMATCH; content CHANGED\n" in format_checkpoint_trace(report)
     assert report["stages"][1]["problems"] == []  # midtrain's data is untouched
     lineage_file = sft_checkpoint(copy) / "lineage.json"
     lineage = json.loads(lineage_file.read_text())
@@ -586,3 +588,327 @@ def test_a_trace_reads_the_current_set_and_never_a_killed_writes_leftovers(outpu
     for staged in ("staged-flan-row", "staged-drop-row"):
         with pytest.raises(TraceError, match="no row with id"):
             trace_row(staged, copy)
+
+
+# --- content digest, removed rows, left-out rows, feedback pairs, reward models, bad input ------
+
+
+def copy_outputs(outputs: Path, tmp_path: Path) -> Path:
+    """A copy to change: lineage still names the original paths, re-anchored in the copy."""
+    copy = tmp_path / "outputs"
+    shutil.copytree(outputs, copy)
+    return copy
+
+
+def rewrite_train_part(out: Path, dataset: str, change) -> Path:
+    """Apply ``change`` to the first train file of ``dataset`` and write it back in place."""
+    train = train_files(out, dataset)[0]
+    change(pl.read_parquet(train)).write_parquet(train)
+    return train
+
+
+def test_an_answer_rewritten_under_the_same_id_is_no_longer_claimed_as_trained(outputs, tmp_path):
+    from assets.lineage import lineage_table
+
+    copy = copy_outputs(outputs, tmp_path)
+    row_id = pl.read_parquet(train_files(copy, "sft")[0], columns=["id"])["id"][0]
+    assert "sft" in {c["stage"] for c in trace_row(row_id, copy)["checkpoints"]}
+
+    def repair(frame: pl.DataFrame) -> pl.DataFrame:
+        messages = frame["messages"].to_list()
+        messages[0][-1]["content"] = "REPAIRED: another answer under the same id"
+        return frame.with_columns(pl.Series("messages", messages, dtype=frame["messages"].dtype))
+
+    rewrite_train_part(copy, "sft", repair)
+    report = trace_checkpoint(sft_checkpoint(copy), copy)
+    assert not report["ok"]
+    sft = report["stages"][0]
+    (dataset,) = sft["datasets"]
+    assert all(c["ok"] for c in dataset["hash_check"].values())  # same ids: the hash is blind
+    assert dataset["content_check"]["ok"] is False
+    (problem,) = sft["problems"]
+    assert problem.startswith("content digest mismatch") and str(copy / "datasets/sft") in problem
+    assert "content CHANGED" in format_checkpoint_trace(report)
+    assert report["stages"][1]["problems"] == []  # midtrain's mixture is untouched
+    # The Dagster check runs the same walk, so it fails too.
+    ok, problems, _ = lineage_table(StorageResource(base_dir=str(copy)), "sft")
+    assert not ok and problems == [problem]
+    forward = trace_row(row_id, copy)
+    assert "sft" not in {c["stage"] for c in forward["checkpoints"]}
+    (unverified,) = [c for c in forward["checkpoints_unverified"] if c["stage"] == "sft"]
+    assert unverified["why"].startswith("dataset content changed since training")
+    # A lineage older than data_sha256 claims nothing about content.
+    old = read_lineage(sft_checkpoint(copy))
+    del old["inputs"]["data_sha256"]
+    write_lineage(sft_checkpoint(copy), old)
+    assert trace_checkpoint(sft_checkpoint(copy), copy)["ok"]
+
+
+def test_a_row_removed_after_training_keeps_its_checkpoints_as_unverified(outputs, tmp_path):
+    copy = copy_outputs(outputs, tmp_path)
+    add_dpo_child(copy)
+    first = pl.read_parquet(train_files(copy, "sft")[0], columns=["id"])["id"]
+    removed, left_out = first[0], first[1]
+    lineage = read_lineage(sft_checkpoint(copy))
+    lineage["inputs"]["row_ids_left_out"] = [left_out]
+    write_lineage(sft_checkpoint(copy), lineage)
+    add_dpo_child(copy)  # dpo pins the sft lineage as it is now
+    gone = {removed, left_out}
+    rewrite_train_part(copy, "sft", lambda f: f.filter(~pl.col("id").is_in(list(gone))))
+    report = trace_row(removed, copy)
+    assert not [d for d in report["datasets"] if d["dataset"] == "sft"]
+    assert report["checkpoints"] == []  # never claimed as trained: nothing can show it was
+    unverified = {c["stage"]: c for c in report["checkpoints_unverified"]}
+    assert set(unverified) == {"sft", "dpo"}
+    assert unverified["sft"]["via"] == "dataset" and not unverified["sft"]["in_dataset_now"]
+    assert "does not hold the row now" in unverified["sft"]["why"]
+    assert (unverified["dpo"]["via"], unverified["dpo"]["ancestor"]) == (
+        "parent",
+        str(sft_checkpoint(copy)),
+    )
+    assert "does not hold the row now" in format_row_trace(report)
+    # A removed row the lineage names as left out was in the split, and not trained on.
+    (sft,) = trace_row(left_out, copy)["checkpoints_unverified"]
+    assert (sft["stage"], sft["status"]) == ("sft", "left out")
+
+
+def test_the_checkpoint_trace_counts_rows_the_stage_left_out_apart(outputs, tmp_path):
+    copy = copy_outputs(outputs, tmp_path)
+    ids = train_ids(copy, "sft")["id"]
+    left_out = ids.head(3).to_list()
+    lineage = read_lineage(sft_checkpoint(copy))
+    lineage["inputs"].update(row_ids_left_out=left_out, rows_used=ids.len() - 3)
+    lineage["metrics"] = {"without_answer_within_max_length": 3}
+    write_lineage(sft_checkpoint(copy), lineage)
+    report = trace_checkpoint(sft_checkpoint(copy), copy)
+    assert report["ok"], report
+    sft = report["stages"][0]["datasets"][0]
+    assert sft["rows"]["train"] == ids.len()
+    assert (sft["rows"]["left_out"], sft["rows"]["used"]) == (3, ids.len() - 3)
+    assert sum(r["uses"] for r in sft["raw_files"]) == ids.len() - 3
+    assert sum(r["rows"] for r in sft["raw_files"]) == ids.len() - 3
+    assert sft["left_out"] == {"rows": 3, "reasons": {"without_answer_within_max_length": 3}}
+    assert sft["dropped"]["left_out_by_stage"] == {"left out by the stage": 3}
+    files = provenance(copy).filter(pl.col("id").is_in(left_out)).group_by("file").len()
+    assert sft["left_out_raw_files"] == dict(files.iter_rows())
+    assert sft["notes"] == []
+    records = checkpoint_records(report)
+    assert sum(r["raw_rows"] for r in records if r["stage"] == "sft") == ids.len() - 3
+    text = format_checkpoint_trace(report)
+    assert "left out by the stage: 3 of the train split's rows" in text
+    assert "without_answer_within_max_length 3" in text
+    # A lineage whose rows_used disagrees with its left-out ids is shown, not trusted silently.
+    lineage["inputs"]["rows_used"] = ids.len() - 5
+    write_lineage(sft_checkpoint(copy), lineage)
+    (note,) = trace_checkpoint(sft_checkpoint(copy), copy)["stages"][0]["datasets"][0]["notes"]
+    assert f"rows_used {ids.len() - 5}" in note
+
+
+def add_feedback_pair(out: Path) -> tuple[str, str]:
+    """An AI-feedback pair built from a conversation no checkpoint here trained on, as
+    rankings_to_pairs writes it (``source_ids``: prompt row, chosen and rejected candidates),
+    added to feedback_preferences and to the preference dataset's train split. Returns the
+    prompt row's id and the pair's id."""
+    trained = pl.concat(
+        [train_ids(out, d) for d in ("sft", "decay_mixture", "pretrain_mixture")]
+    ).unique()
+    conversations = read_table(out, "conversations", columns=["id", "source"])
+    prompt = conversations.filter(
+        (pl.col("source") == "flan") & ~pl.col("id").is_in(trained["id"].implode())
+    )["id"][0]
+    pair = "feedbackpair00001"
+    pl.DataFrame(
+        {
+            "id": [pair],
+            "source": ["flan"],
+            "source_id": [f"{prompt}:cand-a>cand-b"],
+            "origin": ["ai"],
+            "source_ids": [[prompt, "cand-a", "cand-b"]],
+        }
+    ).write_parquet(out / "feedback_preferences.parquet")
+    rewrite_train_part(
+        out, "preference", lambda f: pl.concat([f, f.head(1).with_columns(id=pl.lit(pair))])
+    )
+    return prompt, pair
+
+
+def stage_lineage(out: Path, stage: str, dataset: str, parent: Path | None, **inputs) -> Path:
+    """A checkpoint of ``stage`` trained on ``dataset`` as it is now, written as training does."""
+    from training.common import ids_digest, load_splits
+    from training.datafiles import content_digest
+
+    data = out / "datasets" / dataset
+    checkpoint = out / "checkpoints" / stage / "checkpoint"
+    write_lineage(
+        checkpoint,
+        {
+            "stage": stage,
+            "inputs": {
+                "data": str(data),
+                "data_sha256": content_digest(data),
+                "row_ids_sha256": ids_digest(load_splits(data)["train"]),
+                "row_ids_left_out": [],
+                **inputs,
+            },
+            "parent_checkpoint": str(parent) if parent else None,
+            "parent_lineage_sha256": lineage_digest(parent) if parent else None,
+            "code_version": "test",
+            "finished_at": "2025-01-04T00:00:00Z",
+        },
+    )
+    return checkpoint
+
+
+def test_an_ai_feedback_pair_is_traced_from_its_prompt_row_and_by_its_own_id(outputs, tmp_path):
+    copy = copy_outputs(outputs, tmp_path)
+    prompt, pair = add_feedback_pair(copy)
+    reward = stage_lineage(
+        copy, "reward", "preference", sft_checkpoint(copy), asset="preference_dataset"
+    )
+    report = trace_row(prompt, copy)
+    assert [p["id"] for p in report["feedback_pairs"]] == [pair]
+    assert report["feedback_pairs"][0]["source_ids"][0] == prompt
+    assert {"dataset": "preference", "split": "train", "id": pair}.items() <= next(
+        d for d in report["datasets"] if d["dataset"] == "preference"
+    ).items()
+    (claim,) = report["checkpoints"]
+    assert (claim["stage"], claim["via"], claim["dataset"]) == (
+        "reward",
+        "dataset",
+        "preference_dataset",
+    )
+    assert pair in format_row_trace(report)
+    by_pair = trace_row(pair, copy)
+    assert [p["id"] for p in by_pair["feedback_pairs"]] == [pair]
+    assert [c["checkpoint"] for c in by_pair["checkpoints"]] == [str(reward)]
+    back = trace_checkpoint(reward, copy)
+    assert back["ok"], back
+    assert back["stages"][0]["datasets"][0]["feedback_pairs"] == 1
+    assert "feedback pairs (feedback_preferences): 1 used" in format_checkpoint_trace(back)
+
+
+def test_reward_models_and_references_are_followed_and_pinned(outputs, tmp_path):
+    copy = copy_outputs(outputs, tmp_path)
+    prompt, _ = add_feedback_pair(copy)
+    sft = sft_checkpoint(copy)
+    reward = stage_lineage(copy, "reward", "preference", sft)
+    ppo = stage_lineage(
+        copy,
+        "ppo",
+        "sft",
+        sft,
+        reward_model=str(reward),
+        reward_model_lineage_sha256=lineage_digest(reward),
+    )
+    midtrain = copy / "checkpoints" / "midtrain" / "checkpoint"
+    dpo = stage_lineage(
+        copy,
+        "dpo",
+        "preference",
+        sft,
+        reference_checkpoint=str(midtrain),
+        reference_checkpoint_lineage_sha256=lineage_digest(midtrain),
+    )
+    report = trace_checkpoint(ppo, copy)
+    assert report["ok"], report
+    stages = [s["stage"] for s in report["stages"]]
+    assert stages == ["ppo", "sft", "midtrain", "pretrain", "reward"]
+    (model,) = report["stages"][0]["models"]
+    assert (model["input"], model["checkpoint"], model["pin"]["ok"]) == (
+        "reward_model",
+        str(reward),
+        True,
+    )
+    assert report["stages"][-1]["input_of"] == {"role": "reward_model", "of": str(ppo)}
+    assert f"== stage reward: {reward} (reward model of {ppo})" in format_checkpoint_trace(report)
+    dpo_report = trace_checkpoint(dpo, copy)
+    assert dpo_report["ok"] and dpo_report["stages"][0]["models"][0]["pin"]["ok"]
+    # Forward: ppo never trained on the prompt, it was optimised against a reward model that did.
+    forward = trace_row(prompt, copy)
+    assert {c["stage"] for c in forward["checkpoints"]} == {"reward", "dpo"}  # both on the pair
+    (scored,) = forward["checkpoints_via_reward_model"]
+    assert (scored["stage"], scored["via"], scored["ancestor"]) == (
+        "ppo",
+        "reward model",
+        str(reward),
+    )
+    assert "optimised against a reward model trained on it" in format_row_trace(forward)
+    # The reward model and the reference retrained since: both pins break.
+    write_lineage(reward, {**read_lineage(reward), "finished_at": "2025-03-01T00:00:00Z"})
+    write_lineage(midtrain, {**read_lineage(midtrain), "finished_at": "2025-03-01T00:00:00Z"})
+    broken = trace_checkpoint(ppo, copy)
+    assert not broken["ok"]
+    (problem,) = broken["stages"][0]["problems"]
+    assert problem.startswith(f"reward model {reward} is not the one ppo was trained with")
+    assert any(
+        p.startswith(f"reference {midtrain} is not the one dpo was trained with")
+        for p in trace_checkpoint(dpo, copy)["stages"][0]["problems"]
+    )
+    (unverified,) = [
+        c for c in trace_row(prompt, copy)["checkpoints_unverified"] if c["stage"] == "ppo"
+    ]
+    assert unverified["why"] == f"reward model retrained since: {reward}"
+    # Lineages written before the pins existed follow the models and claim no problem.
+    for checkpoint in (ppo, dpo):
+        old = read_lineage(checkpoint)
+        old["inputs"] = {
+            k: v for k, v in old["inputs"].items() if not k.endswith("_lineage_sha256")
+        }
+        write_lineage(checkpoint, old)
+    assert trace_checkpoint(ppo, copy)["stages"][0]["problems"] == []
+    assert trace_checkpoint(dpo, copy)["stages"][0]["problems"] == []
+
+
+def test_a_missing_part_is_a_problem_and_a_cut_off_file_an_error_naming_it(
+    outputs, tmp_path, capsys
+):
+    copy = copy_outputs(outputs, tmp_path)
+    part = train_files(copy, "sft")[0]
+    part.unlink()
+    report = trace_checkpoint(sft_checkpoint(copy), copy)
+    assert not report["ok"]
+    assert any(p.startswith(f"{part}: named in ") for p in report["stages"][0]["problems"])
+    assert report["stages"][0]["datasets"][0]["rows"]["train"] == 0
+    cut = part  # back, cut off half-way
+    cut.write_bytes((outputs / cut.relative_to(copy)).read_bytes()[:-100])
+    with pytest.raises(TraceError, match=f"{cut}: not a readable Parquet file"):
+        trace_checkpoint(sft_checkpoint(copy), copy)
+    assert main(["trace", str(sft_checkpoint(copy)), "--outputs", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cut}: not a readable Parquet file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("inputs", lambda lineage: {**lineage, "inputs": "x"}),
+        (
+            "inputs.row_ids_left_out",
+            lambda lineage: {**lineage, "inputs": {**lineage["inputs"], "row_ids_left_out": 5}},
+        ),
+        ("parent_checkpoint", lambda lineage: {**lineage, "parent_checkpoint": ["a"]}),
+    ],
+)
+def test_a_malformed_lineage_field_is_refused_naming_file_and_field(
+    outputs, tmp_path, field, change
+):
+    copy = copy_outputs(outputs, tmp_path)
+    lineage_file = sft_checkpoint(copy) / "lineage.json"
+    write_lineage(sft_checkpoint(copy), change(read_lineage(sft_checkpoint(copy))))
+    with pytest.raises(TraceError, match=f"{lineage_file}: field {field}: expected"):
+        trace_checkpoint(sft_checkpoint(copy), copy)
+    row_id = train_ids(copy, "sft")["id"][0]
+    with pytest.raises(TraceError, match=f"field {field}: expected"):
+        trace_row(row_id, copy)
+
+
+def test_a_publish_killed_between_its_renames_is_named(outputs, tmp_path):
+    copy = copy_outputs(outputs, tmp_path)
+    stage = copy / "checkpoints" / "sft"
+    aside = stage / ".checkpoint.old-1700000000"
+    (stage / "checkpoint").rename(aside)
+    for asked in (stage, stage / "checkpoint"):
+        with pytest.raises(TraceError, match="killed between its two renames") as error:
+            trace_checkpoint(asked, copy)
+        assert str(aside) in str(error.value)
+    assert trace_checkpoint(aside, copy)["stages"][0]["stage"] == "sft"
