@@ -202,3 +202,43 @@ def test_the_shipped_recipes_pass_the_recipe_check():
 
     for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
         check_recipe(recipe)
+
+
+def test_each_stage_publishes_in_its_own_folder_unless_the_recipe_says(recipe, tmp_path):
+    # With one shared default, an sft run by hand published over the pretrain checkpoint it
+    # started from, and its lineage named itself as its parent.
+    assert cli.load_config("sft", str(recipe)).output_dir == "outputs/checkpoints/sft"
+    pretrain = cli.load_config("pretrain", str(recipe), ["data=data/pretrain", "tokenizer=tok"])
+    assert pretrain.output_dir == "outputs/checkpoints/pretrain"
+    chosen = cli.load_config("sft", str(recipe), [f"output_dir={tmp_path}"])
+    assert chosen.output_dir == str(tmp_path)
+
+
+def test_a_checkpoint_read_from_inside_output_dir_is_refused(recipe, tmp_path):
+    out = tmp_path / "stage"
+    done = run_cli(
+        "sft", "--config", str(recipe), "--set", f"output_dir={out}",
+        "--set", f"init_from={out / 'checkpoint'}",
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: {recipe}: sft: init_from: {out / 'checkpoint'} lies inside output_dir {out}, "
+        "where this stage publishes its own checkpoint; give the stage another output_dir"
+    ]
+
+
+def test_a_missing_input_is_one_line_not_a_traceback(recipe, tmp_path):
+    done = run_cli(
+        "sft", "--config", str(recipe), "--set", f"output_dir={tmp_path / 'out'}",
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: sft: data/sft: no dataset (expected a save_to_disk folder, parts/ or train.parquet)"
+    ]
+
+
+def test_a_stages_help_lists_its_recipe_keys():
+    done = run_cli("ppo", "--help")
+    assert done.returncode == 0
+    assert "kl_coef:" in done.stdout and "max_steps" in done.stdout  # its own and RunConfig's
+    assert "one of: pretrain, midtrain, sft" in run_cli("--help").stdout

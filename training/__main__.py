@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from training.common import SHARED_OUTPUT_DIR
 from training.recipe import RecipeError, build, read_recipe
 from training.reporting import close_all
 from training.stages import STAGES, check_section_names, record_failure, stage
@@ -73,7 +74,11 @@ def load_config(name: str, recipe_path: str, overrides: Sequence[str] = ()) -> A
     for item in overrides:
         apply_override(section, item, where)
     cls, _ = stage(name)
-    names_its_stage = any(f.name == "stage" for f in dataclasses.fields(cls))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if fields.get("output_dir") and fields["output_dir"].default == SHARED_OUTPUT_DIR:
+        # each stage its own folder: with the one default, sft published over its parent
+        section.setdefault("output_dir", f"outputs/checkpoints/{name}")
+    names_its_stage = "stage" in fields
     if names_its_stage:
         # pretrain and midtrain share a config class whose ``stage`` defaults to pretrain:
         # `midtrain` must not publish a lineage that calls it pretraining.
@@ -87,10 +92,43 @@ def load_config(name: str, recipe_path: str, overrides: Sequence[str] = ()) -> A
     return config
 
 
+def stage_help(name: str) -> str:
+    """The stage's config docstring: the reference for every key its recipe section takes."""
+    from training.common import RunConfig
+
+    cls, _ = stage(name)
+    text = f"python -m training {name}: the recipe section {name!r}\n\n{cls.__doc__ or ''}"
+    if issubclass(cls, RunConfig) and cls is not RunConfig:
+        text += f"\n\nThe settings every training stage shares (RunConfig):\n\n{RunConfig.__doc__}"
+    return text
+
+
+# Errors a stage raises about its inputs (a missing file or checkpoint, a tokenizer that does
+# not match, an input republished mid-run, no room left): their message says it all, so the
+# command prints it on one line, as it does a recipe error, instead of a traceback.
+def input_errors() -> tuple[type[BaseException], ...]:
+    from training.checkpoint import CheckpointError
+    from training.common import ResourceError
+    from training.rewards import TokenizerMismatchError
+    from training.runs import ParentChangedError
+
+    return (
+        FileNotFoundError,
+        CheckpointError,
+        TokenizerMismatchError,
+        ParentChangedError,
+        ResourceError,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training")
-    parser.add_argument("stage")
-    parser.add_argument("--config", required=True, help="recipe YAML (the stage's section is used)")
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Run one training stage from a recipe. `python -m training STAGE --help` "
+        "lists the keys of the stage's recipe section.",
+    )
+    parser.add_argument("stage", metavar="STAGE", help=f"one of: {', '.join(STAGES)}")
+    parser.add_argument("--config", help="recipe YAML (the stage's section is used); required")
     parser.add_argument(
         "--set",
         action="append",
@@ -99,10 +137,22 @@ def main(argv: list[str] | None = None) -> int:
         help="override one setting; KEY may be dotted (model.preset=small), VALUE is JSON "
         "when it parses as JSON, else a string",
     )
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    asks_help = any(a in ("-h", "--help") for a in argv)
+    rest = [a for a in argv if a not in ("-h", "--help")]
+    if asks_help and not rest:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(rest)
     if args.stage not in STAGES:
         print(f"unknown stage {args.stage!r}; expected one of {sorted(STAGES)}", file=sys.stderr)
         return 2
+    if asks_help:
+        parser.print_help()
+        print("\n" + stage_help(args.stage))
+        return 0
+    if not args.config:
+        parser.error("the following arguments are required: --config")
     try:
         config = load_config(args.stage, args.config, args.set)
     except RecipeError as error:
@@ -117,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     _, run = stage(args.stage)
     try:
         run(config)
+    except input_errors() as error:
+        record_failure(error)
+        close_all(error)
+        print(f"error: {args.stage}: {error}", file=sys.stderr)
+        return 1 if type(error).__name__ == "ResourceError" else 2  # out of room, or bad input
     except Exception as error:
         # The launcher (a Dagster asset) shows this one line as the failure, not an exit code.
         record_failure(error)

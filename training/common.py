@@ -30,6 +30,11 @@ CODE_ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
 
 
+# RunConfig's output_dir when none is given; ``python -m training <stage>`` uses
+# outputs/checkpoints/<stage> instead.
+SHARED_OUTPUT_DIR = "outputs/checkpoints/stage"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Settings every stage has.
@@ -66,7 +71,7 @@ class RunConfig:
             copied into lineage.json.
     """
 
-    output_dir: str = "outputs/checkpoints/stage"
+    output_dir: str = SHARED_OUTPUT_DIR
     max_steps: int = 20
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -99,6 +104,28 @@ class RunConfig:
         at_least("logging_steps", self.logging_steps, 1)
         if self.torch_threads is not None:
             at_least("torch_threads", self.torch_threads, 1)
+        outside_output_dir(self)
+
+
+# The checkpoints a stage reads, by the config keys that name them.
+READ_CHECKPOINTS = ("init_from", "reward_model", "reference")
+
+
+def outside_output_dir(config: Any) -> None:
+    """A stage publishes into ``output_dir`` (``checkpoint/``, ``runs/``): a checkpoint it reads
+    from there is replaced by its own output, and its lineage then names itself as its parent.
+    Two stages run by hand with one ``output_dir`` did exactly that."""
+    out = Path(config.output_dir).resolve()
+    for key in READ_CHECKPOINTS:
+        value = getattr(config, key, None)
+        if not value or str(value).startswith("<"):  # unset, or a launcher's placeholder
+            continue
+        read = Path(value).resolve()
+        if read == out or out in read.parents:
+            raise ValueError(
+                f"{key}: {value} lies inside output_dir {config.output_dir}, where this stage "
+                "publishes its own checkpoint; give the stage another output_dir"
+            )
 
 
 def at_least(key: str, value: float, minimum: float) -> None:
