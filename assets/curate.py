@@ -21,6 +21,7 @@ from curation.datasets import (
     preference_rows,
     pretrain_rows,
     prompt_rows,
+    rows_tag,
     sft_rows,
 )
 from curation.feedback.pairs import MixConfig, mix_preferences
@@ -138,7 +139,10 @@ def _check_keys(curated: pl.DataFrame) -> pl.DataFrame:
 
 
 def _part_stats(result: CurationResult, conversations: pl.LazyFrame) -> dict[str, Any]:
-    """What metadata and checks need of one curated part, kept in the manifest."""
+    """What metadata, checks and exports need of one curated part, kept in the manifest.
+    ``content`` tags the part's rows (``rows_tag``): the part's own tag is its conversations
+    part's, which stays the same when a later drop changes this part's verdicts (a re-delivered
+    row moves, a duplicate's first copy goes), so the exports key their parts on this."""
     rules = _rule_rows(result.ledger, result.states)
     flagged = (
         result.ledger.filter(pl.col("verdict") == "flag")
@@ -152,6 +156,7 @@ def _part_stats(result: CurationResult, conversations: pl.LazyFrame) -> dict[str
         "by_rule": [list(r) for r in rules.iter_rows()],
         "flagged": dict(flagged.iter_rows()),
         "examples": _examples(result.states, conversations).to_dicts(),
+        "content": rows_tag(result.curated),
     }
 
 
@@ -505,9 +510,7 @@ def _export(
     out, export_config = storage.path("datasets"), ExportConfig(config.eval_fraction)
     if not config.by_parts:
         return _export_result(export(name, rows, out, export_config, card))
-    digest = hashlib.sha256(rows.hash_rows(seed=0).to_numpy().tobytes())
-    digest.update(str(rows.schema).encode())
-    part = Part("all", f"rows {rows.height} sha256 {digest.hexdigest()[:16]}")
+    part = Part("all", rows_tag(rows))
     return _export_result(export_parts(name, [(part, lambda: rows)], out, export_config, card))
 
 
@@ -535,7 +538,7 @@ def _export_table(
     card: dict,
 ) -> dg.MaterializeResult:
     """A dataset from every part of ``table`` (``to_rows`` turns a part's frame into the
-    dataset's rows): by parts, only parts not exported before are read."""
+    dataset's rows): by parts, only parts whose content was not exported before are read."""
     if not config.by_parts:
         return _export(name, to_rows(table.read()), storage, config, card)
 
@@ -544,12 +547,21 @@ def _export_table(
 
     summary = export_parts(
         name,
-        [(p, loader(p)) for p in table.parts],
+        [(_content_part(p), loader(p)) for p in table.parts],
         storage.path("datasets"),
         ExportConfig(config.eval_fraction),
         card,
     )
     return _export_result(summary)
+
+
+def _content_part(part: Part) -> Part:
+    """``part`` tagged by what it holds, for ``export_parts``: an export is reused only while
+    the curated rows it was made from are the same. A part curated before its manifest kept a
+    ``content`` tag is named by its file instead: a part is written to a new file whenever it
+    is written, so its export is made again once, and reused while the part stays stored."""
+    content = part.stats.get("content") or f"file {part.file}"
+    return dataclasses.replace(part, tag=f"{part.tag}|{content}")
 
 
 def _rule_counts(ledger: dict[str, pl.DataFrame]) -> dict[str, int]:

@@ -178,6 +178,15 @@ PARTS = "parts"
 SPLITS = ("train", "test")
 
 
+def rows_tag(rows: pl.DataFrame) -> str:
+    """What ``rows`` hold, as a tag for ``export_parts``: their count and a digest of every row
+    in order (and of the schema), so rows that change in any way, move or go make another tag
+    and the same rows the same one."""
+    digest = hashlib.sha256(rows.hash_rows(seed=0).to_numpy().tobytes())
+    digest.update(str(rows.schema).encode())
+    return f"rows {rows.height} sha256 {digest.hexdigest()[:16]}"
+
+
 def export_parts(
     name: str,
     parts: Sequence[tuple[Part, Callable[[], pl.DataFrame]]],
@@ -187,8 +196,10 @@ def export_parts(
 ) -> dict[str, Any]:
     """``out_dir/<name>/parts/``: one folder per source part with its ``train.parquet`` and
     ``test.parquet``, and a manifest written last. A part already exported from the same
-    source part (name and tag) under the same split fraction is kept as it is; the others are
-    built from their loader. The split is by id hash, so a row's split never depends on other
+    source part (name and tag) under the same split fraction is kept as it is, without calling
+    its loader; the others are built from their loader. So a part's tag must change whenever
+    its loader's rows do (``rows_tag``): a tag that names only where the rows came from keeps
+    a stale export for good. The split is by id hash, so a row's split never depends on other
     parts. A whole export's files (``train.parquet``, ``hf/``) are removed once the manifest
     is in place. Returns counts and paths for metadata."""
     target = out_dir / name
