@@ -22,8 +22,8 @@ Two answers with the same text (``schema.same_text``) never become a pair, whate
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, fields
 from itertools import combinations
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ import polars as pl
 
 from curation.feedback.schema import same_text
 from curation.judge.aggregate import Better, id_pairs, ranking_verdicts
+from curation.judge.config import check_field_types
 from curation.schema import PREFERENCES, empty, stable_id, stable_id_expr
 
 STAGE_SOURCE = "feedback"
@@ -54,10 +55,32 @@ class PairsConfig:
     require_consistent: bool = False
 
     def __post_init__(self) -> None:
+        check_field_types(self)
+        object.__setattr__(self, "statuses", tuple(self.statuses))
         if self.strategy not in ("all", "best_vs_worst"):
             raise ValueError(f"strategy: expected 'all' or 'best_vs_worst', got {self.strategy!r}")
         if self.min_margin < 1:
             raise ValueError(f"min_margin: expected >= 1, got {self.min_margin}")
+
+    @classmethod
+    def from_settings(cls, settings: Any, section: str = "pairs") -> PairsConfig:
+        """A config from plain settings (a YAML section); ValueError naming ``section``, the key
+        and, for a key it does not know, the keys it does (a typo must not fall back to a
+        default silently, nor surface as a constructor's TypeError)."""
+        if settings is None:
+            settings = {}
+        if not isinstance(settings, Mapping):
+            raise ValueError(
+                f"{section}: expected a mapping of settings, got {type(settings).__name__}"
+            )
+        known = sorted(f.name for f in fields(cls))
+        unknown = sorted(set(settings) - set(known), key=str)
+        if unknown:
+            raise ValueError(f"{section}: unknown key(s) {unknown}; known: {known}")
+        try:
+            return cls(**settings)
+        except ValueError as error:
+            raise ValueError(f"{section}.{error}") from None
 
 
 @dataclass

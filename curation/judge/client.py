@@ -58,7 +58,24 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 
 
 class JudgeEndpointError(RuntimeError):
     """The endpoint cannot be used at all (unreachable, key rejected). Names the endpoint,
-    never the key."""
+    never the key. ``no_key``: it refused us and we had no key to send (the caller knows where
+    the key should have come from, and can say so)."""
+
+    def __init__(self, message: str, no_key: bool = False) -> None:
+        super().__init__(message)
+        self.no_key = no_key
+
+
+def auth_error(url: str, status: int, key_given: bool) -> JudgeEndpointError:
+    """The endpoint answered 401/403. Without a key we sent only the client's placeholder, so
+    "rejected the API key" would send the user hunting for a wrong key instead of a missing one.
+    """
+    if key_given:
+        return JudgeEndpointError(f"judge endpoint {url} rejected the API key (HTTP {status})")
+    return JudgeEndpointError(
+        f"judge endpoint {url} refused the request (HTTP {status}) and no API key was given",
+        no_key=True,
+    )
 
 
 class CallFailed(Exception):
@@ -195,6 +212,7 @@ class OpenAIJudge:
         self.config = config
         self.name = config.judge_name
         # Local servers (vLLM, Ollama, llama.cpp) ignore the key, but the client needs one.
+        self._key_given = bool(api_key)
         self._api_key = api_key or "EMPTY"
         self.summary: dict[str, Any] = {}
 
@@ -217,7 +235,7 @@ class OpenAIJudge:
             timeout=config.timeout_s,
             http_client=http_client(config.max_concurrency),
         )
-        run = _Run(config, client, cache, stats, self._api_key)
+        run = _Run(config, client, cache, stats, self._api_key if self._key_given else "")
         tasks = [asyncio.ensure_future(run.judge(request)) for request in requests]
         try:
             results = await asyncio.gather(*tasks)
@@ -266,7 +284,8 @@ class _Run:
         )
         self.rng = random.Random(config.seed)
         self.url = redact_url(config.base_url)  # how every message names the endpoint
-        secrets = [secret] if secret and secret != "EMPTY" else []
+        self.key_given = bool(secret)  # "": we send only the client's placeholder
+        secrets = [secret] if secret else []
         self._secrets = [*secrets, *url_secrets(config.base_url)]
         self._preflight_lock = asyncio.Lock()
         self._preflight_done = not config.preflight
@@ -477,9 +496,7 @@ class _Run:
                         "/chat/completions", cast_to=object, body=self.body(messages)
                     )
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-                    self.fatal = JudgeEndpointError(
-                        f"judge endpoint {self.url} rejected the API key (HTTP {error.status_code})"
-                    )
+                    self.fatal = auth_error(self.url, error.status_code, self.key_given)
                     raise self.fatal from None
                 except openai.APIStatusError as error:
                     failure = f"HTTP {error.status_code}: {self.scrub(_message(error))}"
@@ -560,9 +577,7 @@ class _Run:
             try:
                 await self.client.models.list()
             except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-                raise JudgeEndpointError(
-                    f"judge endpoint {url} rejected the API key (HTTP {error.status_code})"
-                ) from None
+                raise auth_error(url, error.status_code, self.key_given) from None
             except openai.APIStatusError:
                 pass
             except openai.APIConnectionError as error:

@@ -6,7 +6,10 @@ results or metadata."""
 from __future__ import annotations
 
 import base64
-from dataclasses import asdict, dataclass, field
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
@@ -99,6 +102,7 @@ class JudgeConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.template not in ("listwise", "pairwise"):
             raise ValueError(f"template: expected 'listwise' or 'pairwise', got {self.template!r}")
         if (self.template, self.template_version) not in TEMPLATES:
@@ -143,6 +147,69 @@ class JudgeConfig:
         out["rubric"] = list(self.rubric)
         out["base_url"] = redact_url(self.base_url)
         return out
+
+
+def check_field_types(instance: Any, section: str = "") -> None:
+    """ValueError naming the first field of a dataclass ``instance`` whose value is not of its
+    annotated type: settings come from YAML, where ``max_concurrency: four`` is a string, and a
+    comparison deep inside would fail naming no field. An int is a fine float; a bool is not a
+    number; a list is a fine tuple (YAML has no tuples). ``section`` prefixes the field name."""
+    hints = typing.get_type_hints(type(instance))
+    for item in fields(instance):
+        value = getattr(instance, item.name)
+        expected = hints[item.name]
+        if not _is_a(value, expected):
+            raise ValueError(
+                f"{section}{item.name}: expected {_type_name(expected)}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+
+
+def _is_a(value: Any, expected: Any) -> bool:
+    origin = typing.get_origin(expected)
+    if expected is Any:
+        return True
+    if origin is Literal:
+        return True  # each Literal field names its choices in its own message
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin is tuple:
+        inner = typing.get_args(expected)[0]
+        return isinstance(value, tuple | list) and all(_is_a(v, inner) for v in value)
+    if origin is dict or expected is dict:
+        return isinstance(value, Mapping)
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(expected: Any) -> str:
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return "null"
+    if typing.get_origin(expected) is tuple:
+        return f"a list of {_type_name(typing.get_args(expected)[0])}"
+    if typing.get_origin(expected) is dict:
+        return "a mapping"
+    return getattr(expected, "__name__", str(expected))
+
+
+def answer_identity(config: JudgeConfig) -> tuple:
+    """What, beside each request's candidates, decides the cache key of a judge's answers:
+    model, template, sampling and what shapes the messages. Two judges alike in all of it
+    share cache entries, whatever their endpoints (the key leaves the base URL out)."""
+    public = config.public()
+    shaping = (
+        "model", "template", "template_version", "rubric", "max_prompt_chars",
+        "max_candidate_chars", "permutations", "swap_orders", "seed", "temperature", "top_p",
+        "max_tokens", "json_mode",
+    )  # fmt: skip
+    return (*(repr(public[key]) for key in shaping), repr(sorted(config.extra_body.items())))
 
 
 MASK = "***"
