@@ -17,7 +17,15 @@ from typing import Any
 
 import polars as pl
 
-from curation.filters.base import FINDINGS, MESSAGE_ROWS, Batch, Filter, Findings, Policy
+from curation.filters.base import (
+    FINDINGS,
+    MESSAGE_ROWS,
+    VERDICTS,
+    Batch,
+    Filter,
+    Findings,
+    Policy,
+)
 from curation.schema import LEDGER, MESSAGES, ROLES
 
 STAGE = "curate"
@@ -349,25 +357,22 @@ def build_filters(
     ``per_source``. Unknown names fail before any work starts, naming the key.
     """
     config = dict(config or {})
-    unknown = sorted(set(config) - set(FILTERS))
+    unknown = sorted(set(config) - set(FILTERS), key=str)
     if unknown:
         raise ConfigError(f"unknown filter(s) {unknown}; expected some of {list(FILTERS)}")
     filters = []
     for name in FILTERS:
-        section = dict(config.get(name) or {})
-        if not section.pop("enabled", True):
+        section = _section(name, config.get(name))
+        enabled = section.pop("enabled", True)
+        check_type(f"{name}.enabled", enabled, True)
+        if not enabled:
             continue
         cls = filter_class(name)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         policy = section.pop("policy", None)
         per_source = section.pop("per_source", None)
         if policy is not None or per_source is not None:
-            default_policy = (
-                fields["policy"].default_factory()
-                if callable(fields["policy"].default_factory)
-                else fields["policy"].default
-            )
-            section["policy"] = Policy(policy or default_policy.default, per_source or {})
+            section["policy"] = _policy(name, fields, policy, per_source)
         for key, value in section.items():
             if key not in fields:
                 raise ConfigError(f"{name}.{key}: unknown key; expected one of {sorted(fields)}")
@@ -379,3 +384,41 @@ def build_filters(
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{name}: {error}") from None
     return filters
+
+
+def _section(name: str, value: Any) -> dict[str, Any]:
+    """A filter's settings as a mapping; ``pii: rewrite`` (a policy where a section belongs)
+    is refused naming the section and the form it needs."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{name}: expected a mapping of settings such as {{policy: drop}}, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    return dict(value)
+
+
+def _policy(name: str, fields: dict[str, Any], policy: Any, per_source: Any) -> Policy:
+    """``Policy`` from a section's ``policy`` and ``per_source``, each verdict checked here so
+    that the message names the key (``references.per_source.flan``), not just the value."""
+    if "policy" not in fields:
+        keys = sorted({*fields, "enabled"})
+        raise ConfigError(f"{name}.policy: unknown key; expected one of {keys}")
+    if policy is not None:
+        _check_verdict(f"{name}.policy", policy)
+    if per_source is not None and not isinstance(per_source, Mapping):
+        raise ConfigError(
+            f"{name}.per_source: expected a mapping of source name to verdict such as "
+            f"{{flan: drop}}, got {type(per_source).__name__} {per_source!r}"
+        )
+    for source, verdict in (per_source or {}).items():
+        _check_verdict(f"{name}.per_source.{source}", verdict)
+    field = fields["policy"]
+    default = field.default_factory() if callable(field.default_factory) else field.default
+    return Policy(policy or default.default, dict(per_source or {}))
+
+
+def _check_verdict(key: str, value: Any) -> None:
+    if not isinstance(value, str) or value not in VERDICTS:
+        raise ConfigError(f"{key}: unknown verdict {value!r}; expected one of {list(VERDICTS)}")
