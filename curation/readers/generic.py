@@ -17,6 +17,7 @@ bad bytes become rejected rows exactly as in the format-specific readers.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,13 +133,29 @@ _CONVERSATION_KEY = {
 }
 
 
+class ColumnMappingError(SourceError):
+    """The column mapping does not fit the source, or the source needs one. The message names
+    the mapping as ``options.columns`` (the Python API and the launch form); ``naming`` words it
+    for another interface, such as the CLI's ``--column`` flag."""
+
+    def __init__(self, path: object, template: str, option: str = "options.columns") -> None:
+        self.template = template  # holds OPTION where the mapping is named
+        super().__init__(path, template.replace(OPTION, option))
+
+    def naming(self, option: str) -> SourceError:
+        return SourceError(self.path, self.template.replace(OPTION, option))
+
+
+OPTION = "{option}"  # not str.format: column names in the message may hold braces
+
+
 def detect_layout(found: Iterable[str], mapping: dict[str, str], where: str) -> Layout:
     """The layout of a source with columns ``found``; ``SourceError`` when there is none."""
     found = set(found)
     unknown = sorted(set(mapping) - set(CANONICAL))
     if unknown:
-        raise SourceError(
-            where, f"unknown canonical name(s) {unknown} in columns; known: {list(CANONICAL)}"
+        raise ColumnMappingError(
+            where, f"unknown canonical name(s) {unknown} in {OPTION}; known: {list(CANONICAL)}"
         )
     missing = [
         f"{column!r} (for {name})" for name, column in mapping.items() if column not in found
@@ -161,11 +178,11 @@ def detect_layout(found: Iterable[str], mapping: dict[str, str], where: str) -> 
         conversation = None
     preference = "chosen" in columns and "rejected" in columns
     if conversation is None and not preference:
-        raise SourceError(
+        raise ColumnMappingError(
             where,
             f"no known layout in columns {sorted(found)}: expected messages, "
             "prompt+completion, instruction+output or chosen+rejected "
-            "(or map yours with options.columns)",
+            f"(or map yours with {OPTION})",
         )
     return Layout(conversation, preference, columns)
 
@@ -250,13 +267,41 @@ def load_hf_dataset(name: str, split: str) -> Any:
             if builder is None:
                 raise SourceError(name, f"no HF loader for {local.suffix!r} files")
             return datasets.load_dataset(builder, data_files={split: name}, split=split)
-        return datasets.load_dataset(name, split=split)
+        if local.exists():  # a folder of data files: load_dataset's local builders
+            return datasets.load_dataset(name, split=split)
+        return _load_by_name(datasets, name, split)
     except SourceError:
         raise
     except datasets.exceptions.DatasetGenerationError as error:
         raise SourceError(name, _generation_problem(local, error)) from None
     except Exception as error:  # datasets raises many types (missing path, offline, bad split)
         raise SourceError(name, f"cannot load dataset ({type(error).__name__}: {error})") from None
+
+
+class HubOffline(SourceError):
+    """A name that is no local file or folder, and hub downloads are off: what a user who
+    mistyped a local folder should read first, with the hub as the other thing it could be."""
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _load_by_name(datasets: Any, name: str, split: str) -> Any:
+    """A dataset by a name that is no local file or folder: a hub id, from the hub or from the
+    Hugging Face cache when downloads are off (``HF_HUB_OFFLINE``, which the CLI sets unless
+    told ``--allow-hub``). A name that cannot be a hub id is a missing local path: said so at
+    once, rather than after the hub client's retries."""
+    missing = "cannot load dataset: no such file or folder"
+    if not _HUB_ID.fullmatch(name):
+        raise SourceError(name, missing)
+    if not datasets.config.HF_HUB_OFFLINE:
+        return datasets.load_dataset(name, split=split)
+    try:
+        return datasets.load_dataset(name, split=split)
+    except (ConnectionError, FileNotFoundError):
+        raise HubOffline(
+            name, f"{missing}, nor a hub dataset in the Hugging Face cache (hub downloads are off)"
+        ) from None
 
 
 def _generation_problem(local: Path, error: Exception) -> str:
