@@ -7,8 +7,12 @@ and exit status 2; unreadable rows are written to ``rejected.parquet`` and the r
 into a fresh folder beside it and swaps that in whole (curation.folders), so a later command
 never reads one run's conversations beside another run's preferences, whether the earlier run
 was killed half-way or simply wrote fewer files. A run replaces only a folder that is new,
-empty or holds exactly what an earlier run recorded in ``postforge_outputs.json``; anything else
-there is refused (exit 2) rather than deleted.
+empty or holds exactly what an earlier run of the same command recorded in
+``postforge_outputs.json``; anything else there (another command's outputs included) is refused
+(exit 2) rather than deleted.
+
+``ingest --format hf`` reads hub ids offline (from the Hugging Face cache) unless told
+``--allow-hub``: a mistyped local folder must not turn into half a minute of requests to the hub.
 """
 
 from __future__ import annotations
@@ -62,14 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CANONICAL=INPUT",
         help="column mapping for generic formats, e.g. --column prompt=question",
     )
-    ingest.add_argument("--split", default="train", help="split for --format hf")
+    ingest.add_argument("--split", help="--format hf only: the split to read (default: train)")
+    ingest.add_argument(
+        "--allow-hub",
+        action="store_true",
+        help=(
+            "--format hf only: let a hub id be downloaded from the Hugging Face Hub (default: "
+            "offline, a hub id is read only from the local Hugging Face cache)"
+        ),
+    )
     ingest.set_defaults(handler=run_ingest)
 
     profile = commands.add_parser("profile", help="length profile of an ingested folder")
     profile.add_argument("input", type=Path, metavar="DIR")
     profile.add_argument("--out", required=True, type=Path)
     profile.add_argument("--tokenizer", help="tokenizer.json or its folder (default: train a BPE)")
-    profile.add_argument("--vocab-size", type=int, default=4096)
+    profile.add_argument(
+        "--vocab-size",
+        type=_vocab_size,
+        default=4096,
+        help="vocabulary of the BPE trained when no --tokenizer is given (default 4096, min 260)",
+    )
     profile.set_defaults(handler=run_profile)
 
     curate = commands.add_parser("curate", help="filter an ingested folder; write training sets")
@@ -77,7 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--out", required=True, type=Path)
     curate.add_argument("--config", type=Path, help="YAML or JSON: filter sections and settings")
     curate.add_argument("--tokenizer", help="tokenizer.json or its folder (default: train a BPE)")
-    curate.add_argument("--eval-fraction", type=float, default=0.05)
+    curate.add_argument(
+        "--eval-fraction",
+        type=_eval_fraction,
+        default=0.05,
+        metavar="SHARE",
+        help=(
+            "share of each dataset's rows (by a hash of the row id) held out in its test split: "
+            "0 <= SHARE < 1 (default 0.05)"
+        ),
+    )
     curate.set_defaults(handler=run_curate)
 
     trace = commands.add_parser(
@@ -113,14 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
             "for the failed sets)."
         ),
     )
-    judge.add_argument("input", type=Path, metavar="IN_DIR", help="folder with candidates.parquet")
+    judge.add_argument(
+        "input", type=Path, metavar="IN_DIR", help="folder holding candidates.parquet"
+    )
     judge.add_argument("--out", required=True, type=Path)
     judge.add_argument(
         "--config", type=Path, help="YAML: judge settings (curation.judge.JudgeConfig) and pairs"
     )
     judge.add_argument("--base-url", help="OpenAI-compatible endpoint (default: offline judge)")
-    judge.add_argument("--model", help="model name the endpoint serves")
-    judge.add_argument("--concurrency", type=int, help="requests in flight at once")
+    judge.add_argument("--model", help="model name the endpoint serves (needs --base-url)")
+    judge.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        help="requests in flight at once (needs --base-url)",
+    )
     judge.add_argument(
         "--max-error-share",
         type=_share,
@@ -133,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     judge.add_argument(
         "--api-key-env",
-        default=JUDGE_KEY_ENV,
-        help=f"environment variable holding the API key (default {JUDGE_KEY_ENV})",
+        metavar="NAME",
+        help=(
+            f"environment variable holding the API key (default {JUDGE_KEY_ENV}); a local "
+            "server needs none"
+        ),
     )
     judge.set_defaults(handler=run_judge)
 
@@ -152,7 +187,7 @@ def replace_outputs(
 
     from curation.folders import replace_folder
 
-    check_out(out, inputs)
+    check_out(out, command, inputs)
 
     def fill(folder: Path) -> None:
         write(folder)
@@ -162,9 +197,11 @@ def replace_outputs(
     replace_folder(out.resolve(), fill)
 
 
-def check_out(out: Path, inputs: Sequence[Path] = ()) -> None:
-    """BadInput unless a run may replace ``out``. Commands call it before their work, so a
-    refused run stops at once; ``replace_outputs`` again just before the swap."""
+def check_out(out: Path, command: str, inputs: Sequence[Path] = ()) -> None:
+    """BadInput unless a run of ``command`` may replace ``out``. Commands call it before their
+    work, so a refused run stops at once; ``replace_outputs`` again just before the swap. The
+    outputs of another command are refused too: ``ingest --out`` a curate folder would delete
+    the curated datasets, where the user most likely mistyped a folder."""
     from curation.folders import sweep_folder
 
     target = out.resolve()
@@ -176,6 +213,13 @@ def check_out(out: Path, inputs: Sequence[Path] = ()) -> None:
     sweep_folder(target)  # first: a run killed mid-swap left the previous outputs aside
     if target.exists() and not target.is_dir():
         raise BadInput(f"--out {out}: exists and is not a folder")
+    recorded = _recorded_command(target)
+    if recorded is not None and recorded != command:
+        raise BadInput(
+            f"--out {out}: holds the outputs of `postforge {recorded}` ({OUTPUTS_RECORD}), "
+            f"which `postforge {command}` would delete; give another folder, or remove "
+            f"{out} first if you no longer need them"
+        )
     foreign = _foreign_entries(target)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if foreign[5:] else "")
@@ -183,6 +227,18 @@ def check_out(out: Path, inputs: Sequence[Path] = ()) -> None:
             f"--out {out}: holds files no postforge run recorded writing there ({shown}); "
             "give a new or empty folder, or remove them"
         )
+
+
+def _recorded_command(folder: Path) -> str | None:
+    """The command ``folder``'s outputs record names as their writer (None: no record)."""
+    import json
+
+    try:
+        record = json.loads((folder / OUTPUTS_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    command = record.get("command") if isinstance(record, dict) else None
+    return command if isinstance(command, str) else None
 
 
 def _foreign_entries(folder: Path) -> list[str]:
@@ -202,6 +258,7 @@ def _foreign_entries(folder: Path) -> list[str]:
 
 def run_ingest(args: argparse.Namespace) -> int:
     from curation.ingest import ReadOptions, ingest
+    from curation.readers.generic import ColumnMappingError, HubOffline
 
     columns = {}
     for item in args.column:
@@ -209,10 +266,24 @@ def run_ingest(args: argparse.Namespace) -> int:
         if not sep or not canonical or not column:
             raise BadInput(f"--column {item!r}: expected CANONICAL=INPUT")
         columns[canonical] = column
-    options = ReadOptions(source=args.source, columns=columns, split=args.split)
+    if args.format != "hf":
+        for flag, given in (("--split", args.split is not None), ("--allow-hub", args.allow_hub)):
+            if given:
+                raise BadInput(f"{flag} applies only to --format hf")
+    elif not args.allow_hub:
+        # Read by huggingface_hub and datasets when first imported, which is below.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+    split = args.split if args.split is not None else "train"
+    options = ReadOptions(source=args.source, columns=columns, split=split)
     inputs = [Path(p) for p in args.inputs if Path(p).exists()]  # not hub ids
-    check_out(args.out, inputs)
-    result = ingest(args.format, args.inputs, options)
+    check_out(args.out, "ingest", inputs)
+    try:
+        result = ingest(args.format, args.inputs, options)
+    except ColumnMappingError as error:
+        raise error.naming("--column CANONICAL=INPUT") from None
+    except HubOffline as error:
+        raise BadInput(f"{error}; pass --allow-hub to download it from the hub") from None
 
     def write(out: Path) -> None:
         result.conversations.write_parquet(out / "conversations.parquet")
@@ -232,7 +303,7 @@ def run_profile(args: argparse.Namespace) -> int:
     from curation.profile import profile, write_profile
     from curation.tokens import TokenCounter
 
-    check_out(args.out, [args.input])
+    check_out(args.out, "profile", [args.input])
     conversations = _read_ingested(args.input, "conversations")["conversations"]
     tokenizer = _tokenizer(args.tokenizer, conversations, args.vocab_size)
     result = profile(conversations, TokenCounter(tokenizer))
@@ -279,14 +350,15 @@ def run_curate(args: argparse.Namespace) -> int:
     from curation.preferences import curate_preferences
     from curation.tokens import TokenCounter
 
-    check_out(args.out, [args.input])
+    check_out(args.out, "curate", [args.input])
     settings = _load_config(args.config) if args.config else {}
-    ingested = _read_ingested(args.input, "conversations", "preferences")
-    conversations = ingested["conversations"]
-    try:
-        filters = build_filters(settings, TokenCounter(_tokenizer(args.tokenizer, conversations)))
+    try:  # the whole config, before reading anything or training a tokenizer
+        build_filters(settings)
     except ConfigError as error:
         raise BadInput(f"{args.config}: {error}") from None
+    ingested = _read_ingested(args.input, "conversations", "preferences")
+    conversations = ingested["conversations"]
+    filters = build_filters(settings, TokenCounter(_tokenizer(args.tokenizer, conversations)))
     result = curate(conversations, filters)
     pairs = None
     if "preferences" in ingested:
@@ -310,7 +382,11 @@ def run_curate(args: argparse.Namespace) -> int:
     for rule, verdict, rows in result.rule_counts().iter_rows():
         print(f"  {rule:<32} {verdict:<8} {rows}")
     counts = " ".join(f"{k}={v}" for k, v in result.counts().items())
-    print(f"curated {conversations.height} conversations: {counts} -> {out}")
+    curated = f"curated {conversations.height} conversations: {counts}"
+    if pairs is not None:
+        pair_counts = " ".join(f"{k}={v}" for k, v in pairs.counts().items())
+        curated += f"; {ingested['preferences'].height} preference pairs: {pair_counts}"
+    print(f"{curated} -> {out}")
     return 0
 
 
@@ -386,34 +462,38 @@ def run_judge(args: argparse.Namespace) -> int:
     from curation.feedback.pairs import PairsConfig, rankings_to_pairs
     from curation.feedback.schema import read_candidates
     from curation.judge import JudgeEndpointError
-    from curation.judge.tables import build_judge, error_share_report, judge_candidates
+    from curation.judge.tables import error_share_report, judge_candidates
     from curation.storage import write_parquet
 
-    source = args.input / "candidates.parquet" if args.input.is_dir() else args.input
+    if args.input.exists() and not args.input.is_dir():
+        raise BadInput(
+            f"{args.input}: not a folder; give IN_DIR, the folder holding candidates.parquet"
+        )
+    source = args.input / "candidates.parquet"
     if not source.exists():
         raise BadInput(f"{source}: no such file (expected IN_DIR/candidates.parquet)")
+    settings = _load_config(args.config) if args.config else {}
+    key_env = args.api_key_env or JUDGE_KEY_ENV
+    where = str(args.config) if args.config else "judge settings"
+    try:
+        pairs_config = PairsConfig.from_settings(settings.pop("pairs", None))
+        judge = _build_judge(judge_settings(settings, args), os.environ.get(key_env) or None)
+    except (TypeError, ValueError) as error:
+        raise BadInput(f"{where}: {error}") from None
     try:
         candidates = read_candidates(source)
     except (OSError, ValueError) as error:
         message = str(error)
         raise BadInput(message if str(source) in message else f"{source}: {message}") from None
-    settings = _load_config(args.config) if args.config else {}
-    pairs_settings = settings.pop("pairs", {}) or {}
-    flags = {"base_url": args.base_url, "model": args.model, "max_concurrency": args.concurrency}
-    settings.update({k: v for k, v in flags.items() if v is not None})
-    if "base_url" in settings:
-        settings.setdefault("backend", "openai")
-        settings.setdefault("cache_path", str(args.out / "judge_cache.sqlite"))
-    try:
-        judge = build_judge(settings, api_key=os.environ.get(args.api_key_env))
-        pairs_config = PairsConfig(**pairs_settings)
-    except (TypeError, ValueError) as error:
-        raise BadInput(f"{args.config or 'judge settings'}: {error}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         rankings = judge_candidates(candidates, judge)
     except JudgeEndpointError as error:
-        raise BadInput(str(error)) from None
+        message = str(error)
+        if error.no_key:
+            state = "empty" if key_env in os.environ else "unset"
+            message += f": the key is read from the environment variable {key_env}, now {state}"
+        raise BadInput(message) from None
     pairs = rankings_to_pairs(rankings, candidates, pairs_config)
     errors, problem = error_share_report(rankings, args.max_error_share)
     write_parquet(rankings, args.out / "rankings.parquet")
@@ -434,6 +514,177 @@ def run_judge(args: argparse.Namespace) -> int:
         print(f"postforge judge: error: {problem}", file=sys.stderr)
         return EXIT_JUDGE_FAILED
     return 0
+
+
+JUDGE_CACHE = "judge_cache.sqlite"
+PANEL_KEYS = ("panel", "vote", "weights")  # what a panel's settings hold beside its members
+
+
+def judge_settings(settings: dict, args: argparse.Namespace) -> dict:
+    """The settings ``build_judge`` takes, from the config file and the flags, checked the same
+    way whatever the judge: a setting or flag the chosen judge would not use is refused rather
+    than ignored (a typo must not quietly switch to the offline judge, or an endpoint judge run
+    without the answer cache). Every endpoint judge, a panel's members included, caches its
+    answers in ``--out``/judge_cache.sqlite: the cache key holds the model, template, messages
+    and sampling, so members share the file without sharing answers (``_shared_answers``
+    refuses the one case where they would)."""
+    flags = {"--base-url": "base_url", "--model": "model", "--concurrency": "max_concurrency"}
+    given = {flag: key for flag, key in flags.items() if getattr(args, key_attr(key)) is not None}
+    cache = str(args.out / JUDGE_CACHE)
+    if "panel" in settings:
+        if given:
+            raise BadInput(
+                f"{', '.join(given)}: a panel names each member's endpoint and settings in "
+                "--config (panel: [...]); give them there"
+            )
+        beside = sorted(set(settings) - set(PANEL_KEYS), key=str)
+        if beside:
+            raise ValueError(
+                f"{beside} beside panel would apply to no judge: a panel takes only "
+                f"{list(PANEL_KEYS)}; put judge settings in each member"
+            )
+        members = settings["panel"]
+        if not isinstance(members, list) or not members:
+            raise ValueError("panel: expected a list of judge settings, one per member")
+        checked = []
+        for index, member in enumerate(members):
+            if not isinstance(member, dict):
+                raise ValueError(
+                    f"panel[{index}]: expected a mapping of judge settings, "
+                    f"got {type(member).__name__}"
+                )
+            member = dict(member)
+            try:
+                _check_endpoint_settings(member)
+            except ValueError as error:
+                raise ValueError(f"panel[{index}]: {error}") from None
+            if _has_endpoint(member):
+                member.setdefault("cache_path", cache)
+            checked.append(member)
+        return {**settings, "panel": checked}
+    settings = {**settings, **{key: getattr(args, key_attr(key)) for key in given.values()}}
+    if not _has_endpoint(settings):
+        endpoint_flags = [*given, *(["--api-key-env"] if args.api_key_env else [])]
+        if endpoint_flags:
+            raise BadInput(
+                f"{', '.join(endpoint_flags)}: only for an endpoint judge; give --base-url "
+                "(without an endpoint the offline judge ranks, and would ignore them)"
+            )
+    _check_endpoint_settings(settings)
+    if _has_endpoint(settings):
+        settings.setdefault("cache_path", cache)
+    return settings
+
+
+def key_attr(setting: str) -> str:
+    """The argparse attribute of the flag for a judge setting."""
+    return "concurrency" if setting == "max_concurrency" else setting
+
+
+def _has_endpoint(settings: dict) -> bool:
+    return settings.get("backend", "openai" if "base_url" in settings else "offline") == "openai"
+
+
+def _check_endpoint_settings(settings: dict) -> None:
+    """ValueError for an unknown setting, or a known one given to the offline judge, which
+    takes none of them."""
+    from dataclasses import fields
+
+    from curation.judge.config import JudgeConfig
+
+    known = {f.name for f in fields(JudgeConfig)}
+    unknown = sorted(set(settings) - known - {"backend"}, key=str)
+    if unknown:
+        raise ValueError(f"unknown judge setting(s) {unknown}; known: {sorted(known)}")
+    if not _has_endpoint(settings) and settings.get("backend", "offline") == "offline":
+        ignored = sorted(set(settings) - {"backend"})
+        if ignored:
+            raise ValueError(
+                f"{ignored}: settings of an endpoint judge, but no endpoint is given (base_url "
+                "or --base-url), so the offline judge would rank and ignore them; give the "
+                "endpoint or remove them"
+            )
+
+
+def _build_judge(settings: dict, api_key: str | None):
+    """``build_judge``, with a panel's member errors naming the member."""
+    from curation.judge.tables import build_judge
+
+    if "panel" in settings:
+        for index, member in enumerate(settings["panel"]):
+            try:
+                build_judge(member, api_key)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"panel[{index}]: {error}") from None
+    judge = build_judge(settings, api_key=api_key)
+    _shared_answers(judge)
+    return judge
+
+
+def _shared_answers(judge) -> None:
+    """BadInput when two panel members on different endpoints would read each other's cached
+    answers: the cache key leaves the base URL out (a model moved to another host keeps its
+    answers), so two servers that serve different models under one name, asked alike, share
+    keys. Members that differ in model, template, rubric or sampling never do."""
+    from itertools import combinations
+
+    from curation.judge.client import OpenAIJudge
+    from curation.judge.config import answer_identity, redact_url
+
+    members = [j for j in getattr(judge, "judges", []) if isinstance(j, OpenAIJudge)]
+    for first, second in combinations(members, 2):
+        a, b = first.config, second.config
+        if (
+            a.cache_path is not None
+            and a.cache_path == b.cache_path
+            and a.base_url != b.base_url
+            and answer_identity(a) == answer_identity(b)
+        ):
+            raise BadInput(
+                f"panel members {first.name!r} ({redact_url(a.base_url)}) and {second.name!r} "
+                f"({redact_url(b.base_url)}) ask model {a.model!r} alike, so they would share "
+                f"cached answers in {a.cache_path}; give one of them its own cache_path"
+            )
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return value
+
+
+def _eval_fraction(text: str) -> float:
+    """An argparse type: a share from 0 up to, not including, 1 (1 would leave no train rows)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a share with 0 <= SHARE < 1 (1 leaves no train rows), got {text!r}"
+        )
+    return value
+
+
+def _vocab_size(text: str) -> int:
+    """An argparse type: a vocabulary the BPE trainer can make."""
+    from training.tokenizer import MIN_VOCAB_SIZE
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < MIN_VOCAB_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= {MIN_VOCAB_SIZE} (the 256 byte tokens and the special "
+            f"tokens every byte-level BPE holds), got {text!r}"
+        )
+    return value
 
 
 def _share(text: str) -> float:

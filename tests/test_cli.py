@@ -271,3 +271,144 @@ def test_ingest_profile_and_curate_do_not_import_dagster(tmp_path, sources):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[0, 0, 0] []"
     assert (tmp_path / "cur" / "curated_preferences.parquet").exists()
+
+
+# --- what a new user gets wrong: one line, exit 2, before any work -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("references: {per_source: {flan: dorp}}", "references.per_source.flan: unknown verdict"),
+        ("pii: {policy: 3}", "pii.policy: unknown verdict 3; expected one of ['keep', 'drop'"),
+        ("pii: rewrite", "pii: expected a mapping of settings such as {policy: drop}, got str"),
+        ("pii: {enabled: 'no'}", "pii.enabled: expected bool, got str 'no'"),
+        ("duplicates: {threshold: 7}", "duplicates: threshold must be in (0, 1], got 7"),
+    ],
+)
+def test_a_curate_config_is_checked_whole_before_any_work(tmp_path, capsys, config, expected):
+    """The input folder does not exist: the config's error comes first, so it came before
+    reading the input or training a tokenizer."""
+    path = tmp_path / "curate.yaml"
+    path.write_text(config + "\n")
+    assert cli("curate", tmp_path / "nowhere", "--out", tmp_path / "cur", "--config", path) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"postforge curate: error: {path}: {expected}"), error
+    assert error.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["curate", "IN", "--eval-fraction", "1.5"], "--eval-fraction: expected a share with 0"),
+        (["curate", "IN", "--eval-fraction", "-0.5"], "--eval-fraction: expected a share with"),
+        (["curate", "IN", "--eval-fraction", "1"], "(1 leaves no train rows), got '1'"),
+        (["profile", "IN", "--vocab-size", "10"], "--vocab-size: expected a whole number >= 260"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_naming_the_flag(tmp_path, capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_:
+        cli(*argv, "--out", tmp_path / "o")
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert expected in error and "Traceback" not in error
+
+
+def test_help_explains_eval_fraction_and_vocab_size():
+    assert "held out in its test split" in run("curate", "--help").stdout
+    assert "vocabulary of the BPE trained" in run("profile", "--help").stdout
+
+
+def test_one_commands_outputs_are_not_replaced_by_another_command(tmp_path, sources, capsys):
+    """ingest (or profile) --out a curate folder, a mistyped folder most likely, used to delete
+    the curated datasets and exit 0."""
+    ingested, cur = tmp_path / "in", tmp_path / "cur"
+    assert cli("ingest", "--format", "hh", sources["hh"], "--out", ingested) == 0
+    assert cli("curate", ingested, "--out", cur, "--tokenizer", sources["tokenizer"]) == 0
+    curated = capsys.readouterr().out.splitlines()[-1]
+    assert curated == (
+        "curated 5 conversations: kept=5 rewritten=0 dropped=0; 5 preference pairs: "
+        f"kept=5 rewritten=0 dropped=0 -> {cur}"
+    )
+    before = listing(cur)
+    assert cli("ingest", "--format", "jsonl", sources["chat"], "--out", cur) == 2
+    assert capsys.readouterr().err == (
+        f"postforge ingest: error: --out {cur}: holds the outputs of `postforge curate` "
+        "(postforge_outputs.json), which `postforge ingest` would delete; give another folder, "
+        f"or remove {cur} first if you no longer need them\n"
+    )
+    assert cli("profile", ingested, "--out", cur, "--vocab-size", "300") == 2
+    assert "outputs of `postforge curate`" in capsys.readouterr().err
+    assert listing(cur) == before and "datasets/sft/train.parquet" in before
+    assert cli("curate", ingested, "--out", cur, "--tokenizer", sources["tokenizer"]) == 0
+
+
+def test_ingest_errors_name_the_flags_of_the_cli(tmp_path, sources, capsys):
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"question": "q", "reply": "a"}\n')
+    out = tmp_path / "o"
+    assert cli("ingest", "--format", "jsonl", odd, "--out", out) == 2
+    error = capsys.readouterr().err
+    assert error.endswith("(or map yours with --column CANONICAL=INPUT)\n"), error
+    assert cli("ingest", "--format", "jsonl", odd, "--out", out, "--column", "query=q") == 2
+    error = capsys.readouterr().err
+    assert "unknown canonical name(s) ['query'] in --column CANONICAL=INPUT; known:" in error
+    mapped = ("--column", "prompt=question", "--column", "completion=reply")
+    assert cli("ingest", "--format", "jsonl", odd, "--out", out, *mapped) == 0
+    capsys.readouterr()
+    for flag in (["--split", "test"], ["--allow-hub"]):
+        assert cli("ingest", "--format", "hh", sources["hh"], "--out", out, *flag) == 2
+        assert f"{flag[0]} applies only to --format hf" in capsys.readouterr().err
+
+
+HUB = """
+import http.server, sys, threading
+seen = []
+class Hub(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args): pass
+    def do_GET(self):
+        seen.append(self.path)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    do_HEAD = do_POST = do_GET
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print(f"http://127.0.0.1:{server.server_address[1]}", flush=True)
+sys.stdin.read()
+print(len(seen), flush=True)
+"""
+
+
+def test_hf_ingest_is_offline_unless_the_hub_is_allowed(tmp_path):
+    """Run as a user runs it, without HF_HUB_OFFLINE; the hub is a local server that counts
+    the requests it gets (the real one when offline mode fails would be huggingface.co)."""
+    import os
+
+    def ingest_hf(name: str, *flags: str) -> tuple[subprocess.CompletedProcess, int]:
+        hub = subprocess.Popen(
+            [sys.executable, "-c", HUB], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env |= {"HF_ENDPOINT": hub.stdout.readline().strip(), "HF_HOME": str(tmp_path / "hf")}
+        done = subprocess.run(
+            [POSTFORGE, "ingest", "--format", "hf", name, "--out", str(tmp_path / "o"), *flags],
+            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        requests, _ = hub.communicate("", timeout=10)
+        return done, int(requests)
+
+    offline, sent = ingest_hf("mydata")
+    assert offline.returncode == 2 and sent == 0
+    assert offline.stderr == (
+        "postforge ingest: error: mydata: cannot load dataset: no such file or folder, nor a hub "
+        "dataset in the Hugging Face cache (hub downloads are off); pass --allow-hub to download "
+        "it from the hub\n"
+    )
+    allowed, sent = ingest_hf("mydata", "--allow-hub")
+    assert allowed.returncode == 2 and sent > 0  # it asked the hub, which has no such dataset
+    local, sent = ingest_hf("./mydata", "--allow-hub")  # a path: never a hub id
+    assert local.stderr == (
+        "postforge ingest: error: ./mydata: cannot load dataset: no such file or folder\n"
+    )
+    assert sent == 0

@@ -206,3 +206,143 @@ def test_a_repeated_prompt_id_is_refused_before_any_call(candidates_dir, tmp_pat
         f"postforge judge: error: {path}: row {PROMPTS}: id 'p0' repeats row 0"
     )
     assert not (tmp_path / "o").exists()
+
+
+# --- the answer cache of a panel, the key, settings the judge would not use ----------------------
+
+
+def test_a_panel_run_again_is_answered_from_the_cache(candidates_dir, tmp_path):
+    """Each member of a panel is an endpoint judge that pays per call: a re-run must pay for
+    nothing, like a single judge's."""
+    out = tmp_path / "out"
+    config = tmp_path / "panel.yaml"
+    with StubServer() as server:
+        config.write_text(
+            "panel:\n"
+            f"  - {{base_url: {server.base_url}, model: a, permutations: 1}}\n"
+            f"  - {{base_url: {server.base_url}, model: b, template: pairwise}}\n"
+            "vote: borda\n"
+        )
+        first = run(str(candidates_dir), "--out", str(out), "--config", str(config))
+        assert first.returncode == 0, first.stderr
+        paid = server.requests
+        # listwise, one order: 1 call a set; pairwise, both orders: 2 * C(K, 2) calls a set
+        assert paid == PROMPTS * (1 + K * (K - 1))
+        second = run(str(candidates_dir), "--out", str(out), "--config", str(config))
+        assert second.returncode == 0, second.stderr
+        assert server.requests == paid  # not one call more
+    assert (out / "judge_cache.sqlite").is_file()
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert [m["cache_hits"] for m in summary["judges"].values()] == [PROMPTS, PROMPTS * K * (K - 1)]
+    rankings = pl.read_parquet(out / "rankings.parquet")
+    assert rankings["status"].to_list() == ["ok"] * PROMPTS
+
+
+def test_panel_members_that_would_read_each_others_answers_are_refused(candidates_dir, tmp_path):
+    """Two servers serving different weights under one model name (llama.cpp answers to any
+    name) would share cache keys, which leave the endpoint out: refused, not merged."""
+    config = tmp_path / "panel.yaml"
+    with StubServer() as one, StubServer() as other:
+        config.write_text(
+            "panel:\n"
+            f"  - {{base_url: {one.base_url}, model: m, name: first}}\n"
+            f"  - {{base_url: {other.base_url}, model: m, name: second}}\n"
+        )
+        done = run(str(candidates_dir), "--out", str(tmp_path / "o"), "--config", str(config))
+        assert one.requests == other.requests == 0
+    assert done.returncode == 2, done.stderr
+    assert "'first'" in done.stderr and "'second'" in done.stderr
+    assert "own cache_path" in done.stderr and "Traceback" not in done.stderr
+
+
+def _unauthorized(body: dict, n: int):
+    from curation.judge.stub import Reply
+
+    return Reply(401, {"error": {"message": "Incorrect API key provided"}})
+
+
+def test_a_missing_key_is_named_as_missing_not_rejected(candidates_dir, tmp_path):
+    """With no key the client sends a placeholder; a 401 to it means the key is missing (a
+    typo in --api-key-env, a variable never exported), not that a key was wrong. Both places a
+    401 can come from: the preflight's GET /models and a chat call."""
+    from curation.judge.stub import Reply
+
+    refuse = Reply(401, {"error": {"message": "Incorrect API key provided"}})
+    configs = {}
+    for preflight in ("true", "false"):
+        configs[preflight] = tmp_path / f"preflight_{preflight}.yaml"
+        text = f"preflight: {preflight}\nmax_retries: 0\nmax_concurrency: 1\n"
+        configs[preflight].write_text(text)
+    with StubServer(_unauthorized, models_reply=refuse) as server:
+        base = [str(candidates_dir), "--out", str(tmp_path / "o"), "--base-url", server.base_url]
+        unset = run(*base, "--config", str(configs["true"]), key=None)
+        # SECRET is in the default variable, not in the one named
+        typo = run(*base, "--config", str(configs["false"]), "--api-key-env", "MY_KEY_TYPO")
+        wrong = run(*base, "--config", str(configs["false"]))
+        assert server.requests == 2  # without a preflight: the first chat call of each run
+    assert unset.returncode == typo.returncode == wrong.returncode == 2
+    assert unset.stderr.strip() == (
+        f"postforge judge: error: judge endpoint {server.base_url} refused the request "
+        "(HTTP 401) and no API key was given: the key is read from the environment variable "
+        "POSTFORGE_JUDGE_API_KEY, now unset"
+    )
+    assert "refused the request (HTTP 401) and no API key was given" in typo.stderr
+    assert "environment variable MY_KEY_TYPO, now unset" in typo.stderr
+    assert "rejected the API key (HTTP 401)" in wrong.stderr and "no API key" not in wrong.stderr
+    assert all(SECRET not in done.stderr + done.stdout for done in (unset, typo, wrong))
+
+
+def judge_main(*args: str | Path) -> int:
+    from pipelines.cli import main
+
+    return main(["judge", *(str(a) for a in args)])
+
+
+@pytest.mark.parametrize(
+    ("config", "flags", "expected"),
+    [
+        # Without an endpoint every judge setting is refused, typo or not, flag or file.
+        ("templat: pairwise\n", [], "unknown judge setting(s) ['templat']"),
+        ("template: pairwise\n", [], "['template']: settings of an endpoint judge, but no "),
+        ("", ["--model", "X"], "--model: only for an endpoint judge; give --base-url"),
+        ("", ["--api-key-env", "K"], "--api-key-env: only for an endpoint judge"),
+        ("backend: offline\nmodel: x\n", [], "['model']: settings of an endpoint judge"),
+        # With one, values are checked naming the setting.
+        ("max_concurrency: four\n", ["--base-url", "URL"], "max_concurrency: expected int, got"),
+        ("pairs: {min_margn: 2}\n", [], "pairs: unknown key(s) ['min_margn']; known: ['min_"),
+        ("pairs: {min_margin: two}\n", [], "pairs.min_margin: expected int, got str 'two'"),
+        ("pairs: best\n", [], "pairs: expected a mapping of settings, got str"),
+        # A panel: its members named by position; settings beside it apply to no judge.
+        ("panel: [{base_url: URL, modle: a}]\n", [], "panel[0]: unknown judge setting(s) ['mo"),
+        ("panel: [{base_url: URL, model: a}]\ntemplate: pairwise\n", [], "['template'] beside"),
+        ("panel: [{base_url: URL, model: a}]\n", ["--model", "b"], "--model: a panel names"),
+        ("panel: [{base_url: URL, model: a}]\nvote: majorty\n", [], "vote: expected 'borda' or"),
+    ],
+)
+def test_settings_the_judge_would_not_use_are_refused_by_name(
+    candidates_dir, tmp_path, capsys, config, flags, expected
+):
+    """Without --base-url these used to pick the offline judge quietly and exit 0."""
+    path = tmp_path / "judge.yaml"
+    with StubServer() as server:
+        path.write_text(config.replace("URL", server.base_url))
+        flags = [server.base_url if flag == "URL" else flag for flag in flags]
+        code = judge_main(candidates_dir, "--out", tmp_path / "o", "--config", path, *flags)
+        assert server.requests == 0
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert expected in error and error.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_flag_values_and_a_file_for_in_dir_are_refused(candidates_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        judge_main(candidates_dir, "--out", tmp_path / "o", "--concurrency", "0")
+    assert exit_.value.code == 2
+    assert "--concurrency: expected a whole number above 0, got '0'" in capsys.readouterr().err
+    samples = Path(__file__).resolve().parents[1] / "data" / "samples" / "flan.jsonl"
+    assert judge_main(samples, "--out", tmp_path / "o") == 2
+    assert capsys.readouterr().err == (
+        f"postforge judge: error: {samples}: not a folder; give IN_DIR, the folder holding "
+        "candidates.parquet\n"
+    )
