@@ -242,10 +242,15 @@ def decode_units(
         first = out.rejected[0] if out.rejected else {"line": None, "reason": "no records"}
         raise SourceError(
             units.path,
-            f"not a {source} file: no {unit} could be read "
+            f"not {article(source)} {source} file: no {unit} could be read "
             f"({unit} {first['line']}: {first['reason']})",
         )
     return out
+
+
+def article(word: str) -> str:
+    """'an oasst file', 'a flan file'."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def parquet_rows(path: Path, record_type: type[T], source: str) -> Records:
@@ -267,7 +272,8 @@ def parquet_rows(path: Path, record_type: type[T], source: str) -> Records:
         first = records.rejected[0]
         raise SourceError(
             path,
-            f"not a {source} file: no row could be read (row {first['line']}: {first['reason']})",
+            f"not {article(source)} {source} file: no row could be read "
+            f"(row {first['line']}: {first['reason']})",
         )
     return records
 

@@ -536,3 +536,10 @@ def test_embedded_samples(name: str) -> None:
     assert result.preferences.height > 0
     assert (result.preferences["margin"] > 0).all()
     assert (result.ledger["rule"] == "ingest.deleted").any()
+
+
+def test_a_file_of_other_records_is_named_as_not_an_oasst_file(tmp_path: Path) -> None:
+    path = tmp_path / "hh.jsonl"
+    path.write_text(json.dumps({"chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(SourceError, match="not an oasst file"):
+        read_oasst([path], ReadOptions())
