@@ -10,11 +10,14 @@ date partition would invent empty days and could not hold two drops of one day. 
 folder's sensor (pipelines/automation.py) registers each new folder as a partition.
 
 A drop being copied in should be written under a name starting with ``.`` or ``_`` and renamed
-when complete: such folders are never picked up, so a half-copied drop is not ingested.
+when complete: such folders are never picked up, so a half-copied drop is not ingested. The same
+holds for files inside a drop (``_chat.jsonl.part``, ``.flan.jsonl.tmp``): they are not read,
+not counted when deciding whether a folder is a drop yet, and not part of its content hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -44,6 +47,9 @@ DROP_SOURCES = {
 GENERIC_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 DROP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Metadata key under which a drop's ingest may record ``drop_content_hash`` of what it read; the
+# drop sensor also finds the hash in the ingest run's tags (pipelines/automation.py).
+DROP_CONTENT = "drop_content"
 
 
 class DropError(ValueError):
@@ -54,13 +60,40 @@ def drops_root(root: str | Path | None = None) -> Path:
     return resolve(str(root or DEFAULT_DROPS_ROOT))
 
 
+def visible_files(folder: Path) -> list[Path]:
+    """The drop's files that count, sorted: none under a name (file or folder) starting with
+    ``.`` or ``_``, which is how a file still being copied is marked."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and not any(part.startswith((".", "_")) for part in path.relative_to(folder).parts)
+    )
+
+
 def is_ready_drop(folder: Path) -> bool:
-    """A visible folder with a valid partition name and at least one data file."""
+    """A visible folder with a valid partition name and at least one visible data file: a
+    folder holding only a half-copied ``_chat.jsonl`` is not a drop yet (its ingest would fail
+    with "no data files")."""
     return (
         folder.is_dir()
         and DROP_NAME.match(folder.name) is not None
-        and any(p.suffix in DATA_SUFFIXES for p in folder.rglob("*") if p.is_file())
+        and any(p.suffix in DATA_SUFFIXES for p in visible_files(folder))
     )
+
+
+def drop_content_hash(folder: Path) -> str:
+    """What the drop's ingest would read, as a digest of its visible files' paths and bytes:
+    unlike a size-and-mtime fingerprint, a ``touch`` or an rsync that rewrites the same bytes
+    leaves it as it was, so the drop is not ingested again."""
+    digest = hashlib.sha256()
+    for path in visible_files(folder):
+        # Name and size first, so the files' bytes cannot run into one another.
+        digest.update(f"{path.relative_to(folder)}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:32]
 
 
 def find_drops(root: str | Path | None = None) -> list[str]:
@@ -83,10 +116,8 @@ def drop_files(folder: Path) -> dict[str, list[Path]]:
     if not folder.is_dir():
         raise DropError(f"{folder}: drop folder does not exist")
     by_format: dict[str, list[Path]] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in visible_files(folder):
         relative = path.relative_to(folder)
-        if any(part.startswith((".", "_")) for part in relative.parts):
-            continue
         if path.suffix not in DATA_SUFFIXES:
             raise DropError(
                 f"{path}: not a data file (expected {', '.join(DATA_SUFFIXES)}) in drop "
