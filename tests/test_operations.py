@@ -242,7 +242,7 @@ def settings_for(root: Path, **kw) -> OperationsSettings:
     return OperationsSettings(drops_root=str(root), **kw)
 
 
-def test_schedule_requests_the_oldest_new_drop_when_idle_and_skips_while_a_refresh_runs(
+def test_schedule_requests_every_pending_drop_when_idle_and_skips_while_a_refresh_runs(
     instance, drops
 ):
     from pipelines.definitions import defs
@@ -258,8 +258,9 @@ def test_schedule_requests_the_oldest_new_drop_when_idle_and_skips_while_a_refre
     assert schedule.execution_timezone == "Europe/Paris"
 
     tick = schedule.evaluate_tick(context())
-    (request,) = tick.run_requests
-    assert request.partition_key == "2026-11-01"
+    # one request per pending drop, oldest first (the refresh lane runs them one at a time)
+    assert [r.partition_key for r in tick.run_requests] == ["2026-11-01", "2026-11-02", "bad"]
+    request = tick.run_requests[0]
     assert request.tags[automation.TAG_DROP] == "2026-11-01"
     assert request.tags[automation.TAG_RECIPE] == settings.recipe
     assert len(request.tags[automation.TAG_COMMIT].split("-")[0]) == 40
@@ -283,8 +284,8 @@ def test_schedule_requests_the_oldest_new_drop_when_idle_and_skips_while_a_refre
 
     instance.report_run_failed(run)  # the previous run ends (it failed on 2026-11-01)
     tick = schedule.evaluate_tick(context())
-    (request,) = tick.run_requests
-    assert request.partition_key == "2026-11-02"  # the failed drop waits for a person
+    # the failed drop waits for a person
+    assert [r.partition_key for r in tick.run_requests] == ["2026-11-02", "bad"]
 
 
 def _refresh_stub():
