@@ -912,3 +912,16 @@ def test_a_publish_killed_between_its_renames_is_named(outputs, tmp_path):
             trace_checkpoint(asked, copy)
         assert str(aside) in str(error.value)
     assert trace_checkpoint(aside, copy)["stages"][0]["stage"] == "sft"
+
+
+def test_the_datasets_a_row_entered_are_listed_in_a_fixed_order(tmp_path):
+    # value_counts lists groups in no fixed order: the row trace's table changed between runs
+    from curation.trace.row import _dataset_hits
+
+    folder = tmp_path / "datasets" / "sft"
+    folder.mkdir(parents=True)
+    ids = [f"r{i:03d}" for i in range(200)]
+    pl.DataFrame({"id": ids[::-1] + ids[:5]}).write_parquet(folder / "train.parquet")
+    hits = _dataset_hits(tmp_path, set(ids))
+    assert [h["id"] for h in hits] == ids
+    assert [h["rows"] for h in hits[:6]] == [2, 2, 2, 2, 2, 1]

@@ -69,7 +69,8 @@ def _dataset_hits(outputs: Path, ids: set[str]) -> list[dict[str, Any]]:
             if not split_ids:
                 continue
             present = pl.Series("id", split_ids, dtype=pl.String)
-            for row_id, n in present.filter(present.is_in(list(ids))).value_counts().iter_rows():
+            found = present.filter(present.is_in(list(ids))).value_counts().sort("id")
+            for row_id, n in found.iter_rows():  # by id: value_counts' order varies by run
                 hits.append(
                     {
                         "dataset": folder.name,
