@@ -59,3 +59,20 @@ def test_every_job_runs_its_steps_in_one_process():
     jobs = [defs.resolve_implicit_global_asset_job_def()]
     jobs += [defs.resolve_job_def(name) for name in ("demo", "refresh", "ingest_drop", "train")]
     assert {job.executor_def.name for job in jobs} == {"in_process"}
+
+
+def test_the_demo_instance_never_replaces_a_users_own_instance_config(tmp_path, monkeypatch):
+    from pipelines import instance as project_instance
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "mine"))
+    (tmp_path / "mine").mkdir()
+    own = tmp_path / "mine" / "dagster.yaml"
+    own.write_text("telemetry:\n  enabled: true\n")
+    # the demo uses the project's instance, the one `make ui` shows, not DAGSTER_HOME's
+    monkeypatch.setattr(project_instance, "PROJECT_HOME", tmp_path / "project-home")
+    home = project_instance.ensure_dagster_home()
+    assert home == tmp_path / "project-home"
+    assert (home / "dagster.yaml").read_bytes() == project_instance.INSTANCE_CONFIG.read_bytes()
+    # a folder named explicitly gets the project's config only when it has none
+    assert project_instance.ensure_dagster_home(tmp_path / "mine") == tmp_path / "mine"
+    assert own.read_text() == "telemetry:\n  enabled: true\n"
