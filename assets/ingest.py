@@ -1,6 +1,7 @@
 """Raw sources and the canonical tables built from them."""
 # Dagster reads these annotations at definition time: no "from __future__ import annotations".
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,7 +82,8 @@ def raw_source_asset(
     def _raw(context: dg.AssetExecutionContext, config: config_class) -> dict[str, pl.DataFrame]:
         options = ReadOptions(source=config.source, columns=config.columns, split=config.split)
         inputs = config.paths if config.format == "hf" else [resolve(p) for p in config.paths]
-        result = ingest(config.format, inputs, options)
+        with bad_input_fails_once(name):
+            result = ingest(config.format, inputs, options)
         tables = as_tables(result)
         context.add_output_metadata(
             {
@@ -94,6 +96,17 @@ def raw_source_asset(
         return tables
 
     return _raw
+
+
+@contextlib.contextmanager
+def bad_input_fails_once(asset: str) -> Iterator[None]:
+    """A source that cannot be read as configured (missing, empty, another format) fails the
+    step without the ingest retry policy's attempts: a retry reads the same bytes again. The
+    policy is for I/O that can pass on a second try (a network disk, an object store)."""
+    try:
+        yield
+    except SourceError as error:
+        raise dg.Failure(f"{asset}: {error}", allow_retries=False) from error
 
 
 def as_tables(result: IngestResult) -> dict[str, pl.DataFrame]:
@@ -153,7 +166,8 @@ def raw_pretrain(
     context: dg.AssetExecutionContext, config: TextSourceConfig
 ) -> dict[str, pl.DataFrame]:
     """The pretraining text corpus (one document per row)."""
-    corpus = read_text_corpus([resolve(p) for p in config.paths], config.source)
+    with bad_input_fails_once("raw_pretrain"):
+        corpus = read_text_corpus([resolve(p) for p in config.paths], config.source)
     tables = {"texts": corpus.texts, "rejected": corpus.rejected}
     context.add_output_metadata(
         {

@@ -145,6 +145,10 @@ def test_a_bad_source_config_fails_its_asset_with_the_file_named(tmp_path, insta
     assert not result.success
     failure = result.failure_data_for_node("raw_flan")
     assert f"{missing}: no such file" in str(failure.error)
+    # the ingest retry policy is for I/O that can pass on a second try, not for bad input
+    assert defs.get_assets_def("raw_flan").op.retry_policy is not None
+    restarts = [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]
+    assert restarts == []
 
 
 def test_curation_assets_keep_a_ledger_and_pass_their_checks(demo):
