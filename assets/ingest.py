@@ -15,9 +15,11 @@ from upath import UPath
 from assets.io_manager import previous_table, read_frame
 from assets.partitions import (
     DEFAULT_DROPS_ROOT,
+    DROP_CONTENT,
     DROPS,
     DropError,
     DropRecord,
+    drop_content_hash,
     drop_files,
     drop_records,
     qualify_positional_ids,
@@ -202,7 +204,10 @@ def raw_drops(context: dg.AssetExecutionContext, config: DropConfig) -> dict[str
         return as_tables(IngestResult())
     folder = resolve(config.root) / context.partition_key
     try:
-        results = [ingest(fmt, files) for fmt, files in drop_files(folder).items()]
+        by_format = drop_files(folder)
+        # before the read: a file changed while it is read makes the next sensor tick see news
+        content = drop_content_hash(folder)
+        results = [ingest(fmt, files) for fmt, files in by_format.items()]
     except (DropError, SourceError) as error:
         # Bad input fails this drop alone, and retrying would read the same bytes again.
         raise dg.Failure(f"drop {context.partition_key!r}: {error}", allow_retries=False) from error
@@ -213,6 +218,8 @@ def raw_drops(context: dg.AssetExecutionContext, config: DropConfig) -> dict[str
         {
             **result.counts(),
             "drop": str(folder),
+            # what new_drop_sensor compares with the files on disk, however the run was launched
+            DROP_CONTENT: content,
             "rejected_reasons": reason_counts(result.rejected, "reason"),
         }
     )

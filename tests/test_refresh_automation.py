@@ -24,7 +24,7 @@ import pytest
 import assets.ingest as ingest_module
 from assets.ingest import RAW_SOURCES, raw_drops
 from assets.io_manager import PolarsParquetIOManager
-from assets.partitions import DROPS, drop_content_hash, find_drops, is_ready_drop
+from assets.partitions import DROP_CONTENT, DROPS, drop_content_hash, find_drops, is_ready_drop
 from assets.resources import PROJECT_ROOT, StorageResource
 from curation.storage import read_manifest
 from pipelines import automation
@@ -383,7 +383,10 @@ def test_the_sensor_requests_a_drop_once_per_content(instance, tmp_path):
     # the sensor was switched on.
     scheduled = {automation.TAG_DROP_CONTENT: drop_content_hash(root / "d1")}
     assert ingest_drop(instance, root, out, "d1", scheduled).success
-    assert ingest_drop(instance, root, out, "d2").success
+    by_hand = ingest_drop(instance, root, out, "d2")
+    assert by_hand.success
+    (recorded,) = by_hand.asset_materializations_for_node("raw_drops")
+    assert recorded.metadata[DROP_CONTENT].value == drop_content_hash(root / "d2")
     first = automation.drop_sensor_tick(instance, None, settings)
     assert requested(first) == []
 
@@ -393,10 +396,9 @@ def test_the_sensor_requests_a_drop_once_per_content(instance, tmp_path):
     (root / "d2" / "chat.jsonl").write_bytes((tmp_path / "copy.jsonl").read_bytes())
     touched = automation.drop_sensor_tick(instance, first.cursor, settings)
     assert requested(touched) == []
-    # A fresh cursor after the touch still knows d1 by the content its run recorded. d2's
-    # hand-run ingest recorded none and its file is now newer than that ingest: the one case
-    # where an mtime still counts (until raw_drops records its content hash itself).
-    assert requested(automation.drop_sensor_tick(instance, None, settings)) == ["d2"]
+    # A fresh cursor after the touch still knows both: d1 by the content its run's tags name,
+    # d2 (ingested by hand, no tags) by the content hash raw_drops records in its metadata.
+    assert requested(automation.drop_sensor_tick(instance, None, settings)) == []
 
     write_jsonl(root / "d1" / "chat.jsonl", chat("d1", 4))  # a real change
     changed = automation.drop_sensor_tick(instance, touched.cursor, settings)
