@@ -337,6 +337,12 @@ def test_group_stages_train_with_the_checkable_answer_and_reward_model(workspace
     assert lineage["stage"] == stage
     assert lineage["parent_checkpoint"] == str(workspace / "sft")
     assert lineage["inputs"]["reward_model"] == str(workspace / "reward")
+    # the reward model it scored with, pinned as the run started (a retrain at that path is
+    # another model)
+    from training.runs import lineage_sha256
+
+    pin = lineage["inputs"]["reward_model_lineage_sha256"]
+    assert pin == lineage_sha256(workspace / "reward") and pin is not None
     # every embedded synthetic prompt got its answer back from the answer key
     from training.common import load_splits
 

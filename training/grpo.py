@@ -45,6 +45,7 @@ from training.runs import (
     claim_runs,
     last_run_checkpoint,
     lineage_record,
+    pin_inputs,
     pin_parent,
     run_fingerprint,
     train_or_restore,
@@ -208,6 +209,9 @@ def run_group_stage(
     # nothing to train.
     data_digest = content_digest(config.data)
     parent_pin = pin_parent(config, parent)
+    # the reward model scores completions only when the recipe weighs it: pin it exactly then
+    scores_with_model = "reward_model" in config.reward_weights
+    pins = pin_inputs({"reward_model": config.reward_model} if scores_with_model else {})
     fingerprint = run_fingerprint(config, data_digest, [parent, config.reward_model])
     if published := already_published(config, fingerprint, reporter, stage):
         return published
@@ -276,6 +280,7 @@ def run_group_stage(
         started,
         fingerprint,
         parent_pin=parent_pin,
+        input_pins=pins,
     )
     with resource_errors(stage, runs):
         checkpoint = publish(
