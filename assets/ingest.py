@@ -17,6 +17,7 @@ from assets.partitions import (
     DEFAULT_DROPS_ROOT,
     DROP_CONTENT,
     DROPS,
+    Deliveries,
     DropError,
     DropRecord,
     drop_content_hash,
@@ -287,11 +288,13 @@ def _combine(
 ) -> PartUpdate:
     """``key``'s table (the op's output of that name): the embedded sources' tables as one
     part, then one part per ingested drop in registration order; a row a later drop delivers
-    again (same ``id``; when ``replace``) is replaced by the later version. A refresh after a
-    new drop writes that drop's part only (and reads only the ``id`` column of the others, to
-    find replaced rows); any other change (a drop ingested again, the embedded sources
-    changed, rows replaced) builds every part. A drop whose ingest reported no rows under
-    ``count`` adds no part: a drop of chats leaves the comparison table as it was."""
+    again (same ``id``; when ``replace``) is replaced by the later version when its content
+    changed, and dropped from the later drop when it did not (``without_later_ids``). A refresh
+    after a new drop writes that drop's part only (and reads only the ``id`` column of the
+    others, then the stored rows it delivers again, to compare them); any other change (a drop
+    ingested again, the embedded sources changed, rows replaced) builds every part. A drop
+    whose ingest reported no rows under ``count`` adds no part: a drop of chats leaves the
+    comparison table as it was."""
     embedded_tag, embedded_paths = _embedded_sources(lookups, sources)
     drops = {
         d: record
@@ -323,23 +326,28 @@ def _combine(
     if base is None or base.members != _stored_members(members) or wanted[: len(known)] != known:
         return _combine_all(context, key, wanted, load, members, stats, replace, base, drops)
     fresh = {name: load(name) for name, _ in wanted[len(known) :]}
-    replaced = 0
+    tags = dict(wanted[len(known) :])
+    deliveries = Deliveries([], 0, 0)
     if replace and fresh:
-        order = list(fresh)
-        kept, replaced = without_later_ids([fresh[n][members[0]] for n in order])
-        fresh = {n: {members[0]: k} for n, k in zip(order, kept, strict=True)}
-        if known and base is not None:
-            new_ids = pl.concat([f[members[0]]["id"] for f in fresh.values()])
-            hit = base.scan().select("id").filter(pl.col("id").is_in(new_ids.implode()))
-            if hit.collect().height:  # an earlier part loses rows: rebuild them all
+        table = members[0]
+        new = [fresh[n][table] for n in fresh]
+        # The stored rows the new parts deliver again, first: unchanged ones stay where they
+        # are (the new copies go), a changed one leaves its part, and then every part is built.
+        earlier = _stored_copies(base, new) if known and base is not None else None
+        deliveries = without_later_ids(new if earlier is None else [earlier, *new])
+        if earlier is not None:
+            if deliveries.parts[0].height < earlier.height:
                 return _combine_all(
                     context, key, wanted, load, members, stats, replace, base, drops
                 )
+            deliveries = deliveries._replace(parts=deliveries.parts[1:])
+        tags = _tags_after_losses(tags, new, deliveries.parts)
+        fresh = {n: {table: k} for n, k in zip(fresh, deliveries.parts, strict=True)}
     update = PartUpdate(
         parts=[p for p in (base.parts if base is not None and known else [])]
         + [
-            Part(name, tag, rows=_rows(fresh[name]), stats=stats(fresh[name]))
-            for name, tag in wanted[len(known) :]
+            Part(name, tags[name], rows=_rows(fresh[name]), stats=stats(fresh[name]))
+            for name, _ in wanted[len(known) :]
         ],
         new={n: _stored(f, members) for n, f in fresh.items()},
         base=base,
@@ -348,13 +356,52 @@ def _combine(
     context.add_output_metadata(
         {
             "drops": list(drops),
-            "replaced_by_later_drop": replaced,
+            "replaced_by_later_drop": deliveries.replaced,
+            "redelivered": deliveries.redelivered,
             "combine": "append",
             "parts_written": list(fresh),
         },
         output_name=key.to_user_string(),
     )
     return update
+
+
+def _stored_copies(base: PartSet, new: list[pl.DataFrame]) -> pl.DataFrame:
+    """The stored rows whose ``id`` a new part delivers again, every column: the ``id`` column
+    of every part is scanned (as before any row is compared), and only parts holding such a row
+    are read whole. Usually there is none, and nothing but ids is read."""
+    ids = pl.concat([frame["id"].cast(pl.String) for frame in new]).unique().implode()
+    paths = [str(path) for path in base.paths()]
+    if not paths:
+        return pl.DataFrame()
+    holding = (
+        pl.scan_parquet(paths, include_file_paths="_part_file")
+        .select("id", "_part_file")
+        .filter(pl.col("id").is_in(ids))
+        .select(pl.col("_part_file").unique())
+        .collect()["_part_file"]
+        .to_list()
+    )
+    if not holding:
+        return pl.DataFrame()
+    # In the stored order; should a path come back spelled otherwise, every part is read.
+    ordered = [path for path in paths if path in set(holding)] or paths
+    return pl.scan_parquet(ordered).filter(pl.col("id").is_in(ids)).collect()
+
+
+def _tags_after_losses(
+    tags: dict[str, str], frames: list[pl.DataFrame], kept: list[pl.DataFrame]
+) -> dict[str, str]:
+    """A part that lost rows to another gets its own tag (what it holds is no longer what its
+    source delivered): "|minus" and the count and a digest of the ids it lost. Appending and
+    building every part tag a part alike, so curation sees a part as unchanged either way."""
+    out = dict(tags)
+    for name, frame, part in zip(tags, frames, kept, strict=True):
+        lost = frame.join(part.select("id"), on="id", how="anti")
+        if lost.height:
+            digest = hashlib.sha256("\n".join(sorted(lost["id"])).encode()).hexdigest()
+            out[name] += f"|minus {lost.height} {digest[:12]}"
+    return out
 
 
 def _combine_all(
@@ -369,21 +416,19 @@ def _combine_all(
     drops: dict,
 ) -> PartUpdate:
     frames = {name: load(name) for name, _ in wanted}
-    replaced = 0
+    deliveries = Deliveries([], 0, 0)
     tags = dict(wanted)
     if replace:
-        kept, replaced = without_later_ids([f[members[0]] for f in frames.values()])
-        for (name, frame), part in zip(frames.items(), kept, strict=True):
-            lost = frame[members[0]].join(part.select("id"), on="id", how="anti")
-            if lost.height:
-                # Its own tag: what it holds is no longer what its source delivered.
-                digest = hashlib.sha256("\n".join(sorted(lost["id"])).encode()).hexdigest()
-                tags[name] += f"|minus {lost.height} {digest[:12]}"
-        frames = {n: {members[0]: k} for n, k in zip(frames, kept, strict=True)}
+        table = members[0]
+        delivered = [f[table] for f in frames.values()]
+        deliveries = without_later_ids(delivered)
+        tags = _tags_after_losses(tags, delivered, deliveries.parts)
+        frames = {n: {table: k} for n, k in zip(frames, deliveries.parts, strict=True)}
     context.add_output_metadata(
         {
             "drops": list(drops),
-            "replaced_by_later_drop": replaced,
+            "replaced_by_later_drop": deliveries.replaced,
+            "redelivered": deliveries.redelivered,
             "combine": "rebuild",
             "parts_written": list(frames),
         },

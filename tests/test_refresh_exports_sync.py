@@ -1,11 +1,10 @@
 """The exported SFT and prompt sets hold exactly the curated set's kept rows after every refresh,
 through Dagster on a real instance and real drops, also when a later drop changes an earlier
-part's verdicts: a row of an earlier part becoming kept (a re-delivered row leaves its first
-copy's part, and the copy an earlier drop had as its duplicate is kept) and one becoming dropped
-(a drop ingested again brings the first copy of a later part's row). An export part whose
-curated rows did not change is still reused, not written again."""
+part's verdicts: a row of an earlier part becoming kept (a row delivered again with other
+metadata leaves its first copy's part, and the copy an earlier drop had as its duplicate is
+kept) and one becoming dropped (a drop ingested again brings the first copy of a later part's
+row). An export part whose curated rows did not change is still reused, not written again."""
 
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -117,9 +116,10 @@ def refreshes(tmp_path_factory):
             "files": {n: part_files(out, n) for n in EXPORTS},
         }
         assert_exports_match_curation(out)
-        # d3: d1's file again, same ids. Its rows leave d1's part for d3's, where they are
-        # duplicates of d2's copies, which are now the first and kept.
-        shutil.copytree(drops / "d1", drops / "d3")
+        # d3: d1's rows again, same ids and texts, with other metadata: a newer version of
+        # each (a verbatim copy would stay in d1's part), so they leave d1's part for d3's,
+        # where they are duplicates of d2's copies, which are now the first and kept.
+        write_jsonl(drops / "d3" / "chat.jsonl", [{**r, "meta": {"revision": 2}} for r in first])
         third = run(instance, drops, out, "d3", refresh)
         seen["d3"] = {
             "result": third,
