@@ -242,3 +242,26 @@ def test_a_stages_help_lists_its_recipe_keys():
     assert done.returncode == 0
     assert "kl_coef:" in done.stdout and "max_steps" in done.stdout  # its own and RunConfig's
     assert "one of: pretrain, midtrain, sft" in run_cli("--help").stdout
+
+
+def test_stages_read_only_the_hub_cache_unless_allowed(recipe, monkeypatch, tmp_path):
+    real_stage = cli.stage
+    seen = []
+
+    def recording_stage(name):
+        cls, _ = real_stage(name)
+        offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        return cls, lambda config: seen.append(tuple(os.environ.get(k) for k in offline))
+
+    monkeypatch.setattr(cli, "stage", recording_stage)
+    args = ["sft", "--config", str(recipe), "--set", f"output_dir={tmp_path}"]
+    for allowed, expected in ((False, ("1", "1")), (True, (None, None))):
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", cli.ALLOW_HUB_ENV):
+            monkeypatch.delenv(name, raising=False)
+        assert cli.main(args + ["--allow-hub"] * allowed) == 0
+        assert seen[-1] == expected, allowed
+    # a launcher (a Dagster asset) allows it through the environment
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(cli.ALLOW_HUB_ENV, "1")
+    assert cli.main(args) == 0 and seen[-1] == (None, None)

@@ -11,14 +11,20 @@ import argparse
 import copy
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from training.common import SHARED_OUTPUT_DIR
 from training.recipe import RecipeError, build, read_recipe
 from training.reporting import close_all
-from training.stages import STAGES, check_section_names, record_failure, stage
+from training.stages import (
+    SHARED_OUTPUT_DIR,
+    STAGES,
+    check_section_names,
+    record_failure,
+    stage,
+)
 
 
 def stage_section(recipe: dict[str, Any], name: str, where: str) -> dict[str, Any]:
@@ -121,6 +127,20 @@ def input_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+ALLOW_HUB_ENV = "POSTFORGE_ALLOW_HUB"
+
+
+def stay_offline_unless(allowed: bool) -> None:
+    """Nothing is downloaded unless asked (``--allow-hub``, or POSTFORGE_ALLOW_HUB=1 for a
+    launcher such as a Dagster asset): a hub id in a recipe is read from the Hugging Face
+    cache, and one not there is named by the stage. Set before transformers, datasets or
+    huggingface_hub is imported, which read these once."""
+    if allowed or os.environ.get(ALLOW_HUB_ENV, "").lower() in {"1", "true", "yes", "on"}:
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training",
@@ -136,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override one setting; KEY may be dotted (model.preset=small), VALUE is JSON "
         "when it parses as JSON, else a string",
+    )
+    parser.add_argument(
+        "--allow-hub",
+        action="store_true",
+        help="let a hub id in the recipe (tokenizer, model.path) be downloaded; without it "
+        "(or POSTFORGE_ALLOW_HUB=1) only the Hugging Face cache is read",
     )
     argv = list(sys.argv[1:] if argv is None else argv)
     asks_help = any(a in ("-h", "--help") for a in argv)
@@ -153,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.config:
         parser.error("the following arguments are required: --config")
+    stay_offline_unless(args.allow_hub)
     try:
         config = load_config(args.stage, args.config, args.set)
     except RecipeError as error:

@@ -25,14 +25,10 @@ from transformers import TrainerCallback
 from training.datafiles import content_digest, files_digest, locate_dataset
 from training.reporting import Reporter
 from training.runs import last_run_checkpoint
+from training.stages import SHARED_OUTPUT_DIR
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
-
-
-# RunConfig's output_dir when none is given; ``python -m training <stage>`` uses
-# outputs/checkpoints/<stage> instead.
-SHARED_OUTPUT_DIR = "outputs/checkpoints/stage"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,10 @@ STAGES: dict[str, str] = {
     "alignment": "training.alignment:AlignmentConfig:main",
 }
 
+# RunConfig's output_dir when none is given; ``python -m training <stage>`` uses
+# outputs/checkpoints/<stage> instead, so stages run by hand never publish over each other.
+SHARED_OUTPUT_DIR = "outputs/checkpoints/stage"
+
 # Where a launcher wants the one-line reason of a failed stage (set by the Dagster assets).
 FAILURE_FILE_ENV = "POSTFORGE_FAILURE_FILE"
 
