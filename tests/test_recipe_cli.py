@@ -45,7 +45,7 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_file_and_key(recipe):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        f"error: {recipe}: sft.max_steps: expected int, got str 'ten'"
+        f"error: --set max_steps=ten: sft.max_steps: expected int, got str 'ten' (recipe {recipe})"
     ]
 
 
@@ -90,12 +90,12 @@ def test_values_are_json_when_they_parse_and_strings_otherwise(recipe):
 @pytest.mark.parametrize(
     ("item", "message"),
     [
-        ("lerning_rate=0.1", r"r.yaml: sft.lerning_rate: unknown key"),
-        ("model.preset_name=small", r"r.yaml: sft.model.preset_name: unknown key"),
+        ("lerning_rate=0.1", r"^--set lerning_rate=0.1: sft.lerning_rate: unknown key"),
+        ("model.preset_name=small", r"^--set model.preset_name=small: sft.model.preset_name: unkn"),
         ("max_steps.x=1", r"r.yaml: sft.max_steps: is int 50, not a mapping"),
         ("max_steps", r"--set 'max_steps': expected KEY=VALUE"),
         ("model.=small", r"--set 'model.=small': expected KEY=VALUE"),
-        ("model.preset=huge", r"r.yaml: sft.model: unknown preset 'huge'"),
+        ("model.preset=huge", r"^--set model.preset=huge: sft.model: unknown preset 'huge'"),
     ],
 )
 def test_bad_overrides_are_named(recipe, capsys, item, message):
@@ -265,3 +265,10 @@ def test_stages_read_only_the_hub_cache_unless_allowed(recipe, monkeypatch, tmp_
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(cli.ALLOW_HUB_ENV, "1")
     assert cli.main(args) == 0 and seen[-1] == (None, None)
+
+
+def test_a_recipe_files_own_error_names_the_file_even_with_a_set(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("sft:\n  data: d\n  max_stepz: 3\n")
+    with pytest.raises(RecipeError, match=rf"^{path}: sft.max_stepz: unknown key"):
+        cli.load_config("sft", str(path), ["learning_rate=0.1"])

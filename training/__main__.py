@@ -70,6 +70,23 @@ def apply_override(section: dict[str, Any], item: str, where: str) -> None:
     target[leaf] = value
 
 
+def blame_override(
+    error: RecipeError, where: str, name: str, recipe_path: str, overrides: Sequence[str]
+) -> RecipeError:
+    """An error in a key that ``--set`` gave names the ``--set``, not the recipe file, where
+    no such line exists; other errors are returned as they are."""
+    text = str(error)
+    if not text.startswith(where + "."):
+        return error
+    rest = text[len(where) + 1 :]
+    dotted = rest.split(":", 1)[0]
+    for item in reversed(overrides):  # the last --set of a key is the one that counts
+        key = item.partition("=")[0]
+        if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+            return RecipeError(f"--set {item}: {name}.{rest} (recipe {recipe_path})")
+    return error
+
+
 def load_config(name: str, recipe_path: str, overrides: Sequence[str] = ()) -> Any:
     """The stage's config dataclass: its recipe section with ``overrides`` (``KEY=VALUE``)
     applied in order, every key and type checked. Raises ``RecipeError``."""
@@ -89,7 +106,10 @@ def load_config(name: str, recipe_path: str, overrides: Sequence[str] = ()) -> A
         # pretrain and midtrain share a config class whose ``stage`` defaults to pretrain:
         # `midtrain` must not publish a lineage that calls it pretraining.
         section.setdefault("stage", name)
-    config = build(cls, section, where)
+    try:
+        config = build(cls, section, where)
+    except RecipeError as error:
+        raise blame_override(error, where, name, recipe_path, overrides) from None
     if names_its_stage and config.stage != name:
         raise RecipeError(
             f"{where}.stage: {config.stage!r} contradicts the stage being run, {name!r}; "
