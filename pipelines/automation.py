@@ -639,7 +639,13 @@ def drop_fingerprint(folder: Path) -> str:
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
 
 
-def ingested_content(instance: dg.DagsterInstance, record: Any, folder: Path) -> str | None:
+def _storage_id(record: Any) -> int:
+    return record.storage_id if record is not None else 0
+
+
+def ingested_content(
+    instance: dg.DagsterInstance, record: Any, folder: Path, content: str | None = None
+) -> str | None:
     """The content hash of what the drop's latest ingest read: recorded in its metadata, else in
     its run's tags. An ingest that recorded neither (launched by hand before these tags) counts
     as having read the files on disk when none changed after it."""
@@ -650,7 +656,7 @@ def ingested_content(instance: dg.DagsterInstance, record: Any, folder: Path) ->
     if run is not None and TAG_DROP_CONTENT in run.tags:
         return run.tags[TAG_DROP_CONTENT]
     if all(p.stat().st_mtime < record.timestamp for p in visible_files(folder)):
-        return drop_content_hash(folder)
+        return content if content is not None else drop_content_hash(folder)
     return None
 
 
@@ -682,18 +688,18 @@ def drop_sensor_tick(
         if before.get("stat") == stat:
             current[drop] = before
             continue
+        if drop in busy:  # before hashing: a run ingesting a big drop must not cost a read a tick
+            if before:  # looked at again next tick, once the run has finished
+                current[drop] = before
+            continue
         content = drop_content_hash(folder)
         if before.get("content") == content:
             current[drop] = {"stat": stat, "content": content}
             continue
-        if drop in busy:
-            if before:  # looked at again next tick, once the run has finished
-                current[drop] = before
-            continue
         if records is None:
             records = ingest_records(instance, drops)
         record = records.get(drop)
-        done = record is not None and ingested_content(instance, record, folder) == content
+        done = record is not None and ingested_content(instance, record, folder, content) == content
         if not done and failed_ingest(instance, drop, records) != content:
             changed[drop] = content
         current[drop] = {"stat": stat, "content": content}
@@ -705,9 +711,12 @@ def drop_sensor_tick(
         return dg.SensorResult(skip_reason=reason, cursor=json.dumps(current, sort_keys=True))
     registered = set(instance.get_dynamic_partitions(DROPS.name))
     new = [d for d in changed if d not in registered]
+    assert records is not None  # a changed drop looked its records up
     requests = [
         dg.RunRequest(
-            run_key=f"{drop}:{content}",
+            # Dagster never runs a run key twice: with the latest ingest in it, a drop rolled
+            # back to content it held before is ingested again
+            run_key=f"{drop}:{content}:{_storage_id(records.get(drop))}",
             partition_key=drop,
             tags=run_tags(
                 settings.recipe,

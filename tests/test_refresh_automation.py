@@ -405,7 +405,20 @@ def test_the_sensor_requests_a_drop_once_per_content(instance, tmp_path):
     (request,) = changed.run_requests
     assert request.partition_key == "d1"
     assert request.tags[automation.TAG_DROP_CONTENT] == drop_content_hash(root / "d1")
-    assert request.run_key == f"d1:{drop_content_hash(root / 'd1')}"
+    assert request.run_key.startswith(f"d1:{drop_content_hash(root / 'd1')}:")
+
+    # Ingested, then rolled back to the content d1 held first: requested again, under a run
+    # key no earlier request used (Dagster never runs a run key twice).
+    original = (root / "d1" / "chat.jsonl").read_bytes()
+    assert ingest_drop(instance, root, out, "d1", dict(request.tags)).success
+    write_jsonl(root / "d1" / "chat.jsonl", chat("d1", 3))
+    rolled_back = automation.drop_sensor_tick(instance, changed.cursor, settings)
+    (again,) = rolled_back.run_requests
+    assert (root / "d1" / "chat.jsonl").read_bytes() != original
+    assert again.tags[automation.TAG_DROP_CONTENT] == scheduled[automation.TAG_DROP_CONTENT]
+    assert again.run_key != request.run_key
+    first_key = f"d1:{scheduled[automation.TAG_DROP_CONTENT]}:0"  # as if the sensor had sent it
+    assert again.run_key != first_key
 
 
 def test_a_drop_being_ingested_or_failed_on_the_same_files_is_not_requested_again(
