@@ -625,11 +625,11 @@ def _shared_answers(judge) -> None:
     """BadInput when two panel members on different endpoints would read each other's cached
     answers: the cache key leaves the base URL out (a model moved to another host keeps its
     answers), so two servers that serve different models under one name, asked alike, share
-    keys. Members that differ in model, template, rubric or sampling never do."""
+    keys. Members that differ in model, template or sampling never do."""
     from itertools import combinations
 
-    from curation.judge.client import OpenAIJudge
-    from curation.judge.config import answer_identity, redact_url
+    from curation.judge.client import OpenAIJudge, answer_namespace
+    from curation.judge.config import redact_url
 
     members = [j for j in getattr(judge, "judges", []) if isinstance(j, OpenAIJudge)]
     for first, second in combinations(members, 2):
@@ -638,7 +638,8 @@ def _shared_answers(judge) -> None:
             a.cache_path is not None
             and a.cache_path == b.cache_path
             and a.base_url != b.base_url
-            and answer_identity(a) == answer_identity(b)
+            # the cache key's own parts: messages can coincide however the prompts are shaped
+            and answer_namespace(a) == answer_namespace(b)
         ):
             raise BadInput(
                 f"panel members {first.name!r} ({redact_url(a.base_url)}) and {second.name!r} "

@@ -253,6 +253,17 @@ def test_panel_members_that_would_read_each_others_answers_are_refused(candidate
     assert done.returncode == 2, done.stderr
     assert "'first'" in done.stderr and "'second'" in done.stderr
     assert "own cache_path" in done.stderr and "Traceback" not in done.stderr
+    # Shaped differently but alike in the cache key's parts: every prompt shorter than both
+    # limits gives both members the same messages, so the same keys.
+    with StubServer() as one, StubServer() as other:
+        config.write_text(
+            "panel:\n"
+            f"  - {{base_url: {one.base_url}, model: m, name: first, max_prompt_chars: 4000}}\n"
+            f"  - {{base_url: {other.base_url}, model: m, name: second, max_prompt_chars: 8000}}\n"
+        )
+        done = run(str(candidates_dir), "--out", str(tmp_path / "o2"), "--config", str(config))
+        assert one.requests == other.requests == 0
+    assert done.returncode == 2 and "own cache_path" in done.stderr, done.stderr
 
 
 def _unauthorized(body: dict, n: int):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import random
 import ssl
 import threading
@@ -254,6 +255,31 @@ class OpenAIJudge:
         return list(results)
 
 
+def template_id(config: JudgeConfig) -> str:
+    return f"{config.template}-{config.template_version}"
+
+
+def sampling(config: JudgeConfig) -> dict[str, Any]:
+    """The sampling settings every call sends, and the cache key holds."""
+    return {
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_tokens": config.max_tokens,
+        "json_mode": config.json_mode,
+        "extra_body": config.extra_body,
+    }
+
+
+def answer_namespace(config: JudgeConfig) -> str:
+    """What the cache key holds beside the messages: model, template and sampling. Two judges
+    alike in these produce one key whenever their messages coincide (a shorter
+    ``max_prompt_chars`` cuts only long prompts), so a panel must not point two such members
+    on different endpoints at one cache file."""
+    return json.dumps(
+        [config.model, template_id(config), sampling(config)], sort_keys=True, default=str
+    )
+
+
 class _Run:
     """The state of one batch: client, limiters, cache and counters."""
 
@@ -267,14 +293,8 @@ class _Run:
     ) -> None:
         self.config, self.client, self.cache, self.stats = config, client, cache, stats
         self.template = TEMPLATES[(config.template, config.template_version)]
-        self.template_id = f"{config.template}-{config.template_version}"
-        self.sampling: dict[str, Any] = {
-            "temperature": config.temperature,
-            "top_p": config.top_p,
-            "max_tokens": config.max_tokens,
-            "json_mode": config.json_mode,
-            "extra_body": config.extra_body,
-        }
+        self.template_id = template_id(config)
+        self.sampling = sampling(config)
         self.semaphore = asyncio.Semaphore(config.max_concurrency)
         self.rpm = RateLimiter(config.requests_per_minute) if config.requests_per_minute else None
         self.tpm = (

@@ -199,19 +199,6 @@ def _type_name(expected: Any) -> str:
     return getattr(expected, "__name__", str(expected))
 
 
-def answer_identity(config: JudgeConfig) -> tuple:
-    """What, beside each request's candidates, decides the cache key of a judge's answers:
-    model, template, sampling and what shapes the messages. Two judges alike in all of it
-    share cache entries, whatever their endpoints (the key leaves the base URL out)."""
-    public = config.public()
-    shaping = (
-        "model", "template", "template_version", "rubric", "max_prompt_chars",
-        "max_candidate_chars", "permutations", "swap_orders", "seed", "temperature", "top_p",
-        "max_tokens", "json_mode",
-    )  # fmt: skip
-    return (*(repr(public[key]) for key in shaping), repr(sorted(config.extra_body.items())))
-
-
 MASK = "***"
 _SHORTEST_SECRET = 4  # shorter query values ("v=1") are masked in the URL, not hunted in text
 
