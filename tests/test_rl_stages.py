@@ -486,3 +486,16 @@ def test_ppo_trains_in_the_precision_the_recipe_asks(workspace, monkeypatch, bf1
     ppo(ppo_config(workspace, f"ppo-bf16-{bf16}", bf16=bf16, max_steps=1, resume=False))
     assert built[0].trainer.accelerator.mixed_precision == ("bf16" if bf16 else "no")
     assert "ACCELERATE_MIXED_PRECISION" not in os.environ  # put back after
+
+
+def test_ppo_timings_leave_out_each_processs_warm_up_update():
+    from training.ppo import summarise
+
+    records = [
+        {"step": step, "objective/scores": 0.0, "objective/kl": 0.0, "episodes_per_s": eps}
+        for step, eps in [(1, 1.0), (2, 10.0), (3, 2.0), (4, 10.0)]
+    ]
+    assert summarise(records)["episodes_per_s"] == pytest.approx(22 / 3)
+    # resumed after update 2: update 3 loaded the models again
+    assert summarise(records, resumed_at=2)["episodes_per_s"] == 10.0
+    assert summarise(records, resumed_at=2)["updates"] == 4

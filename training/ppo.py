@@ -554,7 +554,8 @@ def main(config: PPOStageConfig) -> Path:
             ) from error
     policy.__dict__.pop("generate", None)  # the timing wrapper, an instance attribute
     # the whole run's updates: claim_runs cut metrics.jsonl back to the save resumed from
-    final = summarise([r for r in read_metrics(reporter.metrics_path) if "objective/scores" in r])
+    updates = [r for r in read_metrics(reporter.metrics_path) if "objective/scores" in r]
+    final = summarise(updates, resumed_at=done)
     final.update(prompts=len(ids), prompts_too_long=too_long, **empty)
     lineage = lineage_record(
         "ppo",
@@ -588,9 +589,11 @@ def main(config: PPOStageConfig) -> Path:
     return checkpoint
 
 
-def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
+def summarise(records: list[dict[str, Any]], resumed_at: int = 0) -> dict[str, float]:
     """Reward at the start and end (means over the first and last quarter of updates, so one
-    noisy batch does not decide), the final KL, and the generation share and episodes/s."""
+    noisy batch does not decide), the final KL, and the generation share and episodes/s. The
+    first update of each process (the run's, and after a resume at ``resumed_at`` the first
+    one after it) also pays for loading and warm-up, so the timings leave it out."""
     if not records:
         return {}
     quarter = max(1, len(records) // 4)
@@ -599,7 +602,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
         values = [float(r[key]) for r in rows if key in r]
         return sum(values) / len(values) if values else float("nan")
 
-    timed = records[1:] or records  # the first update also pays for warm-up
+    warm_up = {records[0].get("step"), resumed_at + 1 if resumed_at else None}
+    timed = [r for r in records if r.get("step") not in warm_up] or records
     return {
         "updates": len(records),
         "score_first": mean("objective/scores", records[:quarter]),
